@@ -1,0 +1,14 @@
+"""Python clients of a telediag engine.
+
+:class:`Subscriber` yields decoded chunks (with their stream metadata) from the
+engine's publish socket::
+
+    from telediag.client import Subscriber
+    with Subscriber("tcp://127.0.0.1:5556", topics=["ecg/", "event/"]) as sub:
+        for chunk in sub.iter(timeout_s=5):
+            print(chunk.topic, chunk.seq, chunk.rate_hz, chunk.data.shape)
+"""
+
+from telediag.client.subscriber import Subscriber, TailSummary
+
+__all__ = ["Subscriber", "TailSummary"]

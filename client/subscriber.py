@@ -1,0 +1,167 @@
+"""Subscriber client and the ``telediag tail`` summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from telediag.errors import ProtocolError
+from telediag.transports.wire import Chunk, decode
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+
+
+class Subscriber:
+    """Subscribe to an engine's publish endpoint and decode chunks.
+
+    Parameters
+    ----------
+    addr : str
+        The engine's publish address (default ``tcp://127.0.0.1:5556``).
+    topics : iterable of str
+        Topic prefixes (``"ecg/"``, ``"beats/bed-12"``, ``""`` for everything).
+    rcvhwm : int
+        Messages queued before this subscriber starts losing messages (the engine
+        never waits for a slow subscriber); gaps show up as jumps in ``seq``.
+
+    Messages that fail to decode are counted in ``bad`` (never raised).
+    """
+
+    def __init__(
+        self,
+        addr: str = DEFAULT_PUBLISH,
+        topics: Iterable[str] = ("",),
+        *,
+        rcvhwm: int = 200_000,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(addr)
+        for t in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self.bad: dict[str, int] = {}
+        self.received = 0
+
+    def recv(self, timeout_s: float | None = None) -> Chunk | None:
+        """The next decodable chunk, or ``None`` after ``timeout_s`` without one."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining is not None and not self.sock.poll(int(remaining * 1000)):
+                return None
+            frames = self.sock.recv_multipart(copy=False)
+            try:
+                chunk = decode(frames)
+            except ProtocolError as e:
+                self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
+                continue
+            self.received += 1
+            return chunk
+
+    def iter(self, timeout_s: float | None = None) -> Iterator[Chunk]:
+        """Yield chunks until ``timeout_s`` passes with none (forever if ``None``)."""
+        while True:
+            c = self.recv(timeout_s)
+            if c is None:
+                return
+            yield c
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self.iter()
+
+    def wait_connected(self, timeout_s: float = 5.0, probe_topic: str = "stats/") -> bool:
+        """Block until a message (e.g. periodic engine stats) shows the link is up.
+
+        SUB sockets lose what is published before their subscription reaches the
+        engine (the ZeroMQ "slow joiner"); call this before starting sources when
+        every message matters. Subscribes to ``probe_topic`` for the duration.
+        """
+        self.sock.setsockopt(zmq.SUBSCRIBE, probe_topic.encode())
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.sock.poll(50):
+                    frames = self.sock.recv_multipart(copy=False)
+                    if frames and frames[0].bytes.startswith(probe_topic.encode()):
+                        return True
+            return False
+        finally:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, probe_topic.encode())
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass(slots=True)
+class _TailStream:
+    chunks: int = 0
+    samples: int = 0
+    last_seq: int = -1
+    lost: int = 0
+    rate_hz: float = 0.0
+    shape: tuple[int, ...] = ()
+    last_body: Any = None
+    latency_ms: list[float] = field(default_factory=list)
+
+
+class TailSummary:
+    """Aggregates chunks into one line per stream per reporting period."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, _TailStream] = {}
+
+    def add(self, c: Chunk) -> None:
+        s = self.streams.setdefault(c.topic, _TailStream())
+        if s.last_seq >= 0 and c.seq > s.last_seq + 1:
+            s.lost += c.seq - s.last_seq - 1
+        s.last_seq = c.seq
+        s.chunks += 1
+        s.samples += c.n_samples
+        if c.rate_hz:
+            s.rate_hz = c.rate_hz
+        if c.data is not None:
+            s.shape = tuple(c.data.shape)
+        if c.body is not None:
+            s.last_body = c.body
+        pub = c.meta.get("pub_ns") if c.meta else None
+        if isinstance(pub, int):
+            s.latency_ms.append((time.time_ns() - pub) / 1e6)
+
+    def lines(self, period_s: float) -> list[str]:
+        out = []
+        for topic in sorted(self.streams):
+            s = self.streams[topic]
+            if s.chunks == 0:
+                continue
+            parts = [f"{topic:<32}", f"{s.chunks / period_s:7.1f} msg/s", f"seq {s.last_seq}"]
+            if s.rate_hz:
+                parts.append(f"{s.samples / period_s:9.1f} samples/s ({s.rate_hz:g} Hz, {s.shape[1:] if len(s.shape) > 1 else ''})")
+            if s.lost:
+                parts.append(f"LOST {s.lost}")
+            if s.last_body is not None and not s.rate_hz:
+                parts.append(_short(s.last_body))
+            out.append("  ".join(parts))
+            s.chunks = s.samples = 0
+            s.latency_ms.clear()
+        return out
+
+
+def _short(body: Any, limit: int = 90) -> str:
+    text = str(body)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,5 @@
+import sys
+
+from telediag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The ``telediag`` command line: one CLI, a subcommand per job, ``--help`` on each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from telediag.errors import TelediagError
+
+DEFAULT_INGEST = "tcp://127.0.0.1:5555"
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from telediag.engine.config import load_config
+    from telediag.engine.runtime import Engine
+
+    cfg = load_config(args.config)
+    if args.ingest or args.publish:
+        import dataclasses
+
+        eng = dataclasses.replace(
+            cfg.engine, **{k: v for k, v in (("ingest", args.ingest), ("publish", args.publish)) if v}
+        )
+        cfg = dataclasses.replace(cfg, engine=eng)
+    if args.check:
+        kinds = {k: [s.name for s in v] for k, v in cfg.pipelines.items()}
+        print(f"config OK ({cfg.source}): ingest {cfg.engine.ingest}, publish {cfg.engine.publish}, "
+              f"workers {cfg.engine.workers}, pipelines {kinds}")
+        return 0
+    print(f"telediag engine: ingest {cfg.engine.ingest} (PULL), publish {cfg.engine.publish} (XPUB), "
+          f"{cfg.engine.workers} worker(s); config {cfg.source}", flush=True)
+    Engine(cfg).run()
+    print("telediag engine: drained and stopped", flush=True)
+    return 0
+
+
+def _cmd_source_ecg(args: argparse.Namespace) -> int:
+    from telediag.sources.readers import read_csv, read_edf, read_wfdb
+    from telediag.sources.replay import install_stop_signals, parse_speed, replay
+
+    given = [x for x in (args.wfdb, args.edf, args.csv) if x]
+    if len(given) != 1:
+        raise TelediagError("give exactly one of --wfdb RECORD, --edf FILE, --csv FILE")
+    if args.wfdb:
+        rec = read_wfdb(args.wfdb)
+    elif args.edf:
+        rec = read_edf(args.edf)
+    else:
+        rec = read_csv(args.csv, fs=args.fs)
+    if args.leads:
+        rec = rec.select([int(x) for x in args.leads.split(",")])
+    speed = parse_speed(args.speed)
+    stream = args.stream or f"{rec.name}/ecg"
+    stop = threading.Event()
+    install_stop_signals(stop)
+    print(f"telediag source ecg: {rec.name} {rec.signal.shape[1]} lead(s) {list(rec.channels)} at "
+          f"{rec.fs:g} Hz, {rec.duration_s:.1f} s -> {args.connect} as ecg/{stream}, speed {args.speed}",
+          flush=True)
+    res = replay(rec, kind="ecg", stream=stream, connect=args.connect, speed=speed,
+                 chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop)
+    print(f"telediag source ecg: sent {res.chunks} chunks, {res.samples} samples in {res.elapsed_s:.2f} s"
+          f"{' (interrupted)' if res.interrupted else ''}", flush=True)
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from telediag.client import Subscriber, TailSummary
+
+    summary = TailSummary()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    with Subscriber(args.addr, topics=[args.topic]) as sub:
+        next_report = time.monotonic() + args.period
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                c = sub.recv(timeout_s=max(0.0, next_report - time.monotonic()))
+                if c is not None:
+                    summary.add(c)
+                if time.monotonic() >= next_report:
+                    lines = summary.lines(args.period)
+                    stamp = time.strftime("%H:%M:%S")
+                    for line in lines or ["(no messages)"]:
+                        print(f"{stamp} {line}", flush=True)
+                    next_report += args.period
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from telediag.client import Subscriber
+
+    seen: dict[str, dict] = {}
+    with Subscriber(args.addr, topics=["stats/"]) as sub:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            c = sub.recv(timeout_s=max(0.0, deadline - time.monotonic()))
+            if c is None:
+                break
+            seen[c.stream] = c.body
+            if args.once and seen:
+                # one full round: wait a little for the other workers' stats
+                deadline = min(deadline, time.monotonic() + 0.3)
+    if not seen:
+        print(f"no engine stats on {args.addr} within {args.timeout} s (is `telediag run` up?)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(seen, indent=2, default=str))
+        return 0
+    for name, body in sorted(seen.items()):
+        lat = body.get("latency_ms", {})
+        print(f"{name}: up {body.get('uptime_s', 0):.1f} s, latency p50 {lat.get('p50', 0):.2f} ms "
+              f"p99 {lat.get('p99', 0):.2f} ms max {lat.get('max', 0):.2f} ms (n={lat.get('count', 0)})")
+        rej = body.get("rejects") or {}
+        if rej:
+            print(f"  rejected messages: {rej}")
+        if body.get("errors"):
+            print(f"  stage errors: {body['errors']}")
+        for sid, s in sorted((body.get("streams") or {}).items()):
+            sl = s.get("latency_ms", {})
+            print(f"  {s.get('kind', '?'):5} {sid:<28} chunks {s['chunks_in']:>8} samples {s['samples_in']:>10} "
+                  f"out {s['chunks_out']:>8} gaps {s['gaps']} (missing {s['missing_chunks']}) "
+                  f"ooo {s['out_of_order']} errors {s['errors']} drops {s['drops']} "
+                  f"p50 {sl.get('p50', 0):.2f} p99 {sl.get('p99', 0):.2f} ms")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from telediag.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from telediag import __version__
+
+    p = argparse.ArgumentParser(
+        prog="telediag",
+        description="Real-time signal processing and telediagnosis engine (ECG, heart sounds, endoscopy).",
+    )
+    p.add_argument("--version", action="version", version=f"telediag {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run the engine", description=(
+        "Run the engine: sources PUSH to the ingest address, viewers SUB to the publish address. "
+        f"Defaults: ingest {DEFAULT_INGEST}, publish {DEFAULT_PUBLISH}, stats on topic stats/engine/w<N>, "
+        "events on event/<stream>. SIGINT/SIGTERM drain queues and exit."))
+    r.add_argument("--config", metavar="FILE", help="TOML config (built-in default when omitted)")
+    r.add_argument("--ingest", metavar="ADDR", help="override [engine].ingest")
+    r.add_argument("--publish", metavar="ADDR", help="override [engine].publish")
+    r.add_argument("--check", action="store_true", help="validate the config, print it and exit")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("source", help="source agents (replay recordings or capture devices)")
+    ss = s.add_subparsers(dest="source", metavar="KIND")
+    ss.required = True
+    e = ss.add_parser("ecg", help="replay an ECG recording (WFDB, EDF or CSV)", description=(
+        "Replay an ECG recording to the engine at real time (--speed 1), N x real time, or as fast as "
+        "the engine accepts (--speed max; lossless: the agent blocks when the engine's queue is full)."))
+    e.add_argument("--wfdb", metavar="RECORD", help="WFDB record path without extension (e.g. ../shared/data/mitdb/100)")
+    e.add_argument("--edf", metavar="FILE", help="EDF/EDF+ file")
+    e.add_argument("--csv", metavar="FILE", help="CSV with a header row; first column 'time' (s) or give --fs")
+    e.add_argument("--fs", type=float, help="sample rate for CSV input without a time column")
+    e.add_argument("--leads", metavar="I,J", help="channel indices to send (default all)")
+    e.add_argument("--speed", default="1", help="1 (real time), N (N x), or max (default 1)")
+    e.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in ms (default 100)")
+    e.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR", help=f"engine ingest (default {DEFAULT_INGEST})")
+    e.add_argument("--stream", help="stream id (default <record>/ecg)")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
+    e.add_argument("--loop", action="store_true", help="start over at the end, forever")
+    e.set_defaults(func=_cmd_source_ecg)
+
+    t = sub.add_parser("tail", help="print a one-line-per-second summary per stream", description=(
+        "Subscribe to an engine and print, every period, one line per stream: message and sample rates, "
+        "last seq, lost messages, and the latest annotation."))
+    t.add_argument("addr", nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
+    t.add_argument("topic", nargs="?", default="", help="topic prefix (default: everything)")
+    t.add_argument("--period", type=float, default=1.0, help="seconds between summaries")
+    t.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
+    t.set_defaults(func=_cmd_tail)
+
+    st = sub.add_parser("status", help="show engine counters and latency percentiles", description=(
+        "Read the engine's stats topic and print per-stream counters (chunks, samples, gaps, errors, "
+        "drops) and source-to-publish latency percentiles."))
+    st.add_argument("addr", nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
+    st.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for stats")
+    st.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    st.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
+    st.set_defaults(func=_cmd_status)
+
+    d = sub.add_parser("demo", help="the main job: engine + sources on bundled data + live summary",
+                       description="Start the engine and replay bundled real recordings through it; "
+                                   "prints where to watch. Modalities not built yet are simply absent.")
+    d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+    d.add_argument("--ingest", default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
+    d.add_argument("--publish", default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
+    d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
+    d.set_defaults(func=_cmd_demo)
+
+    _add_optional(sub)
+    return p
+
+
+def _add_optional(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that live beside their subsystems (added when present)."""
+    try:
+        from telediag.evaluation import score_cli
+    except ImportError:
+        return
+    sc = sub.add_parser("score", help="EC57 beat-by-beat scoring of annotation files",
+                        description="Compare test annotations with reference annotations (EC57/bxb conventions).")
+    score_cli.add_arguments(sc)
+    sc.set_defaults(func=score_cli.run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TelediagError as e:
+        print(f"telediag: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Engine configuration: one TOML file, one section per stage, frozen dataclasses.
+
+Layout::
+
+    [engine]                 # process settings (addresses, workers, limits)
+    ...
+    [pipeline.<kind>.<name>] # one section per stage of the <kind> pipeline, in order
+    stage = "<type>"         # a registered stage type
+    <param> = <value>        # the stage's declared parameters
+
+Rules: unknown keys and unknown stage types are errors; ``[engine]`` keys missing
+from a user file take the built-in defaults; a ``[pipeline.<kind>]`` table in a user
+file replaces the built-in pipeline of that kind (an empty table disables it), other
+kinds keep the built-in pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from telediag.engine.stage import Stage, StageParams, build_params, stage_types
+from telediag.errors import ConfigError
+from telediag.transports.wire import KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The ``[engine]`` section."""
+
+    ingest: str = "tcp://127.0.0.1:5555"
+    publish: str = "tcp://127.0.0.1:5556"
+    workers: int = 1
+    stats_interval_s: float = 1.0
+    ingest_hwm: int = 10000
+    publish_hwm: int = 200000
+    max_events_per_s: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("ingest", "publish"):
+            addr = getattr(self, name)
+            if not any(addr.startswith(p) for p in ("tcp://", "ipc://", "inproc://")):
+                raise ConfigError(f"[engine].{name} must be a tcp://, ipc:// or inproc:// address, got {addr!r}")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"[engine].workers must be in 1..64, got {self.workers}")
+        if not 0.05 <= self.stats_interval_s <= 3600:
+            raise ConfigError(f"[engine].stats_interval_s must be in 0.05..3600, got {self.stats_interval_s}")
+        for name in ("ingest_hwm", "publish_hwm", "max_events_per_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[engine].{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One stage section: its name, type and validated parameters."""
+
+    name: str
+    kind: str
+    stage_type: type[Stage]
+    params: StageParams
+
+    def build(self) -> Stage:
+        return self.stage_type(self.params, name=f"pipeline.{self.kind}.{self.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole engine configuration."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    pipelines: Mapping[str, tuple[StageConfig, ...]] = field(default_factory=dict)
+    source: str = "<built-in>"
+
+
+def _engine_settings(values: Mapping[str, Any], source: str) -> EngineSettings:
+    fields = {f.name: f for f in dataclasses.fields(EngineSettings)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: [engine] has unknown key(s) {unknown}; expected some of {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        expected = type(fields[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ConfigError(
+                f"{source}: [engine].{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+            )
+        kwargs[key] = value
+    return EngineSettings(**kwargs)
+
+
+def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageConfig, ...]:
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: [pipeline.{kind}] names unknown stream kind {kind!r}; expected one of {sorted(KINDS)}")
+    types = stage_types()
+    stages = []
+    for name, section in table.items():
+        where = f"pipeline.{kind}.{name}"
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: [{where}] must be a table (one section per stage), got {section!r}")
+        values = dict(section)
+        type_name = values.pop("stage", None)
+        if type_name is None:
+            raise ConfigError(f"{source}: [{where}] needs a 'stage' key naming its type; known: {sorted(types)}")
+        if type_name not in types:
+            raise ConfigError(f"{source}: [{where}].stage = {type_name!r} is unknown; known: {sorted(types)}")
+        cls = types[type_name]
+        if cls.kinds and kind not in cls.kinds:
+            raise ConfigError(f"{source}: stage {type_name!r} handles {sorted(cls.kinds)}, not {kind!r} ([{where}])")
+        params = build_params(cls, f"{source}: {where}", values)
+        stages.append(StageConfig(name=name, kind=kind, stage_type=cls, params=params))
+    return tuple(stages)
+
+
+def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | None = None) -> Config:
+    """Build a :class:`Config` from a parsed TOML document, on top of ``base``."""
+    unknown = sorted(set(doc) - {"engine", "pipeline"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level section(s) {unknown}; expected [engine] and [pipeline.<kind>.<stage>]")
+    engine_values: dict[str, Any] = {}
+    if base is not None:
+        engine_values = dataclasses.asdict(base.engine)
+    engine_doc = doc.get("engine", {})
+    if not isinstance(engine_doc, dict):
+        raise ConfigError(f"{source}: [engine] must be a table")
+    engine_values.update(engine_doc)
+    engine = _engine_settings(engine_values, source)
+    pipelines: dict[str, tuple[StageConfig, ...]] = dict(base.pipelines) if base is not None else {}
+    pipe_doc = doc.get("pipeline", {})
+    if not isinstance(pipe_doc, dict):
+        raise ConfigError(f"{source}: [pipeline] must be a table of [pipeline.<kind>] tables")
+    for kind, table in pipe_doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [pipeline.{kind}] must be a table")
+        pipelines[kind] = _pipeline(kind, table, source)
+    return Config(engine=engine, pipelines=pipelines, source=source)
+
+
+def default_config() -> Config:
+    """The built-in configuration (``engine/default.toml``)."""
+    text = resources.files("telediag.engine").joinpath("default.toml").read_text(encoding="utf-8")
+    return parse_config(tomllib.loads(text), "<built-in default.toml>")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a config file on top of the built-in default (or just the default)."""
+    base = default_config()
+    if path is None:
+        return base
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {str(p)!r} not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
+    return parse_config(doc, str(p), base=base)

@@ -1,0 +1,211 @@
+"""The engine process: ingest -> router -> workers -> XSUB/XPUB proxy -> subscribers.
+
+::
+
+    sources --PUSH--> [PULL ingest] --router (crc32(stream) % workers)--> worker inbox (PULL)
+    worker PUB --> inproc XSUB ==proxy==> XPUB (publish address) --> SUB viewers
+
+Each stream is owned by exactly one worker; workers share nothing but sockets, so the
+same worker code can later run in other processes or on other machines. Ingest is a
+PUSH/PULL pair with a high-water mark, so a source that outruns the engine blocks
+instead of losing samples (biosignals are lossless). SIGINT/SIGTERM stop reading new
+input, drain what is queued, flush every pipeline, publish final stats and exit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+import zlib
+from types import FrameType
+
+import zmq
+
+from telediag.engine.config import Config, load_config
+from telediag.engine.worker import DATA, STOP, Worker
+from telediag.errors import EngineError
+
+_ids = itertools.count()
+
+
+def owner_of(stream: bytes | str, n_workers: int) -> int:
+    """The worker that owns ``stream`` (stable across processes and machines)."""
+    b = stream.encode() if isinstance(stream, str) else stream
+    return zlib.crc32(b) % n_workers
+
+
+class Engine:
+    """One engine process.
+
+    Parameters
+    ----------
+    config : Config, optional
+        Defaults to the built-in configuration.
+
+    Examples
+    --------
+    >>> eng = Engine(load_config())          # doctest: +SKIP
+    >>> eng.start(); ...; eng.stop(); eng.join()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: Config | None = None, *, drain_idle_s: float = 0.3) -> None:
+        self.config = config or load_config()
+        self.drain_idle_s = drain_idle_s
+        self.ctx = zmq.Context()
+        uid = f"{id(self)}-{next(_ids)}"
+        self._out_addr = f"inproc://telediag-out-{uid}"
+        self._inbox_addrs = [f"inproc://telediag-w{i}-{uid}" for i in range(self.config.engine.workers)]
+        self.workers = [
+            Worker(i, self.config, self.ctx, addr, self._out_addr) for i, addr in enumerate(self._inbox_addrs)
+        ]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._router_thread: threading.Thread | None = None
+        self.routed = 0
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.ingest_endpoint = self.config.engine.ingest
+        self.publish_endpoint = self.config.engine.publish
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _start_proxy(self) -> None:
+        e = self.config.engine
+        xsub = self.ctx.socket(zmq.XSUB)
+        xsub.bind(self._out_addr)
+        xpub = self.ctx.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.SNDHWM, e.publish_hwm)
+        xpub.setsockopt(zmq.LINGER, 2000)
+        try:
+            xpub.bind(e.publish)
+        except zmq.ZMQError as err:
+            xsub.close(0)
+            xpub.close(0)
+            raise EngineError(f"cannot bind publish address {e.publish!r}: {err}") from err
+        self.publish_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        ctrl_addr = f"{self._out_addr}-ctrl"
+        ctrl_in = self.ctx.socket(zmq.PAIR)
+        ctrl_in.bind(ctrl_addr)
+        self._proxy_ctrl = self.ctx.socket(zmq.PAIR)
+        self._proxy_ctrl.connect(ctrl_addr)
+
+        def proxy() -> None:
+            try:
+                zmq.proxy_steerable(xsub, xpub, None, ctrl_in)
+            except zmq.ZMQError:
+                pass
+            finally:
+                xsub.close(0)
+                xpub.close(2000)
+                ctrl_in.close(0)
+
+        t = threading.Thread(target=proxy, name="telediag-proxy", daemon=True)
+        t.start()
+        self._proxy_thread = t
+
+    def start(self) -> None:
+        """Bind sockets and start the proxy, workers and the ingest router (threads)."""
+        self._start_proxy()
+        e = self.config.engine
+        self._ingest = self.ctx.socket(zmq.PULL)
+        self._ingest.setsockopt(zmq.RCVHWM, e.ingest_hwm)
+        self._ingest.setsockopt(zmq.MAXMSGSIZE, 80 << 20)
+        self._ingest.setsockopt(zmq.LINGER, 0)
+        try:
+            self._ingest.bind(e.ingest)
+        except zmq.ZMQError as err:
+            self._ingest.close(0)
+            self._proxy_ctrl.send(b"TERMINATE")
+            raise EngineError(f"cannot bind ingest address {e.ingest!r}: {err}") from err
+        self.ingest_endpoint = self._ingest.getsockopt_string(zmq.LAST_ENDPOINT)
+        for w in self.workers:
+            t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
+            t.start()
+            self._threads.append(t)
+            if not w.ready.wait(10):
+                raise EngineError(f"worker {w.index} did not start")
+        self._router_thread = threading.Thread(target=self._route, name="telediag-router", daemon=True)
+        self._router_thread.start()
+        self.started.set()
+
+    def _route(self) -> None:
+        n = len(self.workers)
+        outs = []
+        for addr in self._inbox_addrs:
+            s = self.ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.SNDHWM, self.config.engine.ingest_hwm)
+            s.connect(addr)
+            outs.append(s)
+        ingest = self._ingest
+        try:
+            while not self._stop.is_set():
+                if not ingest.poll(100):
+                    continue
+                self._forward(ingest, outs, n)
+            # drain: keep going while messages still arrive, then stop each worker in-band
+            idle_ms = int(self.drain_idle_s * 1000)
+            while ingest.poll(idle_ms):
+                self._forward(ingest, outs, n)
+            for s in outs:
+                s.send(STOP)
+        except BaseException as e:  # pragma: no cover - reported by join()
+            self.error = e
+            for s in outs:
+                s.send(STOP)
+        finally:
+            ingest.close(0)
+            for s in outs:
+                s.close(linger=5000)
+
+    def _forward(self, ingest: zmq.Socket, outs: list[zmq.Socket], n: int) -> None:
+        frames = ingest.recv_multipart(copy=False)
+        topic = frames[0].bytes if frames else b""
+        _, _, stream = topic.partition(b"/")
+        outs[owner_of(stream, n) if n > 1 else 0].send_multipart([DATA, *frames], copy=False)
+        self.routed += 1
+
+    def stop(self) -> None:
+        """Ask the engine to drain and stop (thread-safe, idempotent)."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the drain to finish, then stop the proxy and free the sockets."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._router_thread is not None:
+            self._router_thread.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        for t in self._threads:
+            t.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        time.sleep(0.05)  # let the proxy forward the workers' last messages
+        try:
+            self._proxy_ctrl.send(b"TERMINATE")
+        except zmq.ZMQError:
+            pass
+        self._proxy_thread.join(5)
+        self._proxy_ctrl.close(0)
+        self.ctx.term()
+        self.finished.set()
+        if self.error is not None:
+            raise EngineError(f"engine router failed: {self.error}") from self.error
+
+    def run(self) -> None:
+        """Run in the foreground until SIGINT/SIGTERM (main thread only)."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not self._stop.wait(0.2):
+                pass
+            self.join()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def run_engine(config_path: str | None = None) -> None:
+    """Entry point of ``telediag run``."""
+    Engine(load_config(config_path)).run()

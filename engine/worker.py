@@ -1,0 +1,291 @@
+"""A worker owns a set of streams: decode, check order, run pipelines, publish.
+
+Workers share nothing but ZeroMQ sockets: each reads its inbox (a PULL socket the
+ingest router pushes to) and publishes on its own PUB socket, connected to the
+engine's XSUB/XPUB proxy, so subscribers see one endpoint however many workers run.
+The inbox protocol is ``[b"D", *wire_frames]`` for data and ``[b"S"]`` for "drain and
+stop" (sent after the last data message, so everything queued is processed first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from telediag.engine.config import Config
+from telediag.engine.stage import Outputs, Stage, StreamSpec
+from telediag.engine.stats import LatencyHistogram, StreamStats
+from telediag.errors import ProtocolError, TelediagError
+from telediag.transports.wire import SIGNAL_KINDS, Chunk, decode, encode
+
+DATA = b"D"
+STOP = b"S"
+
+
+@dataclass(slots=True)
+class _Stream:
+    spec: StreamSpec
+    stages: list[Stage]
+    stats: StreamStats
+    session: Any = None
+    refused: str = ""
+
+
+@dataclass(slots=True)
+class _RateLimit:
+    per_s: int
+    window_start: float = 0.0
+    used: dict[str, int] = field(default_factory=dict)
+
+    def allow(self, key: str, now: float) -> bool:
+        if now - self.window_start >= 1.0:
+            self.window_start = now
+            self.used.clear()
+        n = self.used.get(key, 0)
+        if n >= self.per_s:
+            return False
+        self.used[key] = n + 1
+        return True
+
+
+class Worker:
+    """Runs the pipelines of the streams routed to it.
+
+    Parameters
+    ----------
+    index : int
+        Worker number (its stats topic is ``stats/engine/w<index>``).
+    config : Config
+        Engine configuration (pipelines per kind, limits).
+    ctx : zmq.Context
+        Context shared with the engine (inproc sockets need it).
+    inbox_addr, out_addr : str
+        Where to bind the inbox and where to connect the PUB socket.
+    """
+
+    def __init__(self, index: int, config: Config, ctx: zmq.Context, inbox_addr: str, out_addr: str) -> None:
+        self.index = index
+        self.config = config
+        self.ctx = ctx
+        self.inbox_addr = inbox_addr
+        self.out_addr = out_addr
+        self.streams: dict[str, _Stream] = {}
+        self.rejects: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        self._out_seq: dict[str, int] = {}
+        self._limit = _RateLimit(config.engine.max_events_per_s)
+        self._started = time.time()
+        self.ready = threading.Event()
+        self.out: zmq.Socket | None = None
+
+    # -- publishing -------------------------------------------------------------------
+    def _next_seq(self, topic: str) -> int:
+        s = self._out_seq.get(topic, 0)
+        self._out_seq[topic] = s + 1
+        return s
+
+    def publish(self, chunk: Chunk, *, sent_ns: int | None = None) -> int:
+        """Publish ``chunk`` with the next seq of its output stream; return publish time."""
+        assert self.out is not None
+        pub_ns = time.time_ns()
+        meta = dict(chunk.meta)
+        meta["pub_ns"] = pub_ns
+        chunk = dataclasses.replace(chunk, seq=self._next_seq(chunk.topic), meta=meta)
+        self.out.send_multipart(encode(chunk), copy=False)
+        return pub_ns
+
+    def event(self, stream: str, body: dict[str, Any], *, limit_key: str | None = None) -> None:
+        """Publish an event on ``event/<stream>`` (rate-limited per ``limit_key``)."""
+        if limit_key is not None and not self._limit.allow(limit_key, time.monotonic()):
+            return
+        body = dict(body)
+        body.setdefault("worker", self.index)
+        self.publish(Chunk.record("event", stream, 0, time.time_ns(), body))
+
+    def reject(self, reason: str, detail: str, stream: str = "engine") -> None:
+        self.rejects[reason] = self.rejects.get(reason, 0) + 1
+        self.event(
+            "engine",
+            {"type": "rejected", "reason": reason, "detail": detail[:500], "stream": stream,
+             "count": self.rejects[reason]},
+            limit_key=f"reject:{reason}",
+        )
+
+    def stats_body(self) -> dict[str, Any]:
+        return {
+            "worker": self.index,
+            "uptime_s": round(time.time() - self._started, 3),
+            "streams": {sid: s.stats.as_dict() for sid, s in self.streams.items()},
+            "rejects": dict(self.rejects),
+            "errors": dict(self.errors),
+            "latency_ms": self.latency.summary_ms(),
+        }
+
+    def publish_stats(self) -> None:
+        self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), self.stats_body()))
+
+    # -- streams ------------------------------------------------------------------------
+    def _open(self, chunk: Chunk) -> _Stream:
+        spec = StreamSpec.of(chunk)
+        stats = StreamStats(kind=chunk.kind)
+        st = _Stream(spec=spec, stages=[], stats=stats, session=chunk.meta.get("session"))
+        try:
+            for sc in self.config.pipelines.get(chunk.kind, ()):
+                stage = sc.build()
+                spec = stage.open(spec)
+                st.stages.append(stage)
+        except TelediagError as e:
+            st.refused = str(e)
+            self.event(chunk.stream, {"type": "stream_refused", "stream": chunk.stream, "detail": str(e)})
+            return st
+        self.event(
+            chunk.stream,
+            {"type": "stream_opened", "stream": chunk.stream, "kind": chunk.kind,
+             "rate_hz": st.spec.rate_hz, "channels": list(st.spec.channels),
+             "stages": [s.name for s in st.stages]},
+        )
+        return st
+
+    def _close(self, sid: str, st: _Stream) -> None:
+        for i, stage in enumerate(st.stages):
+            try:
+                out = stage.close()
+            except Exception as e:  # a stage bug must not take the engine down
+                self._stage_error(sid, st, stage, e)
+                continue
+            self._emit(st, stage, out, None, i)
+
+    def _stage_error(self, sid: str, st: _Stream, stage: Stage, e: BaseException) -> None:
+        st.stats.errors += 1
+        key = f"{stage.name}:{type(e).__name__}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+        self.event(sid, {"type": "stage_error", "stream": sid, "stage": stage.name,
+                         "error": f"{type(e).__name__}: {e}"[:500]}, limit_key=f"stage:{sid}")
+
+    def _emit(self, st: _Stream, stage: Stage, out: Outputs, sent_ref: int | None, index: int) -> None:
+        for rec in out.records:
+            self.publish(rec)
+            st.stats.records_out += 1
+        if out.signal is not None and getattr(stage.params, "publish", False):
+            pub_ns = self.publish(out.signal)
+            st.stats.chunks_out += 1
+            if sent_ref is not None:
+                lat = (pub_ns - sent_ref) * 1e-9
+                st.stats.latency.record(lat)
+                self.latency.record(lat)
+
+    def handle(self, frames: Sequence[Any]) -> None:
+        """Process one wire message (never raises for bad input)."""
+        try:
+            chunk = decode(frames)
+        except ProtocolError as e:
+            self.reject(e.reason, e.detail)
+            return
+        sid = chunk.stream
+        st = self.streams.get(sid)
+        session = chunk.meta.get("session")
+        if st is not None and session is not None and session != st.session:
+            self._close(sid, st)
+            self.event(sid, {"type": "stream_restarted", "stream": sid, "last_seq": st.stats.last_seq})
+            restarts = st.stats.restarts + 1
+            st = None
+            self.streams.pop(sid, None)
+        else:
+            restarts = None
+        if st is None:
+            st = self._open(chunk)
+            if restarts is not None:
+                st.stats.restarts = restarts
+            self.streams[sid] = st
+        stats = st.stats
+        if st.refused:
+            stats.errors += 1
+            return
+        if StreamSpec.of(chunk) != st.spec:
+            stats.errors += 1
+            self.reject("spec_changed", f"stream {sid!r} opened as {st.spec}, chunk declares {StreamSpec.of(chunk)}", sid)
+            return
+        last = stats.last_seq
+        if last >= 0 and chunk.seq != last + 1:
+            if chunk.seq <= last:
+                stats.out_of_order += 1
+                self.event(sid, {"type": "out_of_order", "stream": sid, "seq": chunk.seq, "expected": last + 1},
+                           limit_key=f"ooo:{sid}")
+                return
+            missing = chunk.seq - last - 1
+            stats.gaps += 1
+            stats.missing_chunks += missing
+            self.event(sid, {"type": "gap", "stream": sid, "first_missing_seq": last + 1,
+                             "last_missing_seq": chunk.seq - 1, "missing_chunks": missing,
+                             "resumed_t0_ns": chunk.t0_ns})
+        stats.last_seq = chunk.seq
+        stats.chunks_in += 1
+        stats.samples_in += chunk.n_samples
+        sent_ref = self._source_ref_ns(chunk)
+        x: Chunk | None = chunk
+        for i, stage in enumerate(st.stages):
+            if x is None:
+                break
+            try:
+                out = stage.process(x)
+            except Exception as e:  # count, report, keep serving other chunks and streams
+                self._stage_error(sid, st, stage, e)
+                break
+            self._emit(st, stage, out, sent_ref, i)
+            x = out.signal
+
+    @staticmethod
+    def _source_ref_ns(chunk: Chunk) -> int | None:
+        """Source time of the chunk's last sample, or its send time if earlier.
+
+        A live source sends a chunk once its last sample is acquired, so latency is
+        measured from ``t0 + (n - 1) / rate``; a replay faster than real time stamps
+        record time, which runs ahead of the wall clock, so its send time is used.
+        """
+        t_end: int | None = None
+        if chunk.kind in SIGNAL_KINDS and chunk.rate_hz:
+            t_end = chunk.t0_ns + int(max(chunk.n_samples - 1, 0) * 1e9 / chunk.rate_hz)
+        sent = chunk.meta.get("sent_ns")
+        if isinstance(sent, int):
+            return sent if t_end is None else min(t_end, sent)
+        return t_end
+
+    # -- loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        inbox = self.ctx.socket(zmq.PULL)
+        inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
+        inbox.bind(self.inbox_addr)
+        out = self.ctx.socket(zmq.PUB)
+        out.setsockopt(zmq.SNDHWM, self.config.engine.publish_hwm)
+        out.setsockopt(zmq.LINGER, 2000)
+        out.connect(self.out_addr)
+        self.out = out
+        self.ready.set()
+        interval = self.config.engine.stats_interval_s
+        next_stats = time.monotonic() + interval
+        try:
+            while True:
+                timeout_ms = max(0, int((next_stats - time.monotonic()) * 1000))
+                if inbox.poll(timeout_ms):
+                    msg = inbox.recv_multipart(copy=False)
+                    tag = msg[0].bytes
+                    if tag == STOP:
+                        break
+                    self.handle(msg[1:])
+                if time.monotonic() >= next_stats:
+                    self.publish_stats()
+                    next_stats = time.monotonic() + interval
+            for sid, st in list(self.streams.items()):
+                if not st.refused:
+                    self._close(sid, st)
+            self.publish_stats()
+        finally:
+            inbox.close(linger=0)
+            out.close()

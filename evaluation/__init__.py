@@ -1,0 +1,1 @@
+"""telediag.evaluation — scoring harnesses (EC57 beat-by-beat, segmentation, segmentation masks)."""

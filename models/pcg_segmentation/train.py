@@ -1,0 +1,186 @@
+"""Train the LR-HSMM heart-sound segmentation parameters on PhysioNet/CinC 2016 (sets a-f).
+
+What is trained (Springer et al. 2016, section II):
+
+* the emission model: a multinomial logistic regression (L2-regularised, fitted by L-BFGS)
+  from :func:`telediag.dsp.pcg.emission_features` of each 50 Hz frame to its hand-annotated
+  state; emissions are posterior / prior (hybrid-HMM scaled likelihood);
+* the duration model: Gaussian S1 and S2 durations (robust mean/sd of the annotated sounds),
+  the spread of the systole duration around the autocorrelation estimate
+  (systolic interval - mean S1), and the relative spread of diastole around
+  (period - systolic interval - mean S2), measured on the training records.
+
+Reproduce the shipped file (about 2 minutes on one core; features cached)::
+
+    python -m telediag.models.pcg_segmentation.train --data ../shared/data \\
+        --out models/pcg_segmentation/params.json --cache /tmp/pcg2016_frames.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+
+from telediag.dsp.pcg import (
+    FRAME_RATE,
+    PCGSegParams,
+    emission_features,
+    estimate_heart_rate,
+)
+
+__all__ = ["fit_duration_model", "fit_logistic", "fit_params", "main"]
+
+L2 = 1e-4  # per-sample L2 penalty on the weights (not on the bias)
+HR_MIN_BPM = 30.0
+HR_MAX_BPM = 120.0  # Springer 2016 (autocorrelation search 0.5-2 s)
+
+
+def fit_logistic(
+    x: NDArray[np.float64], y: NDArray[np.int64], n_classes: int = 4, l2: float = L2,
+    max_iter: int = 300,
+) -> NDArray[np.float64]:
+    """Multinomial logistic regression; returns weights (n_classes, n_features + 1), bias last.
+
+    Minimises the mean cross-entropy + ``l2/2 * ||W||^2`` with L-BFGS (analytic gradient).
+    Features are standardised internally and the weights mapped back.
+    """
+    n, d = x.shape
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0)
+    sd[sd == 0] = 1.0
+    xs = (x - mu) / sd
+    xb = np.hstack((xs, np.ones((n, 1))))
+    onehot = np.zeros((n, n_classes))
+    onehot[np.arange(n), y] = 1.0
+
+    def loss(wflat: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        w = wflat.reshape(n_classes, d + 1)
+        z = xb @ w.T
+        z -= z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+        logp = z - lse
+        val = -float(np.sum(onehot * logp)) / n + 0.5 * l2 * float(np.sum(w[:, :-1] ** 2))
+        g = ((np.exp(logp) - onehot).T @ xb) / n
+        g[:, :-1] += l2 * w[:, :-1]
+        return val, g.ravel()
+
+    res = minimize(loss, np.zeros(n_classes * (d + 1)), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter})
+    w = res.x.reshape(n_classes, d + 1)
+    wf = w[:, :-1] / sd
+    bias = w[:, -1] - wf @ mu
+    return np.hstack((wf, bias[:, None]))
+
+
+def _robust_mean_sd(v: NDArray[np.float64]) -> tuple[float, float]:
+    v = np.asarray(v, dtype=np.float64)
+    lo, hi = np.percentile(v, [1, 99])
+    t = v[(v >= lo) & (v <= hi)]
+    return float(np.mean(t)), float(np.std(t))
+
+
+def fit_duration_model(data: dict[str, Any], idx: Sequence[int]) -> dict[str, float]:
+    """Duration parameters from the annotated intervals of the records ``idx``."""
+    s1, s2, sys_res, dia_rel = [], [], [], []
+    s1_all = []
+    for i in idx:
+        ann = data["annotations"][i]
+        d1 = [b - a for a, b in ann.intervals(0)]
+        d2 = [b - a for a, b in ann.intervals(2)]
+        s1.extend(d1)
+        s2.extend(d2)
+        s1_all.append(d1)
+    s1_m, s1_sd = _robust_mean_sd(np.asarray(s1))
+    s2_m, s2_sd = _robust_mean_sd(np.asarray(s2))
+    for i in idx:
+        ann = data["annotations"][i]
+        hr, sys_s, _ = estimate_heart_rate(data["frames"][i][:, 0], HR_MIN_BPM, HR_MAX_BPM)
+        if not math.isfinite(hr):
+            continue
+        period = 60.0 / hr
+        sys_pred = sys_s - s1_m
+        dia_pred = period - sys_s - s2_m
+        if sys_pred <= 0 or dia_pred <= 0:
+            continue
+        sys_res.extend([(b - a) - sys_pred for a, b in ann.intervals(1)])
+        dia_rel.extend([((b - a) - dia_pred) / dia_pred for a, b in ann.intervals(3)])
+
+    def mad_sd(v: list[float]) -> float:
+        a = np.asarray(v)
+        return float(1.4826 * np.median(np.abs(a - np.median(a))))
+
+    return {
+        "s1_mean_s": s1_m,
+        "s1_sd_s": s1_sd,
+        "s2_mean_s": s2_m,
+        "s2_sd_s": s2_sd,
+        "systole_sd_s": mad_sd(sys_res),
+        "diastole_sd_frac": mad_sd(dia_rel),
+        "diastole_sd_min_s": 0.02,
+        "hr_min_bpm": HR_MIN_BPM,
+        "hr_max_bpm": HR_MAX_BPM,
+    }
+
+
+def fit_params(
+    data: dict[str, Any], idx: Sequence[int], subsample: int = 2, seed: int = 0
+) -> PCGSegParams:
+    """Fit emission and duration parameters on the records ``idx`` of a feature cache.
+
+    ``data`` is :func:`telediag.evaluation.pcg_seg.load_feature_cache`'s dict.  Frames
+    are subsampled by ``subsample`` (neighbouring 20 ms frames are nearly duplicates).
+    """
+    xs, ys = [], []
+    for i in idx:
+        x = emission_features(data["frames"][i])
+        y = data["labels"][i]
+        keep = np.flatnonzero(y >= 0)[::subsample]
+        xs.append(x[keep])
+        ys.append(y[keep])
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    w = fit_logistic(x, y)
+    counts = np.bincount(y, minlength=4).astype(np.float64)
+    log_prior = np.log(counts / counts.sum())
+    dur = fit_duration_model(data, idx)
+    extra = {"n_train_records": len(idx), "n_train_frames": int(y.size)}
+    return PCGSegParams(weights=w, log_prior=log_prior, extra=extra, **dur)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point (see module docstring)."""
+    from telediag.evaluation.pcg_seg import data_root, load_feature_cache
+
+    ap = argparse.ArgumentParser(description="Train the PCG LR-HSMM segmentation parameters.")
+    ap.add_argument("--data", default=None, help="data folder (default $TELEDIAG_DATA or "
+                    "../shared/data)")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("params.json")))
+    ap.add_argument("--cache", default=None, help="feature cache .npz (created if missing)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    root = data_root(args.data)
+    data = load_feature_cache(root, Path(args.cache) if args.cache else None, verbose=True)
+    idx = list(range(len(data["records"])))
+    params = fit_params(data, idx)
+    d = params.to_dict()
+    d["extra"].update({
+        "frame_rate_hz": FRAME_RATE,
+        "training_data": "PhysioNet/CinC 2016 training sets a,b,c,d,f (all annotated records)",
+        "command": "python -m telediag.models.pcg_segmentation.train --data ../shared/data",
+    })
+    Path(args.out).write_text(json.dumps(d, indent=1) + "\n")
+    print(f"wrote {args.out} from {len(idx)} records in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""telediag.transports - wire protocol v1 and ZeroMQ socket helpers.
+
+Knows nothing about ECG: it moves :class:`Chunk` objects (samples, video packets, annotation
+documents) between processes as ``[topic, header, payload]`` multipart messages. The protocol
+is specified in ``PROTOCOL.md`` next to this file.
+"""
+
+from telediag.transports.sockets import (
+    DEFAULT_API,
+    DEFAULT_HWM,
+    DEFAULT_INGEST,
+    DEFAULT_PUBLISH,
+    publisher,
+    puller,
+    pusher,
+    recv_chunk,
+    recv_frames,
+    send_chunk,
+    subscriber,
+)
+from telediag.transports.wire import (
+    ANNOTATION_KINDS,
+    DTYPES,
+    ENCODINGS,
+    KINDS,
+    MAX_BODY_BYTES,
+    MAX_BODY_DEPTH,
+    MAX_DIMS,
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    MAX_STREAM_CHARS,
+    MAX_TOPIC_BYTES,
+    MAX_VIDEO_DIM,
+    REASONS,
+    SIGNAL_KINDS,
+    VIDEO_CODECS,
+    VIDEO_KINDS,
+    WIRE_VERSION,
+    Chunk,
+    VideoSpec,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "ANNOTATION_KINDS",
+    "DEFAULT_API",
+    "DEFAULT_HWM",
+    "DEFAULT_INGEST",
+    "DEFAULT_PUBLISH",
+    "DTYPES",
+    "ENCODINGS",
+    "KINDS",
+    "MAX_BODY_BYTES",
+    "MAX_BODY_DEPTH",
+    "MAX_DIMS",
+    "MAX_HEADER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_STREAM_CHARS",
+    "MAX_TOPIC_BYTES",
+    "MAX_VIDEO_DIM",
+    "REASONS",
+    "SIGNAL_KINDS",
+    "VIDEO_CODECS",
+    "VIDEO_KINDS",
+    "WIRE_VERSION",
+    "Chunk",
+    "VideoSpec",
+    "decode",
+    "encode",
+    "publisher",
+    "puller",
+    "pusher",
+    "recv_chunk",
+    "recv_frames",
+    "send_chunk",
+    "subscriber",
+]
