@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+
 from telediag.transports import (
     Chunk,
     VideoSpec,

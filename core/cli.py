@@ -204,20 +204,59 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
     d.set_defaults(func=_cmd_demo)
 
-    _add_optional(sub)
+    _add_optional(sub, {"source": ss})
     return p
 
 
-def _add_optional(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live beside their subsystems (added when present)."""
+# Subcommands that live beside their subsystems: (parent, name, module, help).
+# Each module provides ``add_arguments(parser)`` and ``run(args) -> int``; a module that
+# is not there (a modality not built yet) simply leaves its subcommand out.
+PLUGGED: list[tuple[str | None, str, str, str]] = [
+    (None, "score", "telediag.evaluation.score_cli", "EC57 beat-by-beat scoring of annotation files"),
+    (None, "devices", "telediag.sources.devices_cli", "list audio input devices (stethoscopes)"),
+    ("source", "pcg", "telediag.sources.pcg_cli", "capture a stethoscope (PyAudio) or replay WAV/WFDB heart sounds"),
+    ("source", "video", "telediag.sources.video_cli", "send endoscope video (file, camera, RTSP, UDP) with PyAV"),
+    ("analyze", "ecg", "telediag.evaluation.ecg_cli", "offline ECG analysis (beats, HR, HRV, quality) to JSON/WFDB"),
+    ("analyze", "pcg", "telediag.evaluation.pcg_cli", "offline heart-sound analysis (S1/S2 segmentation, HR, abnormality)"),
+    ("analyze", "image", "telediag.evaluation.image_cli", "offline polyp segmentation of images"),
+    ("analyze", "video", "telediag.evaluation.video_cli", "offline polyp segmentation of a video file"),
+    (None, "viewer", "telediag.viewer.cli", "serve the live web viewer"),
+    (None, "infer", "telediag.api.cli", "call the inference API"),
+    (None, "api", "telediag.api.serve_cli", "serve the inference API (ZeroMQ and HTTP)"),
+    (None, "record", "telediag.recorder.cli", "record streams and annotations to WFDB/WAV/MP4"),
+    (None, "keys", "telediag.transports.keys_cli", "CurveZMQ key generation and allow-lists"),
+    (None, "bench", "telediag.evaluation.bench_cli", "run the benchmark suites and write a report"),
+]
+
+
+def _load(module: str):  # noqa: ANN202
+    import importlib
+
     try:
-        from telediag.evaluation import score_cli
-    except ImportError:
-        return
-    sc = sub.add_parser("score", help="EC57 beat-by-beat scoring of annotation files",
-                        description="Compare test annotations with reference annotations (EC57/bxb conventions).")
-    score_cli.add_arguments(sc)
-    sc.set_defaults(func=score_cli.run)
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            return None
+        raise
+
+
+def _add_optional(sub: argparse._SubParsersAction, parents: dict[str, argparse._SubParsersAction]) -> None:
+    for parent, name, module, help_text in PLUGGED:
+        mod = _load(module)
+        if mod is None:
+            continue
+        if parent is None:
+            target = sub
+        else:
+            if parent not in parents:
+                pp = sub.add_parser(parent, help=f"{parent} subcommands")
+                ps = pp.add_subparsers(dest=parent, metavar="KIND")
+                ps.required = True
+                parents[parent] = ps
+            target = parents[parent]
+        p = target.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

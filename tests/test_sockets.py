@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import zmq
+
 from telediag.errors import ProtocolError
 from telediag.transports import (
     DEFAULT_API,

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+
 from telediag.errors import ProtocolError
 from telediag.transports import wire
 from telediag.transports.wire import (

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from telediag.errors import ProtocolError
 from telediag.transports.wire import (
     ANNOTATION_KINDS,

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import zmq
+
 from telediag.transports.wire import Chunk, decode, encode
 
 __all__ = [

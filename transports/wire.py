@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import msgpack
 import numpy as np
+
 from telediag.errors import ProtocolError
 
 __all__ = [
