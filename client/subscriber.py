@@ -28,6 +28,9 @@ class Subscriber:
         Messages queued before this subscriber starts losing messages (the engine
         never waits for a slow subscriber); gaps show up as jumps in ``seq``.
 
+    curve_secret, server_key : str, optional
+        With CurveZMQ on: this client's ``.key_secret`` file and the engine's ``.key``.
+
     Messages that fail to decode are counted in ``bad`` (never raised).
     """
 
@@ -38,12 +41,22 @@ class Subscriber:
         *,
         rcvhwm: int = 200_000,
         ctx: zmq.Context | None = None,
+        curve_secret: str | None = None,
+        server_key: str | None = None,
     ) -> None:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_secret or server_key:
+            from telediag.transports.security import secure_client
+
+            if not (curve_secret and server_key):
+                from telediag.errors import ConfigError
+
+                raise ConfigError("CurveZMQ needs both curve_secret (your .key_secret) and server_key (engine .key)")
+            secure_client(self.sock, curve_secret, server_key)
         self.sock.connect(addr)
         for t in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())

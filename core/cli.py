@@ -17,6 +17,13 @@ DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 Handler = Callable[[argparse.Namespace], int]
 
 
+def add_curve_arguments(p: argparse.ArgumentParser) -> None:
+    """``--curve-secret`` / ``--server-key`` for clients of an engine with CurveZMQ on."""
+    g = p.add_argument_group("CurveZMQ (when the engine runs with [security].curve = true)")
+    g.add_argument("--curve-secret", metavar="FILE", help="this client's .key_secret file")
+    g.add_argument("--server-key", metavar="FILE", help="the engine's public .key file")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from telediag.engine.config import load_config
     from telediag.engine.runtime import Engine
@@ -64,7 +71,8 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
           f"{rec.fs:g} Hz, {rec.duration_s:.1f} s -> {args.connect} as ecg/{stream}, speed {args.speed}",
           flush=True)
     res = replay(rec, kind="ecg", stream=stream, connect=args.connect, speed=speed,
-                 chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop)
+                 chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
+                 curve_secret=args.curve_secret, server_key=args.server_key)
     print(f"telediag source ecg: sent {res.chunks} chunks, {res.samples} samples in {res.elapsed_s:.2f} s"
           f"{' (interrupted)' if res.interrupted else ''}", flush=True)
     return 0
@@ -75,7 +83,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     summary = TailSummary()
     deadline = time.monotonic() + args.duration if args.duration else None
-    with Subscriber(args.addr, topics=[args.topic]) as sub:
+    with Subscriber(args.addr, topics=[args.topic], curve_secret=args.curve_secret, server_key=args.server_key) as sub:
         next_report = time.monotonic() + args.period
         try:
             while deadline is None or time.monotonic() < deadline:
@@ -97,7 +105,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from telediag.client import Subscriber
 
     seen: dict[str, dict] = {}
-    with Subscriber(args.addr, topics=["stats/"]) as sub:
+    with Subscriber(args.addr, topics=["stats/"], curve_secret=args.curve_secret,
+                    server_key=args.server_key) as sub:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             c = sub.recv(timeout_s=max(0.0, deadline - time.monotonic()))
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stream", help="stream id (default <record>/ecg)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
     e.add_argument("--loop", action="store_true", help="start over at the end, forever")
+    add_curve_arguments(e)
     e.set_defaults(func=_cmd_source_ecg)
 
     t = sub.add_parser("tail", help="print a one-line-per-second summary per stream", description=(
@@ -184,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("topic", nargs="?", default="", help="topic prefix (default: everything)")
     t.add_argument("--period", type=float, default=1.0, help="seconds between summaries")
     t.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
+    add_curve_arguments(t)
     t.set_defaults(func=_cmd_tail)
 
     st = sub.add_parser("status", help="show engine counters and latency percentiles", description=(
@@ -193,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for stats")
     st.add_argument("--json", action="store_true", help="print the raw stats as JSON")
     st.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
+    add_curve_arguments(st)
     st.set_defaults(func=_cmd_status)
 
     d = sub.add_parser("demo", help="the main job: engine + sources on bundled data + live summary",

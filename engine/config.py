@@ -40,6 +40,7 @@ class EngineSettings:
     ingest_hwm: int = 10000
     publish_hwm: int = 200000
     max_events_per_s: int = 20
+    metrics: str = ""  # "127.0.0.1:9108" serves Prometheus text at http://HOST:PORT/metrics; "" = off
 
     def __post_init__(self) -> None:
         for name in ("ingest", "publish"):
@@ -50,9 +51,34 @@ class EngineSettings:
             raise ConfigError(f"[engine].workers must be in 1..64, got {self.workers}")
         if not 0.05 <= self.stats_interval_s <= 3600:
             raise ConfigError(f"[engine].stats_interval_s must be in 0.05..3600, got {self.stats_interval_s}")
+        if self.metrics:
+            host, _, port = self.metrics.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ConfigError(f"[engine].metrics must be HOST:PORT (e.g. 127.0.0.1:9108) or empty, got {self.metrics!r}")
         for name in ("ingest_hwm", "publish_hwm", "max_events_per_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[engine].{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """The ``[security]`` section: CurveZMQ on every engine socket (one switch).
+
+    ``server_secret`` is the engine's ``.key_secret`` file, ``allow_dir`` the folder
+    of allowed client ``.key`` files (see :mod:`telediag.transports.security`).
+    """
+
+    curve: bool = False
+    server_secret: str = ""
+    allow_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.curve and not (self.server_secret and self.allow_dir):
+            raise ConfigError(
+                "[security].curve = true needs server_secret (the engine's .key_secret file) and "
+                f"allow_dir (folder of allowed client .key files); got server_secret={self.server_secret!r}, "
+                f"allow_dir={self.allow_dir!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +99,20 @@ class Config:
     """A whole engine configuration."""
 
     engine: EngineSettings = field(default_factory=EngineSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     pipelines: Mapping[str, tuple[StageConfig, ...]] = field(default_factory=dict)
     source: str = "<built-in>"
 
 
 def _engine_settings(values: Mapping[str, Any], source: str) -> EngineSettings:
-    fields = {f.name: f for f in dataclasses.fields(EngineSettings)}
+    return _section(EngineSettings, "engine", values, source)
+
+
+def _section(cls: Any, section: str, values: Mapping[str, Any], source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: [engine] has unknown key(s) {unknown}; expected some of {sorted(fields)}")
+        raise ConfigError(f"{source}: [{section}] has unknown key(s) {unknown}; expected some of {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         expected = type(fields[key].default)
@@ -89,10 +120,13 @@ def _engine_settings(values: Mapping[str, Any], source: str) -> EngineSettings:
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ConfigError(
-                f"{source}: [engine].{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+                f"{source}: [{section}].{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
             )
         kwargs[key] = value
-    return EngineSettings(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
 
 
 def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageConfig, ...]:
@@ -120,9 +154,12 @@ def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageCo
 
 def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | None = None) -> Config:
     """Build a :class:`Config` from a parsed TOML document, on top of ``base``."""
-    unknown = sorted(set(doc) - {"engine", "pipeline"})
+    unknown = sorted(set(doc) - {"engine", "security", "pipeline"})
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level section(s) {unknown}; expected [engine] and [pipeline.<kind>.<stage>]")
+        raise ConfigError(
+            f"{source}: unknown top-level section(s) {unknown}; expected [engine], [security] and "
+            "[pipeline.<kind>.<stage>]"
+        )
     engine_values: dict[str, Any] = {}
     if base is not None:
         engine_values = dataclasses.asdict(base.engine)
@@ -131,6 +168,12 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
         raise ConfigError(f"{source}: [engine] must be a table")
     engine_values.update(engine_doc)
     engine = _engine_settings(engine_values, source)
+    sec_values: dict[str, Any] = dataclasses.asdict(base.security) if base is not None else {}
+    sec_doc = doc.get("security", {})
+    if not isinstance(sec_doc, dict):
+        raise ConfigError(f"{source}: [security] must be a table")
+    sec_values.update(sec_doc)
+    security = _section(SecuritySettings, "security", sec_values, source)
     pipelines: dict[str, tuple[StageConfig, ...]] = dict(base.pipelines) if base is not None else {}
     pipe_doc = doc.get("pipeline", {})
     if not isinstance(pipe_doc, dict):
@@ -139,7 +182,7 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [pipeline.{kind}] must be a table")
         pipelines[kind] = _pipeline(kind, table, source)
-    return Config(engine=engine, pipelines=pipelines, source=source)
+    return Config(engine=engine, security=security, pipelines=pipelines, source=source)
 
 
 def default_config() -> Config:
@@ -160,4 +203,10 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"config file {str(p)!r} not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
-    return parse_config(doc, str(p), base=base)
+    cfg = parse_config(doc, str(p), base=base)
+    sec = cfg.security
+    if sec.curve:  # key paths are relative to the config file
+        fix = {k: str((p.parent / v).resolve()) for k, v in (("server_secret", sec.server_secret),
+                                                             ("allow_dir", sec.allow_dir)) if not Path(v).is_absolute()}
+        cfg = dataclasses.replace(cfg, security=dataclasses.replace(sec, **fix))
+    return cfg

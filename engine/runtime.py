@@ -71,6 +71,18 @@ class Engine:
         self.publish_endpoint = self.config.engine.publish
 
     # -- lifecycle ----------------------------------------------------------------------
+    def _start_security(self) -> None:
+        self.curve = None
+        sec = self.config.security
+        if sec.curve:
+            from telediag.transports.security import CurveServer
+
+            self.curve = CurveServer(self.ctx, sec.server_secret, sec.allow_dir)
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        if self.curve is not None:
+            self.curve.secure(sock)
+
     def _start_proxy(self) -> None:
         e = self.config.engine
         xsub = self.ctx.socket(zmq.XSUB)
@@ -78,6 +90,7 @@ class Engine:
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, e.publish_hwm)
         xpub.setsockopt(zmq.LINGER, 2000)
+        self._secure(xpub)
         try:
             xpub.bind(e.publish)
         except zmq.ZMQError as err:
@@ -107,12 +120,14 @@ class Engine:
 
     def start(self) -> None:
         """Bind sockets and start the proxy, workers and the ingest router (threads)."""
+        self._start_security()
         self._start_proxy()
         e = self.config.engine
         self._ingest = self.ctx.socket(zmq.PULL)
         self._ingest.setsockopt(zmq.RCVHWM, e.ingest_hwm)
         self._ingest.setsockopt(zmq.MAXMSGSIZE, 80 << 20)
         self._ingest.setsockopt(zmq.LINGER, 0)
+        self._secure(self._ingest)
         try:
             self._ingest.bind(e.ingest)
         except zmq.ZMQError as err:
@@ -128,6 +143,12 @@ class Engine:
                 raise EngineError(f"worker {w.index} did not start")
         self._router_thread = threading.Thread(target=self._route, name="telediag-router", daemon=True)
         self._router_thread.start()
+        self.metrics = None
+        if e.metrics:
+            from telediag.engine.metrics import MetricsExporter
+
+            self.metrics = MetricsExporter(lambda: [w.last_stats for w in self.workers], e.metrics)
+            self.metrics.start()
         self.started.set()
 
     def _route(self) -> None:
@@ -184,6 +205,10 @@ class Engine:
             pass
         self._proxy_thread.join(5)
         self._proxy_ctrl.close(0)
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.stop()
+        if getattr(self, "curve", None) is not None:
+            self.curve.stop()
         self.ctx.term()
         self.finished.set()
         if self.error is not None:

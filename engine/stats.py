@@ -112,4 +112,9 @@ class StreamStats:
             "drops": self.drops,
             "last_seq": self.last_seq,
             "latency_ms": self.latency.summary_ms(),
+            "latency_hist": {
+                "counts": [(int(b), int(c)) for b, c in enumerate(self.latency.counts) if c],
+                "count": self.latency.count,
+                "sum_s": self.latency.sum_s,
+            },
         }

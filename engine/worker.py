@@ -84,6 +84,8 @@ class Worker:
         self._started = time.time()
         self.ready = threading.Event()
         self.out: zmq.Socket | None = None
+        self.last_stats: dict[str, Any] = {}
+        self.latency_counts = self.latency.counts  # exposed for histogram export
 
     # -- publishing -------------------------------------------------------------------
     def _next_seq(self, topic: str) -> int:
@@ -129,7 +131,9 @@ class Worker:
         }
 
     def publish_stats(self) -> None:
-        self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), self.stats_body()))
+        body = self.stats_body()
+        self.last_stats = body  # snapshot for the in-process metrics exporter (reference swap)
+        self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), body))
 
     # -- streams ------------------------------------------------------------------------
     def _open(self, chunk: Chunk) -> _Stream:

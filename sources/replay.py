@@ -93,6 +93,8 @@ def replay(
     ctx: zmq.Context | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
     linger_s: float = 30.0,
+    curve_secret: str | None = None,
+    server_key: str | None = None,
 ) -> ReplayResult:
     """Stream ``rec`` to ``connect`` (an engine ingest address).
 
@@ -110,6 +112,12 @@ def replay(
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
+    if curve_secret or server_key:
+        from telediag.transports.security import secure_client
+
+        if not (curve_secret and server_key):
+            raise DataError("CurveZMQ needs both --curve-secret (your .key_secret) and --server-key (engine .key)")
+        secure_client(sock, curve_secret, server_key)
     sock.connect(connect)
     stop = stop or threading.Event()
     session = secrets.token_hex(8)

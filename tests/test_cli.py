@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -64,21 +65,24 @@ def test_status_and_tail_read_a_live_engine() -> None:
         p = ctx.socket(zmq.PUSH)
         p.connect(eng.ingest_endpoint)
 
+        done = threading.Event()
+
         def feed() -> None:
-            for seq in range(30):
+            for seq in range(100_000):
+                if done.is_set():
+                    break
                 c = Chunk.signal("ecg", "cli/ecg", seq, time.time_ns(), np.zeros((36, 1)), 360.0, ("I",), ("mV",))
                 p.send_multipart(encode(c))
                 time.sleep(0.05)
 
-        import threading
-
         t = threading.Thread(target=feed)
         t.start()
         tail = subprocess.run([sys.executable, "-m", "telediag", "tail", eng.publish_endpoint, "ecg/",
-                               "--duration", "2.5", "--period", "0.5"], capture_output=True, text=True, timeout=60)
-        t.join()
+                               "--duration", "6", "--period", "0.5"], capture_output=True, text=True, timeout=90)
         status = subprocess.run([sys.executable, "-m", "telediag", "status", eng.publish_endpoint],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=90)
+        done.set()
+        t.join()
         p.close()
         ctx.term()
     finally:
