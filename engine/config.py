@@ -206,7 +206,9 @@ def load_config(path: str | Path | None = None) -> Config:
     cfg = parse_config(doc, str(p), base=base)
     sec = cfg.security
     if sec.curve:  # key paths are relative to the config file
-        fix = {k: str((p.parent / v).resolve()) for k, v in (("server_secret", sec.server_secret),
-                                                             ("allow_dir", sec.allow_dir)) if not Path(v).is_absolute()}
-        cfg = dataclasses.replace(cfg, security=dataclasses.replace(sec, **fix))
+        def rel(v: str) -> str:
+            return v if Path(v).is_absolute() else str((p.parent / v).resolve())
+
+        fixed = SecuritySettings(curve=True, server_secret=rel(sec.server_secret), allow_dir=rel(sec.allow_dir))
+        cfg = dataclasses.replace(cfg, security=fixed)
     return cfg

@@ -205,10 +205,12 @@ class Engine:
             pass
         self._proxy_thread.join(5)
         self._proxy_ctrl.close(0)
-        if getattr(self, "metrics", None) is not None:
-            self.metrics.stop()
-        if getattr(self, "curve", None) is not None:
-            self.curve.stop()
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.stop()
+        curve = getattr(self, "curve", None)
+        if curve is not None:
+            curve.stop()
         self.ctx.term()
         self.finished.set()
         if self.error is not None:
