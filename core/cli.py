@@ -63,6 +63,13 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
         rec = read_csv(args.csv, fs=args.fs)
     if args.leads:
         rec = rec.select([int(x) for x in args.leads.split(",")])
+    if args.seconds:
+        if args.seconds <= 0:
+            raise TelediagError(f"--seconds must be positive, got {args.seconds}")
+        from telediag.sources.readers import Recording
+
+        n = max(1, int(round(args.seconds * rec.fs)))
+        rec = Recording(rec.signal[:n], rec.fs, rec.channels, rec.units, rec.name)
     speed = parse_speed(args.speed)
     stream = args.stream or f"{rec.name}/ecg"
     stop = threading.Event()
@@ -183,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR", help=f"engine ingest (default {DEFAULT_INGEST})")
     e.add_argument("--stream", help="stream id (default <record>/ecg)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
+    e.add_argument("--seconds", type=float, help="send only the first S seconds of the recording")
     e.add_argument("--loop", action="store_true", help="start over at the end, forever")
     add_curve_arguments(e)
     e.set_defaults(func=_cmd_source_ecg)

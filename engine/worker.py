@@ -93,12 +93,19 @@ class Worker:
         self._out_seq[topic] = s + 1
         return s
 
-    def publish(self, chunk: Chunk, *, sent_ns: int | None = None) -> int:
-        """Publish ``chunk`` with the next seq of its output stream; return publish time."""
+    def publish(self, chunk: Chunk, *, src_seq: int | None = None) -> int:
+        """Publish ``chunk`` with the next seq of its output stream; return publish time.
+
+        Signal outputs carry ``meta.src_seq``, the source chunk they came from, so a
+        subscriber or recorder can tell exactly which source ranges it never saw (for
+        example across an engine restart, when output ``seq`` starts again at 0).
+        """
         assert self.out is not None
         pub_ns = time.time_ns()
         meta = dict(chunk.meta)
         meta["pub_ns"] = pub_ns
+        if src_seq is not None:
+            meta["src_seq"] = src_seq
         chunk = dataclasses.replace(chunk, seq=self._next_seq(chunk.topic), meta=meta)
         self.out.send_multipart(encode(chunk), copy=False)
         return pub_ns
@@ -152,7 +159,8 @@ class Worker:
         self.event(
             chunk.stream,
             {"type": "stream_opened", "stream": chunk.stream, "kind": chunk.kind,
-             "rate_hz": st.spec.rate_hz, "channels": list(st.spec.channels),
+             "rate_hz": st.spec.rate_hz, "channels": list(st.spec.channels), "first_seq": chunk.seq,
+             "first_t0_ns": chunk.t0_ns,
              "stages": [s.name for s in st.stages]},
         )
         return st
@@ -164,7 +172,7 @@ class Worker:
             except Exception as e:  # a stage bug must not take the engine down
                 self._stage_error(sid, st, stage, e)
                 continue
-            self._emit(st, stage, out, None, i)
+            self._emit(st, stage, out, None, None)
 
     def _stage_error(self, sid: str, st: _Stream, stage: Stage, e: BaseException) -> None:
         st.stats.errors += 1
@@ -173,12 +181,12 @@ class Worker:
         self.event(sid, {"type": "stage_error", "stream": sid, "stage": stage.name,
                          "error": f"{type(e).__name__}: {e}"[:500]}, limit_key=f"stage:{sid}")
 
-    def _emit(self, st: _Stream, stage: Stage, out: Outputs, sent_ref: int | None, index: int) -> None:
+    def _emit(self, st: _Stream, stage: Stage, out: Outputs, sent_ref: int | None, src_seq: int | None) -> None:
         for rec in out.records:
             self.publish(rec)
             st.stats.records_out += 1
         if out.signal is not None and getattr(stage.params, "publish", False):
-            pub_ns = self.publish(out.signal)
+            pub_ns = self.publish(out.signal, src_seq=src_seq)
             st.stats.chunks_out += 1
             if sent_ref is not None:
                 lat = (pub_ns - sent_ref) * 1e-9
@@ -242,7 +250,7 @@ class Worker:
             except Exception as e:  # count, report, keep serving other chunks and streams
                 self._stage_error(sid, st, stage, e)
                 break
-            self._emit(st, stage, out, sent_ref, i)
+            self._emit(st, stage, out, sent_ref, chunk.seq)
             x = out.signal
 
     @staticmethod
