@@ -166,7 +166,7 @@ class Worker:
         return st
 
     def _close(self, sid: str, st: _Stream) -> None:
-        for i, stage in enumerate(st.stages):
+        for stage in st.stages:
             try:
                 out = stage.close()
             except Exception as e:  # a stage bug must not take the engine down
@@ -242,7 +242,7 @@ class Worker:
         stats.samples_in += chunk.n_samples
         sent_ref = self._source_ref_ns(chunk)
         x: Chunk | None = chunk
-        for i, stage in enumerate(st.stages):
+        for stage in st.stages:
             if x is None:
                 break
             try:
