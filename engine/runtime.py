@@ -24,6 +24,7 @@ from types import FrameType
 import zmq
 
 from telediag.engine.config import Config, load_config
+from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
 from telediag.errors import EngineError
 
@@ -60,6 +61,12 @@ class Engine:
         self.workers = [
             Worker(i, self.config, self.ctx, addr, self._out_addr) for i, addr in enumerate(self._inbox_addrs)
         ]
+        # Video: one dedicated worker with its own small inbox, fed with NOBLOCK by the router
+        # (latest-frame-wins; video never delays ECG/PCG). See engine/video_worker.py.
+        self._video_addr = f"inproc://telediag-video-{uid}"
+        self.video_worker = VideoWorker(self.config, self.ctx, self._video_addr, self._out_addr)
+        self.video_dropped: dict[str, int] = {}  # per stream: packets dropped by the router
+        self._video_out: zmq.Socket | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._router_thread: threading.Thread | None = None
@@ -139,8 +146,13 @@ class Engine:
             t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
             t.start()
             self._threads.append(t)
-            if not w.ready.wait(10):
+            if not w.ready.wait(300):  # warm-up may compile Numba kernels on a cold cache
                 raise EngineError(f"worker {w.index} did not start")
+        vt = threading.Thread(target=self.video_worker.run, name="telediag-video", daemon=True)
+        vt.start()
+        self._threads.append(vt)
+        if not self.video_worker.ready.wait(10):
+            raise EngineError("video worker did not start")
         self._router_thread = threading.Thread(target=self._route, name="telediag-router", daemon=True)
         self._router_thread.start()
         self.metrics = None
@@ -159,6 +171,11 @@ class Engine:
             s.setsockopt(zmq.SNDHWM, self.config.engine.ingest_hwm)
             s.connect(addr)
             outs.append(s)
+        video = self.ctx.socket(zmq.PUSH)  # small HWM + NOBLOCK in _forward: drop, never wait
+        video.setsockopt(zmq.SNDHWM, VIDEO_INBOX_HWM)
+        video.setsockopt(zmq.SNDTIMEO, 5000)  # bounds the final STOP only
+        video.connect(self._video_addr)
+        self._video_out = video
         ingest = self._ingest
         try:
             while not self._stop.is_set():
@@ -171,19 +188,38 @@ class Engine:
                 self._forward(ingest, outs, n)
             for s in outs:
                 s.send(STOP)
+            self._stop_video(video)
         except BaseException as e:  # pragma: no cover - reported by join()
             self.error = e
             for s in outs:
                 s.send(STOP)
+            self._stop_video(video)
         finally:
             ingest.close(0)
             for s in outs:
                 s.close(linger=5000)
+            video.close(linger=5000)
+
+    @staticmethod
+    def _stop_video(video: zmq.Socket) -> None:
+        try:
+            video.send(STOP)
+        except zmq.ZMQError:  # pragma: no cover - video worker wedged for 5 s; join() times out
+            pass
 
     def _forward(self, ingest: zmq.Socket, outs: list[zmq.Socket], n: int) -> None:
         frames = ingest.recv_multipart(copy=False)
         topic = frames[0].bytes if frames else b""
         _, _, stream = topic.partition(b"/")
+        if topic.startswith(b"video/") and self._video_out is not None:
+            # latest-frame-wins: never block the router (and so ECG/PCG) on video
+            try:
+                self._video_out.send_multipart([DATA, *frames], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                key = stream.decode("utf-8", "replace")
+                self.video_dropped[key] = self.video_dropped.get(key, 0) + 1
+            self.routed += 1
+            return
         outs[owner_of(stream, n) if n > 1 else 0].send_multipart([DATA, *frames], copy=False)
         self.routed += 1
 

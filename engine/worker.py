@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import zmq
 
 from telediag.engine.config import Config
@@ -270,6 +271,38 @@ class Worker:
         return t_end
 
     # -- loop ---------------------------------------------------------------------------
+    WARMUP_SPECS = {"ecg": (360.0, ("I", "II"), ("mV", "mV")), "pcg": (4000.0, ("stetho",), ("adu",))}
+
+    def warmup(self) -> None:
+        """Run a few seconds of synthetic signal through every pipeline before serving.
+
+        Loads the Numba kernels (compiled or from cache) and model sessions so the first
+        real chunk of every stream is not charged the start-up cost. Best effort: a
+        stage that fails here fails again, and is reported, on real data.
+        """
+        rng = np.random.default_rng(0)
+        for kind, (fs, channels, units) in self.WARMUP_SPECS.items():
+            configs = self.config.pipelines.get(kind, ())
+            if not configs:
+                continue
+            try:
+                stages = [sc.build() for sc in configs]
+                spec = StreamSpec("warmup", kind, fs, channels, units)
+                for stage in stages:
+                    spec = stage.open(spec)
+                n = int(fs)
+                for seq in range(4):
+                    x: Chunk | None = Chunk.signal(kind, "warmup", seq, seq * 10**9,
+                                                   rng.standard_normal((n, len(channels))) * 0.1, fs, channels, units)
+                    for stage in stages:
+                        if x is None:
+                            break
+                        x = stage.process(x).signal
+                for stage in stages:
+                    stage.close()
+            except Exception:  # noqa: BLE001 - warm-up is best effort
+                continue
+
     def run(self) -> None:
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
@@ -279,6 +312,7 @@ class Worker:
         out.setsockopt(zmq.LINGER, 2000)
         out.connect(self.out_addr)
         self.out = out
+        self.warmup()
         self.ready.set()
         interval = self.config.engine.stats_interval_s
         next_stats = time.monotonic() + interval

@@ -1,0 +1,171 @@
+"""Capacity: how many real-time ECG streams one engine holds with p99 <= 50 ms and zero loss.
+
+Starts the engine (default pipeline, or ``--config``) as its own process, then a load
+generator process that sends N two-lead 360 Hz streams at real-time rate (each stream
+one chunk every ``--chunk-ms``, stamped with the source clock), for ``--seconds``.
+Reads the engine's stats: per-stream samples in vs. sent, gaps, errors, and the
+source-timestamp -> publish latency percentiles. ``--sweep`` doubles N until a target
+fails, then bisects.
+
+    python benchmarks/load_streams.py --streams 100 --seconds 20
+    python benchmarks/load_streams.py --sweep --seconds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, record: str | None,
+               ready: mp.Event, result: mp.Queue) -> None:
+    import zmq
+
+    from telediag.transports.wire import Chunk, encode
+
+    fs = 360.0
+    per = int(round(fs * chunk_ms / 1000))
+    if record:
+        from telediag.sources.readers import read_wfdb
+
+        sig = read_wfdb(record).signal.astype(np.float32)
+    else:
+        t = np.arange(int(fs * 60)) / fs
+        sig = np.stack([np.sin(2 * np.pi * 1.2 * t), np.cos(2 * np.pi * 1.2 * t)], 1).astype(np.float32)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100000)
+    sock.connect(ingest)
+    ready.wait()
+    n_chunks = int(seconds * 1000 / chunk_ms)
+    start = time.time_ns()
+    t_start = time.monotonic()
+    late = 0
+    offsets = [(i * 7919) % (len(sig) - per * n_chunks - 1) for i in range(n_streams)]
+    for k in range(n_chunks):
+        due = t_start + (k + 1) * chunk_ms / 1000
+        d = due - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        else:
+            late += 1
+        t0 = start + int(k * per * 1e9 / fs)
+        now = time.time_ns()
+        for i in range(n_streams):
+            o = offsets[i] + k * per
+            c = Chunk.signal("ecg", f"load-{i}/ecg", k, t0, sig[o:o + per], fs, ("MLII", "V1"), ("mV", "mV"),
+                             meta={"session": "load", "sent_ns": now})
+            sock.send_multipart(encode(c), copy=False)
+    sock.close(linger=10000)
+    ctx.term()
+    result.put({"chunks_per_stream": n_chunks, "samples_per_stream": n_chunks * per, "late_ticks": late})
+
+
+def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
+             record: str | None = None, verbose: bool = True) -> dict:
+    ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    cfg_path = Path(f"/tmp/telediag-load-{os.getpid()}.toml")
+    extra = Path(config).read_text() if config else ""
+    cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 0.5\n'
+                        f"publish_hwm = 1000000\n" + extra.replace("[engine]", "#[engine]"))
+    eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from telediag.client import Subscriber
+
+    sub = Subscriber(publish, topics=["stats/"])
+    try:
+        if not sub.wait_connected(60):
+            raise RuntimeError("engine did not start")
+        ready, result = mp.Event(), mp.Queue()
+        gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result))
+        gen.start()
+        time.sleep(0.5)
+        ready.set()
+        gen.join(seconds * 4 + 60)
+        sent = result.get(timeout=10)
+        # wait for the engine to finish what is queued, then read final stats
+        last: dict = {}
+        deadline = time.monotonic() + max(30.0, seconds)
+        while time.monotonic() < deadline:
+            c = sub.recv(timeout_s=1.0)
+            if c is None:
+                continue
+            last[c.stream] = c.body
+            streams = {k: v for b in last.values() for k, v in b["streams"].items()}
+            if len(streams) == n_streams and all(v["samples_in"] >= sent["samples_per_stream"] for v in streams.values()):
+                break
+        rss_kb = None
+        try:
+            with open(f"/proc/{eng.pid}/status") as f:
+                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except OSError:
+            pass
+    finally:
+        sub.close()
+        eng.send_signal(signal.SIGTERM)
+        try:
+            eng.wait(30)
+        except subprocess.TimeoutExpired:
+            eng.kill()
+        cfg_path.unlink(missing_ok=True)
+    streams = {k: v for b in last.values() for k, v in b["streams"].items()}
+    lost = sum(max(0, sent["samples_per_stream"] - v["samples_in"]) for v in streams.values())
+    lost += sent["samples_per_stream"] * (n_streams - len(streams))
+    p99 = max((v["latency_ms"]["p99"] for v in streams.values()), default=float("nan"))
+    p50 = float(np.median([v["latency_ms"]["p50"] for v in streams.values()])) if streams else float("nan")
+    errors = sum(v["errors"] + v["gaps"] for v in streams.values())
+    res = {"streams": n_streams, "seconds": seconds, "chunk_ms": chunk_ms, "lost_samples": int(lost),
+           "errors_or_gaps": errors, "p50_ms": p50, "worst_stream_p99_ms": p99,
+           "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
+           "ok": lost == 0 and errors == 0 and p99 <= 50.0}
+    if verbose:
+        print(json.dumps(res), flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--chunk-ms", type=float, default=100.0)
+    ap.add_argument("--config", help="extra engine config (pipelines) to load")
+    ap.add_argument("--record", help="WFDB record to send (default: synthetic)")
+    ap.add_argument("--sweep", action="store_true", help="find the most streams that pass")
+    a = ap.parse_args()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    if not a.sweep:
+        run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record)
+        return
+    lo, hi, n = 0, None, max(1, a.streams)
+    while hi is None or hi - lo > max(1, lo // 10):
+        r = run_load(n, a.seconds, a.chunk_ms, a.config, a.record)
+        if r["ok"]:
+            lo = n
+            n = n * 2 if hi is None else (lo + hi) // 2
+        else:
+            hi = n
+            n = (lo + hi) // 2
+        if n <= lo:
+            break
+    print(f"most streams held (p99 <= 50 ms, zero loss): {lo}")
+
+
+if __name__ == "__main__":
+    main()
