@@ -201,6 +201,10 @@ def load_config(path: str | Path | None = None) -> Config:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"config file {str(p)!r} not found") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
     cfg = parse_config(doc, str(p), base=base)

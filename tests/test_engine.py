@@ -240,3 +240,22 @@ def test_multiple_workers_merge_into_one_endpoint() -> None:
     finally:
         eng.stop()
         eng.join(10)
+
+
+def test_nan_runs_do_not_poison_the_filter() -> None:
+    from telediag.engine.stage import StreamSpec
+    from telediag.engine.stages.ecg import EcgFilter, EcgFilterParams
+
+    st = EcgFilter(EcgFilterParams())
+    st.open(StreamSpec("n/ecg", "ecg", FS, ("I",), ("mV",)))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, 1))
+    x[500:560] = np.nan
+    outs = []
+    for seq, part in enumerate(np.split(x, [100, 530, 1000])):
+        c = Chunk.signal("ecg", "n/ecg", seq, 0, part, FS, ("I",), ("mV",))
+        outs.append(st.process(c).signal.data)
+    y = np.concatenate(outs)
+    assert np.isnan(y[500:560]).all()
+    assert np.isfinite(y[:500]).all() and np.isfinite(y[560:]).all()
+    assert np.abs(y[1500:]).max() < 10  # the state recovered

@@ -1,5 +1,6 @@
 """Built-in stages; importing this package registers them."""
 
 from telediag.engine.stages.ecg import EcgFilter
+from telediag.engine.stages.ecg_analysis import EcgAnalysis  # noqa: F401
 
 __all__ = ["EcgFilter"]

@@ -71,6 +71,7 @@ class EcgFilter(Stage):
         self.sos = sos
         self._filter: SosFilter | None = None
         self._n_channels = spec.n_channels
+        self._last = np.zeros(spec.n_channels)
         self.spec = spec
         self.out_stream = f"{spec.stream}/{p.suffix}"
         return StreamSpec(self.out_stream, spec.kind, spec.rate_hz, spec.channels, spec.units)
@@ -87,9 +88,35 @@ class EcgFilter(Stage):
             if len(x) == 0:  # the steady state needs a first sample; wait for one
                 return Outputs(signal=signal_like(chunk, x.copy(), self.out_stream))
             if self.params.init == "steady":  # type: ignore[attr-defined]
-                zi = steady_state_zi(self.sos, self._n_channels, x[0])
+                first = np.array([col[np.isfinite(col)][0] if np.isfinite(col).any() else 0.0 for col in x.T])
+                zi = steady_state_zi(self.sos, self._n_channels, first)
+                self._last = first
                 self._filter = SosFilter(self.sos, self._n_channels, zi=zi)
             else:
                 self._filter = SosFilter(self.sos, self._n_channels)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            # NaN/inf (leads off, lost samples) must not poison the filter state: hold the
+            # last finite value through the run for the filter, and output NaN there
+            x = _hold_last_finite(x, bad, self._last)
         y = self._filter.process(x)
+        if len(x):
+            self._last = x[-1].copy()
+        if bad.any():
+            y[bad] = np.nan
         return Outputs(signal=signal_like(chunk, y, self.out_stream))
+
+
+def _hold_last_finite(x: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Replace non-finite samples by the last finite value of their channel."""
+    x = x.copy()
+    for c in range(x.shape[1]):
+        b = bad[:, c]
+        if not b.any():
+            continue
+        col = x[:, c]
+        idx = np.where(~b, np.arange(len(col)), -1)
+        np.maximum.accumulate(idx, out=idx)
+        held = np.where(idx >= 0, col[np.maximum(idx, 0)], last[c])
+        x[:, c] = held
+    return x

@@ -1,0 +1,137 @@
+"""Throughput of the whole ECG chain (filter + QRS + HR + HRV + quality) through the stages.
+
+The default ``ecg`` pipeline (``ecg_analysis`` then ``ecg_filter``) runs on a 2-lead 360 Hz
+record (MIT-BIH 208, first 10 minutes; a seeded synthetic ECG when the data are absent) fed
+in 1 s chunks directly to the stages (no sockets), one core.  Peers in the same run: each
+building block alone (filter stage, QRS detector, quality, analysis stage without the
+filter), so the cost of the glue (record building, HR/HRV meters) is visible.  Each test
+prints ``x real time`` (record seconds per wall-clock second, one core).  Issue 4's target
+for the full chain *with the beat classifier* is >= 5,000 x real time per core.
+
+Run: ``pytest benchmarks/bench_ecg_chain.py -s`` (smoke: ``--benchmark-disable``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from telediag.dsp.qrs import QRSDetector
+from telediag.dsp.quality import SignalQuality
+from telediag.engine.config import load_config
+from telediag.engine.stage import Stage, StreamSpec
+from telediag.evaluation.ecg_analyze import build_pipeline
+from telediag.transports.wire import Chunk
+
+SECONDS = 600.0
+FS = 360.0
+
+
+def _signal() -> tuple[np.ndarray, float, str]:
+    env = os.environ.get("TELEDIAG_DATA")
+    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    mit = base / "mitdb"
+    if (mit / "208.dat").exists():
+        from telediag.sources.readers import read_wfdb
+
+        r = read_wfdb(mit / "208")
+        return np.ascontiguousarray(r.signal[: int(SECONDS * r.fs)]), r.fs, "mitdb 208"
+    rng = np.random.default_rng(0)
+    t = np.arange(int(SECONDS * FS)) / FS
+    x = np.zeros(t.size)
+    for b in np.cumsum(0.8 + 0.05 * rng.standard_normal(int(SECONDS / 0.8))):
+        i = int(b * FS)
+        lo, hi = max(0, i - 20), min(t.size, i + 20)
+        x[lo:hi] += np.exp(-0.5 * ((t[lo:hi] - b) / 0.01) ** 2)
+    sig = np.stack([x, 0.5 * x], axis=1) + 0.02 * rng.standard_normal((t.size, 2))
+    return sig, FS, "synthetic"
+
+
+@pytest.fixture(scope="module")
+def ecg() -> tuple[list[Chunk], np.ndarray, float, str]:
+    x, fs, name = _signal()
+    step = int(fs)
+    chunks = [
+        Chunk.signal("ecg", "bench/ecg", k, round(i * 1e9 / fs), x[i : i + step], fs, ("MLII", "V1"), ("mV", "mV"))
+        for k, i in enumerate(range(0, x.shape[0], step))
+    ]
+    return chunks, x, fs, name
+
+
+def _stages(fs: float, only: str | None = None) -> list[Stage]:
+    spec = StreamSpec("bench/ecg", "ecg", fs, ("MLII", "V1"), ("mV", "mV"))
+    stages = build_pipeline(load_config(), spec)
+    if only is not None:
+        stages = [s for s in stages if s.type_name == only]
+    return stages
+
+
+def _chain(chunks: list[Chunk], fs: float, only: str | None = None) -> Callable[[], int]:
+    def run() -> int:
+        stages = _stages(fs, only)
+        n = 0
+        for c in chunks:
+            x: Chunk | None = c
+            for s in stages:
+                assert x is not None
+                out = s.process(x)
+                n += len(out.records)
+                x = out.signal
+        for s in stages:
+            n += len(s.close().records)
+        return n
+
+    return run
+
+
+def _measure(benchmark: Any, fn: Callable[[], Any], seconds: float, label: str, rounds: int = 5) -> Any:
+    fn()  # warm-up: Numba compile/caches
+    out = benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        best = stats.stats.min
+        print(f"\n{label}: {seconds / best:,.0f} x real time per core ({best * 1e3:.1f} ms for {seconds:.0f} s)")
+    return out
+
+
+def test_full_chain_stages_1s_chunks(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:
+    chunks, x, fs, name = ecg
+    n_records = _measure(benchmark, _chain(chunks, fs), x.shape[0] / fs, f"full ECG chain ({name}, 2 leads)")
+    assert n_records > len(chunks)  # hr + quality records at least once per second
+
+
+def test_peer_analysis_stage_only(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:
+    chunks, x, fs, name = ecg
+    _measure(benchmark, _chain(chunks, fs, "ecg_analysis"), x.shape[0] / fs, "ecg_analysis stage alone")
+
+
+def test_peer_filter_stage_only(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:
+    chunks, x, fs, name = ecg
+    _measure(benchmark, _chain(chunks, fs, "ecg_filter"), x.shape[0] / fs, "ecg_filter stage alone")
+
+
+def test_peer_qrs_detector_only(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:
+    chunks, x, fs, _ = ecg
+    lead = [np.ascontiguousarray(c.data[:, 0], dtype=np.float64) for c in chunks]
+
+    def run() -> int:
+        det = QRSDetector(fs)
+        return sum(det.process(v).size for v in lead) + det.flush().size
+
+    _measure(benchmark, run, x.shape[0] / fs, "QRSDetector alone (1 lead)")
+
+
+def test_peer_quality_only(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:
+    chunks, x, fs, _ = ecg
+    data = [np.asarray(c.data, dtype=np.float64) for c in chunks]
+
+    def run() -> int:
+        sq = SignalQuality(fs, 2)
+        return sum(sq.process(v)[0].block_start.size for v in data)
+
+    _measure(benchmark, run, x.shape[0] / fs, "SignalQuality alone (2 leads)")
