@@ -175,6 +175,37 @@ class TailSummary:
         return out
 
 
+def _describe(body: Any) -> str | None:
+    """A human summary of well-known annotation bodies (None: fall back to the raw text)."""
+    if not isinstance(body, dict):
+        return None
+    if "readings" in body and body["readings"]:
+        r = body["readings"][-1]
+        hr = r.get("hr_bpm")
+        return f"HR {hr:.0f} bpm" if isinstance(hr, (int, float)) else "HR --"
+    if "beats" in body:
+        beats = body["beats"] or []
+        labels = "".join(str(b.get("label") or "?") for b in beats[-12:])
+        return f"{len(beats)} beat(s) {labels}"
+    if "blocks" in body and body["blocks"]:
+        b = body["blocks"][-1]
+        sqi = b.get("sqi")
+        if isinstance(sqi, list):
+            return "SQI " + " ".join(f"{v:.2f}" if isinstance(v, (int, float)) else "--" for v in sqi) + (
+                "" if all(b.get("usable", [True])) else "  UNUSABLE")
+    if "latency_ms" in body and "streams" in body:
+        lat = body["latency_ms"]
+        rej = sum((body.get("rejects") or {}).values())
+        return (f"worker {body.get('worker')}: {len(body['streams'])} stream(s), latency p50 {lat.get('p50', 0):.1f} "
+                f"p99 {lat.get('p99', 0):.1f} ms, rejected {rej}")
+    if "type" in body:
+        return f"{body['type']} " + ", ".join(f"{k}={v}" for k, v in body.items() if k not in ("type", "worker"))[:80]
+    return None
+
+
 def _short(body: Any, limit: int = 90) -> str:
+    described = _describe(body)
+    if described is not None:
+        body = described
     text = str(body)
     return text if len(text) <= limit else text[: limit - 3] + "..."
