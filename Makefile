@@ -11,13 +11,19 @@ $(BIN)/.installed-run: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(BIN)/.installed-dev: pyproject.toml
+# System libraries the dev extras build against (PortAudio for PyAudio); needs root or sudo.
+sysdeps:
+	@if ! [ -e /usr/include/portaudio.h ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq portaudio19-dev; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq portaudio19-dev; fi; fi
+
+$(BIN)/.installed-dev: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,audio]'
 	touch $@ $(BIN)/.installed-run
 
-.PHONY: demo test lint typecheck unit bench-smoke bench
+.PHONY: sysdeps demo test lint typecheck unit bench-smoke bench
 
 demo: $(BIN)/.installed-run
 	$(BIN)/telediag demo

@@ -4,3 +4,4 @@ from telediag.engine.stages.ecg import EcgFilter
 from telediag.engine.stages.ecg_analysis import EcgAnalysis  # noqa: F401
 
 __all__ = ["EcgFilter"]
+from telediag.engine.stages.pcg import PcgSegment  # noqa: F401
