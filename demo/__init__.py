@@ -1,7 +1,8 @@
 """``telediag demo``: the main job on built-in defaults and bundled data.
 
 Starts the engine (built-in config) in this process, replays the bundled real
-recordings through it as a live source would, and prints a live per-stream summary.
+recordings through it as a live source would, serves the live web viewer (port 8080, or
+any free port when it is taken; the URL is printed) and prints a live per-stream summary.
 Modalities that are not built yet are simply absent.
 """
 
@@ -25,6 +26,25 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files("telediag.demo").joinpath("data", name)))
 
 
+def _start_viewer(publish: str, port: int):  # noqa: ANN202 - ViewerThread, imported lazily
+    """The live web viewer on ``port`` (any free port when taken), or ``None`` without aiohttp."""
+    try:
+        from telediag.viewer.server import ViewerThread
+    except ImportError as e:  # pragma: no cover - aiohttp is a dependency
+        print(f"  viewer   unavailable ({e}); pip install aiohttp")
+        return None
+    from telediag.errors import TelediagError
+
+    for p in (port, 0):
+        v = ViewerThread(publish, host="127.0.0.1", port=p)
+        try:
+            v.start()
+            return v
+        except TelediagError:
+            continue
+    return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -39,6 +59,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print("telediag demo")
     print(f"  engine   ingest {args.ingest}  publish {args.publish}")
     print(f"  ECG      MIT-BIH record 119 (first 5 min, looped), 2 leads at {rec.fs:g} Hz -> ecg/bed-1/ecg")
+    viewer = _start_viewer(args.publish, getattr(args, "viewer_port", 8080))
+    if viewer is not None:
+        print(f"  viewer   {viewer.url}   (live web viewer: open it in a browser)")
     print(f"  watch    telediag tail {args.publish}     or     telediag status {args.publish}")
     print(f"  running  {'until Ctrl-C' if not args.duration else f'{args.duration:g} s'}", flush=True)
     sources = [
@@ -66,6 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
     stop.set()
     for s in sources:
         s.join(5)
+    if viewer is not None:
+        viewer.stop()
     engine.stop()
     engine.join(10)
     print("telediag demo: stopped cleanly")

@@ -51,9 +51,10 @@ class Engine:
     >>> eng.start(); ...; eng.stop(); eng.join()  # doctest: +SKIP
     """
 
-    def __init__(self, config: Config | None = None, *, drain_idle_s: float = 0.3) -> None:
+    def __init__(self, config: Config | None = None, *, drain_idle_s: float = 0.3, drain_max_s: float = 5.0) -> None:
         self.config = config or load_config()
         self.drain_idle_s = drain_idle_s
+        self.drain_max_s = drain_max_s
         self.ctx = zmq.Context()
         uid = f"{id(self)}-{next(_ids)}"
         self._out_addr = f"inproc://telediag-out-{uid}"
@@ -183,8 +184,10 @@ class Engine:
                     continue
                 self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
+            # bounded: a source that never stops sending must not keep the engine alive
             idle_ms = int(self.drain_idle_s * 1000)
-            while ingest.poll(idle_ms):
+            drain_end = time.monotonic() + self.drain_max_s
+            while time.monotonic() < drain_end and ingest.poll(idle_ms):
                 self._forward(ingest, outs, n)
             for s in outs:
                 s.send(STOP)
