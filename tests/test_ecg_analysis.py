@@ -330,7 +330,7 @@ def test_engine_publishes_beats_equal_to_offline_analysis(engine: Engine, mitdb:
         got: list[Chunk] = []
         deadline = time.monotonic() + 60.0
         last = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < 1.0:
+        while time.monotonic() < deadline and time.monotonic() - last < 3.0:  # generous: shared CPUs stall
             c = sub.recv(timeout_s=0.05)
             if c is None or c.kind == "stats":
                 continue

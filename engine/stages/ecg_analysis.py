@@ -104,6 +104,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from telediag.dsp.alarms import AlarmEvent, AlarmParams, RhythmAlarms
 from telediag.dsp.hr import HeartRateMeter
 from telediag.dsp.hrv import NORMAL_SYMBOLS, HRVMeter
 from telediag.dsp.qrs import QRSDetector, QRSParams
@@ -162,6 +163,13 @@ class EcgAnalysisParams(StageParams):
     quality_hold : str
         ``"verdict"`` (hold beats until their block is assessed) or ``"none"`` (decide at
         confirmation on the latest verdict); see the module docstring.
+    alarms : bool
+        Publish rhythm alarms on ``alarm/<stream>`` (:mod:`telediag.dsp.alarms`): asystole,
+        extreme brady/tachycardia, ventricular run, pause, frequent ectopy; thresholds
+        ``alarm_asystole_s``, ``alarm_brady_bpm``, ``alarm_tachy_bpm``, ``alarm_sustain_s``,
+        ``alarm_vrun_beats``, ``alarm_pause_s``, ``alarm_ectopy_per_min``. Body: ``{"type",
+        "state": "on"|"off", "onset_sample", "onset_ns", "end_sample", "end_ns", "detail", "lead"}``.
+        Label-based alarms (run, ectopy) need the beat classifier's labels.
     history_s : float
         Raw signal kept for beat hooks (:class:`SignalHistory`), seconds.
     """
@@ -188,6 +196,22 @@ class EcgAnalysisParams(StageParams):
     suppress_unusable: bool = True
     quality_hold: str = "verdict"
     history_s: float = 10.0
+    alarms: bool = True
+    alarm_asystole_s: float = 4.0
+    alarm_brady_bpm: float = 40.0
+    alarm_tachy_bpm: float = 150.0
+    alarm_sustain_s: float = 5.0
+    alarm_vrun_beats: int = 3
+    alarm_pause_s: float = 2.5
+    alarm_ectopy_per_min: float = 6.0
+
+    def alarm_params(self) -> AlarmParams:
+        """The ``alarm_*`` keys as :class:`telediag.dsp.alarms.AlarmParams`."""
+        return AlarmParams(
+            asystole_s=self.alarm_asystole_s, brady_bpm=self.alarm_brady_bpm, tachy_bpm=self.alarm_tachy_bpm,
+            sustain_s=self.alarm_sustain_s, vrun_beats=self.alarm_vrun_beats, pause_s=self.alarm_pause_s,
+            ectopy_per_min=self.alarm_ectopy_per_min,
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.lead, bool) or not isinstance(self.lead, int) or self.lead < 0:
@@ -400,6 +424,8 @@ class EcgAnalysis(Stage):
     def __init__(self, params: StageParams, name: str | None = None) -> None:
         super().__init__(params, name)
         self.beat_hooks: list[BeatHook] = []
+        self._alarms: RhythmAlarms | None = None
+        self._alarm_events: list[AlarmEvent] = []
 
     def add_beat_hook(self, hook: BeatHook) -> None:
         """Call ``hook`` on every batch of accepted beats before they are published."""
@@ -440,6 +466,7 @@ class EcgAnalysis(Stage):
             hr = HeartRateMeter(fs, n_intervals=p.hr_intervals, rule=p.hr_rule,  # type: ignore[arg-type]
                                 min_rr_s=p.hr_min_rr_s, asystole_s=p.hr_asystole_s)
             hrv = HRVMeter(fs, window_s=p.hrv_window_s)
+            self._alarms = RhythmAlarms(fs, p.alarm_params()) if p.alarms else None
         except DSPError as e:
             raise ConfigError(f"[{self.name}]: {e}") from e
         self._fs = fs
@@ -610,9 +637,12 @@ class EcgAnalysis(Stage):
                 self._feed(accepted[i:j], labels[i:j], hr_readings)
                 i = j
             if st.next_hr_tick == next_tick:
-                hr_readings.append({"sample": next_tick, "t_ns": t_ns(next_tick),
-                                    "hr_bpm": _num(st.hr.at(next_tick)), "on_beat": False,
-                                    "signal_ok": self._verdict((next_tick + 1) // self._hop - 1)})
+                reading = {"sample": next_tick, "t_ns": t_ns(next_tick),
+                           "hr_bpm": _num(st.hr.at(next_tick)), "on_beat": False,
+                           "signal_ok": self._verdict((next_tick + 1) // self._hop - 1)}
+                hr_readings.append(reading)
+                if self._alarms is not None:
+                    self._alarm_events += self._alarms.tick(next_tick, reading["hr_bpm"], bool(reading["signal_ok"]))
                 st.next_hr_tick += self._hr_step
             if st.next_hrv_tick == next_tick:
                 hrv_ticks.append(self._hrv_tick(next_tick))
@@ -632,6 +662,12 @@ class EcgAnalysis(Stage):
             }))
         for tick in hrv_ticks:
             out.records.append(Chunk.record("hrv", self._stream, 0, tick["t_ns"], tick))
+        for a in self._alarm_events:
+            body = {"type": a.type, "state": a.state, "onset_sample": a.onset, "onset_ns": t_ns(a.onset),
+                    "end_sample": a.end, "end_ns": None if a.end is None else t_ns(a.end),
+                    "detail": a.detail, "lead": self._lead_name}
+            out.records.append(Chunk.record("alarm", self._stream, 0, body["onset_ns"], body))
+        self._alarm_events = []
         ev_bodies = [self._event_body(e) for e in events]
         if rows.block_start.size or ev_bodies or suppressed or final:
             blocks = []
@@ -665,6 +701,8 @@ class EcgAnalysis(Stage):
         st = self.state
         samples = np.fromiter((b[0] for b in beats), np.int64, len(beats))
         rows = st.hr.update(samples)
+        if self._alarms is not None:
+            self._alarm_events += self._alarms.beats(samples, labels)
         t_ns = st.timeline.t_ns
         for s, h in zip(rows["sample"].tolist(), rows["hr_bpm"].tolist(), strict=True):
             readings.append({"sample": s, "t_ns": t_ns(s), "hr_bpm": _num(h), "on_beat": True,
