@@ -11,11 +11,13 @@ $(BIN)/.installed-run: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# System libraries the dev extras build against (PortAudio for PyAudio); needs root or sudo.
+# System packages the tests need: PortAudio (PyAudio builds against it), Debian's chromium
+# (browser tests; never `playwright install`) and ffmpeg (live UDP video feed). Needs root or sudo.
+SYSPKGS = portaudio19-dev chromium ffmpeg
 sysdeps:
-	@if ! [ -e /usr/include/portaudio.h ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq portaudio19-dev; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq portaudio19-dev; fi; fi
+	@if ! [ -e /usr/include/portaudio.h ] || ! [ -x /usr/bin/chromium ] || ! command -v ffmpeg >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSPKGS); fi
 
 $(BIN)/.installed-dev: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
