@@ -291,9 +291,13 @@ class Worker:
                 for stage in stages:
                     spec = stage.open(spec)
                 n = int(fs)
-                for seq in range(4):
-                    x: Chunk | None = Chunk.signal(kind, "warmup", seq, seq * 10**9,
-                                                   rng.standard_normal((n, len(channels))) * 0.1, fs, channels, units)
+                for seq in range(6):  # float32 (what agents send) and float64
+                    dtype = np.float32 if seq % 2 else np.float64
+                    c = Chunk.signal(kind, "warmup", seq, seq * 10**9,
+                                     (rng.standard_normal((n, len(channels))) * 0.1).astype(dtype), fs,
+                                     channels, units)
+                    # through the wire, so kernels see read-only arrays exactly as real chunks
+                    x: Chunk | None = decode(encode(c))
                     for stage in stages:
                         if x is None:
                             break
