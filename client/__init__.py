@@ -9,6 +9,7 @@ engine's publish socket::
             print(chunk.topic, chunk.seq, chunk.rate_hz, chunk.data.shape)
 """
 
+from telediag.client.api import InferenceClient as InferenceClient
 from telediag.client.subscriber import Subscriber, TailSummary
 
 __all__ = ["Subscriber", "TailSummary"]
