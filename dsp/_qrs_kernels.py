@@ -104,7 +104,8 @@ P_REPL_RR = 30  # replacement window is also at most this fraction of the mean R
 P_DEFER = 31  # a growing hump above this fraction of the pending level defers confirmation
 P_PREM_RR = 32  # candidates earlier than this fraction of the mean RR are premature ...
 P_PREM_GAIN = 33  # ... and their threshold rises by up to this factor
-N_PARAMS = 34
+P_SETTLE = 34  # candidates before this sample don't set the initial SPK (start-up transient)
+N_PARAMS = 35
 
 LEARN_LEN = 64  # capacity of the learning buffer (candidates)
 
@@ -450,10 +451,14 @@ def _end_learning(
         return n_out
     vmax = 0.0
     for i in range(c):
-        if learn[i, 1] > vmax:
+        if learn[i, 0] >= params[P_SETTLE] and learn[i, 1] > vmax:
             vmax = learn[i, 1]
-    # A typical beat rather than the largest artefact: the median of the candidates above
-    # half the largest.
+    if vmax == 0.0:  # only start-up candidates: use them after all
+        for i in range(c):
+            if learn[i, 1] > vmax:
+                vmax = learn[i, 1]
+    # The largest candidate after the start-up transient (an amplifier settling from 0 to
+    # its offset is a huge step that would otherwise set SPK for many seconds).
     fstate[F_SPK] = vmax
     fstate[F_NPK] = params[P_NPK0] * vmax
     for i in range(c):

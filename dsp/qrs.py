@@ -104,6 +104,10 @@ class QRSParams:
         Learning period: candidates are buffered, SPK starts at the largest of them and NPK
         at ``npk_init`` x SPK, then they are decided in order (Pan & Tompkins' 2 s learning
         phase).  Beats of this period are reported at its end.
+    settle_s : float
+        Candidates in the first ``settle_s`` of the stream do not set the initial signal
+        level when later ones exist (a recorder's start-up step, e.g. PhysioNet 2016
+        a0001's ECG settling from 0 to 4.7 mV, would blind the detector for many seconds).
     npk_init : float
         Initial noise level as a fraction of the initial signal level.
     decay : float
@@ -157,6 +161,7 @@ class QRSParams:
     rr_low: float = 0.5
     rr_high: float = 1.66
     learn_s: float = 2.0
+    settle_s: float = 0.3
     replace_s: float = 0.3
     replace_ratio: float = 1.0
     npk_init: float = 0.1
@@ -301,6 +306,7 @@ def _design(fs: float, p: QRSParams) -> _Design:
     kp[K.P_RRLOW] = p.rr_low
     kp[K.P_RRHIGH] = p.rr_high
     kp[K.P_LEARN] = round(p.learn_s * fs)
+    kp[K.P_SETTLE] = round(p.settle_s * fs)
     kp[K.P_REPL] = round(p.replace_s * fs)
     kp[K.P_REPL_RATIO] = p.replace_ratio
     kp[K.P_NPK0] = p.npk_init

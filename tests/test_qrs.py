@@ -306,3 +306,21 @@ def test_mitdb_floor(mitdb: Path) -> None:
         assert np.all((confirm - beats)[late & ~flushed] <= bound)
     g = gross(scores)
     assert g.se >= 0.995 and g.ppv >= 0.995, scores
+
+
+def test_startup_step_does_not_blind_the_detector(tmp_path) -> None:  # noqa: ANN001
+    """A recorder settling from 0 to its offset at switch-on (PhysioNet 2016 a0001's ECG
+    jumps 0 -> 4.7 mV in 10 ms) must not set the signal level for the rest of the record."""
+    fs = 500.0
+    t = np.arange(int(60 * fs)) / fs
+    beats_s = np.arange(0.7, 59.5, 0.9)
+    x = np.zeros_like(t)
+    for b in beats_s:  # 0.4 mV QRS-like spikes
+        x += 0.4 * np.exp(-0.5 * ((t - b) / 0.012) ** 2)
+    x += 4.7 * np.clip(t / 0.01, 0, 1)  # the start-up step
+    from telediag.dsp.qrs import detect
+
+    found = detect(x, fs) / fs
+    hit = sum(np.min(np.abs(found - b)) < 0.05 for b in beats_s)
+    assert hit >= len(beats_s) - 1
+    assert len(found) <= len(beats_s) + 1  # at most the step itself as a phantom
