@@ -45,6 +45,22 @@ def _start_viewer(publish: str, port: int):  # noqa: ANN202 - ViewerThread, impo
     return None
 
 
+def _video_source(args: argparse.Namespace, stop: threading.Event, speed: float) -> threading.Thread | None:
+    """A synthetic endoscopy clip sent by the video agent, when the video chain is installed."""
+    try:
+        from telediag.sources import synth_endoscopy, video
+    except ImportError:
+        return None
+    try:
+        clip = synth_endoscopy.demo_clip()
+        thread = video.demo_thread(clip, connect=args.ingest, stream="room-3/endo", stop=stop)
+    except Exception as e:  # noqa: BLE001 - the demo degrades gracefully
+        print(f"  video    unavailable ({e})")
+        return None
+    print(f"  video    synthetic endoscopy clip {clip.name} (looped) -> video/room-3/endo")
+    return thread
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -56,21 +72,30 @@ def run_demo(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     speed = parse_speed(args.speed)
     rec = read_wfdb(data_path("mitdb119_5min"))
+    heart = read_wfdb(data_path("a0001"))  # PCG (signal 0) and its simultaneous ECG (signal 1)
     print("telediag demo")
     print(f"  engine   ingest {args.ingest}  publish {args.publish}")
     print(f"  ECG      MIT-BIH record 119 (first 5 min, looped), 2 leads at {rec.fs:g} Hz -> ecg/bed-1/ecg")
+    print(f"  PCG+ECG  PhysioNet 2016 a0001 (heart sounds with simultaneous ECG, looped), {heart.fs:g} Hz"
+          " -> pcg/bed-2/pcg, ecg/bed-2/ecg")
     viewer = _start_viewer(args.publish, getattr(args, "viewer_port", 8080))
     if viewer is not None:
         print(f"  viewer   {viewer.url}   (live web viewer: open it in a browser)")
     print(f"  watch    telediag tail {args.publish}     or     telediag status {args.publish}")
     print(f"  running  {'until Ctrl-C' if not args.duration else f'{args.duration:g} s'}", flush=True)
+    common = dict(connect=args.ingest, speed=speed, chunk_ms=100.0, loop=True, stop=stop, linger_s=1.0)
+    t0 = time.time_ns()
     sources = [
-        threading.Thread(
-            target=replay, daemon=True,
-            kwargs=dict(rec=rec, kind="ecg", stream="bed-1/ecg", connect=args.ingest, speed=speed,
-                        chunk_ms=100.0, loop=True, stop=stop, linger_s=1.0),
-        )
+        threading.Thread(target=replay, daemon=True,
+                         kwargs=dict(rec=rec, kind="ecg", stream="bed-1/ecg", **common)),
+        threading.Thread(target=replay, daemon=True,
+                         kwargs=dict(rec=heart.select([0]), kind="pcg", stream="bed-2/pcg", start_ns=t0, **common)),
+        threading.Thread(target=replay, daemon=True,
+                         kwargs=dict(rec=heart.select([1]), kind="ecg", stream="bed-2/ecg", start_ns=t0, **common)),
     ]
+    video = _video_source(args, stop, speed)
+    if video is not None:
+        sources.append(video)
     summary = TailSummary()
     with Subscriber(args.publish, topics=[""]) as sub:
         for s in sources:

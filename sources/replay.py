@@ -95,6 +95,7 @@ def replay(
     linger_s: float = 30.0,
     curve_secret: str | None = None,
     server_key: str | None = None,
+    start_ns: int | None = None,
 ) -> ReplayResult:
     """Stream ``rec`` to ``connect`` (an engine ingest address).
 
@@ -106,6 +107,9 @@ def replay(
         Start over at the end (timestamps and sequence numbers keep counting up).
     stop : threading.Event, optional
         Set it to stop early; SIGINT/SIGTERM set it when run from the CLI.
+    start_ns : int, optional
+        Source time of the first sample (default: now). Give several replays of one
+        recording the same value so their streams stay aligned.
     """
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
@@ -122,7 +126,10 @@ def replay(
     stop = stop or threading.Event()
     session = secrets.token_hex(8)
     t_start = time.monotonic()
-    start_ns = time.time_ns()
+    if start_ns is None:
+        start_ns = time.time_ns()
+    else:  # a shared origin (several signals of one recording): pace from that instant
+        t_start -= (time.time_ns() - start_ns) / 1e9
     sent = samples = 0
     seq = 0
     offset_s = 0.0
