@@ -11,7 +11,8 @@ Scheduling, per wake-up:
 
 1. read every message already queued (up to ``max_batch``) and run the stages that must see
    **every** packet (``every_chunk = True``: the decoder, since H.264 needs every packet to
-   stay in sync) on each of them;
+   stay in sync) on each of them; packets followed by a newer one of the same stream in that
+   batch are only decoded (``advance``: no RGB conversion) and their pictures are drops;
 2. keep only the newest decoded frame per stream; each frame that was decoded but replaced
    before it could be analysed counts as a **drop** in the stream's stats;
 3. run the remaining stages (segmentation, overlay, encoder) on those newest frames only.
@@ -110,8 +111,13 @@ class VideoWorker(Worker):
         return sent
 
     # -- packets --------------------------------------------------------------------------
-    def handle(self, frames: Sequence[Any]) -> None:
-        """Decode one wire message and run the every-packet stages (never raises for bad input)."""
+    def handle(self, frames: Sequence[Any], superseded: bool = False) -> None:
+        """Decode one wire message and run the every-packet stages (never raises for bad input).
+
+        ``superseded``: a newer packet of the same stream is already queued, so a stage that
+        has ``advance(chunk)`` (the decoder) is asked to keep its state without producing a
+        frame; a picture it completes counts as a drop.
+        """
         try:
             chunk = decode(frames)
         except ProtocolError as e:
@@ -171,12 +177,16 @@ class VideoWorker(Worker):
             if not getattr(stage, "every_chunk", False):
                 start = i
                 break
+            advance = getattr(stage, "advance", None) if superseded else None
             try:
-                out = stage.process(x)  # type: ignore[arg-type]
+                out = advance(x) if advance is not None else stage.process(x)  # type: ignore[arg-type]
             except Exception as e:  # count, report, keep serving
                 self._stage_error(sid, st, stage, e)
                 return
             self._emit(st, stage, out, None, i)
+            if advance is not None:
+                stats.drops += int(getattr(stage, "last_decoded", 0))
+                return
             x = out.signal
             if x is None:
                 return
@@ -255,6 +265,7 @@ class VideoWorker(Worker):
             while not stop:
                 timeout_ms = max(0, int(min(next_stats - time.monotonic(), tick) * 1000))
                 if inbox.poll(timeout_ms):
+                    batch = []
                     for _ in range(self.max_batch):
                         try:
                             msg = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -263,7 +274,11 @@ class VideoWorker(Worker):
                         if msg[0].bytes == STOP:
                             stop = True
                             break
-                        self.handle(msg[1:])
+                        batch.append(msg)
+                    newest = {m[1].bytes if len(m) > 1 else b"": i for i, m in enumerate(batch)}
+                    for i, msg in enumerate(batch):
+                        topic = msg[1].bytes if len(msg) > 1 else b""
+                        self.handle(msg[1:], superseded=newest[topic] != i)
                     self.analyse_pending()
                 now = time.monotonic()
                 self._check_stalls(now)
