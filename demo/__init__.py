@@ -46,19 +46,25 @@ def _start_viewer(publish: str, port: int):  # noqa: ANN202 - ViewerThread, impo
 
 
 def _video_source(args: argparse.Namespace, stop: threading.Event, speed: float) -> threading.Thread | None:
-    """A synthetic endoscopy clip sent by the video agent, when the video chain is installed."""
+    """The bundled synthetic endoscopy clip sent by the video agent (absent if unavailable)."""
     try:
-        from telediag.sources import synth_endoscopy, video
+        from telediag.sources.video import VideoSourceOptions, run_video_source
     except ImportError:
         return None
-    try:
-        clip = synth_endoscopy.demo_clip()
-        thread = video.demo_thread(clip, connect=args.ingest, stream="room-3/endo", stop=stop)
-    except Exception as e:  # noqa: BLE001 - the demo degrades gracefully
-        print(f"  video    unavailable ({e})")
+    clip = data_path("endoscopy_synth.mp4")
+    if not clip.exists():
         return None
-    print(f"  video    synthetic endoscopy clip {clip.name} (looped) -> video/room-3/endo")
-    return thread
+    opts = VideoSourceOptions(input=str(clip), connect=args.ingest, stream="room-3/endo", loop=True,
+                              speed=1.0 if speed == float("inf") else speed, keyint=25)
+
+    def run() -> None:
+        try:
+            run_video_source(opts, stop=stop)
+        except Exception as e:  # noqa: BLE001 - the demo degrades gracefully
+            print(f"  video    stopped ({e})", flush=True)
+
+    print(f"  video    synthetic endoscopy clip {clip.name} (640x480, 25 fps, looped) -> video/room-3/endo")
+    return threading.Thread(target=run, daemon=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
