@@ -1,1 +1,210 @@
-"""placeholder"""
+"""Heart-sound (PCG) abnormality classifier: normal vs abnormal for a whole recording.
+
+Runtime: NumPy/SciPy features (:mod:`telediag.models.pcg_abnormal.features`, built on the
+:mod:`telediag.dsp.pcg` segmenter) and ONNX Runtime; torch is needed only to train
+(``train.py``).  Model card: ``card.json`` / ``README.md`` beside this file.
+
+Examples
+--------
+>>> import numpy as np
+>>> clf = PCGClassifier().load()
+>>> rng = np.random.default_rng(0)
+>>> p, label = clf.predict(rng.standard_normal(20_000), 2000)
+>>> 0.0 <= p <= 1.0 and label in ("normal", "abnormal")
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from telediag.errors import ModelError
+from telediag.models.pcg_abnormal.features import (
+    FEATURE_FS,
+    FEATURE_NAMES,
+    MIN_DURATION_S,
+    N_FEATURES,
+    recording_features,
+)
+
+__all__ = [
+    "CARD_PATH",
+    "CLASSES",
+    "FEATURE_FS",
+    "MIN_DURATION_S",
+    "MODEL_PATH",
+    "PCGClassifier",
+]
+
+MODEL_PATH = Path(__file__).with_name("pcg_abnormal.onnx")
+CARD_PATH = Path(__file__).with_name("card.json")
+CLASSES = ("normal", "abnormal")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class PCGClassifier:
+    """Normal / abnormal heart-sound classifier (PhysioNet/CinC 2016 trained ONNX model).
+
+    Parameters
+    ----------
+    model_path, card_path : path, optional
+        The ``.onnx`` file and its model card (default: the shipped ones).
+    verify : bool
+        Check the model file's sha256 against the card on :meth:`load` (default True).
+
+    Notes
+    -----
+    The input is a whole recording (at least :data:`MIN_DURATION_S` s; the training records
+    were 5-120 s) at any sample rate >= 800 Hz; it is resampled to 1000 Hz.  Silent,
+    too-short, non-finite or multi-channel input raises :class:`telediag.errors.DSPError`.
+    A recording in which the segmenter finds fewer than two complete heart cycles still gets
+    a probability (cycle features are imputed with training medians) but it is unreliable;
+    :meth:`predict_details` reports the cycle count and the segmenter's quality index so a
+    caller can flag it.
+
+    Examples
+    --------
+    >>> clf = PCGClassifier().load()
+    >>> clf.threshold == clf.card["threshold"]
+    True
+    """
+
+    def __init__(self, model_path: str | Path | None = None,
+                 card_path: str | Path | None = None, verify: bool = True) -> None:
+        self.model_path = Path(model_path) if model_path is not None else MODEL_PATH
+        self.card_path = Path(card_path) if card_path is not None else CARD_PATH
+        self.verify = verify
+        self.card: dict[str, Any] = {}
+        self.threshold = 0.5
+        self._sess: Any = None
+
+    def load(self) -> PCGClassifier:
+        """Read the card and open an ONNX Runtime session; returns ``self``.
+
+        Raises
+        ------
+        telediag.errors.ModelError
+            Missing/unreadable file, sha256 mismatch, or an input contract that does not
+            match the feature extractor.
+        """
+        try:
+            self.card = json.loads(self.card_path.read_text())
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot read model card {self.card_path}: {e}") from e
+        if not self.model_path.is_file():
+            raise ModelError(
+                f"model file {self.model_path} not found; re-create it with "
+                "`python -m telediag.models.pcg_abnormal.train`"
+            )
+        if self.verify:
+            sha = _sha256(self.model_path)
+            if sha != self.card.get("sha256"):
+                raise ModelError(
+                    f"sha256 of {self.model_path.name} must be {self.card.get('sha256')} "
+                    f"(card), got {sha}"
+                )
+        names = self.card.get("inputs", {}).get("feature_names")
+        if names != list(FEATURE_NAMES):
+            raise ModelError(
+                f"model card expects {len(names or [])} features that differ from the "
+                f"extractor's {N_FEATURES}; retrain the model"
+            )
+        try:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            self._sess = ort.InferenceSession(str(self.model_path), sess_options=opts,
+                                              providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {self.model_path}: {e}") from e
+        self.threshold = float(self.card["threshold"])
+        return self
+
+    def features(self, audio: ArrayLike, fs: int) -> NDArray[np.float32]:
+        """Feature vector (length :data:`N_FEATURES`) of one recording.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = PCGClassifier().features(np.random.default_rng(1).standard_normal(9000), 3000)
+        >>> f.shape == (N_FEATURES,)
+        True
+        """
+        return recording_features(audio, fs)
+
+    def predict_features(self, feats: ArrayLike) -> NDArray[np.float32]:
+        """Abnormal probabilities of a batch of feature vectors, shape (N, N_FEATURES) -> (N,).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> clf = PCGClassifier().load()
+        >>> clf.predict_features(np.full((2, N_FEATURES), np.nan, dtype=np.float32)).shape
+        (2,)
+        """
+        if self._sess is None:
+            self.load()
+        f = np.ascontiguousarray(np.asarray(feats, dtype=np.float32))
+        if f.ndim == 1:
+            f = f[None, :]
+        if f.ndim != 2 or f.shape[1] != N_FEATURES:
+            raise ModelError(f"features must have shape (N, {N_FEATURES}), got {f.shape}")
+        return np.asarray(self._sess.run(None, {"features": f})[0], dtype=np.float32)
+
+    def predict(self, audio: ArrayLike, fs: int) -> tuple[float, str]:
+        """``(abnormal_prob, label)`` of one recording; label is ``"normal"``/``"abnormal"``.
+
+        Raises
+        ------
+        telediag.errors.DSPError
+            Silent, too short (< :data:`MIN_DURATION_S` s), non-finite or not 1-D input, or a
+            bad sample rate.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> p, lab = PCGClassifier().predict(np.random.default_rng(2).standard_normal(8000), 2000)
+        >>> lab in CLASSES
+        True
+        """
+        p = float(self.predict_features(self.features(audio, fs))[0])
+        return p, CLASSES[int(p >= self.threshold)]
+
+    def predict_details(self, audio: ArrayLike, fs: int) -> dict[str, Any]:
+        """:meth:`predict` plus reliability hints.
+
+        Returns ``{"abnormal_prob", "label", "threshold", "n_cycles", "quality",
+        "low_confidence"}``; ``low_confidence`` is True when fewer than 3 complete cycles were
+        segmented or the segmenter's quality index is below 0.2.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> d = PCGClassifier().predict_details(np.random.default_rng(3).standard_normal(8000),
+        ...                                     2000)
+        >>> sorted(d)[:3]
+        ['abnormal_prob', 'label', 'low_confidence']
+        """
+        f = self.features(audio, fs)
+        p = float(self.predict_features(f)[0])
+        n_cyc = int(round(float(np.expm1(f[FEATURE_NAMES.index("r_log_ncycles")]))))
+        q = float(f[FEATURE_NAMES.index("r_quality")])
+        return {
+            "abnormal_prob": p,
+            "label": CLASSES[int(p >= self.threshold)],
+            "threshold": self.threshold,
+            "n_cycles": n_cyc,
+            "quality": q,
+            "low_confidence": bool(n_cyc < 3 or q < 0.2),
+        }

@@ -39,6 +39,7 @@ from telediag.errors import DSPError
 
 __all__ = [
     "FEATURE_FS",
+    "FEATURE_VERSION",
     "FEATURE_NAMES",
     "MIN_DURATION_S",
     "N_FEATURES",
@@ -49,6 +50,8 @@ FloatArray = NDArray[np.float64]
 
 FEATURE_FS = ANALYSIS_FS
 """Analysis rate (Hz) every input is resampled to before features are computed."""
+FEATURE_VERSION = 3
+"""Bumped whenever the feature values change (invalidates training caches)."""
 MIN_DURATION_S = 2.0
 """Shortest accepted recording (s): at least ~2 heart cycles at 60 bpm."""
 SILENCE_RMS = 1e-6
@@ -77,6 +80,11 @@ def _names() -> tuple[str, ...]:
         n += [f"mfcc_{s}_{i}" for i in range(_N_MFCC)]
     n += [f"murmur_sys_{i}" for i in range(_N_BANDS)]
     n += [f"murmur_dia_{i}" for i in range(_N_BANDS)]
+    n += [f"murmur_sys_{i}_p25" for i in range(_N_BANDS)]
+    n += [f"murmur_dia_{i}_p25" for i in range(_N_BANDS)]
+    n += [f"r_mfcc_{i}_mean" for i in range(_N_MFCC)]
+    n += [f"r_mfcc_{i}_sd" for i in range(_N_MFCC)]
+    n += [f"r_dmfcc_{i}_sd" for i in range(_N_MFCC)]
     n += [f"r_band_{i}" for i in range(_N_BANDS)]
     n += ["r_centroid", "r_flatness", "r_quality", "r_hr", "r_cycle_cover", "r_log_ncycles"]
     return tuple(n)
@@ -130,6 +138,17 @@ def _psd(seg: FloatArray) -> FloatArray:
     _, p = _sig.welch(seg, fs=FEATURE_FS, window="hann", nperseg=_NFFT, noverlap=_NFFT // 2,
                       detrend="constant", scaling="spectrum")
     return np.asarray(p) * _NFFT  # comparable scale to the short-segment branch
+
+
+def _frame_mfcc(y: FloatArray) -> list[float]:
+    """Segmentation-free MFCCs of 256 ms frames (hop 64 ms): mean, SD, SD of the delta."""
+    _, _, z = _sig.stft(y, fs=FEATURE_FS, window="hann", nperseg=_NFFT,
+                        noverlap=_NFFT - _NFFT // 4, boundary=None, padded=False)
+    pw = np.abs(z) ** 2  # (freq, frames)
+    mel = np.log10(_MEL @ pw + _EPS)
+    c = np.asarray(dct(mel, type=2, norm="ortho", axis=0)[:_N_MFCC])
+    dc = np.diff(c, axis=1) if c.shape[1] > 1 else np.zeros_like(c)
+    return list(c.mean(axis=1)) + list(c.std(axis=1)) + list(dc.std(axis=1))
 
 
 def _skew_kurt(x: FloatArray) -> tuple[float, float]:
@@ -190,7 +209,8 @@ def _prepare(audio: ArrayLike, fs: int) -> tuple[FloatArray, FloatArray, int]:
             f"audio must be at least {MIN_DURATION_S} s long, got {dur:.3f} s ({x.size} samples "
             f"at {fs_i} Hz)"
         )
-    y = resample(x, fs_i, FEATURE_FS) if fs_i != FEATURE_FS else x.copy()
+    xc = x - x.mean()  # before resampling, so a DC offset leaves no edge transients
+    y = resample(xc, fs_i, FEATURE_FS) if fs_i != FEATURE_FS else xc
     y = _sig.sosfiltfilt(_SOS, y - y.mean())
     rms = float(np.sqrt(np.mean(y * y)))
     if not rms > SILENCE_RMS:
@@ -295,11 +315,14 @@ def recording_features(
         f += list(np.median(np.asarray(mfcc[j]), axis=0)) if ok else [math.nan] * _N_MFCC
     for m in (mur_sys, mur_dia):
         f += list(np.median(np.asarray(m), axis=0)) if ok else [math.nan] * _N_BANDS
+    for m in (mur_sys, mur_dia):  # a persistent murmur raises even the quieter cycles
+        f += list(np.percentile(np.asarray(m), 25, axis=0)) if ok else [math.nan] * _N_BANDS
+    f += _frame_mfcc(y)
 
     # whole recording, segmentation-free
     _, p = _sig.welch(y, fs=FEATURE_FS, window="hann", nperseg=_NFFT, noverlap=_NFFT // 2)
-    bp = np.array([p[m].sum() for m in _BAND_MASKS]) + _EPS
-    f += list(np.log10(bp / bp.sum()))
+    rb = np.array([p[m].sum() for m in _BAND_MASKS]) + _EPS
+    f += list(np.log10(rb / rb.sum()))
     inband = (_FREQS >= 25.0) & (_FREQS <= 400.0)
     pin = p[inband] + _EPS
     f.append(float(np.sum(_FREQS[inband] * pin) / np.sum(pin)))
