@@ -99,7 +99,7 @@ _MODEL_REASON: list[str] = []
 def load_abnormality_model() -> AbnormalityModel | None:
     """The abnormality classifier, or ``None`` when it is not available.
 
-    Loaded once per process from :mod:`telediag.models.pcg_abnormal` (``PCGClassifier.load()``,
+    Loaded once per process from :mod:`telediag.models.pcg_abnormal` (``PCGClassifier().load()``,
     or a module-level ``load()``/``predict()``). When the module is absent, has none of these,
     or fails to load, the result is ``None`` and :func:`abnormality_unavailable_reason` says why:
     the classifier is optional, so its absence never stops segmentation.
@@ -119,7 +119,7 @@ def load_abnormality_model() -> AbnormalityModel | None:
 
         cls = getattr(mod, "PCGClassifier", None)
         if cls is not None:
-            obj = cls.load() if hasattr(cls, "load") else cls()
+            obj = cls().load() if hasattr(cls, "load") else cls()
         elif callable(getattr(mod, "load", None)):
             obj = mod.load()
         elif callable(getattr(mod, "predict", None)):
