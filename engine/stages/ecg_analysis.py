@@ -163,6 +163,12 @@ class EcgAnalysisParams(StageParams):
     quality_hold : str
         ``"verdict"`` (hold beats until their block is assessed) or ``"none"`` (decide at
         confirmation on the latest verdict); see the module docstring.
+    classify, classifier_variant : str
+        Beat classification with the shipped ONNX model (:mod:`telediag.models.ecg_beats`):
+        ``"auto"`` (when the model loads), ``"on"`` (error if it cannot) or ``"off"``. A beat
+        needs its *next* RR, so with classification on a beat is published (labelled, with
+        class probabilities) when the following beat is accepted: about one RR interval more
+        delay. ``classifier_variant`` is ``"fp32"`` or ``"int8"``.
     alarms : bool
         Publish rhythm alarms on ``alarm/<stream>`` (:mod:`telediag.dsp.alarms`): asystole,
         extreme brady/tachycardia, ventricular run, pause, frequent ectopy; thresholds
@@ -196,6 +202,8 @@ class EcgAnalysisParams(StageParams):
     suppress_unusable: bool = True
     quality_hold: str = "verdict"
     history_s: float = 10.0
+    classify: str = "auto"
+    classifier_variant: str = "fp32"
     alarms: bool = True
     alarm_asystole_s: float = 4.0
     alarm_brady_bpm: float = 40.0
@@ -214,6 +222,10 @@ class EcgAnalysisParams(StageParams):
         )
 
     def __post_init__(self) -> None:
+        if self.classify not in ("auto", "on", "off"):
+            raise ValueError(f"classify must be 'auto', 'on' or 'off', got {self.classify!r}")
+        if self.classifier_variant not in ("fp32", "int8"):
+            raise ValueError(f"classifier_variant must be 'fp32' or 'int8', got {self.classifier_variant!r}")
         if isinstance(self.lead, bool) or not isinstance(self.lead, int) or self.lead < 0:
             raise ValueError(f"lead must be an int >= 0, got {self.lead!r}")
         if not isinstance(self.qrs, Mapping):
@@ -351,6 +363,18 @@ class BeatBatch:
     history: SignalHistory
 
 
+_CLASSIFIERS: dict[str, Any] = {}
+
+
+def _classifier(variant: str) -> Any:
+    """The shipped beat classifier (one ONNX session per variant per process, shared by streams)."""
+    if variant not in _CLASSIFIERS:
+        from telediag.models.ecg_beats import BeatClassifier
+
+        _CLASSIFIERS[variant] = BeatClassifier.load(variant)  # type: ignore[arg-type]
+    return _CLASSIFIERS[variant]
+
+
 BeatHook = Callable[[BeatBatch], None]
 """A callable filling ``labels``/``probs`` of a :class:`BeatBatch` in place."""
 
@@ -469,6 +493,21 @@ class EcgAnalysis(Stage):
             self._alarms = RhythmAlarms(fs, p.alarm_params()) if p.alarms else None
         except DSPError as e:
             raise ConfigError(f"[{self.name}]: {e}") from e
+        self._clf = None
+        self._clf_stream = None
+        self._clf_release: dict[int, tuple[int, int]] = {}
+        self._clf_last = 0.0
+        if p.classify != "off":
+            try:
+                from telediag.models.ecg_beats import BeatClassifier
+
+                self._clf = _classifier(p.classifier_variant)
+                self._clf_stream = BeatClassifier.stream(fs)
+            except Exception as e:  # noqa: BLE001 - optional model: reported or raised per `classify`
+                if p.classify == "on":
+                    raise ConfigError(f"[{self.name}].classify = 'on' but the beat classifier cannot load: {e}") from e
+                self._clf = None
+
         self._fs = fs
         self._hop = quality.hop
         self._hr_step = max(1, round(p.hr_every_s * fs))
@@ -514,8 +553,11 @@ class EcgAnalysis(Stage):
         st.n_seen = start + n
         self._verdicts(rows)
         accepted, suppressed = self._decide(beats, confirm, final=False)
+        labels = None
+        if self._clf is not None:
+            accepted, labels = self._classify(x[:, self.params.lead], accepted, final=False)  # type: ignore[attr-defined]
         out = Outputs(signal=chunk)
-        self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False)
+        self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False, clf_labels=labels)
         return out
 
     def close(self) -> Outputs:
@@ -526,9 +568,62 @@ class EcgAnalysis(Stage):
         st.closed = True
         beats, confirm = st.detector.flush_with_confirm()
         accepted, suppressed = self._decide(beats, confirm, final=True)
+        labels = None
+        if self._clf is not None:
+            accepted, labels = self._classify(np.empty(0), accepted, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
-        self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True)
+        self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True, clf_labels=labels)
         return out
+
+    def _classify(
+        self, lead: np.ndarray, accepted: list[tuple[int, int, int]], *, final: bool
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[str, dict[str, float]]] | None]:
+        """Feed the classifier's feature stream; return the beats it could label now.
+
+        A beat is released (published) when the beat after it is accepted, at that beat's
+        release sample, so the result does not depend on the chunking.
+        """
+        from telediag.models.ecg_beats import AAMI_CLASSES
+
+        fs_stream = self._clf_stream
+        assert fs_stream is not None and self._clf is not None
+        x = np.asarray(lead, dtype=np.float64)
+        if x.size:
+            bad = ~np.isfinite(x)
+            if bad.any():  # the feature builder needs finite samples: hold the last finite value
+                x = x.copy()
+                for i in np.flatnonzero(bad):
+                    x[i] = x[i - 1] if i > 0 else self._clf_last
+            self._clf_last = float(x[-1])
+        new = np.fromiter((a[0] for a in accepted), np.int64, len(accepted))
+        for s_, c, r in accepted:
+            self._clf_release[s_] = (c, r)
+        try:
+            feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
+            if final:
+                feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
+            idx, probs = self._clf.classify(feats)
+        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
+            self._clf = None  # from now on beats go out unlabelled, as with classify = "off"
+            flushed = [(s_, c, r) for s_, (c, r) in sorted(self._clf_release.items())]
+            self._clf_release.clear()
+            self._clf_error = f"{type(e).__name__}: {e}"
+            return flushed, None
+        out: list[tuple[int, int, int]] = []
+        labels: list[tuple[str, dict[str, float]]] = []
+        beats_done = feats.beats.tolist()
+        # release each labelled beat when the next accepted beat was released
+        next_release = {b: self._clf_release[nb][1] for b, nb in zip(beats_done, beats_done[1:], strict=False)}
+        for k, b in enumerate(beats_done):
+            c, r = self._clf_release.pop(b)
+            rel = next_release.get(b)
+            if rel is None:  # the newest labelled beat: its successor is in this batch or pending
+                succ = [s_ for s_ in self._clf_release if s_ > b]
+                rel = self._clf_release[min(succ)][1] if succ else (self.state.n_seen - 1 if final else r)
+            out.append((b, c, max(r, rel)))
+            labels.append((AAMI_CLASSES[int(idx[k])],
+                           {cls: round(float(p_), 4) for cls, p_ in zip(AAMI_CLASSES, probs[k].tolist(), strict=True)}))
+        return out, labels
 
     # -- decisions ------------------------------------------------------------------------
     def _verdicts(self, rows: SQIUpdate) -> None:
@@ -597,6 +692,7 @@ class EcgAnalysis(Stage):
         *,
         end: int,
         final: bool,
+        clf_labels: list[tuple[str, dict[str, float]]] | None = None,
     ) -> None:
         st = self.state
         p = self.params
@@ -610,7 +706,8 @@ class EcgAnalysis(Stage):
         labels: list[str | None] = []
         if accepted:
             samples = np.fromiter((a[0] for a in accepted), np.int64, len(accepted))
-            batch = BeatBatch(samples, [None] * len(accepted), [None] * len(accepted), fs,
+            batch = BeatBatch(samples, [lab[0] for lab in clf_labels] if clf_labels else [None] * len(accepted),
+                              [lab[1] for lab in clf_labels] if clf_labels else [None] * len(accepted), fs,
                               self.spec.channels if self.spec else (), p.lead, st.history)
             for hook in self.beat_hooks:
                 hook(batch)
