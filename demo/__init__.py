@@ -72,6 +72,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config(None)
     cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, ingest=args.ingest, publish=args.publish))
+    # the demo shows beat classes (colour-coded in the viewer): classification on when the model loads
+    ecg = tuple(dataclasses.replace(sc, params=dataclasses.replace(sc.params, classify="auto"))
+                if sc.stage_type.type_name == "ecg_analysis" else sc for sc in cfg.pipelines.get("ecg", ()))
+    cfg = dataclasses.replace(cfg, pipelines={**cfg.pipelines, "ecg": ecg})
     engine = Engine(cfg)
     engine.start()
     stop = threading.Event()

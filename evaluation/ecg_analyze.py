@@ -125,15 +125,15 @@ def collect(records: Iterable[Chunk]) -> dict[str, list[dict[str, Any]]]:
     -------
     dict
         ``beats``, ``suppressed``, ``hr``, ``hrv``, ``blocks``, ``events`` (quality events
-        from ``event`` records) lists, in publishing order.
+        from ``event`` records) and ``alarms`` lists, in publishing order.
 
     Examples
     --------
     >>> sorted(collect([]))
-    ['beats', 'blocks', 'events', 'hr', 'hrv', 'suppressed']
+    ['alarms', 'beats', 'blocks', 'events', 'hr', 'hrv', 'suppressed']
     """
     out: dict[str, list[dict[str, Any]]] = {
-        "beats": [], "suppressed": [], "hr": [], "hrv": [], "blocks": [], "events": []
+        "beats": [], "suppressed": [], "hr": [], "hrv": [], "blocks": [], "events": [], "alarms": []
     }
     for r in records:
         b = r.body
@@ -148,6 +148,8 @@ def collect(records: Iterable[Chunk]) -> dict[str, list[dict[str, Any]]]:
             out["suppressed"].extend(b["suppressed"])
         elif r.kind == "event" and b.get("type") == "quality":
             out["events"].append(b)
+        elif r.kind == "alarm":
+            out["alarms"].append(b)
     return out
 
 
@@ -305,6 +307,8 @@ def analyze_recording(
             "sqi": per_lead,
             "blocks": blocks,
         },
+        "alarms": flat["alarms"],
+        "classes": {lab: sum(1 for b in beats if b.get("label") == lab) for lab in ("N", "S", "V", "F", "Q")},
         "delay": delay_summary(beats),
         "counters": {"beats": len(beats), "suppressed": len(flat["suppressed"])},
     }

@@ -165,7 +165,7 @@ class EcgAnalysisParams(StageParams):
         confirmation on the latest verdict); see the module docstring.
     classify, classifier_variant : str
         Beat classification with the shipped ONNX model (:mod:`telediag.models.ecg_beats`):
-        ``"auto"`` (when the model loads), ``"on"`` (error if it cannot) or ``"off"``. A beat
+        ``"off"`` (default), ``"auto"`` (when the model loads) or ``"on"`` (error if it cannot). A beat
         needs its *next* RR, so with classification on a beat is published (labelled, with
         class probabilities) when the following beat is accepted: about one RR interval more
         delay. ``classifier_variant`` is ``"fp32"`` or ``"int8"``.
@@ -202,7 +202,7 @@ class EcgAnalysisParams(StageParams):
     suppress_unusable: bool = True
     quality_hold: str = "verdict"
     history_s: float = 10.0
-    classify: str = "auto"
+    classify: str = "off"
     classifier_variant: str = "fp32"
     alarms: bool = True
     alarm_asystole_s: float = 4.0

@@ -1,0 +1,447 @@
+"""Beat inputs of the ECG beat classifier, shared by training and inference (no torch here).
+
+Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
+
+``rr`` (float32, :data:`N_RR` values)
+    RR-interval context, normalised per patient (the ratio features of de Chazal et al. 2004
+    and Llamedo & Martinez 2011 made patient-relative, as in Mondejar-Guerra et al. 2019):
+
+    ===============  ===================================================================
+    ``pre_rel``      previous RR / patient RR
+    ``post_rel``     next RR / patient RR
+    ``local_rel``    mean of the last :data:`LOCAL_BEATS` RRs / patient RR
+    ``pre_local``    previous RR / local mean RR (prematurity against the local rhythm)
+    ``post_pre``     next RR / previous RR (compensatory pause)
+    ``post_local``   next RR / local mean RR
+    ``local_cv``     coefficient of variation of the last :data:`LOCAL_BEATS` RRs (rhythm
+                     irregularity: in atrial fibrillation a short RR is not a premature beat)
+    ``patient_s``    patient RR in seconds (absolute rate)
+    ``pre_s``        previous RR in seconds
+    ===============  ===================================================================
+
+    The *patient RR* is the running mean of the RR intervals of the last
+    :data:`PATIENT_WINDOW_S` seconds (causal: only past beats and the current one), so a
+    streaming engine computes exactly what training saw.
+
+``morph`` (float32, shape ``(2, N_MORPH)``)
+    The lead (MLII, or the limb lead closest to it) band-passed 0.5-40 Hz with the *causal*
+    Butterworth of :func:`telediag.dsp.design.ecg_bandpass` (started at steady state), sampled
+    by linear interpolation at :data:`N_MORPH` instants from :data:`PRE_S` before to
+    :data:`POST_S` after the R peak, so every sample rate gives the same array.  Channel 0 is
+    that window divided by the patient amplitude (running median of the beats' peak-to-peak
+    amplitude over the last :data:`SCALE_BEATS` beats); channel 1 is channel 0 minus the
+    patient template (element-wise median of the previous :data:`TEMPLATE_BEATS` channel-0
+    windows; zero for the first beat).  Both normalisations remove most of the
+    between-patient variation of gain and QRS shape.
+
+Delay
+-----
+A beat needs its *next* RR, so it becomes classifiable when the following beat is detected
+(and :data:`POST_S` of signal after it has arrived, which is always earlier in practice): the
+extra latency is one RR interval plus the detector's confirmation delay (about 1.1 s at
+75 bpm).  At the end of a stream :meth:`BeatFeatureStream.finish` emits the last beat with
+``next RR := previous RR``; the first beat of a stream uses ``previous RR := next RR``.
+
+Both paths are one code path: :func:`beat_features` is a :class:`BeatFeatureStream` fed the
+whole record and finished, so chunked processing gives exactly the one-pass result.
+
+References
+----------
+de Chazal P, O'Dwyer M, Reilly RB. Automatic classification of heartbeats using ECG
+morphology and heartbeat interval features. IEEE Trans Biomed Eng 51(7):1196-1206, 2004.
+Mondejar-Guerra V et al. Heartbeat classification fusing temporal and morphological
+information of ECGs via ensemble of classifiers. Biomed Signal Process Control 47:41-48, 2019.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from telediag.dsp.design import ecg_bandpass
+from telediag.dsp.sosfilt import SosFilter
+from telediag.errors import ModelError
+
+__all__ = [
+    "AAMI_CLASSES",
+    "AAMI_MAP",
+    "BAND_HZ",
+    "LOCAL_BEATS",
+    "N_MORPH",
+    "N_RR",
+    "PATIENT_WINDOW_S",
+    "POST_S",
+    "PRE_S",
+    "RR_FEATURES",
+    "SCALE_BEATS",
+    "TEMPLATE_BEATS",
+    "BeatFeatureStream",
+    "BeatFeatures",
+    "aami_label",
+    "beat_features",
+]
+
+#: AAMI EC57 beat classes, in the order of the model's output.
+AAMI_CLASSES: tuple[str, ...] = ("N", "S", "V", "F", "Q")
+#: MIT-BIH annotation symbol -> AAMI class index (ANSI/AAMI EC57; de Chazal et al. 2004).
+AAMI_MAP: dict[str, int] = {
+    **dict.fromkeys("NLRej", 0),
+    **dict.fromkeys("AaJS", 1),
+    **dict.fromkeys("VE", 2),
+    "F": 3,
+    **dict.fromkeys("/fQ", 4),
+}
+
+PRE_S = 0.25  #: window start before the R peak (s)
+POST_S = 0.45  #: window end after the R peak (s)
+N_MORPH = 96  #: samples per morphology window (about 137 samples/s)
+BAND_HZ = (0.5, 40.0)  #: band-pass edges (Hz)
+PATIENT_WINDOW_S = 300.0  #: span of the running patient-mean RR (s)
+LOCAL_BEATS = 10  #: RRs in the local mean
+SCALE_BEATS = 64  #: beats in the running amplitude median
+TEMPLATE_BEATS = 32  #: beats in the running template median
+AMP_HALF_S = 0.1  #: half-width around R of the peak-to-peak amplitude (s)
+RR_FEATURES: tuple[str, ...] = (
+    "pre_rel",
+    "post_rel",
+    "local_rel",
+    "pre_local",
+    "post_pre",
+    "post_local",
+    "local_cv",
+    "patient_s",
+    "pre_s",
+)
+N_RR = len(RR_FEATURES)
+_RATIO_MAX = 5.0  # ratios are clipped to [0, _RATIO_MAX] (missed beats, pauses)
+_RR_MAX_S = 5.0
+
+IntArray = NDArray[np.int64]
+F32Array = NDArray[np.float32]
+_OFFSETS = np.linspace(-PRE_S, POST_S, N_MORPH)
+
+
+def aami_label(symbol: str) -> int:
+    """AAMI class index of a MIT-BIH beat symbol, or -1 for non-beat / unmapped symbols.
+
+    Examples
+    --------
+    >>> aami_label("L"), aami_label("A"), aami_label("E"), aami_label("+")
+    (0, 1, 2, -1)
+    """
+    return AAMI_MAP.get(symbol, -1)
+
+
+@dataclass(slots=True)
+class BeatFeatures:
+    """Model inputs for a run of beats.
+
+    Attributes
+    ----------
+    beats : numpy.ndarray of int64, shape (n,)
+        R-peak sample indices (absolute, in the stream's samples).
+    rr : numpy.ndarray of float32, shape (n, N_RR)
+        RR context (see :data:`RR_FEATURES`).
+    morph : numpy.ndarray of float32, shape (n, 2, N_MORPH)
+        Normalised morphology windows.
+    """
+
+    beats: IntArray
+    rr: F32Array
+    morph: F32Array
+
+    def __len__(self) -> int:
+        return int(self.beats.shape[0])
+
+    def inputs(self) -> dict[str, F32Array]:
+        """The ONNX model's input dict ``{"morph": ..., "rr": ...}``."""
+        return {"morph": self.morph, "rr": self.rr}
+
+    @staticmethod
+    def empty() -> BeatFeatures:
+        """No beats."""
+        return BeatFeatures(
+            np.empty(0, np.int64),
+            np.empty((0, N_RR), np.float32),
+            np.empty((0, 2, N_MORPH), np.float32),
+        )
+
+    @staticmethod
+    def concat(parts: list[BeatFeatures]) -> BeatFeatures:
+        """Concatenate runs of beats in order.
+
+        Examples
+        --------
+        >>> len(BeatFeatures.concat([BeatFeatures.empty(), BeatFeatures.empty()]))
+        0
+        """
+        if not parts:
+            return BeatFeatures.empty()
+        return BeatFeatures(
+            np.concatenate([p.beats for p in parts]),
+            np.concatenate([p.rr for p in parts]),
+            np.concatenate([p.morph for p in parts]),
+        )
+
+
+@dataclass(slots=True)
+class _RRState:
+    """Running RR / amplitude / template state of one patient (small, explicit)."""
+
+    prev_beat: int = -1  # last emitted beat (absolute sample), -1 before the first
+    rr_times: deque[int] = field(default_factory=deque)  # beat sample of each kept RR
+    rr_values: deque[float] = field(default_factory=deque)  # RRs (s) of the last window
+    amps: deque[float] = field(default_factory=lambda: deque(maxlen=SCALE_BEATS))
+    templates: deque[NDArray[np.float64]] = field(
+        default_factory=lambda: deque(maxlen=TEMPLATE_BEATS)
+    )
+
+
+class BeatFeatureStream:
+    """Streaming feature builder for one ECG lead: feed samples and detected beats in chunks.
+
+    Parameters
+    ----------
+    fs : float
+        Sample rate in Hz (> 2 x 40 Hz).
+    keep_s : float
+        Seconds of filtered signal kept behind the newest sample; a beat reported later than
+        ``keep_s - PRE_S`` seconds after its R peak cannot be windowed (the QRS detector's
+        bound is 0.53 s).
+
+    Notes
+    -----
+    State: the band-pass state, the filtered-signal tail, the pending beats (detected but
+    waiting for the next one), the RR history of the last :data:`PATIENT_WINDOW_S` seconds,
+    the last :data:`SCALE_BEATS` amplitudes and :data:`TEMPLATE_BEATS` windows; all bounded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fs = 360.0
+    >>> t = np.arange(int(10 * fs)) / fs
+    >>> ecg = np.exp(-(((t % 0.8) - 0.4) ** 2) / (2 * 0.01 ** 2))
+    >>> beats = np.round((np.arange(12) * 0.8 + 0.4) * fs).astype(np.int64)
+    >>> s = BeatFeatureStream(fs)
+    >>> a = s.push(ecg[:1800], beats[beats < 1700])
+    >>> b = s.push(ecg[1800:], beats[beats >= 1700])
+    >>> c = s.finish()
+    >>> len(a) + len(b) + len(c)
+    12
+    """
+
+    def __init__(self, fs: float, *, keep_s: float = 3.0) -> None:
+        if not isinstance(fs, int | float | np.integer | np.floating) or not np.isfinite(fs):
+            raise ModelError(f"fs must be a finite number, got {fs!r}")
+        if fs <= 2 * BAND_HZ[1]:
+            raise ModelError(f"fs must be above {2 * BAND_HZ[1]:g} Hz, got {fs!r}")
+        if not keep_s > PRE_S + POST_S:
+            raise ModelError(f"keep_s must exceed {PRE_S + POST_S:g} s, got {keep_s!r}")
+        self.fs = float(fs)
+        self._filter = SosFilter(ecg_bandpass(self.fs, *BAND_HZ), 1, zi="steady")
+        self._keep = int(np.ceil(keep_s * self.fs))
+        self._pre = int(np.ceil(PRE_S * self.fs)) + 2
+        self._post = int(np.ceil(POST_S * self.fs)) + 2
+        self._amp_half = max(1, int(round(AMP_HALF_S * self.fs)))
+        self._buf = np.empty(0)
+        self._buf_start = 0  # absolute index of _buf[0]
+        self._n_seen = 0
+        self._pending: list[int] = []
+        self._rr = _RRState()
+        self._finished = False
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples consumed so far."""
+        return self._n_seen
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Beats received but not yet emitted (waiting for the next beat or samples)."""
+        return tuple(self._pending)
+
+    def push(self, x: ArrayLike, beats: ArrayLike = ()) -> BeatFeatures:
+        """Add the next samples and the beats detected so far; return the classifiable beats.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples,)
+            Next samples of the lead (mV), in order.
+        beats : array_like of int
+            New R-peak sample indices (absolute, increasing, after every beat given before,
+            and below ``samples_seen`` after this call).
+
+        Returns
+        -------
+        BeatFeatures
+            Beats whose next beat is known and whose window is complete, in order.
+
+        Raises
+        ------
+        telediag.errors.ModelError
+            Non-1-D or non-finite samples, beats out of order, in the future or too old.
+        """
+        if self._finished:
+            raise ModelError("push after finish(): create a new BeatFeatureStream")
+        xs = np.asarray(x, dtype=np.float64)
+        if xs.ndim != 1:
+            raise ModelError(f"x must be 1-D (one lead), got shape {xs.shape}")
+        if xs.size and not np.all(np.isfinite(xs)):
+            raise ModelError("x contains non-finite samples; gap-fill before feature extraction")
+        b = np.asarray(beats, dtype=np.int64).reshape(-1)
+        end = self._n_seen + xs.size
+        if b.size:
+            last = self._pending[-1] if self._pending else self._rr.prev_beat
+            if np.any(np.diff(b) <= 0) or b[0] <= last:
+                raise ModelError("beats must be strictly increasing and after earlier beats")
+            if b[-1] >= end:
+                raise ModelError(f"beat {int(b[-1])} is beyond the samples seen ({end})")
+            if b[0] - self._pre < self._buf_start and self._buf_start > 0:
+                raise ModelError(
+                    f"beat {int(b[0])} arrived too late: its window starts before the kept "
+                    f"signal (sample {self._buf_start}); raise keep_s"
+                )
+        if xs.size:
+            y = self._filter.process(xs)
+            self._buf = np.concatenate([self._buf, y]) if self._buf.size else y
+            self._n_seen = end
+        self._pending.extend(int(v) for v in b)
+        out = self._emit(final=False)
+        self._trim()
+        return out
+
+    def finish(self) -> BeatFeatures:
+        """End of stream: emit every pending beat (the last one with next RR := previous RR)."""
+        if self._finished:
+            return BeatFeatures.empty()
+        self._finished = True
+        return self._emit(final=True)
+
+    # -- internals -------------------------------------------------------------------------
+    def _trim(self) -> None:
+        lo = self._n_seen - self._keep
+        if self._pending:
+            lo = min(lo, self._pending[0] - self._pre)
+        cut = lo - self._buf_start
+        if cut > 0:
+            self._buf = self._buf[cut:].copy()
+            self._buf_start += cut
+
+    def _emit(self, final: bool) -> BeatFeatures:
+        n_ok = 0
+        pend = self._pending
+        while n_ok < len(pend):
+            i = n_ok
+            has_next = i + 1 < len(pend)
+            if not final and (not has_next or pend[i] + self._post > self._n_seen):
+                break
+            n_ok += 1
+        if n_ok == 0:
+            return BeatFeatures.empty()
+        beats = np.array(pend[:n_ok], dtype=np.int64)
+        rr = np.empty((n_ok, N_RR), np.float32)
+        morph = np.empty((n_ok, 2, N_MORPH), np.float32)
+        for k in range(n_ok):
+            nxt = pend[k + 1] if k + 1 < len(pend) else -1
+            rr[k], morph[k] = self._one(pend[k], nxt)
+        del pend[:n_ok]
+        return BeatFeatures(beats, rr, morph)
+
+    def _window(self, pos: NDArray[np.float64]) -> NDArray[np.float64]:
+        idx = pos - self._buf_start
+        lo = max(0, int(np.floor(idx[0])) - 1)
+        hi = min(self._buf.size, int(np.ceil(idx[-1])) + 2)
+        if hi <= lo:  # entirely outside the kept signal: hold the nearest edge value
+            return np.full(idx.shape, self._buf[0] if idx[0] < 0 else self._buf[-1])
+        return np.interp(idx - lo, np.arange(hi - lo, dtype=np.float64), self._buf[lo:hi])
+
+    def _one(self, beat: int, nxt: int) -> tuple[F32Array, F32Array]:
+        fs = self.fs
+        st = self._rr
+        pre = (beat - st.prev_beat) / fs if st.prev_beat >= 0 else -1.0
+        post = (nxt - beat) / fs if nxt >= 0 else -1.0
+        if pre < 0 and post < 0:
+            pre = post = 1.0  # a single isolated beat: nothing known
+        elif pre < 0:
+            pre = post
+        elif post < 0:
+            post = pre
+        # running RR history (causal): RRs whose beat lies in the last PATIENT_WINDOW_S
+        if st.prev_beat >= 0:
+            st.rr_times.append(beat)
+            st.rr_values.append(pre)
+        horizon = beat - PATIENT_WINDOW_S * fs
+        while st.rr_times and st.rr_times[0] < horizon:
+            st.rr_times.popleft()
+            st.rr_values.popleft()
+        if st.rr_values:
+            vals = np.fromiter(st.rr_values, np.float64, len(st.rr_values))
+            patient = float(vals.mean())
+            loc = vals[-LOCAL_BEATS:]
+            local = float(loc.mean())
+            local_cv = float(loc.std()) / local
+        else:
+            patient = local = pre
+            local_cv = 0.0
+        st.prev_beat = beat
+        ratios = np.array(
+            [pre / patient, post / patient, local / patient, pre / local, post / pre,
+             post / local, local_cv]
+        )
+        rr = np.concatenate(
+            [np.clip(ratios, 0.0, _RATIO_MAX), np.clip([patient, pre], 0.0, _RR_MAX_S)]
+        ).astype(np.float32)
+        # morphology
+        w = self._window(beat + _OFFSETS * fs)
+        seg = self._window(beat + np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * self._amp_half + 1) * fs)
+        st.amps.append(float(seg.max() - seg.min()))
+        scale = float(np.median(np.fromiter(st.amps, np.float64, len(st.amps))))
+        w = w / scale if scale > 1e-9 else np.zeros_like(w)
+        if st.templates:
+            diff = w - np.median(np.stack(st.templates), axis=0)
+        else:
+            diff = np.zeros_like(w)
+        st.templates.append(w)
+        return rr, np.stack([w, diff]).astype(np.float32)
+
+
+def beat_features(signal: ArrayLike, fs: float, beats: ArrayLike) -> BeatFeatures:
+    """Features of every beat of a whole recording (one lead).
+
+    Exactly what a :class:`BeatFeatureStream` gives when fed the same samples and beats in
+    chunks of any size and then finished.
+
+    Parameters
+    ----------
+    signal : array_like, shape (n_samples,)
+        One ECG lead in mV (MLII or the closest limb lead), finite.
+    fs : float
+        Sample rate in Hz.
+    beats : array_like of int
+        R-peak sample indices, increasing (e.g. from :func:`telediag.dsp.qrs.detect`).
+
+    Returns
+    -------
+    BeatFeatures
+        One row per beat, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fs = 250.0
+    >>> t = np.arange(int(6 * fs)) / fs
+    >>> ecg = np.exp(-(((t % 1.0) - 0.5) ** 2) / (2 * 0.01 ** 2))
+    >>> f = beat_features(ecg, fs, (np.arange(6) + 0.5) * fs)
+    >>> f.rr.shape, f.morph.shape
+    ((6, 9), (6, 2, 96))
+    """
+    stream = BeatFeatureStream(fs, keep_s=max(3.0, PRE_S + POST_S + 1.0))
+    sig = np.asarray(signal, dtype=np.float64)
+    b = np.asarray(beats, dtype=np.float64).reshape(-1)
+    if b.size and not np.all(np.isfinite(b)):
+        raise ModelError("beats must be finite sample indices")
+    first = stream.push(sig, np.round(b).astype(np.int64))
+    return BeatFeatures.concat([first, stream.finish()])
