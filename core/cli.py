@@ -246,6 +246,7 @@ PLUGGED: list[tuple[str | None, str, str, str]] = [
     (None, "record", "telediag.recorder.cli", "record streams and annotations to WFDB/WAV/MP4"),
     (None, "keys", "telediag.transports.keys_cli", "CurveZMQ key generation and allow-lists"),
     (None, "bench", "telediag.evaluation.bench_cli", "run the benchmark suites and write a report"),
+    (None, "harness", "telediag.evaluation.harness_cli", "run any detector on a directory of records and score it (EC57)"),
 ]
 
 
