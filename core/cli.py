@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: engine + sources on bundled data + live summary",
                        description="Start the engine and replay bundled real recordings through it; "
                                    "prints where to watch. Modalities not built yet are simply absent.")
-    d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0: until Ctrl-C)")
     d.add_argument("--ingest", default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
     d.add_argument("--publish", default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
     d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
