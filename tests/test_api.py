@@ -340,7 +340,14 @@ def test_many_concurrent_clients(server: ApiServer) -> None:
         try:
             with InferenceClient(server.endpoint, timeout_s=60, retries=2) as c:
                 for _ in range(3):
-                    got.append(json.dumps(c.analyze_ecg(x, FS), sort_keys=True))
+                    for _attempt in range(200):  # "busy" is the admission limit working: back off, retry
+                        try:
+                            got.append(json.dumps(c.analyze_ecg(x, FS), sort_keys=True))
+                            break
+                        except Exception as e:  # noqa: BLE001
+                            if "busy" not in str(e):
+                                raise
+                            time.sleep(0.05)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
