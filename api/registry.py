@@ -24,7 +24,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from telediag.errors import ModelError
+from telediag.models.runtime import file_sha256
 
 __all__ = ["CardInput", "LoadedModel", "ModelEntry", "ModelRegistry", "default_roots", "sha256_file"]
 
@@ -61,11 +61,7 @@ def sha256_file(path: str | Path) -> str:
     'ba7816bf8f01'
     >>> os.unlink(f.name)
     """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def default_roots() -> list[tuple[str, Path]]:

@@ -47,7 +47,8 @@ import numpy as np
 import zmq
 
 from telediag.errors import ConfigError, DataError
-from telediag.transports.wire import Chunk, encode
+from telediag.sources.replay import _send
+from telediag.transports.wire import Chunk
 
 __all__ = [
     "INSTALL_HINT",
@@ -591,15 +592,3 @@ def _is_active(st: Any) -> bool:
         return bool(st.is_active())
     except Exception:  # a stream whose device vanished may raise here
         return False
-
-
-def _send(sock: zmq.Socket, chunk: Chunk, stop: threading.Event) -> bool:
-    """Send, blocking on back-pressure but staying responsive to ``stop``."""
-    frames = encode(chunk)
-    while True:
-        try:
-            sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            if stop.wait(0.002):
-                return False
