@@ -13,6 +13,8 @@ A Butterworth *band-pass* designed from an analogue low-pass prototype of order 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.signal as sps
 from numpy.typing import ArrayLike, NDArray
@@ -20,9 +22,54 @@ from numpy.typing import ArrayLike, NDArray
 from telediag.dsp.sosfilt import validate_sos
 from telediag.errors import DSPError
 
-__all__ = ["chain", "ecg_bandpass", "notch", "steady_state_zi"]
+__all__ = ["butter_sos", "chain", "ecg_bandpass", "notch", "sosfilt_zi", "steady_state_zi"]
 
 FloatArray = NDArray[np.float64]
+
+
+@functools.lru_cache(maxsize=256)
+def _butter_cached(order: int, wn: tuple[float, ...], btype: str, fs: float | None) -> FloatArray:
+    w: float | list[float] = wn[0] if len(wn) == 1 else list(wn)
+    sos = np.ascontiguousarray(sps.butter(order, w, btype=btype, fs=fs, output="sos"), dtype=np.float64)
+    sos.setflags(write=False)
+    return sos
+
+
+def butter_sos(order: int, wn: float | tuple[float, ...] | list[float], btype: str,
+               fs: float | None = None) -> FloatArray:
+    """:func:`scipy.signal.butter` as second-order sections, memoised.
+
+    A stream opens several filters; an engine opening hundreds of streams would otherwise
+    spend most of its start-up time redesigning the same few filters. Returns a fresh,
+    writable copy each call (the cached design itself is read-only).
+
+    Examples
+    --------
+    >>> butter_sos(2, (1.0, 40.0), "bandpass", fs=360.0).shape
+    (2, 6)
+    """
+    wn_t = (float(wn),) if isinstance(wn, int | float | np.number) else tuple(float(v) for v in wn)
+    return _butter_cached(int(order), wn_t, str(btype), None if fs is None else float(fs)).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _zi_cached(sos_bytes: bytes, n_sections: int) -> FloatArray:
+    sos = np.frombuffer(sos_bytes, dtype=np.float64).reshape(n_sections, 6)
+    zi = np.ascontiguousarray(sps.sosfilt_zi(sos), dtype=np.float64)
+    zi.setflags(write=False)
+    return zi
+
+
+def sosfilt_zi(sos: ArrayLike) -> FloatArray:
+    """:func:`scipy.signal.sosfilt_zi` (unit-step steady state per section), memoised; a copy.
+
+    Examples
+    --------
+    >>> sosfilt_zi(butter_sos(2, 40.0, "highpass", fs=360.0)).shape
+    (2, 2)
+    """
+    s = np.ascontiguousarray(sos, dtype=np.float64)
+    return _zi_cached(s.tobytes(), int(s.shape[0])).copy()
 
 
 def _check_fs(fs: float) -> float:
@@ -97,8 +144,7 @@ def ecg_bandpass(
         raise DSPError(f"low_hz must be below high_hz, got low_hz = {lo:g}, high_hz = {hi:g}")
     if isinstance(order, bool) or not isinstance(order, int | np.integer) or order < 1:
         raise DSPError(f"order must be an int >= 1, got {order!r}")
-    sos = sps.butter(int(order), [lo, hi], btype="bandpass", fs=fs_f, output="sos")
-    return np.ascontiguousarray(sos, dtype=np.float64)
+    return butter_sos(int(order), (lo, hi), "bandpass", fs=fs_f)
 
 
 def notch(fs: float, freq_hz: float = 50.0, q: float = 30.0) -> FloatArray:
@@ -207,5 +253,5 @@ def steady_state_zi(sos: ArrayLike, n_channels: int, x0: ArrayLike) -> FloatArra
         x0_arr = np.full(int(n_channels), float(x0_arr))
     if x0_arr.shape != (n_channels,):
         raise DSPError(f"x0 must be a scalar or have shape ({n_channels},), got {x0_arr.shape}")
-    zi1 = sps.sosfilt_zi(s)  # (n_sections, 2)
+    zi1 = sosfilt_zi(s)  # (n_sections, 2)
     return np.ascontiguousarray(zi1[:, :, None] * x0_arr[None, None, :])

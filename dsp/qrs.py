@@ -43,6 +43,7 @@ beats.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields
 
@@ -261,7 +262,9 @@ class _Design:
     delay_bound: int = field(default=0)
 
 
+@functools.lru_cache(maxsize=64)
 def _design(fs: float, p: QRSParams) -> _Design:
+    """Filter and kernel parameters for ``(fs, p)``; memoised (shared, never mutated)."""
     nyq = fs / 2.0
     hi = min(p.f_hi_hz, 0.45 * fs)
     if p.f_lo_hz >= hi:

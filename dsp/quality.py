@@ -76,10 +76,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.signal as sps
 from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
+from telediag.dsp.design import butter_sos, sosfilt_zi
 from telediag.errors import DSPError
 
 __all__ = [
@@ -769,13 +769,10 @@ class SignalQuality:
                 usable_sqi,
             ]
         )
-        self._sos_bp = sps.butter(2, [1.0, 40.0], "bandpass", fs=self.fs, output="sos")
-        self._sos_q = sps.butter(2, [5.0, 15.0], "bandpass", fs=self.fs, output="sos")
-        self._sos_h = sps.butter(2, 40.0, "highpass", fs=self.fs, output="sos")
-        self._zi = tuple(
-            np.ascontiguousarray(sps.sosfilt_zi(s))
-            for s in (self._sos_bp, self._sos_q, self._sos_h)
-        )
+        self._sos_bp = butter_sos(2, (1.0, 40.0), "bandpass", fs=self.fs)
+        self._sos_q = butter_sos(2, (5.0, 15.0), "bandpass", fs=self.fs)
+        self._sos_h = butter_sos(2, 40.0, "highpass", fs=self.fs)
+        self._zi = tuple(sosfilt_zi(s) for s in (self._sos_bp, self._sos_q, self._sos_h))
         self.state = self._initial()
 
     def _initial(self) -> QualityState:

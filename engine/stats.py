@@ -69,14 +69,33 @@ class LatencyHistogram:
         """p50/p90/p99/max/mean in milliseconds (NaN-free: empty gives zeros and count 0)."""
         if self.count == 0:
             return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+        return self._summary(self.nonzero_bins())
+
+    def _summary(self, bins: list[tuple[int, int]]) -> dict[str, float]:
+        # same rule as :meth:`quantile`, in one pass over the (few) non-empty bins
+        targets = [0.50 * self.count, 0.90 * self.count, 0.99 * self.count]
+        out = []
+        cum = 0
+        it = iter(bins)
+        b = 0
+        for t in targets:
+            while cum < t:
+                b, c = next(it)
+                cum += c
+            out.append(round(min(self.upper_edge(b), self.max_s) * 1e3, 4))
         return {
             "count": self.count,
-            "p50": round(self.quantile(0.50) * 1e3, 4),
-            "p90": round(self.quantile(0.90) * 1e3, 4),
-            "p99": round(self.quantile(0.99) * 1e3, 4),
+            "p50": out[0],
+            "p90": out[1],
+            "p99": out[2],
             "max": round(self.max_s * 1e3, 4),
             "mean": round(self.sum_s / self.count * 1e3, 4),
         }
+
+    def nonzero_bins(self) -> list[tuple[int, int]]:
+        """``(bin, count)`` of every non-empty bin (the compact form published in stats)."""
+        nz = np.flatnonzero(self.counts)
+        return list(zip(nz.tolist(), self.counts[nz].tolist(), strict=True))
 
 
 @dataclass(slots=True)
@@ -98,6 +117,8 @@ class StreamStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def as_dict(self) -> dict[str, Any]:
+        lat = self.latency
+        bins = lat.nonzero_bins()
         return {
             "kind": self.kind,
             "chunks_in": self.chunks_in,
@@ -111,9 +132,9 @@ class StreamStats:
             "errors": self.errors,
             "drops": self.drops,
             "last_seq": self.last_seq,
-            "latency_ms": self.latency.summary_ms(),
+            "latency_ms": lat._summary(bins) if lat.count else lat.summary_ms(),
             "latency_hist": {
-                "counts": [(int(b), int(c)) for b, c in enumerate(self.latency.counts) if c],
+                "counts": bins,
                 "count": self.latency.count,
                 "sum_s": self.latency.sum_s,
             },

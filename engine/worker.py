@@ -9,7 +9,6 @@ stop" (sent after the last data message, so everything queued is processed first
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -94,7 +93,7 @@ class Worker:
         self._out_seq[topic] = s + 1
         return s
 
-    def publish(self, chunk: Chunk, *, src_seq: int | None = None) -> int:
+    def publish(self, chunk: Chunk, *, src_seq: int | None = None, check_body: bool = True) -> int:
         """Publish ``chunk`` with the next seq of its output stream; return publish time.
 
         Signal outputs carry ``meta.src_seq``, the source chunk they came from, so a
@@ -107,8 +106,8 @@ class Worker:
         meta["pub_ns"] = pub_ns
         if src_seq is not None:
             meta["src_seq"] = src_seq
-        chunk = dataclasses.replace(chunk, seq=self._next_seq(chunk.topic), meta=meta)
-        self.out.send_multipart(encode(chunk), copy=False)
+        self.out.send_multipart(encode(chunk, seq=self._next_seq(chunk.topic), meta=meta, check_body=check_body),
+                                copy=False)
         return pub_ns
 
     def event(self, stream: str, body: dict[str, Any], *, limit_key: str | None = None) -> None:
@@ -141,7 +140,8 @@ class Worker:
     def publish_stats(self) -> None:
         body = self.stats_body()
         self.last_stats = body  # snapshot for the in-process metrics exporter (reference swap)
-        self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), body))
+        # built here from counters only: skip the body walk (subscribers still check it)
+        self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), body), check_body=False)
 
     # -- streams ------------------------------------------------------------------------
     def _open(self, chunk: Chunk) -> _Stream:

@@ -648,3 +648,17 @@ def test_docstring_examples() -> None:
     for mod in (wire, sockets):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+def test_encode_overrides_seq_and_meta_without_touching_the_chunk() -> None:
+    c = Chunk.signal("ecg", "bed-1", 3, 7, np.zeros((4, 1), np.float32), 360.0, ("I",), ("mV",), meta={"a": 1})
+    d = decode(encode(c, seq=42, meta={"a": 1, "pub_ns": 9}))
+    assert d.seq == 42 and dict(d.meta) == {"a": 1, "pub_ns": 9}
+    assert c.seq == 3 and dict(c.meta) == {"a": 1}
+    assert "meta" not in msgpack.unpackb(encode(c, meta={})[1])
+    with pytest.raises(ProtocolError) as e:
+        encode(c, seq=-1)
+    assert e.value.reason == "invalid_chunk" and "seq" in e.value.detail
+    with pytest.raises(ProtocolError) as e:
+        encode(c, meta={1: "x"})  # type: ignore[dict-item]
+    assert e.value.reason == "invalid_chunk" and "meta" in e.value.detail

@@ -744,7 +744,8 @@ def _header(chunk: Chunk) -> dict[str, Any]:
     return h
 
 
-def encode(chunk: Chunk) -> list[bytes | memoryview]:
+def encode(chunk: Chunk, *, seq: int | None = None, meta: Mapping[str, Any] | None = None,
+           check_body: bool = True) -> list[bytes | memoryview]:
     """Encode a chunk as the three frames ``[topic, header, payload]`` of wire protocol v1.
 
     The raw payload is a zero-copy ``memoryview`` of ``chunk.data`` (already C-contiguous and
@@ -755,6 +756,14 @@ def encode(chunk: Chunk) -> list[bytes | memoryview]:
     ----------
     chunk : Chunk
         A validated chunk.
+    seq, meta : optional
+        Send the chunk with this ``seq`` and/or ``meta`` instead of its own (what a
+        republisher needs, without building and re-validating a new :class:`Chunk`).
+        Checked like the constructor checks them.
+    check_body : bool
+        Walk a msgpack ``body`` for non-string keys and excess nesting (default). Only a
+        producer whose bodies are built by its own code from plain values (the engine's
+        stats) may skip it; receivers check every body whatever the sender did.
 
     Returns
     -------
@@ -777,7 +786,21 @@ def encode(chunk: Chunk) -> list[bytes | memoryview]:
     """
     if not isinstance(chunk, Chunk):
         raise TypeError(f"encode() needs a Chunk, got {type(chunk).__name__}")
-    header = _pack(_header(chunk), "header (channels, units or meta)")
+    h = _header(chunk)
+    try:
+        if seq is not None:
+            h["seq"] = _check_int("seq", _index("seq", seq), 0, _I64_MAX)
+        if meta is not None:
+            if not isinstance(meta, Mapping):
+                raise _fail("bad_field", f"meta must be a map, got {type(meta).__name__}")
+            _check_doc(meta, "meta", "bad_field")
+            if meta:
+                h["meta"] = meta
+            else:
+                h.pop("meta", None)
+    except ProtocolError as e:
+        raise _relabel(e) from None
+    header = _pack(h, "header (channels, units or meta)")
     if len(header) > MAX_HEADER_BYTES:
         raise _fail(
             "header_too_large",
@@ -789,10 +812,11 @@ def encode(chunk: Chunk) -> list[bytes | memoryview]:
     elif chunk.packet is not None:
         payload = chunk.packet
     else:
-        try:
-            _check_doc(chunk.body, "body", "invalid_chunk")
-        except ProtocolError as e:
-            raise _relabel(e) from None
+        if check_body:
+            try:
+                _check_doc(chunk.body, "body", "invalid_chunk")
+            except ProtocolError as e:
+                raise _relabel(e) from None
         payload = _pack(chunk.body, "body")
         if len(payload) > MAX_BODY_BYTES:
             raise _fail(
