@@ -41,6 +41,8 @@ class EngineSettings:
     publish_hwm: int = 200000
     max_events_per_s: int = 20
     metrics: str = ""  # "127.0.0.1:9108" serves Prometheus text at http://HOST:PORT/metrics; "" = off
+    batch_max: int = 64  # model work of up to this many chunks (any streams) per call; 1 = no batching
+    batch_wait_ms: float = 2.0  # the oldest deferred item waits at most this long for batch-mates
 
     def __post_init__(self) -> None:
         for name in ("ingest", "publish"):
@@ -55,6 +57,10 @@ class EngineSettings:
             host, _, port = self.metrics.rpartition(":")
             if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ConfigError(f"[engine].metrics must be HOST:PORT (e.g. 127.0.0.1:9108) or empty, got {self.metrics!r}")
+        if not 1 <= self.batch_max <= 4096:
+            raise ConfigError(f"[engine].batch_max must be in 1..4096, got {self.batch_max}")
+        if not 0.0 <= self.batch_wait_ms <= 1000.0:
+            raise ConfigError(f"[engine].batch_wait_ms must be in 0..1000, got {self.batch_wait_ms}")
         for name in ("ingest_hwm", "publish_hwm", "max_events_per_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[engine].{name} must be >= 1, got {getattr(self, name)}")

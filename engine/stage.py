@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,10 +68,41 @@ class StreamSpec:
 
 @dataclass(slots=True)
 class Outputs:
-    """What one call of :meth:`Stage.process` produced."""
+    """What one call of :meth:`Stage.process` produced.
+
+    ``deferred`` (only from a stage whose ``batching`` is true) hands model work to the
+    worker, which runs it batched with other streams' work and then publishes what
+    ``deferred.resume`` returns; the ``signal`` goes on down the pipeline at once.
+    """
 
     signal: Chunk | None = None
     records: list[Chunk] = field(default_factory=list)
+    deferred: Deferred | None = None
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Model work a stage hands to its worker so it is batched across streams.
+
+    Parameters
+    ----------
+    key : hashable
+        Items with equal keys are run together, by one call of ``run``.
+    run : callable
+        ``run(items) -> results``: the batched computation (one model call for all), one
+        result per item in order. It must not depend on which items share the batch.
+    item : object
+        This stream's input.
+    resume : callable
+        ``resume(result) -> Outputs``: the rest of the chunk's outputs. ``result`` is this
+        item's result, or the exception ``run`` raised (the stage decides how to degrade).
+        The worker calls it before the stage sees the stream's next chunk.
+    """
+
+    key: Hashable
+    run: Callable[[list[Any]], list[Any]]
+    item: Any
+    resume: Callable[[Any], Outputs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +123,8 @@ class Stage(ABC):
     type_name: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
     kinds: ClassVar[frozenset[str]] = frozenset()
+    batching: bool = False
+    """Set by the worker (``[engine].batch_max > 1``): the stage may return ``Outputs.deferred``."""
 
     def __init__(self, params: StageParams, name: str | None = None) -> None:
         if not isinstance(params, self.Params):

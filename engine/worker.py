@@ -9,6 +9,7 @@ stop" (sent after the last data message, so everything queued is processed first
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import numpy as np
 import zmq
 
 from telediag.engine.config import Config
-from telediag.engine.stage import Outputs, Stage, StreamSpec
+from telediag.engine.stage import Deferred, Outputs, Stage, StreamSpec
 from telediag.engine.stats import LatencyHistogram, StreamStats
 from telediag.errors import ProtocolError, TelediagError
 from telediag.transports.wire import SIGNAL_KINDS, Chunk, decode, encode
@@ -86,6 +87,13 @@ class Worker:
         self.out: zmq.Socket | None = None
         self.last_stats: dict[str, Any] = {}
         self.latency_counts = self.latency.counts  # exposed for histogram export
+        # cross-stream micro-batching of deferred model work (see Outputs.deferred)
+        self._pending: list[tuple[str, _Stream, Stage, Deferred, int | None]] = []
+        self._pending_streams: set[str] = set()
+        self._pending_since = 0.0
+        self.batches_run = 0
+        self.batch_items = 0
+        self.batch_largest = 0
 
     # -- publishing -------------------------------------------------------------------
     def _next_seq(self, topic: str) -> int:
@@ -135,6 +143,7 @@ class Worker:
             "rejects": dict(self.rejects),
             "errors": dict(self.errors),
             "latency_ms": self.latency.summary_ms(),
+            "batches": {"runs": self.batches_run, "items": self.batch_items, "largest": self.batch_largest},
         }
 
     def publish_stats(self) -> None:
@@ -151,6 +160,7 @@ class Worker:
         try:
             for sc in self.config.pipelines.get(chunk.kind, ()):
                 stage = sc.build()
+                stage.batching = self.config.engine.batch_max > 1
                 spec = stage.open(spec)
                 st.stages.append(stage)
         except TelediagError as e:
@@ -167,6 +177,8 @@ class Worker:
         return st
 
     def _close(self, sid: str, st: _Stream) -> None:
+        if sid in self._pending_streams:
+            self.flush()
         for stage in st.stages:
             try:
                 out = stage.close()
@@ -202,6 +214,8 @@ class Worker:
             self.reject(e.reason, e.detail)
             return
         sid = chunk.stream
+        if sid in self._pending_streams:  # a stage sees a stream's chunks strictly one after another
+            self.flush()
         st = self.streams.get(sid)
         session = chunk.meta.get("session")
         if st is not None and session is not None and session != st.session:
@@ -252,7 +266,45 @@ class Worker:
                 self._stage_error(sid, st, stage, e)
                 break
             self._emit(st, stage, out, sent_ref, chunk.seq)
+            if out.deferred is not None:
+                self._defer(sid, st, stage, out.deferred, chunk.seq)
             x = out.signal
+
+    # -- cross-stream batching ----------------------------------------------------------
+    def _defer(self, sid: str, st: _Stream, stage: Stage, d: Deferred, src_seq: int | None) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((sid, st, stage, d, src_seq))
+        self._pending_streams.add(sid)
+
+    def flush(self) -> None:
+        """Run the deferred model work, one call per key, and publish what it completes."""
+        pending, self._pending = self._pending, []
+        self._pending_streams.clear()
+        groups: dict[Any, list[int]] = {}
+        for i, (_, _, _, d, _) in enumerate(pending):
+            groups.setdefault(d.key, []).append(i)
+        results: list[Any] = [None] * len(pending)
+        for idx in groups.values():
+            run = pending[idx[0]][3].run
+            try:
+                res = run([pending[i][3].item for i in idx])
+                if len(res) != len(idx):
+                    raise RuntimeError(f"batched run returned {len(res)} results for {len(idx)} items")
+            except Exception as e:  # noqa: BLE001 - each stage decides how to degrade
+                res = [e] * len(idx)
+            for i, r in zip(idx, res, strict=True):
+                results[i] = r
+            self.batches_run += 1
+            self.batch_items += len(idx)
+            self.batch_largest = max(self.batch_largest, len(idx))
+        for (sid, st, stage, d, src_seq), r in zip(pending, results, strict=True):
+            try:
+                out = d.resume(r)
+            except Exception as e:  # a stage bug must not take the engine down
+                self._stage_error(sid, st, stage, e)
+                continue
+            self._emit(st, stage, out, None, src_seq)
 
     @staticmethod
     def _source_ref_ns(chunk: Chunk) -> int | None:
@@ -319,19 +371,28 @@ class Worker:
         self.warmup()
         self.ready.set()
         interval = self.config.engine.stats_interval_s
+        batch_max = self.config.engine.batch_max
+        batch_wait = self.config.engine.batch_wait_ms / 1000.0
         next_stats = time.monotonic() + interval
         try:
             while True:
-                timeout_ms = max(0, int((next_stats - time.monotonic()) * 1000))
-                if inbox.poll(timeout_ms):
+                now = time.monotonic()
+                until = next_stats
+                if self._pending:  # the oldest deferred item waits at most batch_wait for batch-mates
+                    until = min(until, self._pending_since + batch_wait)
+                if inbox.poll(max(0, math.ceil((until - now) * 1000))):
                     msg = inbox.recv_multipart(copy=False)
                     tag = msg[0].bytes
                     if tag == STOP:
                         break
                     self.handle(msg[1:])
+                if self._pending and (len(self._pending) >= batch_max
+                                      or time.monotonic() >= self._pending_since + batch_wait):
+                    self.flush()
                 if time.monotonic() >= next_stats:
                     self.publish_stats()
                     next_stats = time.monotonic() + interval
+            self.flush()
             for sid, st in list(self.streams.items()):
                 if not st.refused:
                     self._close(sid, st)

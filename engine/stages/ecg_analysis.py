@@ -109,7 +109,7 @@ from telediag.dsp.hr import HeartRateMeter
 from telediag.dsp.hrv import NORMAL_SYMBOLS, HRVMeter
 from telediag.dsp.qrs import QRSDetector, QRSParams
 from telediag.dsp.quality import EVENT_KINDS, FEATURE_NAMES, QualityEvent, SignalQuality, SQIUpdate
-from telediag.engine.stage import Outputs, Stage, StageParams, StreamSpec, register
+from telediag.engine.stage import Deferred, Outputs, Stage, StageParams, StreamSpec, register
 from telediag.errors import ConfigError, DSPError
 from telediag.transports.wire import Chunk
 
@@ -375,6 +375,20 @@ def _classifier(variant: str) -> Any:
     return _CLASSIFIERS[variant]
 
 
+def _classify_batch(items: list[tuple[Any, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One model call for the beat features of several streams (``Deferred.run``)."""
+    clf = items[0][0]
+    feats = [f for _, f in items]
+    idx, probs = clf.classify(type(feats[0]).concat(feats))
+    out = []
+    k = 0
+    for f in feats:
+        n = len(f)
+        out.append((idx[k:k + n], probs[k:k + n]))
+        k += n
+    return out
+
+
 BeatHook = Callable[[BeatBatch], None]
 """A callable filling ``labels``/``probs`` of a :class:`BeatBatch` in place."""
 
@@ -497,11 +511,14 @@ class EcgAnalysis(Stage):
         self._clf_stream = None
         self._clf_release: dict[int, tuple[int, int]] = {}
         self._clf_last = 0.0
+        self._clf_error = ""
+        self._clf_key = ""
         if p.classify != "off":
             try:
                 from telediag.models.ecg_beats import BeatClassifier
 
                 self._clf = _classifier(p.classifier_variant)
+                self._clf_key = p.classifier_variant
                 self._clf_stream = BeatClassifier.stream(fs)
             except Exception as e:  # noqa: BLE001 - optional model: reported or raised per `classify`
                 if p.classify == "on":
@@ -555,7 +572,20 @@ class EcgAnalysis(Stage):
         accepted, suppressed = self._decide(beats, confirm, final=False)
         labels = None
         if self._clf is not None:
-            accepted, labels = self._classify(x[:, self.params.lead], accepted, final=False)  # type: ignore[attr-defined]
+            feats = self._clf_push(x[:, self.params.lead], accepted, final=False)  # type: ignore[attr-defined]
+            if self.batching and feats is not None and len(feats):
+                # hand the model call to the worker (batched with other streams), finish later
+                end = st.n_seen
+
+                def resume(result: Any) -> Outputs:
+                    acc, labs = self._clf_finish(feats, result, final=False)
+                    rest = Outputs()
+                    self._emit(rest, acc, suppressed, rows, events, end=end, final=False, clf_labels=labs)
+                    return rest
+
+                return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), _classify_batch,
+                                                                (self._clf, feats), resume))
+            accepted, labels = self._clf_finish(feats, None, final=False)
         out = Outputs(signal=chunk)
         self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False, clf_labels=labels)
         return out
@@ -570,21 +600,17 @@ class EcgAnalysis(Stage):
         accepted, suppressed = self._decide(beats, confirm, final=True)
         labels = None
         if self._clf is not None:
-            accepted, labels = self._classify(np.empty(0), accepted, final=True)
+            feats = self._clf_push(np.empty(0), accepted, final=True)
+            accepted, labels = self._clf_finish(feats, None, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
         self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True, clf_labels=labels)
         return out
 
-    def _classify(
-        self, lead: np.ndarray, accepted: list[tuple[int, int, int]], *, final: bool
-    ) -> tuple[list[tuple[int, int, int]], list[tuple[str, dict[str, float]]] | None]:
-        """Feed the classifier's feature stream; return the beats it could label now.
+    def _clf_push(self, lead: np.ndarray, accepted: list[tuple[int, int, int]], *, final: bool) -> Any:
+        """Feed the classifier's feature stream; the features of the beats now classifiable.
 
-        A beat is released (published) when the beat after it is accepted, at that beat's
-        release sample, so the result does not depend on the chunking.
+        ``None`` when the feature builder failed (the stage then degrades to unlabelled beats).
         """
-        from telediag.models.ecg_beats import AAMI_CLASSES
-
         fs_stream = self._clf_stream
         assert fs_stream is not None and self._clf is not None
         x = np.asarray(lead, dtype=np.float64)
@@ -602,7 +628,28 @@ class EcgAnalysis(Stage):
             feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
             if final:
                 feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
-            idx, probs = self._clf.classify(feats)
+        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
+            self._clf_error = f"{type(e).__name__}: {e}"
+            return None
+        return feats
+
+    def _clf_finish(
+        self, feats: Any, result: Any, *, final: bool
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[str, dict[str, float]]] | None]:
+        """Label the beats of ``feats`` (``result``: batched model output, or ``None`` to run
+        the model now, or the exception a batched run raised) and say when each is released.
+
+        A beat is released (published) when the beat after it is accepted, at that beat's
+        release sample, so the result does not depend on the chunking.
+        """
+        from telediag.models.ecg_beats import AAMI_CLASSES
+
+        try:
+            if feats is None:
+                raise RuntimeError(self._clf_error)
+            if isinstance(result, BaseException):
+                raise result
+            idx, probs = result if result is not None else self._clf.classify(feats)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
             self._clf = None  # from now on beats go out unlabelled, as with classify = "off"
             flushed = [(s_, c, r) for s_, (c, r) in sorted(self._clf_release.items())]
