@@ -7,6 +7,9 @@ beats are pooled, skipping the detector's learning period (first ``--skip-s`` se
 hold) - R peak, in seconds of signal time.
 
 Run: ``python benchmarks/ecg_delay_report.py [--hold verdict|none] [--hop-s 1.0] 119 208 ...``
+
+With ``$TELEDIAG_BENCH_LATENCY_DIR`` set (``telediag bench`` does), the pooled delays are also
+left there (:func:`telediag.evaluation.bench_cli.record_latency`) for the report's latency CDFs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from telediag.engine.config import load_config
+from telediag.evaluation.bench_cli import record_latency
 from telediag.evaluation.ecg_analyze import analyze_recording
 from telediag.evaluation.wfdb_io import data_dir
 from telediag.sources.readers import read_wfdb
@@ -52,6 +56,10 @@ def main() -> None:
         p50, p90, p99 = np.percentile(x, [50, 90, 99])
         print(f"{name:>10} (hold={a.hold}, hop={a.hop_s:g} s): p50 {p50:.3f} p90 {p90:.3f} "
               f"p99 {p99:.3f} max {x.max():.3f} s (n={x.size})")
+        record_latency(f"QRS decision delay: {name}", 1000.0 * x, kind="signal-time",
+                       source="ecg_delay_report.py",
+                       note=f"R peak -> {'detector confirmation' if name == 'confirm' else 'beat published (incl. quality hold)'}"
+                            f", records {' '.join(a.records)}, hold={a.hold}, first {a.skip_s:g} s skipped")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ fails, then bisects.
 
     python benchmarks/load_streams.py --streams 100 --seconds 20
     python benchmarks/load_streams.py --sweep --seconds 15
+
+With ``$TELEDIAG_BENCH_LATENCY_DIR`` set (``telediag bench`` does), a second subscriber also
+receives the filtered ECG of the first 8 streams and their per-chunk latencies (publish time -
+source time of the chunk's last sample, or its send time if earlier: the engine's own
+definition) are left there for the report's latency CDFs
+(:func:`telediag.evaluation.bench_cli.record_latency`).
 """
 
 from __future__ import annotations
@@ -94,6 +100,47 @@ publish = true
 """
 
 
+class _LatencySampler:
+    """Per-chunk latencies of the first ``k`` streams, for ``telediag bench`` (off unless asked)."""
+
+    def __init__(self, publish: str, n_streams: int, k: int = 8) -> None:
+        from telediag.client import Subscriber
+
+        self.k = min(k, n_streams) if os.environ.get("TELEDIAG_BENCH_LATENCY_DIR") else 0
+        self.sub = Subscriber(publish, topics=[f"ecg/load-{i}/" for i in range(self.k)]) if self.k else None
+        self.ms: list[float] = []
+
+    def wait(self) -> None:
+        if self.sub is not None and not self.sub.wait_connected(30):
+            raise RuntimeError("latency subscriber did not connect")
+
+    def drain(self) -> None:
+        while self.sub is not None:
+            c = self.sub.recv(timeout_s=0.2)
+            if c is None:
+                return
+            pub = c.meta.get("pub_ns")
+            if not isinstance(pub, int) or not c.rate_hz:
+                continue
+            ref = c.t0_ns + int(max(c.n_samples - 1, 0) * 1e9 / c.rate_hz)
+            sent = c.meta.get("sent_ns")
+            self.ms.append((pub - (min(ref, sent) if isinstance(sent, int) else ref)) / 1e6)
+
+    def close(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+
+    def record(self, res: dict, n_streams: int, seconds: float, chunk_ms: float) -> None:
+        if not self.k:
+            return
+        from telediag.evaluation.bench_cli import record_latency
+
+        res["sampled_chunks"] = len(self.ms)
+        record_latency(f"engine ECG, {n_streams} real-time streams", self.ms, source="load_streams.py",
+                       note=f"{self.k} of {n_streams} streams sampled, {seconds:g} s, {chunk_ms:g} ms chunks, "
+                            "engine in its own process")
+
+
 def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
              record: str | None = None, verbose: bool = True, classify: str = "on",
              stagger: bool = True, workers: int = 1) -> dict:
@@ -107,9 +154,11 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     from telediag.client import Subscriber
 
     sub = Subscriber(publish, topics=["stats/"])
+    sampler = _LatencySampler(publish, n_streams)
     try:
         if not sub.wait_connected(60):
             raise RuntimeError("engine did not start")
+        sampler.wait()
         ready, result = mp.Event(), mp.Queue()
         gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result, stagger))
         gen.start()
@@ -128,6 +177,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
             streams = {k: v for b in last.values() for k, v in b["streams"].items()}
             if len(streams) == n_streams and all(v["samples_in"] >= sent["samples_per_stream"] for v in streams.values()):
                 break
+        sampler.drain()
         rss_kb = None
         try:
             with open(f"/proc/{eng.pid}/status") as f:
@@ -136,6 +186,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
             pass
     finally:
         sub.close()
+        sampler.close()
         eng.send_signal(signal.SIGTERM)
         try:
             eng.wait(30)
@@ -157,6 +208,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
            "median_stream_p50_ms": p50, "worst_stream_p99_ms": p99,
            "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
            "ok": lost == 0 and errors == 0 and pooled["p99"] <= 50.0}
+    sampler.record(res, n_streams, seconds, chunk_ms)
     if verbose:
         print(json.dumps(res), flush=True)
     return res

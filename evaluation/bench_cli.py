@@ -2,7 +2,7 @@
 
 Usage::
 
-    telediag bench [--quick] [--out DIR] [-k EXPR] [--benchmarks DIR]
+    telediag bench [--quick] [--out DIR] [-k EXPR] [--benchmarks DIR] [--no-latency-scripts]
                    [--accuracy [--data DIR] [--records 101,106] [--max-seconds S]]
 
 Runs every ``benchmarks/bench_*.py`` suite in one pytest process with pytest-benchmark
@@ -12,6 +12,14 @@ row's time relative to the fastest telediag row of its group.  ``DIR/speed_ratio
 how many times slower each peer is (log scale).  ``--accuracy`` also runs the QRS research
 harness (:mod:`telediag.evaluation.harness`) for telediag and the installed peers and plots
 per-record F1 (``DIR/qrs_f1.png``).
+
+Latency: benchmarks that measure latencies leave their raw samples (ms) with
+:func:`record_latency` in the folder named by ``$TELEDIAG_BENCH_LATENCY_DIR`` (``telediag
+bench`` sets it to ``DIR/latency``); the report lists p50/p95/p99/max per series and
+``DIR/latency_cdf.png`` draws their CDFs (log x axis, p50 and p99 marked).  Besides the
+pytest suites, ``telediag bench`` runs the two latency scripts ``benchmarks/ecg_delay_report.py``
+(QRS decision delay, signal time) and ``benchmarks/load_streams.py`` (engine latency with N
+real-time ECG streams), small with ``--quick``; not with ``-k`` or ``--no-latency-scripts``.
 
 The suites live in the repository's ``benchmarks/`` folder, not in the installed package:
 run from a source checkout (or pass ``--benchmarks DIR``).  Plots need matplotlib
@@ -24,20 +32,31 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from telediag.errors import ConfigError, TelediagError
 
 __all__ = [
+    "LATENCY_ENV",
     "BenchRow",
+    "LatencySeries",
     "add_arguments",
     "find_benchmarks",
     "is_peer",
+    "latency_table",
+    "load_latencies",
+    "latency_scripts",
     "load_rows",
+    "record_latency",
     "render_report",
     "run",
 ]
@@ -64,6 +83,181 @@ class BenchRow:
     stddev: float
     rounds: int
     peer: bool
+
+
+# ----------------------------------------------------------------------------------------
+# Latency samples: written by the benchmarks, read by the report
+# ----------------------------------------------------------------------------------------
+#: Environment variable naming the folder where benchmarks leave raw latency samples.
+LATENCY_ENV = "TELEDIAG_BENCH_LATENCY_DIR"
+_MAX_SAMPLES = 100_000
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120] or "latency"
+
+
+def _summary(x: NDArray[np.float64]) -> dict[str, float]:
+    if x.size == 0:
+        return {"n": 0, "p50": math.nan, "p95": math.nan, "p99": math.nan, "max": math.nan}
+    p50, p95, p99 = np.percentile(x, [50, 95, 99])
+    return {"n": int(x.size), "p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(x.max())}
+
+
+def record_latency(name: str, samples_ms: Iterable[float], *, kind: str = "end-to-end", source: str = "",
+                   note: str = "", directory: str | Path | None = None,
+                   extra_info: dict[str, Any] | None = None) -> Path | None:
+    """Leave raw latency samples (milliseconds) where ``telediag bench`` draws them.
+
+    Parameters
+    ----------
+    name : str
+        Series label in the report and the plot (one file per name; recording it again
+        replaces it).
+    samples_ms : iterable of float
+        Latencies in ms; non-finite values are dropped; more than 100,000 are thinned evenly.
+    kind : str
+        ``"end-to-end"`` (source timestamp -> publish), ``"compute"`` (processing time of a
+        chunk) or ``"signal-time"`` (a decision delay in the signal's own time base).
+    source, note : str
+        Where it was measured (benchmark file and test) and a short caveat.
+    directory : path, optional
+        Where to write; default ``$TELEDIAG_BENCH_LATENCY_DIR``; when neither is set nothing is
+        written (running a benchmark on its own costs nothing).
+    extra_info : dict, optional
+        A pytest-benchmark ``benchmark.extra_info``: gets ``latency_ms[name] = {n, p50, p95,
+        p99, max}`` (so ``benchmarks.json`` carries the summary too).
+
+    Returns
+    -------
+    Path or None
+        The JSON file written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> record_latency("toy", [1.0, 2.0, 3.0], directory=d).name
+    'toy.json'
+    >>> load_latencies(d)[0].summary()["p50"]
+    2.0
+    """
+    x = np.asarray([float(v) for v in samples_ms], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size > _MAX_SAMPLES:
+        x = np.sort(x)[np.linspace(0, x.size - 1, _MAX_SAMPLES).round().astype(np.int64)]
+    if extra_info is not None:
+        extra_info.setdefault("latency_ms", {})[name] = {k: round(v, 4) for k, v in _summary(x).items()}
+    d = directory if directory is not None else os.environ.get(LATENCY_ENV)
+    if not d:
+        return None
+    out = Path(d)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{_slug(name)}.json"
+    doc = {"name": name, "kind": kind, "unit": "ms", "source": source, "note": note,
+           "samples": [round(float(v), 4) for v in x]}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySeries:
+    """Raw latency samples of one benchmark series (ms)."""
+
+    name: str
+    kind: str
+    source: str
+    note: str
+    samples: NDArray[np.float64]
+
+    def summary(self) -> dict[str, float]:
+        """``{n, p50, p95, p99, max}`` in ms (NaN when empty)."""
+        return _summary(self.samples)
+
+
+def load_latencies(directory: str | Path) -> list[LatencySeries]:
+    """Every series :func:`record_latency` left in ``directory``, sorted by name.
+
+    Unreadable files are skipped with a note on stderr.
+
+    Examples
+    --------
+    >>> load_latencies("/nonexistent")
+    []
+    """
+    d = Path(directory)
+    out = []
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            doc = json.loads(f.read_text())
+            x = np.asarray(doc["samples"], dtype=np.float64)
+            out.append(LatencySeries(str(doc["name"]), str(doc.get("kind", "")), str(doc.get("source", "")),
+                                     str(doc.get("note", "")), x[np.isfinite(x)]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"telediag bench: skipping latency file {f}: {e}", file=sys.stderr)
+    return sorted(out, key=lambda s: s.name)
+
+
+def _ms(v: float) -> str:
+    if math.isnan(v):
+        return "n/a"
+    return f"{v:.3g}" if v < 100 else f"{v:,.0f}"
+
+
+def latency_table(series: list[LatencySeries]) -> str:
+    """Markdown: n, p50, p95, p99 and max (ms) per series.
+
+    Examples
+    --------
+    >>> s = LatencySeries("a", "compute", "x.py", "", np.arange(1.0, 101.0))
+    >>> latency_table([s]).splitlines()[2]
+    '| a | compute | 100 | 50.5 | 95 | 99 | 100 | x.py |'
+    """
+    lines = ["| series | kind | n | p50 ms | p95 ms | p99 ms | max ms | source |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for s in series:
+        m = s.summary()
+        lines.append(f"| {s.name} | {s.kind} | {int(m['n'])} | {_ms(m['p50'])} | {_ms(m['p95'])} | "
+                     f"{_ms(m['p99'])} | {_ms(m['max'])} | {s.source} |")
+    notes = [f"- {s.name}: {s.note}" for s in series if s.note]
+    if notes:
+        lines += [""] + notes
+    return "\n".join(lines)
+
+
+def _plot_latency_cdf(series: list[LatencySeries], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for i, s in enumerate(series):
+        x = np.sort(s.samples[s.samples > 0])
+        if x.size == 0:
+            continue
+        y = np.arange(1, x.size + 1) / x.size
+        color = f"C{i % 10}"
+        ax.step(x, y, where="post", color=color, lw=1.4, label=f"{s.name} (n={x.size})")
+        p50, p99 = np.percentile(x, [50, 99])
+        ax.plot([p50], [0.5], "o", color=color, ms=5)
+        ax.plot([p99], [0.99], "^", color=color, ms=6)
+        ax.annotate(f"{p99:.3g}", (p99, 0.99), xytext=(3, -10 - 9 * (i % 3)), textcoords="offset points",
+                    fontsize=6, color=color)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.axhline(0.5, color="0.7", lw=0.6, ls=":")
+    ax.axhline(0.99, color="0.7", lw=0.6, ls=":")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("fraction of samples <= x")
+    ax.set_title("Latency CDFs (o p50, ^ p99)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def is_peer(name: str) -> bool:
@@ -162,7 +356,7 @@ def peer_ratios(rows: list[BenchRow]) -> list[tuple[str, float]]:
 
 
 def render_report(rows: list[BenchRow], meta: dict[str, Any], accuracy: str | None = None,
-                  plots: list[str] | None = None) -> str:
+                  plots: list[str] | None = None, latency: str | None = None) -> str:
     """The Markdown report: a table per group, telediag rows first, with ratios to the fastest.
 
     Examples
@@ -187,6 +381,10 @@ def render_report(rows: list[BenchRow], meta: dict[str, Any], accuracy: str | No
             lines.append(f"| {r.name} | {'peer' if r.peer else 'telediag'} | {_fmt_time(r.median)} | "
                          f"{_fmt_time(r.mean)} | {_fmt_time(r.stddev)} | {r.rounds} | {ratio} |")
         lines.append("")
+    if latency:
+        lines += ["## Latency", "", "Raw samples left by the latency benchmarks (`latency/*.json`); "
+                  "*end-to-end*: source timestamp -> published, *compute*: processing time per chunk, "
+                  "*signal-time*: decision delay in the record's own time.", "", latency, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if accuracy:
@@ -266,6 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="--accuracy: harness cache folder")
     parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                         help="extra argument passed to pytest (repeatable)")
+    parser.add_argument("--no-latency-scripts", action="store_true",
+                        help="skip benchmarks/ecg_delay_report.py and load_streams.py (also skipped with -k)")
 
 
 def _accuracy(args: argparse.Namespace) -> tuple[str, dict[str, dict[str, float]]]:
@@ -291,11 +491,44 @@ def _accuracy(args: argparse.Namespace) -> tuple[str, dict[str, dict[str, float]
     return text, {r.detector: r.f1 for r in results}
 
 
+def latency_scripts(bench: Path, quick: bool) -> list[list[str]]:
+    """Commands of the latency scripts in ``bench`` (small runs when ``quick``).
+
+    Examples
+    --------
+    >>> [c[1].rsplit("/", 1)[-1] for c in latency_scripts(find_benchmarks(), quick=True)]
+    ['ecg_delay_report.py', 'load_streams.py']
+    """
+    cmds = []
+    if (bench / "ecg_delay_report.py").is_file():
+        cmds.append([sys.executable, str(bench / "ecg_delay_report.py"), *(["119"] if quick else [])])
+    if (bench / "load_streams.py").is_file():
+        n, sec = ("4", "3") if quick else ("20", "10")
+        cmds.append([sys.executable, str(bench / "load_streams.py"), "--streams", n, "--seconds", sec])
+    return cmds
+
+
+def _run_latency_scripts(bench: Path, quick: bool, env: dict[str, str]) -> None:
+    for cmd in latency_scripts(bench, quick):
+        print("telediag bench: " + " ".join(cmd), file=sys.stderr, flush=True)
+        try:
+            proc = subprocess.run(cmd, cwd=str(bench.parent), env=env, timeout=900)
+        except subprocess.TimeoutExpired:
+            print(f"telediag bench: {cmd[1]} timed out; its latencies are missing", file=sys.stderr)
+            continue
+        if proc.returncode != 0:
+            print(f"telediag bench: {cmd[1]} exited {proc.returncode}; its latencies may be missing",
+                  file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the suites, write ``report.md`` (and plots); return pytest's exit code or 0."""
     bench = find_benchmarks(args.benchmarks)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    lat_dir = (out / "latency").resolve()
+    for stale in lat_dir.glob("*.json") if lat_dir.is_dir() else []:
+        stale.unlink()
     jpath = (out / "benchmarks.json").resolve()
     cmd = [sys.executable, "-m", "pytest", str(bench), "-o", "python_files=bench_*.py",
            "-p", "no:cacheprovider", "-q", f"--benchmark-json={jpath}", "--benchmark-sort=name"]
@@ -306,6 +539,7 @@ def run(args: argparse.Namespace) -> int:
     cmd += list(args.pytest_arg)
     print("telediag bench: " + " ".join(cmd), file=sys.stderr, flush=True)
     env = dict(os.environ)
+    env[LATENCY_ENV] = str(lat_dir)
     proc = subprocess.run(cmd, cwd=str(bench.parent), env=env)
     if proc.returncode == 5:
         raise ConfigError(f"no benchmarks selected in {bench}" + (f" by -k {args.k!r}" if args.k else ""))
@@ -322,6 +556,9 @@ def run(args: argparse.Namespace) -> int:
             "mode": "quick (few rounds)" if args.quick else "full", "benchmarks": len(rows)}
     if args.k:
         meta["selection"] = f"-k {args.k!r}"
+    if not args.k and not getattr(args, "no_latency_scripts", False):
+        _run_latency_scripts(bench, args.quick, env)
+    series = load_latencies(lat_dir)
     acc_text, f1 = (None, None)
     if args.accuracy:
         acc_text, f1 = _accuracy(args)
@@ -339,7 +576,11 @@ def run(args: argparse.Namespace) -> int:
             if f1:
                 _plot_f1(f1, out / "qrs_f1.png")
                 plots.append("qrs_f1.png")
-    (out / "report.md").write_text(render_report(rows, meta, acc_text, plots))
+            if any(s.samples.size for s in series):
+                _plot_latency_cdf(series, out / "latency_cdf.png")
+                plots.append("latency_cdf.png")
+    lat_text = latency_table(series) if series else None
+    (out / "report.md").write_text(render_report(rows, meta, acc_text, plots, lat_text))
     print(f"telediag bench: wrote {out / 'report.md'} ({len(rows)} benchmarks"
           f"{', ' + ', '.join(plots) if plots else ''})", file=sys.stderr)
     return int(proc.returncode)

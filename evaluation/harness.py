@@ -8,7 +8,9 @@ a spec string (:func:`resolve_detector`):
 * ``sleepecg``, ``neurokit2``, ``xqrs``, ``pan_tompkins`` - peers, when installed
   (``pip install sleepecg neurokit2 wfdb py-ecg-detectors``);
 * ``package.module:function`` - an importable function;
-* ``path/to/file.py:function`` - a function in a Python file.
+* ``path/to/file.py:function`` - a function in a Python file;
+* ``NAME`` - an entry point of the group ``telediag.harness`` declared by an installed
+  package (``[project.entry-points."telediag.harness"] NAME = "package.module:function"``).
 
 Scoring follows ANSI/AAMI EC57 beat-by-beat matching (150 ms window, test beats inside VF
 episodes not counted as FP) with :mod:`telediag.evaluation.ec57`.  Detections are cached per
@@ -30,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -48,14 +49,17 @@ from numpy.typing import NDArray
 from telediag.errors import ConfigError, DataError
 
 from .ec57 import BeatScore, gross, match_beats, reference_beats, vf_intervals
+from .harness_identity import algorithm_identity, dependency_files
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "PEERS",
     "Detector",
     "HarnessResult",
     "default_cache_dir",
     "evaluate",
     "find_records",
+    "load_function",
     "resolve_detector",
 ]
 
@@ -192,9 +196,7 @@ def _as_beats(out: Any) -> NDArray[np.int64]:
 def _builtin() -> Detector:
     from telediag.dsp import qrs
 
-    src = inspect.getsourcefile(qrs)
-    ident = f"telediag:{_version('telediag')}:{_sha_file(src) if src else 'nosrc'}"
-    return Detector("telediag", qrs.detect, ident, builtin=True)
+    return Detector("telediag", qrs.detect, algorithm_identity(qrs.detect, "telediag"), builtin=True)
 
 
 def _peer(name: str) -> Detector:
@@ -238,12 +240,116 @@ def _peer(name: str) -> Detector:
 def _from_callable(fn: DetectorFn, name: str | None = None) -> Detector:
     mod = getattr(fn, "__module__", None) or "?"
     qual = getattr(fn, "__qualname__", None) or repr(fn)
-    try:
-        src = inspect.getsourcefile(fn)
-    except TypeError:
-        src = None
-    digest = _sha_file(src) if src and Path(src).is_file() else f"nosrc-{id(fn)}"
-    return Detector(name or qual, fn, f"callable:{mod}:{qual}:{digest}")
+    return Detector(name or qual, fn, algorithm_identity(fn, f"callable:{mod}:{qual}"))
+
+
+#: Entry-point group under which installed packages may name harness plug-ins
+#: (``[project.entry-points."telediag.harness"] my_qrs = "my_pkg.qrs:detect"``).
+ENTRY_POINT_GROUP = "telediag.harness"
+
+
+def _entry_point(name: str) -> str | None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return str(ep.value)
+    return None
+
+
+#: Local source files each loaded spec depended on (to re-import them fresh next time).
+_DEPS: dict[str, set[Path]] = {}
+
+
+def _forget_local_modules(folders: set[Path]) -> None:
+    """Drop user modules loaded from ``folders`` from ``sys.modules`` (re-imported fresh).
+
+    So that a plug-in re-loaded in the same process runs the code its cache identity hashes
+    (a helper edited since it was first imported).  telediag's own modules are kept.
+    """
+    if not folders:
+        return
+    for mname, m in list(sys.modules.items()):
+        if m is None or mname == "__main__" or mname.split(".")[0] == "telediag":
+            continue
+        f = getattr(m, "__file__", None)
+        if f and Path(f).resolve().parent in folders:
+            del sys.modules[mname]
+
+
+def load_function(spec: str, what: str = "detector") -> tuple[Callable[..., Any], str, str]:
+    """Import the function named by ``"module:function"`` or ``"path/file.py:function"``.
+
+    A file's folder is put on ``sys.path`` (so it can import its helper modules, as
+    ``python file.py`` would) and helper modules already imported from that folder are
+    imported afresh.  The identity is :func:`~telediag.evaluation.harness_identity.algorithm_identity`:
+    it covers the file, its sibling and imported local modules and a ``version`` attribute.
+
+    Parameters
+    ----------
+    spec : str
+        ``"package.module:function"`` or ``"path/to/file.py:function"``.
+    what : str
+        Word used in error messages (``"detector"``, ``"classifier"``, ``"segmenter"``).
+
+    Returns
+    -------
+    (function, name, identity)
+
+    Raises
+    ------
+    telediag.errors.ConfigError
+        Malformed spec, missing file or module, import error, or no such function.
+
+    Examples
+    --------
+    >>> fn, name, ident = load_function("numpy:argmax")
+    >>> name, ident.startswith("module:numpy:argmax:")
+    ('numpy:argmax', True)
+    """
+    if ":" not in spec:
+        target = _entry_point(spec)
+        if target is None:
+            raise ConfigError(f"{what} spec must be 'module:function', 'file.py:function' or the name of a "
+                              f"{ENTRY_POINT_GROUP!r} entry point, got {spec!r}")
+        ep_fn, _, ep_ident = load_function(target, what)
+        return ep_fn, spec, ep_ident
+    left, func = spec.rsplit(":", 1)
+    if left.endswith(".py") or "/" in left or os.sep in left:
+        path = Path(left).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{what} file {left!r} not found (spec {spec!r})")
+        folder = str(path.parent)
+        _forget_local_modules({path.parent} | {f.parent for f in _DEPS.get(spec, ())})
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        digest = _sha_file(path)
+        mod_name = f"_telediag_harness_{digest[:16]}"
+        mspec = importlib.util.spec_from_file_location(mod_name, path)
+        if mspec is None or mspec.loader is None:
+            raise ConfigError(f"cannot import {path} as a Python module")
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[mod_name] = module
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[mod_name]
+            raise ConfigError(f"importing {what} file {path} failed: {e}") from e
+        label = f"file:{path.name}:{func}"
+        name = f"{path.stem}:{func}"
+    else:
+        _forget_local_modules({f.parent for f in _DEPS.get(spec, ())})
+        try:
+            module = importlib.import_module(left)
+        except ImportError as e:
+            raise ConfigError(f"cannot import {what} module {left!r}: {e}") from e
+        label = f"module:{left}:{func}"
+        name = spec
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ConfigError(f"{left!r} has no function {func!r} (spec {spec!r})")
+    _DEPS[spec] = set(dependency_files(module))
+    return fn, name, algorithm_identity(fn, label)
 
 
 def resolve_detector(spec: str | DetectorFn | Detector) -> Detector:
@@ -275,42 +381,12 @@ def resolve_detector(spec: str | DetectorFn | Detector) -> Detector:
         return _builtin()
     if spec in PEERS:
         return _peer(spec)
-    if ":" not in spec:
+    if ":" not in spec and _entry_point(spec) is None:
         raise ConfigError(
-            f"detector must be 'telediag', one of {', '.join(PEERS)}, 'module:function' or "
-            f"'file.py:function', got {spec!r}"
+            f"detector must be 'telediag', one of {', '.join(PEERS)}, 'module:function', "
+            f"'file.py:function' or a {ENTRY_POINT_GROUP!r} entry point name, got {spec!r}"
         )
-    left, func = spec.rsplit(":", 1)
-    if left.endswith(".py") or "/" in left or os.sep in left:
-        path = Path(left).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"detector file {left!r} not found (spec {spec!r})")
-        digest = _sha_file(path)
-        mod_name = f"_telediag_harness_{digest[:16]}"
-        mspec = importlib.util.spec_from_file_location(mod_name, path)
-        if mspec is None or mspec.loader is None:
-            raise ConfigError(f"cannot import {path} as a Python module")
-        module = importlib.util.module_from_spec(mspec)
-        sys.modules[mod_name] = module
-        try:
-            mspec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[mod_name]
-            raise ConfigError(f"importing detector file {path} failed: {e}") from e
-        ident = f"file:{path.name}:{func}:{digest}"
-        name = f"{path.stem}:{func}"
-    else:
-        try:
-            module = importlib.import_module(left)
-        except ImportError as e:
-            raise ConfigError(f"cannot import detector module {left!r}: {e}") from e
-        src = getattr(module, "__file__", None)
-        digest = _sha_file(src) if src and Path(src).is_file() else _version(left.split(".")[0])
-        ident = f"module:{left}:{func}:{digest}"
-        name = spec
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise ConfigError(f"{left!r} has no function {func!r} (spec {spec!r})")
+    fn, name, ident = load_function(spec, "detector")
     return Detector(name, fn, ident)
 
 
@@ -372,6 +448,7 @@ class _Progress:
     def __init__(self, total: int, label: str, stream: TextIO | None) -> None:
         self.total, self.label, self.stream, self.n = total, label, stream, 0
         self.on = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        self.t0 = time.monotonic()
 
     def step(self, item: str) -> None:
         self.n += 1
@@ -379,7 +456,10 @@ class _Progress:
             return
         width = 24
         done = int(width * self.n / max(self.total, 1))
-        self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} {item:<12}")
+        el = time.monotonic() - self.t0
+        eta = el / self.n * (self.total - self.n)
+        self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} {item:<12}"
+                          f" {el:5.0f} s, ETA {eta:4.0f} s")
         if self.n == self.total:
             self.stream.write("\n")
         self.stream.flush()
