@@ -86,3 +86,30 @@ def test_features(benchmark) -> None:  # type: ignore[no-untyped-def]
     benchmark.pedantic(lambda: beat_features(x, fs, b), rounds=5, iterations=1)
     if benchmark.stats is not None:
         benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / b.size * 1e6
+
+
+def test_features_streaming_1s_chunks(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The streaming builder as an engine stage drives it: 1 s chunks, beats ~0.4 s late."""
+    from telediag.dsp.qrs import detect
+    from telediag.models.ecg_beats.features import BeatFeatureStream
+
+    x, fs = _signal()
+    x = x[: int(120 * fs)]
+    b = detect(x, fs)
+    step = int(fs)
+    late = int(0.4 * fs)
+    cuts = [int(np.searchsorted(b, i + step - late)) for i in range(0, x.size, step)]
+
+    def run() -> int:
+        s = BeatFeatureStream(fs)
+        n, given = 0, 0
+        for i, k in zip(range(0, x.size, step), cuts, strict=True):
+            n += len(s.push(x[i : i + step], b[given:k]))
+            given = k
+        return n + len(s.push(x[:0], b[given:])) + len(s.finish())
+
+    assert run() == b.size  # also warms Numba
+    benchmark.pedantic(run, rounds=5, iterations=1)
+    if benchmark.stats is not None:
+        benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / b.size * 1e6
+        benchmark.extra_info["us_per_chunk"] = benchmark.stats.stats.median / len(cuts) * 1e6

@@ -9,11 +9,16 @@ prints ``x real time`` (record seconds per wall-clock second, one core).  Issue 
 for the full chain *with the beat classifier* is >= 5,000 x real time per core.
 
 Run: ``pytest benchmarks/bench_ecg_chain.py -s`` (smoke: ``--benchmark-disable``).
+
+The full-chain tests also time each 1 s chunk through the stages in one extra (untimed by the
+benchmark) pass and leave those compute latencies for ``telediag bench``'s latency CDFs
+(:func:`telediag.evaluation.bench_cli.record_latency`).
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from telediag import engine as engine_pkg
 from telediag.dsp.qrs import QRSDetector
 from telediag.dsp.quality import SignalQuality
-from telediag.engine.config import load_config
+from telediag.engine.config import Config, load_config, parse_config
 from telediag.engine.stage import Stage, StreamSpec
+from telediag.evaluation.bench_cli import record_latency
 from telediag.evaluation.ecg_analyze import build_pipeline
 from telediag.transports.wire import Chunk
 
@@ -63,17 +70,28 @@ def ecg() -> tuple[list[Chunk], np.ndarray, float, str]:
     return chunks, x, fs, name
 
 
-def _stages(fs: float, only: str | None = None) -> list[Stage]:
+def _config(classify: bool) -> Config:
+    """The built-in default config, with the beat classifier switched on when asked."""
+    if not classify:
+        return load_config()
+    doc = tomllib.loads((Path(engine_pkg.__file__).parent / "default.toml").read_text(encoding="utf-8"))
+    doc["pipeline"]["ecg"]["analysis"]["classify"] = "on"
+    return parse_config(doc, "default.toml + classify=on")
+
+
+def _stages(fs: float, only: str | None = None, classify: bool = False) -> list[Stage]:
     spec = StreamSpec("bench/ecg", "ecg", fs, ("MLII", "V1"), ("mV", "mV"))
-    stages = build_pipeline(load_config(), spec)
+    stages = build_pipeline(_config(classify), spec)
     if only is not None:
         stages = [s for s in stages if s.type_name == only]
     return stages
 
 
-def _chain(chunks: list[Chunk], fs: float, only: str | None = None) -> Callable[[], int]:
+def _chain(
+    chunks: list[Chunk], fs: float, only: str | None = None, classify: bool = False
+) -> Callable[[], int]:
     def run() -> int:
-        stages = _stages(fs, only)
+        stages = _stages(fs, only, classify)
         n = 0
         for c in chunks:
             x: Chunk | None = c
@@ -87,6 +105,22 @@ def _chain(chunks: list[Chunk], fs: float, only: str | None = None) -> Callable[
         return n
 
     return run
+
+
+def _record_chunk_latency(benchmark: Any, chunks: list[Chunk], stages: list[Stage], label: str) -> None:
+    """Compute time of each chunk through ``stages`` (one pass, after the warm-up), in ms."""
+    import time
+
+    ms = []
+    for c in chunks:
+        t0 = time.perf_counter()
+        x: Chunk | None = c
+        for s in stages:
+            assert x is not None
+            x = s.process(x).signal
+        ms.append((time.perf_counter() - t0) * 1e3)
+    record_latency(label, ms, kind="compute", source="bench_ecg_chain.py", extra_info=benchmark.extra_info,
+                   note="1 s chunks of 2-lead 360 Hz ECG through the stages, one core, no sockets")
 
 
 def _measure(benchmark: Any, fn: Callable[[], Any], seconds: float, label: str, rounds: int = 5) -> Any:
@@ -103,6 +137,21 @@ def test_full_chain_stages_1s_chunks(benchmark: Any, ecg: tuple[list[Chunk], np.
     chunks, x, fs, name = ecg
     n_records = _measure(benchmark, _chain(chunks, fs), x.shape[0] / fs, f"full ECG chain ({name}, 2 leads)")
     assert n_records > len(chunks)  # hr + quality records at least once per second
+    _record_chunk_latency(benchmark, chunks, _stages(fs), "ECG chain compute per 1 s chunk")
+
+
+def test_full_chain_with_classifier_1s_chunks(
+    benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]
+) -> None:
+    """Issue 4's measure: the default chain with ``classify = "on"`` (feature builder + ONNX)."""
+    chunks, x, fs, name = ecg
+    n_records = _measure(
+        benchmark, _chain(chunks, fs, classify=True), x.shape[0] / fs,
+        f"full ECG chain + beat classifier ({name}, 2 leads)",
+    )
+    assert n_records > len(chunks)
+    _record_chunk_latency(benchmark, chunks, _stages(fs, classify=True),
+                          "ECG chain + beat classifier compute per 1 s chunk")
 
 
 def test_peer_analysis_stage_only(benchmark: Any, ecg: tuple[list[Chunk], np.ndarray, float, str]) -> None:

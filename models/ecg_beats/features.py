@@ -45,6 +45,17 @@ extra latency is one RR interval plus the detector's confirmation delay (about 1
 Both paths are one code path: :func:`beat_features` is a :class:`BeatFeatureStream` fed the
 whole record and finished, so chunked processing gives exactly the one-pass result.
 
+Cost
+----
+The per-beat work (RR statistics, window interpolation, running amplitude median, running
+template median) is one Numba kernel over all beats that became ready
+(:func:`telediag.models.ecg_beats._feature_kernels.beat_rows`) with the state in ring
+buffers (:class:`FeatureState`); the medians are kept as sorted arrays updated by one
+deletion and one insertion per beat.  About 7 us per beat plus about 8 us per pushed 1 s
+chunk at 360 Hz (mostly the band-pass filter) on one core, against about 160 us per beat for
+the earlier pure-Python builder, whose outputs it reproduces bit for bit (the test suite
+keeps that implementation as its oracle).
+
 References
 ----------
 de Chazal P, O'Dwyer M, Reilly RB. Automatic classification of heartbeats using ECG
@@ -55,7 +66,6 @@ information of ECGs via ensemble of classifiers. Biomed Signal Process Control 4
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +74,7 @@ from numpy.typing import ArrayLike, NDArray
 from telediag.dsp.design import ecg_bandpass
 from telediag.dsp.sosfilt import SosFilter
 from telediag.errors import ModelError
+from telediag.models.ecg_beats import _feature_kernels as _fk
 
 __all__ = [
     "AAMI_CLASSES",
@@ -80,6 +91,7 @@ __all__ = [
     "TEMPLATE_BEATS",
     "BeatFeatureStream",
     "BeatFeatures",
+    "FeatureState",
     "aami_label",
     "beat_features",
 ]
@@ -188,16 +200,64 @@ class BeatFeatures:
 
 
 @dataclass(slots=True)
-class _RRState:
-    """Running RR / amplitude / template state of one patient (small, explicit)."""
+class FeatureState:
+    """Running RR / amplitude / template state of one patient (small, explicit, bounded).
 
-    prev_beat: int = -1  # last emitted beat (absolute sample), -1 before the first
-    rr_times: deque[int] = field(default_factory=deque)  # beat sample of each kept RR
-    rr_values: deque[float] = field(default_factory=deque)  # RRs (s) of the last window
-    amps: deque[float] = field(default_factory=lambda: deque(maxlen=SCALE_BEATS))
-    templates: deque[NDArray[np.float64]] = field(
-        default_factory=lambda: deque(maxlen=TEMPLATE_BEATS)
+    Ring buffers, mutated in place by the Numba kernel
+    :func:`telediag.models.ecg_beats._feature_kernels.beat_rows`.
+
+    Attributes
+    ----------
+    ctr : int64 (7,)
+        Last emitted beat (-1 before the first), then head and count of the RR ring, of the
+        amplitude ring and of the template ring.
+    rr_t, rr_v : int64 (cap,), float64 (cap,)
+        Beat sample and RR (s) of each RR of the last :data:`PATIENT_WINDOW_S` seconds
+        (grown on demand: the count is bounded by the beats in that window).
+    amp_ring, amp_sorted : float64 (SCALE_BEATS,)
+        Peak-to-peak amplitudes of the last :data:`SCALE_BEATS` beats, in arrival order and
+        sorted (the running median).
+    tpl_ring : float64 (TEMPLATE_BEATS, N_MORPH)
+        The last :data:`TEMPLATE_BEATS` channel-0 windows.
+    tpl_sorted : float64 (TEMPLATE_BEATS, N_MORPH)
+        The same values sorted per window sample, rank-major (row r holds the r-th smallest
+        value of every window sample): the running element-wise median.
+    """
+
+    ctr: NDArray[np.int64] = field(
+        default_factory=lambda: np.array([-1] + [0] * (_fk.N_COUNTERS - 1), np.int64)
     )
+    rr_t: NDArray[np.int64] = field(default_factory=lambda: np.zeros(512, np.int64))
+    rr_v: NDArray[np.float64] = field(default_factory=lambda: np.zeros(512))
+    amp_ring: NDArray[np.float64] = field(default_factory=lambda: np.zeros(SCALE_BEATS))
+    amp_sorted: NDArray[np.float64] = field(default_factory=lambda: np.zeros(SCALE_BEATS))
+    tpl_ring: NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros((TEMPLATE_BEATS, N_MORPH))
+    )
+    tpl_sorted: NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros((TEMPLATE_BEATS, N_MORPH))
+    )
+
+    @property
+    def prev_beat(self) -> int:
+        """The last emitted beat (absolute sample), -1 before the first."""
+        return int(self.ctr[_fk.C_PREV])
+
+    def reserve_rr(self, n_new: int) -> None:
+        """Make room in the RR ring for ``n_new`` more RRs (kept in order)."""
+        count = int(self.ctr[_fk.C_RR_COUNT])
+        cap = self.rr_t.size
+        if count + n_new <= cap:
+            return
+        head = int(self.ctr[_fk.C_RR_HEAD])
+        order = (head + np.arange(count)) % cap
+        new_cap = max(2 * cap, count + n_new)
+        rr_t = np.zeros(new_cap, np.int64)
+        rr_v = np.zeros(new_cap)
+        rr_t[:count] = self.rr_t[order]
+        rr_v[:count] = self.rr_v[order]
+        self.rr_t, self.rr_v = rr_t, rr_v
+        self.ctr[_fk.C_RR_HEAD] = 0
 
 
 class BeatFeatureStream:
@@ -215,8 +275,9 @@ class BeatFeatureStream:
     Notes
     -----
     State: the band-pass state, the filtered-signal tail, the pending beats (detected but
-    waiting for the next one), the RR history of the last :data:`PATIENT_WINDOW_S` seconds,
-    the last :data:`SCALE_BEATS` amplitudes and :data:`TEMPLATE_BEATS` windows; all bounded.
+    waiting for the next one) and a :class:`FeatureState` (the RR history of the last
+    :data:`PATIENT_WINDOW_S` seconds, the last :data:`SCALE_BEATS` amplitudes and
+    :data:`TEMPLATE_BEATS` windows); all bounded.
 
     Examples
     --------
@@ -246,11 +307,14 @@ class BeatFeatureStream:
         self._pre = int(np.ceil(PRE_S * self.fs)) + 2
         self._post = int(np.ceil(POST_S * self.fs)) + 2
         self._amp_half = max(1, int(round(AMP_HALF_S * self.fs)))
-        self._buf = np.empty(0)
-        self._buf_start = 0  # absolute index of _buf[0]
+        self._buf = np.empty(4 * self._keep)  # kept signal is _buf[_off:_end]
+        self._off = 0
+        self._end = 0
+        self._buf_start = 0  # absolute index of _buf[_off]
         self._n_seen = 0
+        self._amp_offsets = np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * self._amp_half + 1)
         self._pending: list[int] = []
-        self._rr = _RRState()
+        self._state = FeatureState()
         self._finished = False
 
     @property
@@ -286,16 +350,20 @@ class BeatFeatureStream:
         """
         if self._finished:
             raise ModelError("push after finish(): create a new BeatFeatureStream")
-        xs = np.asarray(x, dtype=np.float64)
+        xs = np.ascontiguousarray(x, dtype=np.float64)
         if xs.ndim != 1:
             raise ModelError(f"x must be 1-D (one lead), got shape {xs.shape}")
-        if xs.size and not np.all(np.isfinite(xs)):
+        n = xs.shape[0]
+        if n and not _fk.all_finite(xs):
             raise ModelError("x contains non-finite samples; gap-fill before feature extraction")
-        b = np.asarray(beats, dtype=np.int64).reshape(-1)
-        end = self._n_seen + xs.size
-        if b.size:
-            last = self._pending[-1] if self._pending else self._rr.prev_beat
-            if np.any(np.diff(b) <= 0) or b[0] <= last:
+        end = self._n_seen + n
+        if type(beats) is np.ndarray and beats.dtype == np.int64 and beats.ndim == 1:
+            b = beats
+        else:
+            b = np.asarray(beats, dtype=np.int64).reshape(-1)
+        if b.shape[0]:
+            last = self._pending[-1] if self._pending else self._state.prev_beat
+            if b[0] <= last or (b.shape[0] > 1 and np.any(b[1:] <= b[:-1])):
                 raise ModelError("beats must be strictly increasing and after earlier beats")
             if b[-1] >= end:
                 raise ModelError(f"beat {int(b[-1])} is beyond the samples seen ({end})")
@@ -304,11 +372,10 @@ class BeatFeatureStream:
                     f"beat {int(b[0])} arrived too late: its window starts before the kept "
                     f"signal (sample {self._buf_start}); raise keep_s"
                 )
-        if xs.size:
-            y = self._filter.process(xs)
-            self._buf = np.concatenate([self._buf, y]) if self._buf.size else y
+            self._pending.extend(b.tolist())
+        if n:
+            self._append(self._filter.process(xs.reshape(n, 1)))
             self._n_seen = end
-        self._pending.extend(int(v) for v in b)
         out = self._emit(final=False)
         self._trim()
         return out
@@ -321,91 +388,70 @@ class BeatFeatureStream:
         return self._emit(final=True)
 
     # -- internals -------------------------------------------------------------------------
+    def _append(self, y: NDArray[np.float64]) -> None:
+        """Append filtered samples (n, 1) to the kept signal, compacting/growing as needed."""
+        n = y.shape[0]
+        if self._end + n > self._buf.size:
+            kept = self._end - self._off
+            if kept + n > self._buf.size // 2:  # grow: amortised O(1) per sample
+                new = np.empty(max(2 * self._buf.size, 2 * (kept + n)))
+            else:
+                new = self._buf
+            new[:kept] = self._buf[self._off : self._end]
+            self._buf = new
+            self._off = 0
+            self._end = kept
+        self._buf[self._end : self._end + n] = y[:, 0]
+        self._end += n
+
     def _trim(self) -> None:
         lo = self._n_seen - self._keep
         if self._pending:
             lo = min(lo, self._pending[0] - self._pre)
         cut = lo - self._buf_start
         if cut > 0:
-            self._buf = self._buf[cut:].copy()
+            self._off += cut
             self._buf_start += cut
 
     def _emit(self, final: bool) -> BeatFeatures:
-        n_ok = 0
         pend = self._pending
-        while n_ok < len(pend):
-            i = n_ok
-            has_next = i + 1 < len(pend)
-            if not final and (not has_next or pend[i] + self._post > self._n_seen):
-                break
-            n_ok += 1
+        n_pend = len(pend)
+        if final:
+            n_ok = n_pend
+        else:
+            n_ok = 0  # a beat needs its next beat and POST_S of signal after it
+            limit = self._n_seen - self._post
+            while n_ok + 1 < n_pend and pend[n_ok] <= limit:
+                n_ok += 1
         if n_ok == 0:
-            return BeatFeatures.empty()
-        beats = np.array(pend[:n_ok], dtype=np.int64)
+            return _EMPTY
+        beats = np.array(pend[: n_ok + 1] if n_ok < n_pend else pend, dtype=np.int64)
+        nexts = np.empty(n_ok, np.int64)
+        nexts[: beats.size - 1] = beats[1:]
+        if beats.size == n_ok:
+            nexts[-1] = -1
+        beats = beats[:n_ok]
         rr = np.empty((n_ok, N_RR), np.float32)
         morph = np.empty((n_ok, 2, N_MORPH), np.float32)
-        for k in range(n_ok):
-            nxt = pend[k + 1] if k + 1 < len(pend) else -1
-            rr[k], morph[k] = self._one(pend[k], nxt)
+        st = self._state
+        st.reserve_rr(n_ok)
+        _fk.beat_rows(
+            self._buf[self._off : self._end], self._buf_start, beats, nexts, self.fs, _OFFSETS, self._amp_offsets,
+            PATIENT_WINDOW_S, LOCAL_BEATS, _RATIO_MAX, _RR_MAX_S, st.ctr, st.rr_t, st.rr_v,
+            st.amp_ring, st.amp_sorted, st.tpl_ring, st.tpl_sorted, rr, morph,
+        )
         del pend[:n_ok]
         return BeatFeatures(beats, rr, morph)
 
-    def _window(self, pos: NDArray[np.float64]) -> NDArray[np.float64]:
-        idx = pos - self._buf_start
-        lo = max(0, int(np.floor(idx[0])) - 1)
-        hi = min(self._buf.size, int(np.ceil(idx[-1])) + 2)
-        if hi <= lo:  # entirely outside the kept signal: hold the nearest edge value
-            return np.full(idx.shape, self._buf[0] if idx[0] < 0 else self._buf[-1])
-        return np.interp(idx - lo, np.arange(hi - lo, dtype=np.float64), self._buf[lo:hi])
 
-    def _one(self, beat: int, nxt: int) -> tuple[F32Array, F32Array]:
-        fs = self.fs
-        st = self._rr
-        pre = (beat - st.prev_beat) / fs if st.prev_beat >= 0 else -1.0
-        post = (nxt - beat) / fs if nxt >= 0 else -1.0
-        if pre < 0 and post < 0:
-            pre = post = 1.0  # a single isolated beat: nothing known
-        elif pre < 0:
-            pre = post
-        elif post < 0:
-            post = pre
-        # running RR history (causal): RRs whose beat lies in the last PATIENT_WINDOW_S
-        if st.prev_beat >= 0:
-            st.rr_times.append(beat)
-            st.rr_values.append(pre)
-        horizon = beat - PATIENT_WINDOW_S * fs
-        while st.rr_times and st.rr_times[0] < horizon:
-            st.rr_times.popleft()
-            st.rr_values.popleft()
-        if st.rr_values:
-            vals = np.fromiter(st.rr_values, np.float64, len(st.rr_values))
-            patient = float(vals.mean())
-            loc = vals[-LOCAL_BEATS:]
-            local = float(loc.mean())
-            local_cv = float(loc.std()) / local
-        else:
-            patient = local = pre
-            local_cv = 0.0
-        st.prev_beat = beat
-        ratios = np.array(
-            [pre / patient, post / patient, local / patient, pre / local, post / pre,
-             post / local, local_cv]
-        )
-        rr = np.concatenate(
-            [np.clip(ratios, 0.0, _RATIO_MAX), np.clip([patient, pre], 0.0, _RR_MAX_S)]
-        ).astype(np.float32)
-        # morphology
-        w = self._window(beat + _OFFSETS * fs)
-        seg = self._window(beat + np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * self._amp_half + 1) * fs)
-        st.amps.append(float(seg.max() - seg.min()))
-        scale = float(np.median(np.fromiter(st.amps, np.float64, len(st.amps))))
-        w = w / scale if scale > 1e-9 else np.zeros_like(w)
-        if st.templates:
-            diff = w - np.median(np.stack(st.templates), axis=0)
-        else:
-            diff = np.zeros_like(w)
-        st.templates.append(w)
-        return rr, np.stack([w, diff]).astype(np.float32)
+def _frozen_empty() -> BeatFeatures:
+    e = BeatFeatures.empty()
+    for a in (e.beats, e.rr, e.morph):
+        a.flags.writeable = False
+    return e
+
+
+_EMPTY = _frozen_empty()  # shared result of pushes that emit nothing (read-only, no rows)
 
 
 def beat_features(signal: ArrayLike, fs: float, beats: ArrayLike) -> BeatFeatures:

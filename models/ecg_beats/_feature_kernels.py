@@ -1,0 +1,325 @@
+"""Numba kernels of the beat feature builder (private; see :mod:`.features` for the contract).
+
+Everything here is pure: no I/O, no allocation in the per-beat loop apart from small scratch
+arrays created once per call, and all running state lives in arrays owned by the caller
+(:class:`telediag.models.ecg_beats.features.FeatureState`), mutated in place and bounded.
+
+Running medians (patient amplitude over the last 64 beats, template over the last 32 windows)
+are kept as *sorted* arrays updated by one deletion and one insertion per beat (binary search
+plus a shift), so a median costs O(window) moves instead of a sort; the value is identical to
+:func:`numpy.median` (middle element, or the mean of the two middle ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+__all__ = [
+    "all_finite",
+    "beat_rows",
+    "interp_clamped",
+    "sorted_replace",
+    "sorted_replace_cols",
+]
+
+# indices into the int64 counter array of the state
+C_PREV = 0  # last emitted beat (absolute sample), -1 before the first
+C_RR_HEAD = 1  # ring position of the oldest kept RR
+C_RR_COUNT = 2  # RRs kept (the last PATIENT_WINDOW_S seconds)
+C_AMP_HEAD = 3  # ring position of the oldest amplitude
+C_AMP_COUNT = 4
+C_TPL_HEAD = 5  # ring position of the oldest template window
+C_TPL_COUNT = 6
+N_COUNTERS = 7
+
+
+@njit(cache=True, nogil=True)
+def all_finite(x: NDArray[np.float64]) -> bool:
+    """True when every element of the 1-D array ``x`` is finite."""
+    for i in range(x.size):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def interp_clamped(
+    buf: NDArray[np.float64], pos: NDArray[np.float64], out: NDArray[np.float64]
+) -> None:
+    """``out[i] = numpy.interp(pos[i], arange(buf.size), buf)``: linear interpolation of a
+    uniformly sampled signal at fractional indices, held at the edge values outside it."""
+    n = buf.size
+    for i in range(pos.size):
+        p = pos[i]
+        if p <= 0.0:
+            out[i] = buf[0]
+        elif p >= n - 1:
+            out[i] = buf[n - 1]
+        else:
+            j = int(np.floor(p))
+            f = p - j
+            if f == 0.0:
+                out[i] = buf[j]
+            else:
+                out[i] = (buf[j + 1] - buf[j]) * f + buf[j]
+
+
+@njit(cache=True, nogil=True)
+def sorted_replace(s: NDArray[np.float64], count: int, old: float, new: float, full: bool) -> None:
+    """Update the sorted prefix ``s[:count]`` in place: drop one ``old`` when ``full``, then
+    insert ``new``; ``count`` is the length before the update (``full`` keeps it, otherwise
+    it grows by one)."""
+    m = count
+    if full:  # remove one element equal to `old` (binary search for its leftmost position)
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if s[mid] < old:
+                lo = mid + 1
+            else:
+                hi = mid
+        for k in range(lo, m - 1):
+            s[k] = s[k + 1]
+        m -= 1
+    lo, hi = 0, m  # insert `new` after its equals
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if s[mid] <= new:
+            lo = mid + 1
+        else:
+            hi = mid
+    for k in range(m, lo, -1):
+        s[k] = s[k - 1]
+    s[lo] = new
+
+
+@njit(cache=True, nogil=True)
+def sorted_replace_cols(
+    s: NDArray[np.float64],
+    count: int,
+    old: NDArray[np.float64],
+    new: NDArray[np.float64],
+    full: bool,
+    rank: NDArray[np.int64],
+) -> None:
+    """Column-wise :func:`sorted_replace` on a rank-major array ``s`` (rows = ranks).
+
+    Every column ``s[:count, c]`` is sorted; drop one ``old[c]`` when ``full``, then insert
+    ``new[c]``.  Branch-free and looping over columns innermost (vectorised by LLVM): the
+    rank of a value is counted, then rows are shifted by a select.  ``rank`` is scratch
+    (int64, one per column).
+    """
+    n = s.shape[1]
+    m = count
+    if full:
+        rank[:] = 0
+        for r in range(m):
+            for c in range(n):
+                rank[c] += s[r, c] < old[c]
+        for r in range(m - 1):
+            for c in range(n):
+                s[r, c] = s[r, c] if r < rank[c] else s[r + 1, c]
+        m -= 1
+    rank[:] = 0
+    for r in range(m):
+        for c in range(n):
+            rank[c] += s[r, c] <= new[c]
+    for r in range(m, 0, -1):
+        for c in range(n):
+            k = rank[c]
+            s[r, c] = s[r, c] if r < k else (new[c] if r == k else s[r - 1, c])
+    for c in range(n):
+        if rank[c] == 0:
+            s[0, c] = new[c]
+
+
+@njit(cache=True, nogil=True)
+def _median_sorted(s: NDArray[np.float64], count: int) -> float:
+    h = count >> 1
+    if count & 1:
+        return float(s[h])
+    return float((s[h - 1] + s[h]) / 2.0)
+
+
+@njit(cache=True, nogil=True)
+def beat_rows(
+    buf: NDArray[np.float64],
+    buf_start: int,
+    beats: NDArray[np.int64],
+    nexts: NDArray[np.int64],
+    fs: float,
+    offsets: NDArray[np.float64],
+    amp_offsets: NDArray[np.float64],
+    window_s: float,
+    local_beats: int,
+    ratio_max: float,
+    rr_max_s: float,
+    ctr: NDArray[np.int64],
+    rr_t: NDArray[np.int64],
+    rr_v: NDArray[np.float64],
+    amp_ring: NDArray[np.float64],
+    amp_sorted: NDArray[np.float64],
+    tpl_ring: NDArray[np.float64],
+    tpl_sorted: NDArray[np.float64],
+    rr_out: NDArray[np.float32],
+    morph_out: NDArray[np.float32],
+) -> None:
+    """Features of consecutive beats, updating the running state in place.
+
+    Parameters
+    ----------
+    buf : float64 (n,)
+        Band-passed signal; ``buf[0]`` is absolute sample ``buf_start``.
+    beats, nexts : int64 (m,)
+        Beats to emit, in order, and each one's next beat (-1: unknown, use the previous RR).
+    offsets, amp_offsets : float64
+        Window instants (s, relative to R) of the morphology and of the amplitude segment.
+    ctr, rr_t, rr_v, amp_ring, amp_sorted, tpl_ring, tpl_sorted
+        Running state (see :class:`~telediag.models.ecg_beats.features.FeatureState`);
+        ``rr_t`` / ``rr_v`` must have room for ``ctr[C_RR_COUNT] + m`` RRs.
+    rr_out : float32 (m, 9), morph_out : float32 (m, 2, n_morph)
+        Outputs.
+    """
+    n_morph = offsets.size
+    n_amp = amp_offsets.size
+    cap = rr_t.size
+    amp_cap = amp_ring.size
+    tpl_cap = tpl_ring.shape[0]
+    pos = np.empty(max(n_morph, n_amp))
+    w = np.empty(n_morph)
+    seg = np.empty(n_amp)
+    ratios = np.empty(7)
+    rank = np.empty(n_morph, np.int64)
+    for k in range(beats.size):
+        beat = beats[k]
+        nxt = nexts[k]
+        prev = ctr[C_PREV]
+        pre = (beat - prev) / fs if prev >= 0 else -1.0
+        post = (nxt - beat) / fs if nxt >= 0 else -1.0
+        if pre < 0 and post < 0:
+            pre = 1.0
+            post = 1.0
+        elif pre < 0:
+            pre = post
+        elif post < 0:
+            post = pre
+        # -- RR history of the last window_s seconds (causal) --------------------------------
+        head = ctr[C_RR_HEAD]
+        count = ctr[C_RR_COUNT]
+        if prev >= 0:
+            j = head + count
+            if j >= cap:
+                j -= cap
+            rr_t[j] = beat
+            rr_v[j] = pre
+            count += 1
+        horizon = beat - window_s * fs
+        while count > 0 and rr_t[head] < horizon:
+            head += 1
+            if head == cap:
+                head = 0
+            count -= 1
+        ctr[C_RR_HEAD] = head
+        ctr[C_RR_COUNT] = count
+        if count > 0:
+            total = 0.0
+            idx = head
+            for _ in range(count):
+                total += rr_v[idx]
+                idx += 1
+                if idx == cap:
+                    idx = 0
+            patient = total / count
+            n_loc = min(count, local_beats)
+            first = head + count - n_loc
+            if first >= cap:
+                first -= cap
+            total = 0.0
+            idx = first
+            for _ in range(n_loc):
+                total += rr_v[idx]
+                idx += 1
+                if idx == cap:
+                    idx = 0
+            local = total / n_loc
+            var = 0.0
+            idx = first
+            for _ in range(n_loc):
+                d = rr_v[idx] - local
+                var += d * d
+                idx += 1
+                if idx == cap:
+                    idx = 0
+            local_cv = np.sqrt(var / n_loc) / local
+        else:
+            patient = pre
+            local = pre
+            local_cv = 0.0
+        ctr[C_PREV] = beat
+        ratios[0] = pre / patient
+        ratios[1] = post / patient
+        ratios[2] = local / patient
+        ratios[3] = pre / local
+        ratios[4] = post / pre
+        ratios[5] = post / local
+        ratios[6] = local_cv
+        for i in range(7):
+            rr_out[k, i] = min(max(ratios[i], 0.0), ratio_max)
+        rr_out[k, 7] = min(max(patient, 0.0), rr_max_s)
+        rr_out[k, 8] = min(max(pre, 0.0), rr_max_s)
+        # -- morphology window and amplitude ----------------------------------------------
+        # absolute instant first, then the (exact) shift to the buffer: the rounding of the
+        # fractional position must not depend on where the kept signal starts (chunking)
+        for i in range(n_morph):
+            pos[i] = (beat + offsets[i] * fs) - buf_start
+        interp_clamped(buf, pos[:n_morph], w)
+        for i in range(n_amp):
+            pos[i] = (beat + amp_offsets[i] * fs) - buf_start
+        interp_clamped(buf, pos[:n_amp], seg)
+        amp = seg.max() - seg.min()
+        a_head = ctr[C_AMP_HEAD]
+        a_count = ctr[C_AMP_COUNT]
+        full = a_count == amp_cap
+        sorted_replace(amp_sorted, a_count, amp_ring[a_head] if full else 0.0, amp, full)
+        if full:
+            amp_ring[a_head] = amp
+            a_head = (a_head + 1) % amp_cap
+        else:
+            amp_ring[(a_head + a_count) % amp_cap] = amp
+            a_count += 1
+        ctr[C_AMP_HEAD] = a_head
+        ctr[C_AMP_COUNT] = a_count
+        scale = _median_sorted(amp_sorted, a_count)
+        if scale > 1e-9:
+            for i in range(n_morph):
+                w[i] = w[i] / scale
+        else:
+            w[:] = 0.0
+        # -- template: median of the previous windows, then add this one ---------------------
+        t_head = ctr[C_TPL_HEAD]
+        t_count = ctr[C_TPL_COUNT]
+        if t_count > 0:
+            h = t_count >> 1
+            odd = t_count & 1
+            for i in range(n_morph):
+                med = tpl_sorted[h, i] if odd else (tpl_sorted[h - 1, i] + tpl_sorted[h, i]) / 2.0
+                morph_out[k, 1, i] = w[i] - med
+        else:
+            for i in range(n_morph):
+                morph_out[k, 1, i] = 0.0
+        for i in range(n_morph):
+            morph_out[k, 0, i] = w[i]
+        full = t_count == tpl_cap
+        # (tpl_ring[t_head] is ignored unless full; one array type keeps the loops vectorised)
+        sorted_replace_cols(tpl_sorted, t_count, tpl_ring[t_head], w, full, rank)
+        slot = t_head if full else (t_head + t_count) % tpl_cap
+        for i in range(n_morph):
+            tpl_ring[slot, i] = w[i]
+        if full:
+            t_head = (t_head + 1) % tpl_cap
+        else:
+            t_count += 1
+        ctr[C_TPL_HEAD] = t_head
+        ctr[C_TPL_COUNT] = t_count

@@ -1,0 +1,226 @@
+"""Numba feature kernels of the beat classifier against a NumPy/SciPy reference (the oracle).
+
+The reference below is the original pure-Python feature builder (deques, ``np.interp``,
+``np.median``) run on the whole record filtered by ``scipy.signal.sosfilt``; the shipped
+:class:`BeatFeatureStream` (Numba kernels, ring buffers, running sorted medians) must give
+the same float32 features (within 1e-5 relative) and identical results under any chunking.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import signal as sps
+
+from telediag.dsp.design import ecg_bandpass
+from telediag.dsp.qrs import detect
+from telediag.models.ecg_beats import _feature_kernels as fk
+from telediag.models.ecg_beats.features import (
+    AMP_HALF_S,
+    BAND_HZ,
+    LOCAL_BEATS,
+    N_MORPH,
+    N_RR,
+    PATIENT_WINDOW_S,
+    POST_S,
+    PRE_S,
+    SCALE_BEATS,
+    TEMPLATE_BEATS,
+    BeatFeatures,
+    BeatFeatureStream,
+    beat_features,
+)
+
+
+# -- the oracle ---------------------------------------------------------------------------------
+def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-beat features computed the slow, obvious way (one pass over a whole record)."""
+    sos = ecg_bandpass(fs, *BAND_HZ)
+    y, _ = sps.sosfilt(sos, x, zi=sps.sosfilt_zi(sos) * x[0])
+    grid = np.arange(y.size, dtype=np.float64)
+    offsets = np.linspace(-PRE_S, POST_S, N_MORPH)
+    amp_half = max(1, int(round(AMP_HALF_S * fs)))
+    amp_off = np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * amp_half + 1)
+    rr_times: deque[int] = deque()
+    rr_values: deque[float] = deque()
+    amps: deque[float] = deque(maxlen=SCALE_BEATS)
+    templates: deque[np.ndarray] = deque(maxlen=TEMPLATE_BEATS)
+    prev = -1
+    rr_out = np.empty((beats.size, N_RR), np.float32)
+    morph_out = np.empty((beats.size, 2, N_MORPH), np.float32)
+    for k, beat in enumerate(beats.tolist()):
+        nxt = int(beats[k + 1]) if k + 1 < beats.size else -1
+        pre = (beat - prev) / fs if prev >= 0 else -1.0
+        post = (nxt - beat) / fs if nxt >= 0 else -1.0
+        if pre < 0 and post < 0:
+            pre = post = 1.0
+        elif pre < 0:
+            pre = post
+        elif post < 0:
+            post = pre
+        if prev >= 0:
+            rr_times.append(beat)
+            rr_values.append(pre)
+        while rr_times and rr_times[0] < beat - PATIENT_WINDOW_S * fs:
+            rr_times.popleft()
+            rr_values.popleft()
+        if rr_values:
+            vals = np.array(rr_values)
+            patient = vals.mean()
+            local = vals[-LOCAL_BEATS:].mean()
+            local_cv = vals[-LOCAL_BEATS:].std() / local
+        else:
+            patient = local = pre
+            local_cv = 0.0
+        prev = beat
+        ratios = np.array([pre / patient, post / patient, local / patient, pre / local,
+                           post / pre, post / local, local_cv])
+        rr_out[k] = np.concatenate([np.clip(ratios, 0.0, 5.0), np.clip([patient, pre], 0.0, 5.0)])
+        w = np.interp(beat + offsets * fs, grid, y)
+        seg = np.interp(beat + amp_off * fs, grid, y)
+        amps.append(seg.max() - seg.min())
+        scale = np.median(np.array(amps))
+        w = w / scale if scale > 1e-9 else np.zeros_like(w)
+        diff = w - np.median(np.stack(templates), axis=0) if templates else np.zeros_like(w)
+        templates.append(w)
+        morph_out[k] = np.stack([w, diff])
+    return rr_out, morph_out
+
+
+def _synthetic(fs: float, seconds: float, seed: int, rate_s: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian QRS + T waves, RR jitter, premature beats, pauses and a baseline wander."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * fs)) / fs
+    rr = rate_s * (1 + 0.08 * rng.standard_normal(int(seconds / rate_s * 1.3) + 4))
+    rr[5::7] *= 0.6  # premature
+    rr[11::23] *= 2.2  # pauses
+    times = np.cumsum(np.clip(rr, 0.25, None))
+    times = times[times < seconds - 0.5]
+    x = 0.2 * np.sin(2 * np.pi * 0.2 * t) + 0.02 * rng.standard_normal(t.size)
+    amp = 1 + 0.3 * rng.standard_normal(times.size)
+    for a, b in zip(amp, times, strict=True):
+        lo, hi = np.searchsorted(t, [b - 0.3, b + 0.6])
+        tt = t[lo:hi]
+        x[lo:hi] += a * np.exp(-0.5 * ((tt - b) / 0.012) ** 2) + 0.2 * np.exp(-0.5 * ((tt - b - 0.25) / 0.04) ** 2)
+    return x, np.round(times * fs).astype(np.int64)
+
+
+def _assert_close(got: BeatFeatures, rr: np.ndarray, morph: np.ndarray) -> None:
+    np.testing.assert_allclose(got.rr, rr, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.morph, morph, rtol=1e-5, atol=1e-6)
+
+
+# -- against the oracle ------------------------------------------------------------------------
+@pytest.mark.parametrize(("fs", "seconds", "seed", "rate_s"), [
+    (360.0, 60.0, 0, 0.8),
+    (250.0, 45.0, 1, 0.6),
+    (500.0, 30.0, 2, 1.0),
+    (128.0, 420.0, 3, 0.9),  # > PATIENT_WINDOW_S: RR ring eviction; > 64 beats: full rings
+])
+def test_features_equal_reference(fs: float, seconds: float, seed: int, rate_s: float) -> None:
+    x, b = _synthetic(fs, seconds, seed, rate_s)
+    assert b.size > 20
+    rr, morph = reference_features(x, fs, b)
+    _assert_close(beat_features(x, fs, b), rr, morph)
+
+
+def test_rr_ring_grows_beyond_initial_capacity() -> None:
+    fs = 100.0  # 0.3 s beats for 400 s: ~1000 RRs inside the 300 s window (ring starts at 512)
+    x, b = _synthetic(fs, 400.0, 5, rate_s=0.3)
+    assert np.sum(b > b[-1] - PATIENT_WINDOW_S * fs) > 600
+    rr, morph = reference_features(x, fs, b)
+    _assert_close(beat_features(x, fs, b), rr, morph)
+
+
+def test_edge_cases_equal_reference() -> None:
+    fs = 360.0
+    x, b = _synthetic(fs, 20.0, 6)
+    for beats in (b[:1], b[:2], np.array([3, 40, 7100]), np.array([x.size - 2])):
+        rr, morph = reference_features(x, fs, beats)
+        _assert_close(beat_features(x, fs, beats), rr, morph)
+    flat = np.zeros(3000)  # zero amplitude: morphology is zero, no division by zero
+    got = beat_features(flat, fs, np.array([500, 800, 1100]))
+    assert np.all(got.morph == 0) and np.all(np.isfinite(got.rr))
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("record", ["208", "201"])
+def test_features_equal_reference_on_mitdb(mitdb: Path, record: str) -> None:
+    import wfdb
+
+    rec = wfdb.rdrecord(str(mitdb / record), sampto=int(600 * 360))
+    lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
+    x = rec.p_signal[:, lead].astype(np.float64)
+    b = detect(x, float(rec.fs))
+    rr, morph = reference_features(x, float(rec.fs), b)
+    _assert_close(beat_features(x, float(rec.fs), b), rr, morph)
+
+
+# -- chunk invariance -------------------------------------------------------------------------
+@pytest.mark.parametrize(("seed", "max_chunk"), [(0, 2), (1, 50), (2, 400), (3, 5000)])
+def test_any_chunking_gives_identical_features(seed: int, max_chunk: int) -> None:
+    fs = 360.0
+    x, b = _synthetic(fs, 90.0 if max_chunk > 2 else 25.0, seed)
+    whole = beat_features(x, fs, b)
+    rng = np.random.default_rng(seed)
+    s = BeatFeatureStream(fs)
+    parts, pos, given = [], 0, 0
+    while pos < x.size:
+        end = min(x.size, pos + int(rng.integers(1, max_chunk + 1)))
+        delay = int(rng.integers(0, int(0.5 * fs)))  # beats reported 0-0.5 s late
+        k = given + int(np.searchsorted(b[given:], end - delay))
+        parts.append(s.push(x[pos:end], b[given:k]))
+        given, pos = k, end
+    parts.append(s.push(np.empty(0), b[given:]))
+    parts.append(s.finish())
+    got = BeatFeatures.concat(parts)
+    np.testing.assert_array_equal(got.beats, whole.beats)
+    np.testing.assert_array_equal(got.rr, whole.rr)
+    np.testing.assert_array_equal(got.morph, whole.morph)
+
+
+def test_strided_and_list_inputs_are_accepted() -> None:
+    fs = 360.0
+    x, b = _synthetic(fs, 20.0, 7)
+    two = np.stack([x, -x], axis=1)  # a strided column view, as an engine stage passes it
+    s = BeatFeatureStream(fs)
+    got = BeatFeatures.concat([s.push(two[:, 0], b.tolist()), s.finish()])
+    np.testing.assert_array_equal(got.morph, beat_features(x, fs, b).morph)
+
+
+# -- kernel building blocks -----------------------------------------------------------------------
+def test_interp_clamped_equals_numpy_interp() -> None:
+    rng = np.random.default_rng(0)
+    buf = rng.standard_normal(50)
+    pos = np.concatenate([rng.uniform(-5, 55, 200), np.arange(-2.0, 53.0)])
+    out = np.empty_like(pos)
+    fk.interp_clamped(buf, pos, out)
+    np.testing.assert_allclose(out, np.interp(pos, np.arange(50.0), buf), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 7, 32])
+def test_sorted_replace_running_median_equals_numpy(cap: int) -> None:
+    rng = np.random.default_rng(cap)
+    values = np.round(rng.standard_normal(300), 1)  # many ties
+    ring: deque[float] = deque(maxlen=cap)
+    s = np.zeros(cap)
+    count = 0
+    for v in values.tolist():
+        full = count == cap
+        fk.sorted_replace(s, count, ring[0] if full else 0.0, v, full)
+        ring.append(v)
+        count = min(count + 1, cap)
+        np.testing.assert_array_equal(s[:count], np.sort(np.array(ring)))
+        assert fk._median_sorted(s, count) == np.median(np.array(ring))
+
+
+def test_all_finite() -> None:
+    assert fk.all_finite(np.zeros(5)) and fk.all_finite(np.empty(0))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros(5)
+        x[3] = bad
+        assert not fk.all_finite(x)
