@@ -168,7 +168,9 @@ class EcgAnalysisParams(StageParams):
         ``"off"`` (default), ``"auto"`` (when the model loads) or ``"on"`` (error if it cannot). A beat
         needs its *next* RR, so with classification on a beat is published (labelled, with
         class probabilities) when the following beat is accepted: about one RR interval more
-        delay. ``classifier_variant`` is ``"fp32"`` or ``"int8"``.
+        delay. ``classifier_variant`` is ``"fp32"`` or ``"int8"``; ``classifier_threads`` is
+        ONNX Runtime's intra-op thread count (1: the worker's own core; streams share one session
+        per variant and thread count, and the worker batches their beats, ``[engine].batch_max``).
     alarms : bool
         Publish rhythm alarms on ``alarm/<stream>`` (:mod:`telediag.dsp.alarms`): asystole,
         extreme brady/tachycardia, ventricular run, pause, frequent ectopy; thresholds
@@ -204,6 +206,7 @@ class EcgAnalysisParams(StageParams):
     history_s: float = 10.0
     classify: str = "off"
     classifier_variant: str = "fp32"
+    classifier_threads: int = 1
     alarms: bool = True
     alarm_asystole_s: float = 4.0
     alarm_brady_bpm: float = 40.0
@@ -226,6 +229,9 @@ class EcgAnalysisParams(StageParams):
             raise ValueError(f"classify must be 'auto', 'on' or 'off', got {self.classify!r}")
         if self.classifier_variant not in ("fp32", "int8"):
             raise ValueError(f"classifier_variant must be 'fp32' or 'int8', got {self.classifier_variant!r}")
+        if isinstance(self.classifier_threads, bool) or not isinstance(self.classifier_threads, int) \
+                or not 1 <= self.classifier_threads <= 64:
+            raise ValueError(f"classifier_threads must be an int in 1..64, got {self.classifier_threads!r}")
         if isinstance(self.lead, bool) or not isinstance(self.lead, int) or self.lead < 0:
             raise ValueError(f"lead must be an int >= 0, got {self.lead!r}")
         if not isinstance(self.qrs, Mapping):
@@ -363,16 +369,17 @@ class BeatBatch:
     history: SignalHistory
 
 
-_CLASSIFIERS: dict[str, Any] = {}
+_CLASSIFIERS: dict[tuple[str, int], Any] = {}
 
 
-def _classifier(variant: str) -> Any:
-    """The shipped beat classifier (one ONNX session per variant per process, shared by streams)."""
-    if variant not in _CLASSIFIERS:
+def _classifier(variant: str, threads: int = 1) -> Any:
+    """The shipped beat classifier: one ONNX session per (variant, threads) per process, shared by streams."""
+    key = (variant, threads)
+    if key not in _CLASSIFIERS:
         from telediag.models.ecg_beats import BeatClassifier
 
-        _CLASSIFIERS[variant] = BeatClassifier.load(variant)  # type: ignore[arg-type]
-    return _CLASSIFIERS[variant]
+        _CLASSIFIERS[key] = BeatClassifier.load(variant, intra_op_threads=threads)  # type: ignore[arg-type]
+    return _CLASSIFIERS[key]
 
 
 def _classify_batch(items: list[tuple[Any, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -517,8 +524,8 @@ class EcgAnalysis(Stage):
             try:
                 from telediag.models.ecg_beats import BeatClassifier
 
-                self._clf = _classifier(p.classifier_variant)
-                self._clf_key = p.classifier_variant
+                self._clf = _classifier(p.classifier_variant, p.classifier_threads)
+                self._clf_key = f"{p.classifier_variant}/{p.classifier_threads}"
                 self._clf_stream = BeatClassifier.stream(fs)
             except Exception as e:  # noqa: BLE001 - optional model: reported or raised per `classify`
                 if p.classify == "on":
