@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -87,6 +88,9 @@ class InferenceClient:
     context : zmq.Context, optional
     curve_server_key : bytes, optional
         The server's Z85 public key: use CurveZMQ (a client key pair is generated).
+    curve_secret, server_key : str or Path, optional
+        CurveZMQ with this client's own ``.key_secret`` file (its public key must be in the
+        server's allow-list, ``telediag keys allow``) and the server's ``.key`` file.
 
     Raises
     ------
@@ -97,7 +101,9 @@ class InferenceClient:
     _seq = itertools.count(1)
 
     def __init__(self, addr: str = "tcp://127.0.0.1:5557", *, timeout_s: float = 30.0, retries: int = 2,
-                 context: zmq.Context | None = None, curve_server_key: bytes | None = None) -> None:
+                 context: zmq.Context | None = None, curve_server_key: bytes | None = None,
+                 curve_secret: str | Path | None = None,
+                 server_key: str | Path | None = None) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if retries < 0:
@@ -107,6 +113,10 @@ class InferenceClient:
         self.retries = int(retries)
         self._ctx = context or zmq.Context.instance()
         self._curve = curve_server_key
+        if (curve_secret is None) != (server_key is None):
+            raise ValueError("CurveZMQ needs both curve_secret (this client's .key_secret) and server_key "
+                             f"(the server's .key), got curve_secret={curve_secret!r} server_key={server_key!r}")
+        self._curve_files = (curve_secret, server_key)
         self._lock = threading.Lock()
         self._sock: zmq.Socket | None = None
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
@@ -116,7 +126,12 @@ class InferenceClient:
         if self._sock is None:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
-            if self._curve is not None:
+            secret_file, server_file = self._curve_files
+            if secret_file is not None and server_file is not None:
+                from telediag.transports.security import secure_client
+
+                secure_client(s, secret_file, server_file)
+            elif self._curve is not None:
                 pub, sec = zmq.curve_keypair()
                 s.curve_serverkey = self._curve
                 s.curve_publickey = pub

@@ -9,6 +9,18 @@ Examples (shell)::
 
     telediag api --workers 2 --http-port 8557
     telediag api --no-http --zmq tcp://0.0.0.0:5557
+
+Security (one switch, the same key files as the engine; see ``docs/security.md``)::
+
+    telediag keys generate api --dir keys/ && telediag keys generate lab-1 --dir keys/
+    telediag keys allow keys/lab-1.key --allow-dir keys/allowed
+    telediag api --zmq tcp://0.0.0.0:5557 --server-secret keys/api.key_secret --allow-dir keys/allowed
+
+or ``--config engine.toml`` whose ``[security]`` section has ``curve = true`` (the flags win
+over the file). The ZeroMQ socket is then CurveZMQ-encrypted and admits only allow-listed
+client keys (the folder is re-read on every handshake, every request is re-checked, so
+``telediag keys revoke`` needs no restart). The HTTP gateway has no such protection: with
+CurveZMQ on it may only listen on loopback (``--no-http`` to switch it off).
 """
 
 from __future__ import annotations
@@ -17,11 +29,12 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from telediag.api.http import DEFAULT_HTTP_PORT
 from telediag.api.server import DEFAULT_ADDR
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "main", "run", "security_of"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +51,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", metavar="DIR", help="user model directory (default $TELEDIAG_MODELS or ~/.telediag/models)")
     p.add_argument("--watch-s", type=float, default=2.0, help="poll the model directories every N s (0: never)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: until a signal)")
+    g = p.add_argument_group("CurveZMQ (encryption + client allow-list on the ZeroMQ socket)")
+    g.add_argument("--server-secret", metavar="FILE", help="this server's .key_secret file (turns CurveZMQ on)")
+    g.add_argument("--allow-dir", metavar="DIR",
+                   help="folder of allowed client .key files (telediag keys allow/revoke/list)")
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def security_of(args: argparse.Namespace, cfg: Any = None) -> tuple[str | None, str | None]:
+    """``(server_secret, allow_dir)`` from the flags, else from the config's ``[security]``.
+
+    Both ``None`` means plain TCP. Raises :class:`~telediag.errors.ConfigError` when only
+    one flag is given.
+
+    Examples
+    --------
+    >>> security_of(argparse.Namespace(server_secret=None, allow_dir=None))
+    (None, None)
+    """
+    from telediag.errors import ConfigError
+
+    secret, allow_dir = getattr(args, "server_secret", None), getattr(args, "allow_dir", None)
+    if (secret is None) != (allow_dir is None):
+        raise ConfigError("CurveZMQ needs both --server-secret (the server's .key_secret file) and --allow-dir "
+                          f"(the client allow-list folder), got --server-secret={secret!r} --allow-dir={allow_dir!r}")
+    if secret is None and cfg is not None and cfg.security.curve:
+        secret, allow_dir = cfg.security.server_secret, cfg.security.allow_dir
+    return secret, allow_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         from telediag.engine.config import load_config
 
         cfg = load_config(args.config)
+    secret, allow_dir = security_of(args, cfg)
+    if secret is not None and not args.no_http and args.http_host not in _LOOPBACK:
+        raise ConfigError(f"with CurveZMQ on, the plaintext HTTP gateway may only listen on loopback "
+                          f"(--http-host 127.0.0.1), got --http-host {args.http_host!r}; or pass --no-http")
     payload = int(args.max_payload_mb * (1 << 20))
     limits = Limits(max_payload_bytes=payload, max_http_body_bytes=3 * payload + (1 << 20))
     service = Service(registry, workers=args.workers or None, max_pending=args.max_pending, limits=limits,
@@ -70,12 +116,13 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: stop.set())
         except ValueError:  # not the main thread (tests)
             pass
-    zsrv = None if args.no_zmq else ApiServer(service, args.zmq).start()
+    zsrv = None if args.no_zmq else ApiServer(service, args.zmq, server_secret=secret, allow_dir=allow_dir).start()
     gw = None if args.no_http else HttpGateway(service, args.http_host, args.http_port).start()
     if args.watch_s > 0:
         registry.start_watching(args.watch_s)
     avail = [op for op, why in service.available().items() if why is None]
-    print(f"telediag api: zmq {zsrv.endpoint if zsrv else 'off'}, http {gw.url if gw else 'off'}"
+    curve = f" (CurveZMQ, allow-list {allow_dir})" if zsrv is not None and secret is not None else ""
+    print(f"telediag api: zmq {zsrv.endpoint if zsrv else 'off'}{curve}, http {gw.url if gw else 'off'}"
           f"{' (OpenAPI at /openapi.json)' if gw else ''}; {service.workers} workers; ops {avail}; "
           f"models {registry.names()}", flush=True)
     try:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -43,6 +44,10 @@ from telediag.api.schema import (
     unpack_header,
 )
 from telediag.api.service import Call, Outcome, Service
+from telediag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from telediag.transports.security import CurveServer
 
 __all__ = ["DEFAULT_ADDR", "ApiServer", "parse_request", "reply_frames"]
 
@@ -189,18 +194,46 @@ class ApiServer:
         Bind address (default ``tcp://127.0.0.1:5557``; ``tcp://127.0.0.1:*`` picks a port,
         see :attr:`endpoint`).
     context : zmq.Context, optional
+        Defaults to the process-wide instance; with ``server_secret`` the server makes its
+        own (a ZAP handler is per context, so it cannot clash with an engine's).
+    server_secret, allow_dir : path, optional
+        **The security switch**: the server's ``.key_secret`` file and the client allow-list
+        folder managed by ``telediag keys allow/revoke/list`` (the same files as the
+        engine's ``[security]`` section). CurveZMQ then encrypts every byte and a ZAP handler
+        admits only clients whose public key is in the folder, re-reading it on every
+        handshake; every request is also re-checked against it (by the ``User-Id`` the ZAP
+        handler stamps on the connection), so a revoke cuts off open connections as well.
+        Requests refused that way get no reply and are counted in :attr:`unauthorized`.
     curve_secret_key, curve_public_key : bytes, optional
-        Z85 server keys: enable CurveZMQ encryption (authentication is a ZAP handler's job,
-        see ``telediag.transports``).
+        Z85 server keys for CurveZMQ encryption **without** client authentication (kept for
+        compatibility; prefer ``server_secret`` + ``allow_dir``).
     """
 
     _ids = itertools.count()
 
     def __init__(self, service: Service, addr: str = DEFAULT_ADDR, *, context: zmq.Context | None = None,
-                 curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None) -> None:
+                 curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None,
+                 server_secret: str | Path | None = None, allow_dir: str | Path | None = None) -> None:
         self.service = service
         self.addr = addr
-        self._ctx = context or zmq.Context.instance()
+        if (server_secret is None) != (allow_dir is None):
+            raise ConfigError("CurveZMQ for the API needs both server_secret (the server's .key_secret file) "
+                              f"and allow_dir (the client allow-list folder), got server_secret={server_secret!r} "
+                              f"and allow_dir={allow_dir!r}")
+        self._own_ctx = server_secret is not None and context is None
+        self._ctx = zmq.Context() if self._own_ctx else (context or zmq.Context.instance())
+        self.curve: CurveServer | None = None
+        if server_secret is not None and allow_dir is not None:
+            from telediag.transports.security import CurveServer
+
+            try:
+                self.curve = CurveServer(self._ctx, server_secret, allow_dir)
+            except BaseException:
+                if self._own_ctx:
+                    self._ctx.term()
+                raise
+        self._acl = self.curve.allow_list if self.curve is not None else None
+        self.unauthorized = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -242,7 +275,9 @@ class ApiServer:
             router.setsockopt(zmq.RCVHWM, 10_000)
             router.setsockopt(zmq.MAXMSGSIZE, 2 * self.service.limits.max_payload_bytes + (1 << 20))
             sk, pk = self._curve
-            if sk is not None:
+            if self.curve is not None:
+                self.curve.secure(router)
+            elif sk is not None:
                 router.curve_server = True
                 router.curve_secretkey = sk
                 router.curve_publickey = pk
@@ -260,6 +295,7 @@ class ApiServer:
             self._error = e
             router.close(0)
             pull.close(0)
+            self._release_security()
             self._ready.set()
             return
         self._ready.set()
@@ -295,6 +331,9 @@ class ApiServer:
             pull.close(0)
 
     def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
+        if self.curve is not None and not self.curve.sender_allowed(frames[-1]):
+            self.unauthorized += 1  # key revoked since the handshake: no reply, like ZAP
+            return
         envelope = frames[:1]
         rest = frames[1:]
         if rest and len(_buf(rest[0])) == 0:
@@ -320,9 +359,28 @@ class ApiServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+            if self._thread.is_alive():  # wedged: leave its context alone (term would block)
+                self._own_ctx = False
             self._thread = None
+        self._release_security()
         if close_service:
             self.service.close()
+
+    def _release_security(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
+            self.curve = None
+        if self._own_ctx:
+            self._own_ctx = False
+            self._ctx.term()
+
+    def security_stats(self) -> dict[str, Any]:
+        """Handshakes admitted/refused by the allow-list and requests refused after a revoke."""
+        acl = self._acl
+        return {"curve": acl is not None, "allowed_keys": len(acl) if acl is not None else 0,
+                "handshakes_admitted": acl.admitted if acl is not None else 0,
+                "handshakes_refused": acl.refused if acl is not None else 0,
+                "unauthorized_requests": self.unauthorized}
 
     def __enter__(self) -> ApiServer:
         return self.start()

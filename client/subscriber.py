@@ -1,9 +1,21 @@
-"""Subscriber client and the ``telediag tail`` summary."""
+"""Subscriber client, per-topic drop counting, and the ``telediag tail`` summary.
+
+ZeroMQ PUB sockets drop silently, per subscriber, when that subscriber's queue is at its
+high-water mark (the engine never waits for a slow reader). The publisher cannot see those
+drops, but the subscriber can: every published message carries a per-topic ``seq`` that
+counts up by one, so a jump of ``k`` is ``k`` lost messages. :class:`SeqTracker` counts them
+per topic; :class:`Subscriber` runs one on everything it receives (``stats()``), and
+``telediag tail`` prints them.
+
+A loss at the very end of a topic (its last messages) shows only when a later message of
+that topic arrives; periodic topics such as ``stats/`` reveal a stalled link at once.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +25,95 @@ from telediag.errors import ProtocolError
 from telediag.transports.wire import Chunk, decode
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+
+
+@dataclass(slots=True)
+class TopicCounters:
+    """Sequence bookkeeping of one topic as seen by one subscriber.
+
+    Attributes
+    ----------
+    received : int
+        Messages received.
+    drops : int
+        Messages missing in ``seq`` gaps (lost between publisher and this subscriber).
+    gaps : int
+        Number of jumps in ``seq`` (each jump holds one or more drops).
+    restarts : int
+        Times ``seq`` went back (the publisher restarted and counts from 0 again); the
+        count restarts there and nothing is counted as dropped.
+    last_seq : int
+        Latest ``seq`` (-1 before the first message).
+    """
+
+    received: int = 0
+    drops: int = 0
+    gaps: int = 0
+    restarts: int = 0
+    last_seq: int = -1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"received": self.received, "drops": self.drops, "gaps": self.gaps,
+                "restarts": self.restarts, "last_seq": self.last_seq}
+
+
+class SeqTracker:
+    """Count drops and gaps per topic from the per-topic ``seq`` of received messages.
+
+    Examples
+    --------
+    >>> t = SeqTracker()
+    >>> [t.observe("hr/bed-1", s) for s in (0, 1, 4, 5, 9)]
+    [0, 0, 2, 0, 3]
+    >>> t.drops, t.gaps, t.topics["hr/bed-1"].received
+    (5, 2, 5)
+    >>> t.observe("hr/bed-1", 0)  # publisher restarted: not a drop
+    0
+    >>> t.topics["hr/bed-1"].restarts
+    1
+    """
+
+    __slots__ = ("topics",)
+
+    def __init__(self) -> None:
+        self.topics: dict[str, TopicCounters] = {}
+
+    def observe(self, topic: str, seq: int) -> int:
+        """Account one message; return how many messages were missing right before it."""
+        t = self.topics.get(topic)
+        if t is None:
+            t = self.topics[topic] = TopicCounters()
+        t.received += 1
+        missing = 0
+        if t.last_seq >= 0:
+            if seq > t.last_seq + 1:
+                missing = seq - t.last_seq - 1
+                t.drops += missing
+                t.gaps += 1
+            elif seq <= t.last_seq:
+                t.restarts += 1
+        t.last_seq = seq
+        return missing
+
+    @property
+    def drops(self) -> int:
+        """Messages lost, all topics."""
+        return sum(t.drops for t in self.topics.values())
+
+    @property
+    def gaps(self) -> int:
+        """Seq gaps, all topics."""
+        return sum(t.gaps for t in self.topics.values())
+
+    @property
+    def received(self) -> int:
+        return sum(t.received for t in self.topics.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Totals and the per-topic counters as plain data."""
+        return {"received": self.received, "drops": self.drops, "gaps": self.gaps,
+                "restarts": sum(t.restarts for t in self.topics.values()),
+                "topics": {k: v.as_dict() for k, v in sorted(self.topics.items())}}
 
 
 class Subscriber:
@@ -30,8 +131,18 @@ class Subscriber:
 
     curve_secret, server_key : str, optional
         With CurveZMQ on: this client's ``.key_secret`` file and the engine's ``.key``.
+    sockopts : mapping of int to int, optional
+        Extra socket options set before connecting (e.g. ``{zmq.RCVBUF: 65536}``).
 
-    Messages that fail to decode are counted in ``bad`` (never raised).
+    Messages that fail to decode are counted in ``bad`` (never raised). Every decoded
+    message goes through a :class:`SeqTracker` (:attr:`seq`): :meth:`stats` gives the
+    messages this subscriber lost (``drops``) and in how many ``gaps``, per topic.
+
+    Examples
+    --------
+    >>> with Subscriber("tcp://127.0.0.1:5556", ["ecg/"]) as sub:  # doctest: +SKIP
+    ...     chunks = list(sub.iter(timeout_s=2))
+    ...     print(sub.stats()["drops"], sub.drops, sub.gaps)
     """
 
     def __init__(
@@ -43,12 +154,15 @@ class Subscriber:
         ctx: zmq.Context | None = None,
         curve_secret: str | None = None,
         server_key: str | None = None,
+        sockopts: Mapping[int, int] | None = None,
     ) -> None:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in (sockopts or {}).items():
+            self.sock.setsockopt(opt, value)
         if curve_secret or server_key:
             from telediag.transports.security import secure_client
 
@@ -58,26 +172,57 @@ class Subscriber:
                 raise ConfigError("CurveZMQ needs both curve_secret (your .key_secret) and server_key (engine .key)")
             secure_client(self.sock, curve_secret, server_key)
         self.sock.connect(addr)
-        for t in topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self.topics = [t.encode() for t in topics]
+        for t in self.topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, t)
         self.bad: dict[str, int] = {}
         self.received = 0
+        self.seq = SeqTracker()
+        self._pending: deque[list[zmq.Frame]] = deque()
 
     def recv(self, timeout_s: float | None = None) -> Chunk | None:
         """The next decodable chunk, or ``None`` after ``timeout_s`` without one."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if remaining is not None and not self.sock.poll(int(remaining * 1000)):
-                return None
-            frames = self.sock.recv_multipart(copy=False)
+            if self._pending:
+                frames = self._pending.popleft()
+            else:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if remaining is not None and not self.sock.poll(int(remaining * 1000)):
+                    return None
+                frames = self.sock.recv_multipart(copy=False)
             try:
                 chunk = decode(frames)
             except ProtocolError as e:
                 self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
                 continue
             self.received += 1
+            self.seq.observe(chunk.topic, chunk.seq)
             return chunk
+
+    @property
+    def drops(self) -> int:
+        """Messages this subscriber lost (seq gaps), all topics."""
+        return self.seq.drops
+
+    @property
+    def gaps(self) -> int:
+        """Seq gaps seen, all topics."""
+        return self.seq.gaps
+
+    def stats(self) -> dict[str, Any]:
+        """``received``, ``drops``, ``gaps``, ``restarts``, ``bad`` and per-topic counters.
+
+        Examples
+        --------
+        >>> sub = Subscriber("inproc://doc-nothing")
+        >>> sub.stats()["drops"], sub.stats()["topics"]
+        (0, {})
+        >>> sub.close()
+        """
+        out = self.seq.stats()
+        out["bad"] = dict(self.bad)
+        return out
 
     def iter(self, timeout_s: float | None = None) -> Iterator[Chunk]:
         """Yield chunks until ``timeout_s`` passes with none (forever if ``None``)."""
@@ -97,13 +242,17 @@ class Subscriber:
         engine (the ZeroMQ "slow joiner"); call this before starting sources when
         every message matters. Subscribes to ``probe_topic`` for the duration.
         """
-        self.sock.setsockopt(zmq.SUBSCRIBE, probe_topic.encode())
+        probe = probe_topic.encode()
+        self.sock.setsockopt(zmq.SUBSCRIBE, probe)
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self.sock.poll(50):
                     frames = self.sock.recv_multipart(copy=False)
-                    if frames and frames[0].bytes.startswith(probe_topic.encode()):
+                    topic = frames[0].bytes if frames else b""
+                    if any(topic.startswith(t) for t in self.topics):
+                        self._pending.append(frames)  # ours: keep it for recv(), nothing lost
+                    if topic.startswith(probe):
                         return True
             return False
         finally:
@@ -125,8 +274,6 @@ class Subscriber:
 class _TailStream:
     chunks: int = 0
     samples: int = 0
-    last_seq: int = -1
-    lost: int = 0
     rate_hz: float = 0.0
     shape: tuple[int, ...] = ()
     last_body: Any = None
@@ -134,16 +281,29 @@ class _TailStream:
 
 
 class TailSummary:
-    """Aggregates chunks into one line per stream per reporting period."""
+    """Aggregates chunks into one line per stream per reporting period.
+
+    Each line ends with the messages this subscriber lost on that topic so far
+    (``DROPPED n in g gap(s)``, from ``seq`` gaps); a last line gives the totals.
+
+    Examples
+    --------
+    >>> s = TailSummary()
+    >>> for seq in (0, 1, 5):
+    ...     s.add(Chunk.record("hr", "bed-1/ecg", seq, 0, {"bpm": 60}))
+    >>> for line in s.lines(1.0):
+    ...     print(line)  # doctest: +NORMALIZE_WHITESPACE
+    hr/bed-1/ecg        3.0 msg/s  seq 5  DROPPED 3 in 1 gap(s)  {'bpm': 60}
+    subscriber: 3 received, 3 dropped in 1 gap(s), 0 publisher restart(s)
+    """
 
     def __init__(self) -> None:
         self.streams: dict[str, _TailStream] = {}
+        self.seq = SeqTracker()
 
     def add(self, c: Chunk) -> None:
         s = self.streams.setdefault(c.topic, _TailStream())
-        if s.last_seq >= 0 and c.seq > s.last_seq + 1:
-            s.lost += c.seq - s.last_seq - 1
-        s.last_seq = c.seq
+        self.seq.observe(c.topic, c.seq)
         s.chunks += 1
         s.samples += c.n_samples
         if c.rate_hz:
@@ -162,16 +322,21 @@ class TailSummary:
             s = self.streams[topic]
             if s.chunks == 0:
                 continue
-            parts = [f"{topic:<32}", f"{s.chunks / period_s:7.1f} msg/s", f"seq {s.last_seq}"]
+            counters = self.seq.topics[topic]
+            parts = [f"{topic:<32}", f"{s.chunks / period_s:7.1f} msg/s", f"seq {counters.last_seq}"]
             if s.rate_hz:
                 parts.append(f"{s.samples / period_s:9.1f} samples/s ({s.rate_hz:g} Hz, {s.shape[1:] if len(s.shape) > 1 else ''})")
-            if s.lost:
-                parts.append(f"LOST {s.lost}")
+            if counters.drops:
+                parts.append(f"DROPPED {counters.drops} in {counters.gaps} gap(s)")
             if s.last_body is not None and not s.rate_hz:
                 parts.append(_short(s.last_body))
             out.append("  ".join(parts))
             s.chunks = s.samples = 0
             s.latency_ms.clear()
+        if out:
+            st = self.seq.stats()
+            out.append(f"subscriber: {st['received']} received, {st['drops']} dropped in {st['gaps']} gap(s), "
+                       f"{st['restarts']} publisher restart(s)")
         return out
 
 

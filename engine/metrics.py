@@ -4,7 +4,19 @@ Serves ``GET /metrics`` (text format 0.0.4) on the ``[engine].metrics`` address 
 the stats snapshots the workers publish every ``stats_interval_s``. Per stream:
 chunks, samples, records, gaps, missing chunks, out-of-order, restarts, errors, drops
 and a latency histogram (source timestamp -> publish, seconds); per reason: rejected
-messages.
+messages. Per bound socket (``publish``, ``ingest``, ``api``) watched by a
+:class:`SocketMonitor`: open connections (for ``publish``: connected subscribers),
+accepted and closed connections, and handshakes refused by the CurveZMQ allow-list.
+
+What the engine can and cannot see of slow subscribers
+-----------------------------------------------------
+The publish socket is an XPUB behind a libzmq proxy. XPUB never blocks: a subscriber
+whose queue holds ``[engine].publish_hwm`` messages loses the newer ones (``XPUB_NODROP``
+is not set, on purpose: it would stall the proxy, and so every subscriber, behind the
+slowest one). libzmq keeps no per-subscriber drop counter, so the engine counts the
+connections it serves, and each subscriber counts its own losses from the per-topic
+``seq`` (``telediag.client.Subscriber.stats()``, ``telediag tail``, the viewer's
+``/stats`` and ``/metrics``).
 """
 
 from __future__ import annotations
@@ -13,6 +25,9 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from telediag.engine.stats import LatencyHistogram
 
@@ -35,8 +50,120 @@ def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(snapshots: list[dict[str, Any]]) -> str:
-    """Prometheus text for a list of worker stats bodies."""
+_SOCKET_COUNTERS = (
+    ("accepted", "Connections accepted"),
+    ("disconnected", "Connections closed"),
+    ("handshakes", "ZMTP handshakes completed (peer admitted)"),
+    ("auth_refused", "Handshakes refused by the CurveZMQ allow-list (unknown or revoked key)"),
+    ("handshake_failed", "Handshakes failed for another reason (protocol, wrong mechanism)"),
+)
+
+
+class SocketMonitor:
+    """Count the peers of a bound socket from libzmq's monitor events (own thread).
+
+    Attach it **before** the socket is handed to the thread that uses it (``zmq_socket_monitor``
+    is not thread-safe); it only reads its own PAIR socket afterwards, so it never touches the
+    data path. ``connections`` is TCP connections open now (accepted minus closed; for the
+    engine's XPUB: the connected subscribers); ``auth_refused`` counts CURVE handshakes the
+    ZAP handler refused.
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        A socket (typically bound: XPUB, PULL, ROUTER).
+    name : str
+        Label in :func:`render` (``publish``, ``ingest``, ``api``).
+
+    Examples
+    --------
+    >>> ctx = zmq.Context()
+    >>> pub = ctx.socket(zmq.XPUB)
+    >>> _ = pub.bind("tcp://127.0.0.1:*")
+    >>> mon = SocketMonitor(pub, "publish")
+    >>> sub = ctx.socket(zmq.SUB)
+    >>> _ = sub.connect(pub.last_endpoint.decode())
+    >>> mon.wait_for(lambda s: s["connections"] == 1, 5)
+    True
+    >>> sub.close(0); pub.close(0); mon.stop(); ctx.term()
+    """
+
+    EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    def __init__(self, sock: zmq.Socket, name: str) -> None:  # type: ignore[type-arg]
+        self.name = name
+        self.counts = dict.fromkeys([k for k, _ in _SOCKET_COUNTERS], 0)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._mon = sock.get_monitor_socket(self.EVENTS)
+        self._thread = threading.Thread(target=self._run, name=f"telediag-monitor-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        mon = self._mon
+        kinds: dict[int, str] = {zmq.EVENT_ACCEPTED: "accepted", zmq.EVENT_DISCONNECTED: "disconnected",
+                 zmq.EVENT_HANDSHAKE_SUCCEEDED: "handshakes", zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth_refused",
+                 zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",
+                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed"}
+        try:
+            while not self._stop.is_set():
+                if not mon.poll(100):
+                    continue
+                ev = parse_monitor_message(mon.recv_multipart())
+                if ev["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    break
+                key = kinds.get(int(ev["event"]))
+                if key is not None:
+                    with self._cond:
+                        self.counts[key] += 1
+                        self._cond.notify_all()
+        except zmq.ZMQError:  # pragma: no cover - context terminated under us
+            pass
+        finally:
+            mon.close(0)
+
+    def snapshot(self) -> dict[str, int]:
+        """``connections`` (open now) and the cumulative counters, as plain ints."""
+        with self._cond:
+            c = dict(self.counts)
+        c["connections"] = max(0, c["accepted"] - c["disconnected"])
+        return c
+
+    def wait_for(self, predicate: Callable[[dict[str, int]], bool], timeout_s: float) -> bool:
+        """Block until ``predicate(snapshot())`` holds (for tests and start-up checks)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self._snap_locked()), timeout_s)
+
+    def _snap_locked(self) -> dict[str, int]:
+        c = dict(self.counts)
+        c["connections"] = max(0, c["accepted"] - c["disconnected"])
+        return c
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the thread (also stops by itself when the socket closes)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+
+def render_sockets(sockets: dict[str, dict[str, int]]) -> list[str]:
+    """Prometheus lines for :meth:`SocketMonitor.snapshot` results keyed by socket name."""
+    lines: list[str] = []
+    name = "telediag_socket_connections"
+    lines += [f"# HELP {name} Open connections (publish: connected subscribers)", f"# TYPE {name} gauge"]
+    for sock, snap in sorted(sockets.items()):
+        lines.append(f'{name}{{socket="{_esc(sock)}"}} {int(snap.get("connections", 0))}')
+    for key, help_text in _SOCKET_COUNTERS:
+        name = f"telediag_socket_{key}_total"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for sock, snap in sorted(sockets.items()):
+            lines.append(f'{name}{{socket="{_esc(sock)}"}} {int(snap.get(key, 0))}')
+    return lines
+
+
+def render(snapshots: list[dict[str, Any]], sockets: dict[str, dict[str, int]] | None = None) -> str:
+    """Prometheus text for a list of worker stats bodies (and socket monitor snapshots)."""
     lines: list[str] = []
     streams: list[tuple[str, dict[str, Any]]] = []
     rejects: dict[str, int] = {}
@@ -73,6 +200,8 @@ def render(snapshots: list[dict[str, Any]]) -> str:
     for snap in snapshots:
         if snap:
             lines.append(f'{name}{{worker="{snap.get("worker", 0)}"}} {snap.get("uptime_s", 0)}')
+    if sockets:
+        lines += render_sockets(sockets)
     return "\n".join(lines) + "\n"
 
 
@@ -85,18 +214,22 @@ class MetricsExporter:
         Returns the latest stats body of every worker.
     address : str
         ``HOST:PORT``; port 0 picks a free port (see :attr:`port`).
+    sockets : callable, optional
+        Returns ``{name: SocketMonitor.snapshot()}`` (connected subscribers, refused keys).
     """
 
-    def __init__(self, snapshots: Callable[[], list[dict[str, Any]]], address: str) -> None:
+    def __init__(self, snapshots: Callable[[], list[dict[str, Any]]], address: str,
+                 sockets: Callable[[], dict[str, dict[str, int]]] | None = None) -> None:
         host, _, port = address.rpartition(":")
         get = snapshots
+        get_sockets = sockets
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
                     return
-                body = render(get()).encode()
+                body = render(get(), get_sockets() if get_sockets is not None else None).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

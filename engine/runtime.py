@@ -24,6 +24,7 @@ from types import FrameType
 import zmq
 
 from telediag.engine.config import Config, load_config
+from telediag.engine.metrics import SocketMonitor
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
 from telediag.errors import EngineError
@@ -106,6 +107,8 @@ class Engine:
             xpub.close(0)
             raise EngineError(f"cannot bind publish address {e.publish!r}: {err}") from err
         self.publish_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        # connected subscribers / refused keys from libzmq monitor events (attach before the proxy owns xpub)
+        self.monitors = [SocketMonitor(xpub, "publish")]
         ctrl_addr = f"{self._out_addr}-ctrl"
         ctrl_in = self.ctx.socket(zmq.PAIR)
         ctrl_in.bind(ctrl_addr)
@@ -143,6 +146,8 @@ class Engine:
             self._proxy_ctrl.send(b"TERMINATE")
             raise EngineError(f"cannot bind ingest address {e.ingest!r}: {err}") from err
         self.ingest_endpoint = self._ingest.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.monitors.append(SocketMonitor(self._ingest, "ingest"))  # before the router thread owns it
+        self.workers[0].extra_stats = self.socket_stats  # connected subscribers etc. on stats/engine/w0
         for w in self.workers:
             t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
             t.start()
@@ -160,9 +165,14 @@ class Engine:
         if e.metrics:
             from telediag.engine.metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(lambda: [w.last_stats for w in self.workers], e.metrics)
+            self.metrics = MetricsExporter(lambda: [w.last_stats for w in self.workers], e.metrics,
+                                           sockets=self.socket_stats)
             self.metrics.start()
         self.started.set()
+
+    def socket_stats(self) -> dict[str, dict[str, int]]:
+        """Connected peers and refused handshakes per bound socket (``publish``, ``ingest``)."""
+        return {m.name: m.snapshot() for m in getattr(self, "monitors", [])}
 
     def _route(self) -> None:
         n = len(self.workers)
@@ -250,6 +260,8 @@ class Engine:
         curve = getattr(self, "curve", None)
         if curve is not None:
             curve.stop()
+        for m in getattr(self, "monitors", []):
+            m.stop()
         self.ctx.term()
         self.finished.set()
         if self.error is not None:

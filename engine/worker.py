@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,7 @@ class Worker:
         self.batches_run = 0
         self.batch_items = 0
         self.batch_largest = 0
+        self.extra_stats: Callable[[], dict[str, Any]] | None = None  # e.g. the engine's socket counts
 
     # -- publishing -------------------------------------------------------------------
     def _next_seq(self, topic: str) -> int:
@@ -144,6 +145,7 @@ class Worker:
             "errors": dict(self.errors),
             "latency_ms": self.latency.summary_ms(),
             "batches": {"runs": self.batches_run, "items": self.batch_items, "largest": self.batch_largest},
+            **({"sockets": self.extra_stats()} if self.extra_stats is not None else {}),
         }
 
     def publish_stats(self) -> None:

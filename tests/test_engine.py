@@ -259,3 +259,22 @@ def test_nan_runs_do_not_poison_the_filter() -> None:
     assert np.isnan(y[500:560]).all()
     assert np.isfinite(y[:500]).all() and np.isfinite(y[560:]).all()
     assert np.abs(y[1500:]).max() < 10  # the state recovered
+
+
+def test_stats_report_connected_subscribers_and_sources(engine: Engine, sub: Subscriber, push: zmq.Socket) -> None:
+    push.send_multipart(encode(ecg_chunk(0, np.zeros((360, 2)))))
+    second = Subscriber(engine.publish_endpoint, topics=["stats/"])
+    try:
+        assert second.wait_connected(5)
+        deadline = time.monotonic() + 10
+        seen = None
+        while time.monotonic() < deadline:
+            c = sub.recv(timeout_s=0.5)
+            if c is not None and c.kind == "stats" and "sockets" in c.body:
+                seen = c.body["sockets"]
+                if seen["publish"]["connections"] >= 2 and seen["ingest"]["connections"] >= 1:
+                    break
+        assert seen is not None, "no socket counts on stats/engine/w0"
+        assert seen["publish"]["connections"] >= 2 and seen["ingest"]["connections"] >= 1
+    finally:
+        second.close()

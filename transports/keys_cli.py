@@ -1,10 +1,12 @@
-"""Manage CurveZMQ keys and the engine's client allow-list.
+"""Manage CurveZMQ keys and the client allow-lists of the engine and the inference API.
 
 ``telediag keys generate NAME --dir DIR`` writes NAME.key (public) and NAME.key_secret;
 ``telediag keys allow FILE.key --allow-dir DIR`` admits a client;
 ``telediag keys revoke NAME --allow-dir DIR`` removes it; ``telediag keys list`` shows them.
-A running engine re-reads its allow-list on each new connection's handshake only after
-a restart (or ``CurveServer.reload()``).
+Servers (``telediag run`` with ``[security] curve = true``, ``telediag api --curve ...``)
+re-read the folder on every new connection's handshake, so allow/revoke need no restart;
+the inference API also re-checks every request, so a revoke cuts off its open connections
+too (see ``docs/security.md``).
 """
 
 from __future__ import annotations

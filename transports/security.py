@@ -22,13 +22,25 @@ then in the engine config::
     allow_dir = "keys/allowed"
 
 and clients pass ``--curve-secret keys/bed-1.key_secret --server-key keys/engine.key``.
+
+The allow-list folder is **re-read on every CURVE handshake** (:class:`AllowList`), so
+``telediag keys allow`` and ``telediag keys revoke`` take effect for the next connection
+without a restart. A connection that was admitted before a revoke stays open until it
+closes (ZeroMQ has no way to cut one peer of a bound socket); request/reply servers such as
+the inference API also re-check the sender's key on every request (:meth:`AllowList.
+is_allowed` with the ``User-Id`` the ZAP handler attached), so there a revoke is immediate.
+See ``docs/security.md``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -120,39 +132,155 @@ def allowed(allow_dir: str | Path) -> dict[str, bytes]:
     return out
 
 
+class AllowList:
+    """The client public keys in an allow-list folder, re-read when the folder changes.
+
+    Used as the ZAP handler's CURVE credentials provider: :meth:`callback` re-scans the
+    folder on **every handshake**, so keys added with ``telediag keys allow`` are admitted,
+    and keys removed with ``telediag keys revoke`` refused, from the next connection on.
+    :meth:`is_allowed` is the cheap per-message check (it re-scans only when the folder's
+    modification time changed, or at most ``max_age_s`` after the last scan).
+
+    Parameters
+    ----------
+    allow_dir : path
+        Folder of ``NAME.key`` files (public certificates).
+    max_age_s : float
+        Longest time :meth:`is_allowed` trusts its cache without re-reading the folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> pub, _ = generate("bed-1", d / "keys")
+    >>> _ = allow(pub, d / "allowed")
+    >>> acl = AllowList(d / "allowed")
+    >>> acl.is_allowed(load(pub).public), acl.is_allowed(b"0" * 40)
+    (True, False)
+    >>> revoke("bed-1", d / "allowed"), acl.callback("*", load(pub).public)
+    (True, False)
+    """
+
+    def __init__(self, allow_dir: str | Path, *, max_age_s: float = 1.0) -> None:
+        self.allow_dir = Path(allow_dir)
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._keys: frozenset[bytes] = frozenset()
+        self._stamp: int | None = None
+        self._scanned = 0.0
+        self.refused = 0  # handshakes refused (unknown or revoked key)
+        self.admitted = 0
+        self.rescan()
+
+    def rescan(self) -> frozenset[bytes]:
+        """Re-read the folder now; unreadable files are skipped (a bad file admits nobody)."""
+        try:
+            stamp: int | None = os.stat(self.allow_dir).st_mtime_ns
+        except OSError:
+            stamp = None
+        keys = set()
+        if stamp is not None:
+            for p in sorted(self.allow_dir.glob("*.key")):
+                try:
+                    keys.add(load(p).public)
+                except ConfigError:
+                    continue
+        with self._lock:
+            self._keys = frozenset(keys)
+            self._stamp = stamp
+            self._scanned = time.monotonic()
+        return self._keys
+
+    def _current(self) -> frozenset[bytes]:
+        try:
+            stamp: int | None = os.stat(self.allow_dir).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._stamp or time.monotonic() - self._scanned > self.max_age_s:
+            return self.rescan()
+        return self._keys
+
+    def is_allowed(self, public_key: bytes | str) -> bool:
+        """Whether a Z85 public key (40 characters) is in the folder (cached, see above)."""
+        key = public_key.encode() if isinstance(public_key, str) else bytes(public_key)
+        return key in self._current()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq credentials-provider hook: called by the ZAP thread on each CURVE handshake."""
+        ok = bytes(key) in self.rescan()
+        if ok:
+            self.admitted += 1
+        else:
+            self.refused += 1
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
 class CurveServer:
     """Server side: a ZAP handler with an allow-list, and socket setup.
 
     Parameters
     ----------
     ctx : zmq.Context
-        The context whose sockets it secures (ZAP runs per context).
+        The context whose sockets it secures (ZAP runs per context: one
+        ``CurveServer`` per context).
     server_secret : path
         The server's ``.key_secret`` file.
     allow_dir : path
-        Folder of allowed client ``.key`` files (re-read by :meth:`reload`).
+        Folder of allowed client ``.key`` files, re-read on every handshake
+        (see :class:`AllowList`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = generate("server", d)
+    >>> ctx = zmq.Context()
+    >>> srv = CurveServer(ctx, d / "server.key_secret", d)
+    >>> with ctx.socket(zmq.ROUTER) as s:
+    ...     srv.secure(s)
+    ...     s.curve_server
+    1
+    >>> srv.stop(); ctx.term()
     """
 
-    def __init__(self, ctx: zmq.Context, server_secret: str | Path, allow_dir: str | Path) -> None:
+    def __init__(self, ctx: zmq.Context, server_secret: str | Path, allow_dir: str | Path) -> None:  # type: ignore[type-arg]
         self.keys = load_secret(server_secret)
         self.allow_dir = Path(allow_dir)
         if not self.allow_dir.is_dir():
             raise ConfigError(f"allow-list folder {str(self.allow_dir)!r} not found")
+        self.allow_list = AllowList(self.allow_dir)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        self.reload()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self.allow_list)
 
     def reload(self) -> None:
-        """Re-read the allow-list folder (after ``telediag keys allow/revoke``)."""
-        self.auth.configure_curve(domain="*", location=str(self.allow_dir))
+        """Re-read the allow-list folder now (not needed: every handshake re-reads it)."""
+        self.allow_list.rescan()
 
-    def secure(self, sock: zmq.Socket) -> None:
+    def secure(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
         """Make ``sock`` a CURVE server (call before bind)."""
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
 
+    def sender_allowed(self, frame: Any) -> bool:
+        """Whether the client that sent ``frame`` (a :class:`zmq.Frame`) is still allowed.
+
+        The ZAP handler stamps every message of an admitted connection with the client's
+        Z85 public key as ``User-Id``; this re-checks it against the folder, so a revoke
+        also cuts off connections that were admitted before it (request/reply servers).
+        """
+        try:
+            user = frame.get("User-Id")
+        except (zmq.ZMQError, AttributeError, KeyError, TypeError):
+            return False
+        return isinstance(user, str | bytes) and self.allow_list.is_allowed(user)
+
     def stop(self) -> None:
+        """Stop the ZAP handler thread."""
         self.auth.stop()
 
 

@@ -43,11 +43,14 @@ header (space-padded to a multiple of 4 bytes) + payload``:
 
 Control messages (text) have ``kind`` starting with ``_``: ``_hello`` on connect,
 ``_snapshot`` (``state`` ``"begin"``/``"end"``) around the snapshot described below,
-``_bridge`` once per second with this browser's ``dropped`` count, the bridge's ``lost``
-(seq gaps seen upstream, i.e. PUB high-water-mark losses), ``upstream`` (seconds since the
-last upstream message), ``engine_idle_s`` (seconds since the last engine statistics: the
-engine publishes them periodically, so a large value means the engine is down) and the
-client count.
+``_bridge`` once per second with this browser's ``client`` id, its ``dropped`` count (total
+and ``dropped_by_topic``: each drop is a seq gap the page will see on that topic),
+``video_dropped`` and ``sent``; the bridge's ``lost``/``gaps`` (seq gaps seen upstream, i.e.
+the engine's PUB high-water-mark losses), ``upstream_idle_s`` (seconds since the last
+upstream message), ``engine_idle_s`` (seconds since the last engine statistics: the engine
+publishes them periodically, so a large value means the engine is down), the client count
+and ``clients_dropped`` (drops of every connected browser, by id). The same counters are
+served as JSON on ``/stats`` and as Prometheus text on ``/metrics`` (see ``viewer/server.py``).
 
 A browser that connects gets a **snapshot** first: the last ``history_s`` seconds of every
 signal, beat, segment and event topic, the latest ``hr``/``hrv``/``quality``/``stats``/
@@ -63,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import math
 import struct
@@ -573,25 +577,57 @@ class Client:
 
     ``put`` never blocks; ``get`` waits for the next message. Video frames are kept apart,
     newest per stream only (latest-frame-wins), and sent after the queued messages.
+    Every loss is counted, in total (``dropped``, ``video_dropped``) and per topic
+    (``dropped_by_topic``), so a browser's seq gaps can be traced to this queue.
+
+    Parameters
+    ----------
+    maxlen : int
+        Messages queued before the oldest is dropped.
+    peer : str
+        The browser's address (``host:port``), for statistics.
+
+    Examples
+    --------
+    >>> c = Client(maxlen=2, peer="127.0.0.1:50000")
+    >>> for i in range(5):
+    ...     c.put(str(i), "hr/bed-1")
+    >>> list(c.queue), c.dropped, c.dropped_by_topic, c.offered
+    (['3', '4'], 3, {'hr/bed-1': 3}, 5)
     """
 
-    def __init__(self, maxlen: int = 4000) -> None:
+    _ids = itertools.count(1)
+
+    def __init__(self, maxlen: int = 4000, peer: str = "") -> None:
+        self.id = next(Client._ids)
+        self.peer = peer
+        self.connected = time.monotonic()
         self.queue: deque[str | bytes] = deque()
+        self._queue_topics: deque[str] = deque()
         self.maxlen = maxlen
         self.video: dict[str, bytes] = {}
         self.dropped = 0
+        self.dropped_by_topic: dict[str, int] = {}
         self.video_dropped = 0
+        self.offered = 0  # messages and frames handed to put()/put_video()
         self.sent = 0
         self._wake = asyncio.Event()
 
-    def put(self, msg: str | bytes) -> None:
+    def put(self, msg: str | bytes, topic: str = "") -> None:
+        """Queue ``msg`` (of ``topic``, for the per-topic drop count); never blocks."""
+        self.offered += 1
         if len(self.queue) >= self.maxlen:
             self.queue.popleft()
+            lost = self._queue_topics.popleft()
             self.dropped += 1
+            self.dropped_by_topic[lost] = self.dropped_by_topic.get(lost, 0) + 1
         self.queue.append(msg)
+        self._queue_topics.append(topic)
         self._wake.set()
 
     def put_video(self, stream: str, msg: bytes) -> None:
+        """Offer the newest frame of ``stream``; an unsent older one is replaced (counted)."""
+        self.offered += 1
         if stream in self.video:
             self.video_dropped += 1
         self.video[stream] = msg
@@ -601,6 +637,7 @@ class Client:
         while True:
             if self.queue:
                 self.sent += 1
+                self._queue_topics.popleft()
                 return self.queue.popleft()
             if self.video:
                 key = next(iter(self.video))
@@ -609,12 +646,20 @@ class Client:
             self._wake.clear()
             await self._wake.wait()
 
+    def stats(self) -> dict[str, Any]:
+        """This browser's counters as plain data (``/stats``, ``/metrics``, ``_bridge``)."""
+        return {"id": self.id, "peer": self.peer, "connected_s": round(time.monotonic() - self.connected, 3),
+                "queued": len(self.queue) + len(self.video), "queue_max": self.maxlen,
+                "offered": self.offered, "sent": self.sent, "dropped": self.dropped,
+                "video_dropped": self.video_dropped, "dropped_by_topic": dict(self.dropped_by_topic)}
+
 
 # --------------------------------------------------------------------------- bridge
 @dataclass(slots=True)
 class _Topic:
     last_seq: int = -1
     lost: int = 0
+    gaps: int = 0
     history: deque[tuple[int, str | bytes]] = field(default_factory=deque)
     latest: str | None = None
 
@@ -637,6 +682,9 @@ class Bridge:
         Seconds of signals/beats/segments/events replayed to a browser that connects.
     video_max_width, jpeg_quality : int
         JPEG re-encoding of video for the browser.
+    curve_secret, server_key : str, optional
+        With CurveZMQ on the engine: this bridge's ``.key_secret`` file (its public key must
+        be in the engine's allow-list) and the engine's public ``.key`` file.
 
     Examples
     --------
@@ -656,7 +704,15 @@ class Bridge:
         history_s: float = 10.0,
         video_max_width: int = 640,
         jpeg_quality: int = 70,
+        curve_secret: str | None = None,
+        server_key: str | None = None,
     ) -> None:
+        if (curve_secret is None) != (server_key is None):
+            from telediag.errors import ConfigError
+
+            raise ConfigError("CurveZMQ needs both curve_secret (the viewer's .key_secret) and server_key "
+                              f"(the engine's .key), got curve_secret={curve_secret!r} server_key={server_key!r}")
+        self.curve = (curve_secret, server_key)
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.topics = list(topics)
         self.queue_max = queue_max
@@ -665,6 +721,7 @@ class Bridge:
         self.video_max_width = video_max_width
         self.jpeg_quality = jpeg_quality
         self.clients: set[Client] = set()
+        self.departed = {"clients": 0, "dropped": 0, "video_dropped": 0, "sent": 0}
         self.received = 0
         self.bad: dict[str, int] = {}
         self.last_rx = 0.0
@@ -687,35 +744,104 @@ class Bridge:
         """Messages lost upstream (seq gaps), all topics."""
         return sum(t.lost for t in self._topics.values())
 
+    @property
+    def gaps(self) -> int:
+        """Seq gaps seen upstream, all topics."""
+        return sum(t.gaps for t in self._topics.values())
+
     def status(self) -> dict[str, Any]:
+        """Bridge counters and, under ``per_client``, every connected browser's :meth:`Client.stats`.
+
+        ``lost``/``gaps``: messages the bridge itself missed upstream (seq gaps: the engine's
+        PUB dropped them for this subscriber). ``dropped``: per browser id, messages its
+        bounded queue dropped; ``dropped_total`` also counts browsers that have left.
+        """
+        clients = sorted(self.clients, key=lambda c: c.id)
         return {
             "endpoints": self.endpoints,
             "clients": len(self.clients),
             "received": self.received,
             "lost": self.lost,
+            "gaps": self.gaps,
             "bad": dict(self.bad),
             "upstream_idle_s": round(time.monotonic() - self.last_rx, 3) if self.last_rx else None,
             "engine_idle_s": round(time.monotonic() - self.last_stats, 3) if self.last_stats else None,
             "topics": sorted(self._topics),
             "alarms_on": sorted(self._alarms),
-            "dropped": {id(c): c.dropped for c in self.clients},
+            "dropped": {str(c.id): c.dropped for c in clients},
+            "dropped_total": self.departed["dropped"] + sum(c.dropped for c in clients),
+            "video_dropped_total": self.departed["video_dropped"] + sum(c.video_dropped for c in clients),
+            "clients_total": self.departed["clients"] + len(clients),
+            "per_client": [c.stats() for c in clients],
         }
 
-    def add_client(self) -> Client:
+    def metrics_text(self) -> str:
+        """Prometheus text (format 0.0.4) of :meth:`status`: upstream losses, per-browser drops.
+
+        Examples
+        --------
+        >>> b = Bridge("tcp://127.0.0.1:5556")
+        >>> "telediag_viewer_clients 0" in b.metrics_text()
+        True
+        """
+        st = self.status()
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            out.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
+            out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+        metric("telediag_viewer_clients", "gauge", "Browsers connected", [("", st["clients"])])
+        metric("telediag_viewer_clients_total", "counter", "Browsers that ever connected", [("", st["clients_total"])])
+        metric("telediag_viewer_received_total", "counter", "Messages received from the engine", [("", st["received"])])
+        metric("telediag_viewer_upstream_lost_total", "counter",
+               "Messages the bridge missed upstream (seq gaps)", [("", st["lost"])])
+        metric("telediag_viewer_upstream_gaps_total", "counter", "Seq gaps seen upstream", [("", st["gaps"])])
+        metric("telediag_viewer_bad_messages_total", "counter", "Undecodable messages",
+               [("", sum(st["bad"].values()))])
+        metric("telediag_viewer_dropped_total", "counter",
+               "Messages dropped by browser queues (all browsers, including those that left)",
+               [("", st["dropped_total"])])
+        metric("telediag_viewer_video_dropped_total", "counter",
+               "Video frames replaced before a browser received them (all browsers)",
+               [("", st["video_dropped_total"])])
+        per = st["per_client"]
+
+        def lab(c: dict[str, Any]) -> str:
+            peer = str(c["peer"]).replace("\\", "\\\\").replace('"', '\\"')
+            return f'{{client="{c["id"]}",peer="{peer}"}}'
+
+        metric("telediag_viewer_client_dropped_total", "counter", "Messages dropped by this browser's queue",
+               [(lab(c), c["dropped"]) for c in per])
+        metric("telediag_viewer_client_video_dropped_total", "counter", "Video frames this browser missed",
+               [(lab(c), c["video_dropped"]) for c in per])
+        metric("telediag_viewer_client_sent_total", "counter", "Messages sent to this browser",
+               [(lab(c), c["sent"]) for c in per])
+        metric("telediag_viewer_client_queued", "gauge", "Messages waiting in this browser's queue",
+               [(lab(c), c["queued"]) for c in per])
+        return "\n".join(out) + "\n"
+
+    def add_client(self, peer: str = "") -> Client:
         """Register a browser; its queue starts with the hello message and the snapshot."""
-        c = Client(self.queue_max)
+        c = Client(self.queue_max, peer)
         c.put(_dumps({"kind": "_hello", "endpoints": self.endpoints, "t_ns": time.time_ns(),
-                      "history_s": self.history_ns / 1e9}))
+                      "history_s": self.history_ns / 1e9, "client": c.id}), "_hello")
         snap = self.snapshot()
-        c.put(_dumps({"kind": "_snapshot", "state": "begin", "count": len(snap)}))
+        c.put(_dumps({"kind": "_snapshot", "state": "begin", "count": len(snap)}), "_snapshot")
         for msg in snap:
-            c.put(msg)
-        c.put(_dumps({"kind": "_snapshot", "state": "end"}))
+            c.put(msg, "_snapshot")
+        c.put(_dumps({"kind": "_snapshot", "state": "end"}), "_snapshot")
         self.clients.add(c)
         return c
 
     def remove_client(self, c: Client) -> None:
-        self.clients.discard(c)
+        """Forget a browser (its counts stay in the ``*_total`` figures)."""
+        if c in self.clients:
+            self.clients.discard(c)
+            self.departed["clients"] += 1
+            self.departed["dropped"] += c.dropped
+            self.departed["video_dropped"] += c.video_dropped
+            self.departed["sent"] += c.sent
 
     def snapshot(self) -> list[str | bytes]:
         """Messages that bring a new browser up to date (see the module docstring)."""
@@ -734,6 +860,7 @@ class Bridge:
             t = self._topics[chunk.topic] = _Topic()
         if t.last_seq >= 0 and chunk.seq > t.last_seq + 1:
             t.lost += chunk.seq - t.last_seq - 1
+            t.gaps += 1
         elif t.last_seq >= 0 and chunk.seq <= t.last_seq:  # restarted publisher
             t.history.clear()
         t.last_seq = chunk.seq
@@ -883,9 +1010,10 @@ class Bridge:
         if chunk.kind == "video":
             self._video_chunk(chunk)
             return
+        topic = chunk.topic
         for msg in self.convert(chunk):
             for c in self.clients:
-                c.put(msg)
+                c.put(msg, topic)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Receive until ``stop`` is set; a status message goes to every client each second."""
@@ -893,6 +1021,11 @@ class Bridge:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        secret, server_key = self.curve
+        if secret is not None and server_key is not None:
+            from telediag.transports.security import secure_client
+
+            secure_client(sock, secret, server_key)
         for t in self.topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         for ep in self.endpoints:
@@ -925,8 +1058,11 @@ class Bridge:
         t = time.monotonic()
         idle = round(t - self.last_rx, 2) if self.last_rx else None
         stats_idle = round(t - self.last_stats, 2) if self.last_stats else None
+        dropped = {str(c.id): c.dropped for c in self.clients}
         for c in self.clients:
-            c.put(_dumps({"kind": "_bridge", "dropped": c.dropped, "video_dropped": c.video_dropped,
-                          "lost": self.lost, "bad": sum(self.bad.values()), "upstream_idle_s": idle,
-                          "engine_idle_s": stats_idle,
-                          "clients": len(self.clients), "received": self.received}))
+            c.put(_dumps({"kind": "_bridge", "client": c.id, "dropped": c.dropped, "video_dropped": c.video_dropped,
+                          "dropped_by_topic": c.dropped_by_topic, "sent": c.sent,
+                          "lost": self.lost, "gaps": self.gaps, "bad": sum(self.bad.values()),
+                          "upstream_idle_s": idle, "engine_idle_s": stats_idle,
+                          "clients": len(self.clients), "clients_dropped": dropped,
+                          "received": self.received}), "_bridge")

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-display-hz", type=float, default=500.0,
                    help="signals faster than this are min/max-decimated for display (default 500)")
     p.add_argument("--video-width", type=int, default=640, help="max width of video sent to browsers (default 640)")
+    from telediag.cli import add_curve_arguments
+
+    add_curve_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     engines = args.engine or [DEFAULT_PUBLISH]
 
     def ready(srv: ViewerServer) -> None:
-        print(f"telediag viewer: {srv.url}  (engine {', '.join(engines)}; Ctrl-C stops)", flush=True)
+        print(f"telediag viewer: {srv.url}  (engine {', '.join(engines)}; per-browser drops at {srv.url}stats "
+              f"and {srv.url}metrics; Ctrl-C stops)", flush=True)
 
     serve(engines, args.host, args.port, on_ready=ready, queue_max=args.queue,
-          max_display_hz=args.max_display_hz, video_max_width=args.video_width)
+          max_display_hz=args.max_display_hz, video_max_width=args.video_width,
+          curve_secret=args.curve_secret, server_key=args.server_key)
     print("telediag viewer: stopped", flush=True)
     return 0

@@ -6,6 +6,13 @@ Routes
 ``GET /static/...``  ``app.js``, ``style.css``.
 ``GET /ws``          the WebSocket: browser messages of :mod:`telediag.viewer.bridge`.
 ``GET /healthz``     JSON status of the bridge (clients, messages, losses, upstream idle time).
+``GET /stats``       the same plus ``per_client``: every browser's id, address, queue depth,
+                     messages sent, dropped (total and per topic) and video frames replaced.
+``GET /metrics``     the same counters as Prometheus text (``telediag_viewer_*``).
+
+A browser that stops reading never slows the bridge or the other browsers: its messages wait
+in its own bounded queue (``--queue``), the oldest are dropped and counted when it is full,
+and video is latest-frame-wins per stream.
 
 :class:`ViewerServer` runs inside an asyncio loop; :class:`ViewerThread` runs one in a
 background thread (for ``telediag demo`` and tests); :func:`serve` runs one until SIGINT/SIGTERM.
@@ -83,11 +90,21 @@ class ViewerServer:
         async def health(_: web.Request) -> web.Response:
             st = self.bridge.status()
             st.pop("dropped", None)
+            st.pop("per_client", None)
             return web.json_response(st)
+
+        async def stats(_: web.Request) -> web.Response:
+            return web.json_response(self.bridge.status())
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(text=self.bridge.metrics_text(), content_type="text/plain",
+                                headers={"X-Prometheus-Format": "0.0.4"})
 
         app.router.add_get("/", page)
         app.router.add_get("/index.html", page)
         app.router.add_get("/healthz", health)
+        app.router.add_get("/stats", stats)
+        app.router.add_get("/metrics", metrics)
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_static("/static/", root, append_version=False)
         return app
@@ -96,7 +113,8 @@ class ViewerServer:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 16, compress=False)
         await ws.prepare(request)
         self._ws.add(ws)
-        client = self.bridge.add_client()
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        client = self.bridge.add_client(f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote))
         sender = asyncio.ensure_future(self._sender(ws, client))
         try:
             async for msg in ws:  # the page sends nothing we need; keep reading for close/ping
