@@ -321,6 +321,8 @@ class AudioCapture:
         on_chunk: Callable[[Chunk], None] | None = None,
         log: Callable[[str], None] | None = None,
         linger_s: float = 30.0,
+        curve_secret: str | None = None,
+        server_key: str | None = None,
     ) -> None:
         if sample_format not in SAMPLE_FORMATS:
             raise ConfigError(f"sample_format must be one of {sorted(SAMPLE_FORMATS)}, got {sample_format!r}")
@@ -341,6 +343,10 @@ class AudioCapture:
         if not (stall_s > 0 and backoff_s[0] > 0 and backoff_s[1] >= backoff_s[0]):
             raise ConfigError(f"need stall_s > 0 and 0 < backoff_s[0] <= backoff_s[1], got {stall_s}, {backoff_s}")
         Chunk.record("event", stream, 0, 0, {})  # validates the stream id (ProtocolError) early
+        if (curve_secret is None) != (server_key is None):
+            raise ConfigError("CurveZMQ needs both --curve-secret (this client's .key_secret) and --server-key "
+                              f"(the engine's .key), got {curve_secret!r} and {server_key!r}")
+        self._curve = (curve_secret, server_key)
         self.device_spec = device
         self.connect = connect
         self.stream = stream
@@ -530,6 +536,10 @@ class AudioCapture:
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.LINGER, self._linger_ms)
+        if self._curve[0] is not None:
+            from telediag.transports.security import secure_client_if
+
+            secure_client_if(sock, *self._curve)
         sock.connect(self.connect)
         r = self._ring
         cur_epoch = -1

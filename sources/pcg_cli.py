@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <device or record>/pcg)")
+    from telediag.cli import add_curve_arguments
+
+    add_curve_arguments(p)
 
 
 def _stream_id(text: str) -> str:
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             rate_hz=args.rate, channels=args.channels, frames_per_buffer=args.frames_per_buffer,
             sample_format=args.sample_format, queue_buffers=args.queue_buffers,
             duration_s=args.duration, stall_s=args.stall_s,
+            curve_secret=args.curve_secret, server_key=args.server_key,
         )
         res = cap.run(stop)
         c = res.counters
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"telediag source pcg: {rec.name} at {rec.fs:g} Hz, {rec.duration_s:.1f} s -> {args.connect} "
           f"as pcg/{stream}, speed {args.speed}", flush=True)
     r = replay(rec, kind="pcg", stream=stream, connect=args.connect, speed=speed,
-               chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop)
+               chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
+               curve_secret=args.curve_secret, server_key=args.server_key)
     print(f"telediag source pcg: sent {r.chunks} chunks, {r.samples} samples in {r.elapsed_s:.2f} s"
           f"{' (interrupted)' if r.interrupted else ''}", flush=True)
     return 0

@@ -117,11 +117,15 @@ def replay(
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
     if curve_secret or server_key:
-        from telediag.transports.security import secure_client
+        from telediag.transports.security import secure_client_if
 
-        if not (curve_secret and server_key):
-            raise DataError("CurveZMQ needs both --curve-secret (your .key_secret) and --server-key (engine .key)")
-        secure_client(sock, curve_secret, server_key)
+        try:
+            secure_client_if(sock, curve_secret, server_key)
+        except Exception:
+            sock.close(0)
+            if own_ctx:
+                ctx.term()
+            raise
     sock.connect(connect)
     stop = stop or threading.Event()
     session = secrets.token_hex(8)

@@ -85,6 +85,8 @@ class VideoSourceOptions:
         Packets the agent queues for the engine before dropping (latest-frame-wins).
     open_timeout_s, read_timeout_s : float
         Live inputs: give up opening / reading after this long without data.
+    curve_secret, server_key : str, optional
+        CurveZMQ: this agent's ``.key_secret`` and the engine's ``.key`` (both or neither).
     """
 
     input: str
@@ -103,6 +105,8 @@ class VideoSourceOptions:
     hwm: int = 64
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
+    curve_secret: str | None = None
+    server_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.codec not in ("h264", "raw"):
@@ -119,6 +123,9 @@ class VideoSourceOptions:
             raise DataError(f"speed must be > 0 (inf for max), got {self.speed}")
         if self.hwm < 1:
             raise DataError(f"hwm must be >= 1, got {self.hwm}")
+        if (self.curve_secret is None) != (self.server_key is None):
+            raise DataError("CurveZMQ needs both --curve-secret (this client's .key_secret) and --server-key "
+                            f"(the engine's .key), got {self.curve_secret!r} and {self.server_key!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +269,10 @@ def run_video_source(
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, opts.hwm)
     sock.setsockopt(zmq.LINGER, 2000)
+    if opts.curve_secret is not None:
+        from telediag.transports.security import secure_client_if
+
+        secure_client_if(sock, opts.curve_secret, opts.server_key)
     sock.connect(opts.connect)
     session = secrets.token_hex(8)
     vst = container.streams.video[0]

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <input name>/endo)")
+    from telediag.cli import add_curve_arguments
+
+    add_curve_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         codec=args.codec, keyint=args.keyint, fps=args.fps, width=args.width, height=args.height,
         speed=parse_speed(args.speed), loop=args.loop, duration_s=args.duration, max_frames=args.frames,
         crf=args.crf, hwm=args.hwm, read_timeout_s=args.read_timeout,
+        curve_secret=args.curve_secret, server_key=args.server_key,
     )
     stop = threading.Event()
     try:

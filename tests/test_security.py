@@ -14,7 +14,7 @@ import pytest
 from telediag.client import Subscriber
 from telediag.engine.config import load_config
 from telediag.engine.runtime import Engine
-from telediag.errors import ConfigError
+from telediag.errors import ConfigError, DataError
 from telediag.sources.readers import Recording
 from telediag.sources.replay import replay
 from telediag.transports import security
@@ -181,3 +181,54 @@ def test_bytes_on_the_wire_are_not_plaintext(keys: Path, curve: bool) -> None:
     assert plaintext_seen is (not curve)
     if curve:
         assert b"CURVE" in captured[:200]  # the ZMTP greeting names the mechanism
+
+
+def _kinds_seen(sub: Subscriber, seconds: float) -> set[str]:
+    seen = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        c = sub.recv(timeout_s=0.1)
+        if c is not None and c.kind != "stats":
+            seen.add(c.topic)
+    return seen
+
+
+def test_pcg_and_video_agents_use_curve_keys(keys: Path) -> None:
+    """Every source agent takes --curve-secret/--server-key; an unknown key gets nothing in."""
+    from telediag.cli import main
+    from telediag.sources.video import VideoSourceOptions, run_video_source
+
+    demo = Path(__file__).resolve().parents[1] / "demo" / "data"
+    eng = _engine(keys)
+    try:
+        sub = Subscriber(eng.publish_endpoint, ["pcg/", "video/", "polyp/", "stats/"],
+                         curve_secret=str(keys / "viewer.key_secret"), server_key=str(keys / "engine.key"))
+        assert sub.wait_connected(10)
+        common = ["--connect", eng.ingest_endpoint, "--server-key", str(keys / "engine.key")]
+        from telediag.sources.pcg_cli import recording_of
+
+        # a lossless agent whose key is refused has no link: it waits (here until told to stop)
+        stop = threading.Event()
+        threading.Timer(1.5, stop.set).start()
+        r = replay(recording_of(str(demo / "a0001.wav")), kind="pcg", stream="intr/pcg",
+                   connect=eng.ingest_endpoint, speed=float("inf"), curve_secret=str(keys / "intruder.key_secret"),
+                   server_key=str(keys / "engine.key"), linger_s=0.2, stop=stop)
+        assert r.interrupted
+        assert main(["source", "pcg", "--wav", str(demo / "a0001.wav"), "--speed", "max", "--stream", "bed7/pcg",
+                     "--curve-secret", str(keys / "bed7.key_secret"), *common]) == 0
+        for who in ("intruder", "bed7"):  # (the agent drops what a refused link cannot take)
+            res = run_video_source(VideoSourceOptions(
+                str(demo / "endoscopy_synth.mp4"), connect=eng.ingest_endpoint, stream=f"{who}/endo",
+                speed=float("inf"), max_frames=5, curve_secret=str(keys / f"{who}.key_secret"),
+                server_key=str(keys / "engine.key")))
+            assert res.frames == 5
+        seen = _kinds_seen(sub, 4.0)
+        assert "pcg/bed7/pcg/filtered" in seen and any(t.startswith("video/bed7/endo") for t in seen)
+        assert not any("intr" in t for t in seen)
+        assert set(eng.workers[0].stats_body()["streams"]) == {"bed7/pcg"}
+        sub.close()
+        with pytest.raises(DataError, match="both"):
+            VideoSourceOptions("x.mp4", curve_secret=str(keys / "bed7.key_secret"))
+    finally:
+        eng.stop()
+        eng.join(10)

@@ -284,6 +284,19 @@ class CurveServer:
         self.auth.stop()
 
 
+def secure_client_if(sock: zmq.Socket, client_secret: str | Path | None, server_key: str | Path | None) -> None:
+    """:func:`secure_client` when both files are given, nothing when neither; one alone is an error.
+
+    What every agent's ``--curve-secret`` / ``--server-key`` pair does.
+    """
+    if client_secret is None and server_key is None:
+        return
+    if not (client_secret and server_key):
+        raise ConfigError("CurveZMQ needs both --curve-secret (this client's .key_secret) and "
+                            f"--server-key (the engine's .key), got {client_secret!r} and {server_key!r}")
+    secure_client(sock, client_secret, server_key)
+
+
 def secure_client(sock: zmq.Socket, client_secret: str | Path, server_key: str | Path) -> None:
     """Make ``sock`` a CURVE client of the server whose public key file is ``server_key``."""
     me = load_secret(client_secret)
