@@ -252,3 +252,36 @@ def test_engine_stage_labels_beats_when_classification_is_on(tmp_path) -> None: 
     assert set(ann.symbol) <= {"N", "S", "V", "F", "Q"}
     n_v_ref = sum(s == "V" for s in ref.symbol)
     assert n_v_ref > 20 and abs(sum(s == "V" for s in ann.symbol) - n_v_ref) <= 0.2 * n_v_ref
+
+
+def test_card_rr_contract_matches_builder() -> None:
+    """The shipped card, the ONNX graph and the feature builder agree on the RR inputs."""
+    import onnxruntime as ort
+
+    from telediag.models.ecg_beats.features import RR_FEATURES
+
+    card = json.loads(CARD_PATH.read_text())
+    rr = next(i for i in card["inputs"] if i["name"] == "rr")
+    assert rr["features"] == list(RR_FEATURES) and rr["shape"] == ["batch", N_RR]
+    sess = ort.InferenceSession(str(MODEL_DIR / card["file"]), providers=["CPUExecutionProvider"])
+    dims = {i.name: i.shape for i in sess.get_inputs()}
+    assert dims["rr"][1] == N_RR and dims["morph"][1:] == [2, N_MORPH]
+
+
+def test_tune_bias_recovers_a_shifted_class() -> None:
+    """Inner-CV decision offsets: a class whose logits are shifted down is shifted back up."""
+    from telediag.models.ecg_beats.train import bias_objective, confusion, tune_bias
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(5, 4000, p=[0.7, 0.1, 0.1, 0.05, 0.05])
+    logit = rng.normal(0.0, 1.0, (y.size, 5))
+    logit[np.arange(y.size), y] += 2.5
+    logit[:, 1] -= 2.0  # S under-called
+    logp = logit - np.log(np.exp(logit).sum(1, keepdims=True))
+    bias = tune_bias(logp, y)
+    assert bias[0] == 0.0 and bias[4] == 0.0  # only S, V, F are searched
+    assert 1.0 <= bias[1] <= 3.0
+    before = bias_objective(confusion(y, logp.argmax(1)))
+    assert bias_objective(confusion(y, (logp + bias).argmax(1))) > before
+    only_s = tune_bias(logp, y, classes=(1,))
+    assert np.count_nonzero(only_s) <= 1 and only_s[1] > 0

@@ -21,7 +21,9 @@ from telediag.models.ecg_beats import _feature_kernels as fk
 from telediag.models.ecg_beats.features import (
     AMP_HALF_S,
     BAND_HZ,
+    IRREG_BEATS,
     LOCAL_BEATS,
+    MEDIAN_BEATS,
     N_MORPH,
     N_RR,
     PATIENT_WINDOW_S,
@@ -72,13 +74,19 @@ def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.
             patient = vals.mean()
             local = vals[-LOCAL_BEATS:].mean()
             local_cv = vals[-LOCAL_BEATS:].std() / local
+            med = float(np.median(vals[-MEDIAN_BEATS:]))
+            irr = _reference_irregularity(vals[-IRREG_BEATS:])
+            irr[3] /= med
         else:
-            patient = local = pre
+            patient = local = med = pre
             local_cv = 0.0
+            irr = [0.0, 0.0, 0.0, 0.0]
         prev = beat
         ratios = np.array([pre / patient, post / patient, local / patient, pre / local,
                            post / pre, post / local, local_cv])
-        rr_out[k] = np.concatenate([np.clip(ratios, 0.0, 5.0), np.clip([patient, pre], 0.0, 5.0)])
+        extra = np.array([pre / med, post / med, med / patient, *irr])
+        rr_out[k] = np.concatenate([np.clip(ratios, 0.0, 5.0), np.clip([patient, pre], 0.0, 5.0),
+                                    np.clip(extra, 0.0, 5.0)])
         w = np.interp(beat + offsets * fs, grid, y)
         seg = np.interp(beat + amp_off * fs, grid, y)
         amps.append(seg.max() - seg.min())
@@ -88,6 +96,19 @@ def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.
         templates.append(w)
         morph_out[k] = np.stack([w, diff])
     return rr_out, morph_out
+
+
+def _reference_irregularity(v: np.ndarray) -> list[float]:
+    """Normalised RMSSD, pNN50, Poincare SD1/SD2 and median |successive difference| (s) of
+    the RRs ``v`` (0 with < 3 RRs)."""
+    if v.size < 3:
+        return [0.0, 0.0, 0.0, 0.0]
+    d = np.diff(v)
+    sd1_sq = d.var() / 2.0
+    sd2_sq = 2.0 * v.var() - sd1_sq
+    ratio = float(np.sqrt(sd1_sq / sd2_sq)) if sd2_sq > 1e-12 else 0.0
+    return [float(np.sqrt(np.mean(d * d)) / v.mean()), float(np.mean(np.abs(d) > 0.05)), ratio,
+            float(np.median(np.abs(d)))]
 
 
 def _synthetic(fs: float, seconds: float, seed: int, rate_s: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +165,47 @@ def test_edge_cases_equal_reference() -> None:
     flat = np.zeros(3000)  # zero amplitude: morphology is zero, no division by zero
     got = beat_features(flat, fs, np.array([500, 800, 1100]))
     assert np.all(got.morph == 0) and np.all(np.isfinite(got.rr))
+
+
+def _beats_at(rr: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    times = 0.5 + np.concatenate([[0.0], np.cumsum(rr)])
+    t = np.arange(int((times[-1] + 1.0) * fs)) / fs
+    x = np.zeros(t.size)
+    for b in times:
+        x += np.exp(-0.5 * ((t - b) / 0.012) ** 2)
+    return x, np.round(times * fs).astype(np.int64)
+
+
+def test_irregularity_features_tell_fibrillation_from_ectopy() -> None:
+    """Sinus rhythm with premature beats vs an irregularly irregular (AF-like) rhythm."""
+    fs = 360.0
+    rng = np.random.default_rng(11)
+    sinus = 0.8 * (1 + 0.02 * rng.standard_normal(120))
+    sinus[10::12] *= 0.65  # isolated premature beats with a compensatory pause
+    sinus[11::12] *= 1.3
+    af = rng.uniform(0.4, 1.1, 120)  # irregularly irregular
+    names = ("irr_rmssd", "irr_pnn50", "irr_sd1sd2", "irr_mad", "pre_med")
+    from telediag.models.ecg_beats.features import RR_FEATURES
+
+    col = {n: RR_FEATURES.index(n) for n in names}
+    fx = {}
+    for name, rr in (("sinus", sinus), ("af", af)):
+        x, b = _beats_at(rr, fs)
+        rr_ref, morph_ref = reference_features(x, fs, b)
+        f = beat_features(x, fs, b)
+        _assert_close(f, rr_ref, morph_ref)
+        fx[name] = f.rr[40:]  # after the 32-RR window has filled
+    for n in ("irr_rmssd", "irr_pnn50", "irr_mad"):
+        assert fx["af"][:, col[n]].min() > fx["sinus"][:, col[n]].max(), n
+    # Poincare SD1/SD2: about 1 for independent RRs, small for a slowly modulated sinus rhythm
+    assert 0.6 < np.median(fx["af"][:, col["irr_sd1sd2"]]) < 1.5
+    resp = 0.8 + 0.06 * np.sin(2 * np.pi * np.arange(120) / 16)  # respiratory arrhythmia
+    xr, br = _beats_at(resp, fs)
+    f = beat_features(xr, fs, br).rr[40:]
+    assert np.max(f[:, col["irr_sd1sd2"]]) < 0.5
+    # the robust median is not pulled by the ectopic beats: premature beats stand out
+    prem = fx["sinus"][:, col["pre_med"]]
+    assert prem.min() < 0.72 and np.median(prem) == pytest.approx(1.0, abs=0.03)
 
 
 @pytest.mark.data

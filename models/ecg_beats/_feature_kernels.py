@@ -144,6 +144,76 @@ def _median_sorted(s: NDArray[np.float64], count: int) -> float:
 
 
 @njit(cache=True, nogil=True)
+def _irregularity(
+    rr_v: NDArray[np.float64], head: int, count: int, cap: int, n_max: int,
+    dscr: NDArray[np.float64],
+) -> tuple[float, float, float, float]:
+    """Rhythm-irregularity indices of the last ``min(count, n_max)`` RRs of the ring.
+
+    Returns the normalised RMSSD (root mean square of successive RR differences / mean RR),
+    pNN50 (fraction of successive differences above 50 ms) and the Poincare ratio SD1/SD2
+    (SD1 = std of successive differences / sqrt 2, SD2 = sqrt(2 SDNN^2 - SD1^2)) and the
+    median absolute successive difference (s; divided by the median RR by the caller); all 0
+    with fewer than 3 RRs.  ``dscr`` is scratch of at least ``n_max`` values.  Atrial fibrillation detectors use these (Sarkar et al. 2008; Tateno &
+    Glass 2001; Brennan et al. 2001, IEEE Trans Biomed Eng 48(11):1342-1347).
+    """
+    n = min(count, n_max)
+    if n < 3:
+        return 0.0, 0.0, 0.0, 0.0
+    first = head + count - n
+    if first >= cap:
+        first -= cap
+    idx = first
+    s = 0.0
+    ss = 0.0
+    sd = 0.0
+    sdd = 0.0
+    big = 0
+    last = 0.0
+    for i in range(n):
+        v = rr_v[idx]
+        s += v
+        ss += v * v
+        if i > 0:
+            d = v - last
+            sd += d
+            sdd += d * d
+            if abs(d) > 0.05:
+                big += 1
+        last = v
+        idx += 1
+        if idx == cap:
+            idx = 0
+    # robust index: median |successive difference| / median RR (isolated ectopic beats
+    # perturb a few differences only; atrial fibrillation perturbs most)
+    nd = n - 1
+    idx = first
+    last = rr_v[idx]
+    for i in range(nd):
+        idx += 1
+        if idx == cap:
+            idx = 0
+        v = abs(rr_v[idx] - last)
+        last = rr_v[idx]
+        j = i
+        while j > 0 and dscr[j - 1] > v:
+            dscr[j] = dscr[j - 1]
+            j -= 1
+        dscr[j] = v
+    h = nd >> 1
+    mad = dscr[h] if nd & 1 else (dscr[h - 1] + dscr[h]) / 2.0
+    mean = s / n
+    var = max(ss / n - mean * mean, 0.0)
+    md = sd / nd
+    var_d = max(sdd / nd - md * md, 0.0)
+    rmssd = np.sqrt(sdd / nd) / mean if mean > 0 else 0.0
+    sd1_sq = var_d / 2.0
+    sd2_sq = 2.0 * var - sd1_sq
+    ratio = np.sqrt(sd1_sq / sd2_sq) if sd2_sq > 1e-12 else 0.0
+    return rmssd, big / nd, ratio, mad
+
+
+@njit(cache=True, nogil=True)
 def beat_rows(
     buf: NDArray[np.float64],
     buf_start: int,
@@ -154,6 +224,8 @@ def beat_rows(
     amp_offsets: NDArray[np.float64],
     window_s: float,
     local_beats: int,
+    med_beats: int,
+    irr_beats: int,
     ratio_max: float,
     rr_max_s: float,
     ctr: NDArray[np.int64],
@@ -179,8 +251,10 @@ def beat_rows(
     ctr, rr_t, rr_v, amp_ring, amp_sorted, tpl_ring, tpl_sorted
         Running state (see :class:`~telediag.models.ecg_beats.features.FeatureState`);
         ``rr_t`` / ``rr_v`` must have room for ``ctr[C_RR_COUNT] + m`` RRs.
-    rr_out : float32 (m, 9), morph_out : float32 (m, 2, n_morph)
-        Outputs.
+    med_beats, irr_beats : int
+        RRs in the running median (robust local rhythm) and in the irregularity indices.
+    rr_out : float32 (m, 16), morph_out : float32 (m, 2, n_morph)
+        Outputs (column order of :data:`~telediag.models.ecg_beats.features.RR_FEATURES`).
     """
     n_morph = offsets.size
     n_amp = amp_offsets.size
@@ -191,6 +265,9 @@ def beat_rows(
     w = np.empty(n_morph)
     seg = np.empty(n_amp)
     ratios = np.empty(7)
+    extra = np.empty(7)
+    dscr = np.empty(max(irr_beats, 1))
+    scratch = np.empty(max(med_beats, irr_beats, 1))
     rank = np.empty(n_morph, np.int64)
     for k in range(beats.size):
         beat = beats[k]
@@ -253,10 +330,37 @@ def beat_rows(
                 if idx == cap:
                     idx = 0
             local_cv = np.sqrt(var / n_loc) / local
+            # robust local rhythm: median of the last med_beats RRs (insertion sort)
+            n_med = min(count, med_beats)
+            first = head + count - n_med
+            if first >= cap:
+                first -= cap
+            idx = first
+            for i in range(n_med):
+                v = rr_v[idx]
+                j = i
+                while j > 0 and scratch[j - 1] > v:
+                    scratch[j] = scratch[j - 1]
+                    j -= 1
+                scratch[j] = v
+                idx += 1
+                if idx == cap:
+                    idx = 0
+            h = n_med >> 1
+            med = scratch[h] if n_med & 1 else (scratch[h - 1] + scratch[h]) / 2.0
+            irr_rmssd, irr_pnn, irr_sd, irr_mad = _irregularity(
+                rr_v, head, count, cap, irr_beats, dscr
+            )
+            irr_mad = irr_mad / med
         else:
             patient = pre
             local = pre
             local_cv = 0.0
+            med = pre
+            irr_rmssd = 0.0
+            irr_pnn = 0.0
+            irr_sd = 0.0
+            irr_mad = 0.0
         ctr[C_PREV] = beat
         ratios[0] = pre / patient
         ratios[1] = post / patient
@@ -269,6 +373,15 @@ def beat_rows(
             rr_out[k, i] = min(max(ratios[i], 0.0), ratio_max)
         rr_out[k, 7] = min(max(patient, 0.0), rr_max_s)
         rr_out[k, 8] = min(max(pre, 0.0), rr_max_s)
+        extra[0] = pre / med
+        extra[1] = post / med
+        extra[2] = med / patient
+        extra[3] = irr_rmssd
+        extra[4] = irr_pnn
+        extra[5] = irr_sd
+        extra[6] = irr_mad
+        for i in range(7):
+            rr_out[k, 9 + i] = min(max(extra[i], 0.0), ratio_max)
         # -- morphology window and amplitude ----------------------------------------------
         # absolute instant first, then the (exact) shift to the buffer: the rounding of the
         # fractional position must not depend on where the kept signal starts (chunking)

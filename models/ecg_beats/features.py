@@ -17,7 +17,21 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
                      irregularity: in atrial fibrillation a short RR is not a premature beat)
     ``patient_s``    patient RR in seconds (absolute rate)
     ``pre_s``        previous RR in seconds
+    ``pre_med``      previous RR / median of the last :data:`MEDIAN_BEATS` RRs (robust to
+                     ectopic beats, unlike the local mean)
+    ``post_med``     next RR / that median
+    ``med_rel``      that median / patient RR
+    ``irr_rmssd``    RMSSD of the last :data:`IRREG_BEATS` RRs / their mean
+    ``irr_pnn50``    fraction of their successive differences above 50 ms
+    ``irr_sd1sd2``   Poincare SD1/SD2 of those RRs (round cloud in atrial fibrillation,
+                     elongated in sinus rhythm; Brennan et al. 2001)
+    ``irr_mad``      median absolute successive difference of those RRs / the median RR
+                     (robust: isolated ectopic beats move few differences, AF most)
     ===============  ===================================================================
+
+    The last four are atrial-fibrillation indices (Tateno & Glass 2001; Sarkar et al.
+    2008): in AF or flutter with variable conduction a premature RR is not an SVEB, and the
+    model needs to know the rhythm is irregular over a longer window than the local mean.
 
     The *patient RR* is the running mean of the RR intervals of the last
     :data:`PATIENT_WINDOW_S` seconds (causal: only past beats and the current one), so a
@@ -51,7 +65,7 @@ The per-beat work (RR statistics, window interpolation, running amplitude median
 template median) is one Numba kernel over all beats that became ready
 (:func:`telediag.models.ecg_beats._feature_kernels.beat_rows`) with the state in ring
 buffers (:class:`FeatureState`); the medians are kept as sorted arrays updated by one
-deletion and one insertion per beat.  About 7 us per beat plus about 8 us per pushed 1 s
+deletion and one insertion per beat.  About 8 us per beat plus about 8 us per pushed 1 s
 chunk at 360 Hz (mostly the band-pass filter) on one core, against about 160 us per beat for
 the earlier pure-Python builder, whose outputs it reproduces bit for bit (the test suite
 keeps that implementation as its oracle).
@@ -62,6 +76,13 @@ de Chazal P, O'Dwyer M, Reilly RB. Automatic classification of heartbeats using 
 morphology and heartbeat interval features. IEEE Trans Biomed Eng 51(7):1196-1206, 2004.
 Mondejar-Guerra V et al. Heartbeat classification fusing temporal and morphological
 information of ECGs via ensemble of classifiers. Biomed Signal Process Control 47:41-48, 2019.
+Tateno K, Glass L. Automatic detection of atrial fibrillation using the coefficient of
+variation and density histograms of RR and deltaRR intervals. Med Biol Eng Comput
+39(6):664-671, 2001.
+Brennan M, Palaniswami M, Kamen P. Do existing measures of Poincare plot geometry reflect
+nonlinear features of heart rate variability? IEEE Trans Biomed Eng 48(11):1342-1347, 2001.
+Sarkar S, Ritscher D, Mehra R. A detector for a chronic implantable atrial tachyarrhythmia
+monitor. IEEE Trans Biomed Eng 55(3):1219-1224, 2008.
 """
 
 from __future__ import annotations
@@ -80,7 +101,9 @@ __all__ = [
     "AAMI_CLASSES",
     "AAMI_MAP",
     "BAND_HZ",
+    "IRREG_BEATS",
     "LOCAL_BEATS",
+    "MEDIAN_BEATS",
     "N_MORPH",
     "N_RR",
     "PATIENT_WINDOW_S",
@@ -113,6 +136,8 @@ N_MORPH = 96  #: samples per morphology window (about 137 samples/s)
 BAND_HZ = (0.5, 40.0)  #: band-pass edges (Hz)
 PATIENT_WINDOW_S = 300.0  #: span of the running patient-mean RR (s)
 LOCAL_BEATS = 10  #: RRs in the local mean
+MEDIAN_BEATS = 20  #: RRs in the running median RR (robust local rhythm)
+IRREG_BEATS = 32  #: RRs in the rhythm-irregularity indices (about 20-40 s)
 SCALE_BEATS = 64  #: beats in the running amplitude median
 TEMPLATE_BEATS = 32  #: beats in the running template median
 AMP_HALF_S = 0.1  #: half-width around R of the peak-to-peak amplitude (s)
@@ -126,6 +151,13 @@ RR_FEATURES: tuple[str, ...] = (
     "local_cv",
     "patient_s",
     "pre_s",
+    "pre_med",
+    "post_med",
+    "med_rel",
+    "irr_rmssd",
+    "irr_pnn50",
+    "irr_sd1sd2",
+    "irr_mad",
 )
 N_RR = len(RR_FEATURES)
 _RATIO_MAX = 5.0  # ratios are clipped to [0, _RATIO_MAX] (missed beats, pauses)
@@ -437,7 +469,7 @@ class BeatFeatureStream:
         st.reserve_rr(n_ok)
         _fk.beat_rows(
             self._buf[self._off : self._end], self._buf_start, beats, nexts, self.fs, _OFFSETS, self._amp_offsets,
-            PATIENT_WINDOW_S, LOCAL_BEATS, _RATIO_MAX, _RR_MAX_S, st.ctr, st.rr_t, st.rr_v,
+            PATIENT_WINDOW_S, LOCAL_BEATS, MEDIAN_BEATS, IRREG_BEATS, _RATIO_MAX, _RR_MAX_S, st.ctr, st.rr_t, st.rr_v,
             st.amp_ring, st.amp_sorted, st.tpl_ring, st.tpl_sorted, rr, morph,
         )
         del pend[:n_ok]

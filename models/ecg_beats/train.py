@@ -17,7 +17,7 @@ Pipeline (see ``features.py`` for the inputs):
 3. the final model is trained on all 22 records and exported (``ecg_beats.onnx``,
    ``ecg_beats.int8.onnx``) with ``card.json``.
 
-Reproduce the shipped files (about 5 minutes on 2 busy shared cores; ``--threads 1``
+Reproduce the shipped files (under a minute on 2 busy shared cores; ``--threads 1``
 keeps torch's reductions, hence the files, identical run to run)::
 
     nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
@@ -41,6 +41,9 @@ from numpy.typing import NDArray
 from telediag.models.ecg_beats.features import (
     AAMI_CLASSES,
     BAND_HZ,
+    IRREG_BEATS,
+    LOCAL_BEATS,
+    MEDIAN_BEATS,
     N_MORPH,
     N_RR,
     PATIENT_WINDOW_S,
@@ -58,7 +61,9 @@ DS1 = (
     "201 203 205 207 208 209 215 220 223 230"
 ).split()
 MATCH_S = 0.150
-VERSION = "1.1.0"
+#: identifies the feature definition stored in a ``--cache`` file (rebuilt when it differs)
+FEATURE_VERSION = "2:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}"
+VERSION = "1.2.0"
 N_CLASSES = len(AAMI_CLASSES)
 
 
@@ -129,12 +134,12 @@ def load_ds1(data: Path, cache: Path | None) -> dict[str, dict[str, Any]]:
     """All DS1 records, cached as one ``.npz`` when ``cache`` is given."""
     if cache is not None and cache.exists():
         z = np.load(cache, allow_pickle=False)
-        r0 = z[f"{DS1[0]}/rr"], z[f"{DS1[0]}/morph"]
-        if r0[0].shape[1] != N_RR or r0[1].shape[1:] != (2, N_MORPH):
-            raise SystemExit(f"{cache} was built by another feature version: delete it")
-        return {
-            r: {k: z[f"{r}/{k}"] for k in ("rr", "morph", "y", "missed", "n_ref")} for r in DS1
-        }
+        if "feature_version" in z.files and str(z["feature_version"]) == FEATURE_VERSION:
+            return {
+                r: {k: z[f"{r}/{k}"] for k in ("rr", "morph", "y", "missed", "n_ref")}
+                for r in DS1
+            }
+        print(f"{cache} was built by another feature version: rebuilding it", file=sys.stderr)
     out: dict[str, dict[str, Any]] = {}
     for r in DS1:
         out[r] = load_record(data / "mitdb" / r)
@@ -142,6 +147,7 @@ def load_ds1(data: Path, cache: Path | None) -> dict[str, dict[str, Any]]:
     if cache is not None:
         np.savez_compressed(
             cache,
+            feature_version=np.array(FEATURE_VERSION),
             **{f"{r}/{k}": v for r, d in out.items() for k, v in d.items() if k != "lead"},
         )
     return out
@@ -163,9 +169,10 @@ def _torch() -> Any:
 #: window samples (of N_MORPH over -PRE_S..POST_S) of the regions compared with the template
 _REGIONS = {"window": (0, N_MORPH), "qrs": (20, 48), "p": (0, 24)}
 N_DERIVED = 3 * len(_REGIONS)
+N_PWAVE = 2  # extra in-graph P-wave features with ``derived = 2``
 
 
-def template_features(morph: Any) -> Any:
+def template_features(morph: Any, pwave: bool = False) -> Any:
     """Beat-versus-template features computed inside the model (so in the ONNX graph).
 
     The patient template is ``morph[:, 0] - morph[:, 1]`` (channel 0 minus the difference
@@ -174,6 +181,13 @@ def template_features(morph: Any) -> Any:
     the template, log(RMS beat / RMS template) and log(RMS difference / RMS template): a
     template-matching cue for ectopic beats (cf. the morphology-correlation features of
     Krasteva & Jekova 2007 and the P-wave region of Mar et al. 2011).
+
+    With ``pwave`` two more: log of the standard deviation over the P-wave region of the
+    template, and of the beat, over the template's QRS-region standard deviation.  A clear
+    P wave in the template says the patient is in a rhythm with organised atrial activity
+    (sinus); a flat or fibrillatory P region, averaged out by the median template, suggests
+    atrial fibrillation, where a premature RR is not an SVEB (cf. the P-wave-absence cue of
+    AF detectors, e.g. Ladavich & Ghoraani 2015).
     """
     torch = _torch()
     # region means as one matmul (a few ONNX nodes, not one per slice: ORT's per-node cost
@@ -190,13 +204,24 @@ def template_features(morph: Any) -> Any:
     var_t = (mtt - mt * mt).clamp_min(0.0)
     corr = (mbt - mb * mt) / torch.sqrt(var_b * var_t + 1e-8)
     rms_t = torch.sqrt(mtt + 1e-6)
-    return torch.cat(
-        [corr, torch.log(torch.sqrt(mbb + 1e-6) / rms_t), torch.log(torch.sqrt(mdd + 1e-6) / rms_t)],
-        1,
-    )
+    out = [corr, torch.log(torch.sqrt(mbb + 1e-6) / rms_t), torch.log(torch.sqrt(mdd + 1e-6) / rms_t)]
+    if pwave:
+        qrs = list(_REGIONS).index("qrs")
+        p = list(_REGIONS).index("p")
+        sd_qrs = torch.sqrt(var_t[:, qrs : qrs + 1] + 1e-6)
+        out.append(torch.log(torch.sqrt(var_t[:, p : p + 1] + 1e-6) / sd_qrs))
+        out.append(torch.log(torch.sqrt(var_b[:, p : p + 1] + 1e-6) / sd_qrs))
+    return torch.cat(out, 1)
 
 
-def build_model(width: int = 8, arch: str = "mlp", derived: bool = True) -> Any:
+def _log_rr(rr: Any) -> Any:
+    """log of the RR features: ratios and seconds (> 0) and irregularity indices (often 0)
+    alike, ``log(max(rr, 0) + 0.05)``."""
+    torch = _torch()
+    return torch.log(rr.clamp_min(0.0) + 0.05)
+
+
+def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
     """``"cnn"``: a small 1-D CNN on the windows joined with an MLP on the RR features;
     ``"mlp"``: the windows average-pooled by 3 (2 x 32 values), the log RR features and (with
     ``derived``) the :func:`template_features` into a two-hidden-layer perceptron (``width``
@@ -210,6 +235,7 @@ def build_model(width: int = 8, arch: str = "mlp", derived: bool = True) -> Any:
             self.pool = nn.AvgPool1d(3)
             self.derived = derived
             n_in = 2 * (N_MORPH // 3) + N_RR + (N_DERIVED if derived else 0)
+            n_in += N_PWAVE if derived == 2 else 0
             self.net = nn.Sequential(
                 nn.Linear(n_in, 8 * width),
                 nn.ReLU(),
@@ -220,9 +246,9 @@ def build_model(width: int = 8, arch: str = "mlp", derived: bool = True) -> Any:
             )
 
         def logits(self, morph: Any, rr: Any) -> Any:
-            h = [self.pool(morph).flatten(1), torch.log(rr.clamp_min(0.05))]
+            h = [self.pool(morph).flatten(1), _log_rr(rr)]
             if self.derived:
-                h.append(template_features(morph))
+                h.append(template_features(morph, pwave=self.derived == 2))
             return self.net(torch.cat(h, dim=1))
 
         def forward(self, morph: Any, rr: Any) -> Any:
@@ -260,7 +286,7 @@ def build_model(width: int = 8, arch: str = "mlp", derived: bool = True) -> Any:
 
         def logits(self, morph: Any, rr: Any) -> Any:
             h = self.conv(morph).flatten(1)
-            r = self.rr(torch.log(rr.clamp_min(0.05)))
+            r = self.rr(_log_rr(rr))
             return self.head(torch.cat([h, r], dim=1))
 
         def forward(self, morph: Any, rr: Any) -> Any:
@@ -319,7 +345,8 @@ def train_model(
     max_n: int = 15000,
     rec: NDArray[np.int64] | None = None,
     record_power: float = 0.0,
-    derived: bool = True,
+    derived: int = 1,
+    class_cap: dict[str, float] | None = None,
 ) -> Any:
     """Fit one model and return it in eval mode.
 
@@ -340,6 +367,8 @@ def train_model(
     w = (counts.sum() / np.maximum(counts, 1.0) / N_CLASSES) ** weight_power
     w[0] *= n_idx.size / max(1, min(max_n, n_idx.size))  # undo the N subsampling
     w = np.minimum(w, 10.0)  # Q has a handful of beats in DS1
+    for c, cap in (class_cap or {}).items():
+        w[AAMI_CLASSES.index(c)] = min(w[AAMI_CLASSES.index(c)], cap)
     t_w = torch.tensor(w, dtype=torch.float32)
     t_sw = torch.from_numpy(
         record_weights(y, rec, record_power).astype(np.float32)
@@ -476,17 +505,103 @@ def _stack(d: dict[str, dict[str, Any]], recs: list[str]) -> tuple[Any, Any, Any
     return rr[k], mo[k], y[k], rec[k]
 
 
-def fit(a: argparse.Namespace, recs: list[str], data: dict[str, dict[str, Any]], seed: int) -> Any:
-    """Train ``a.ensemble`` models (seeds ``seed``, ``seed + 100``, ...) on ``recs``; one module."""
+def _fit_members(
+    a: argparse.Namespace, recs: list[str], data: dict[str, dict[str, Any]], seed: int
+) -> list[Any]:
     rr, mo, y, rec = _stack(data, recs)
-    return ensemble([
+    return [
         train_model(
             rr, mo, y, epochs=a.epochs, seed=seed + 100 * k, width=a.width,
             weight_power=a.weight_power, arch=a.arch, rec=rec, record_power=a.record_power,
-            derived=a.derived,
+            derived=a.derived, class_cap=_caps(a.class_cap),
         )
         for k in range(a.ensemble)
-    ])
+    ]
+
+
+#: logit offsets tried by :func:`tune_bias`
+_BIAS_GRID = np.linspace(-3.0, 3.0, 25)
+
+
+def bias_objective(cm: NDArray[np.int64]) -> float:
+    """What the logit offsets maximise: S F1 + V F1 + accuracy (the project's three targets)."""
+    m = metrics(cm)
+    return float(
+        np.nan_to_num(m["classes"]["S"]["f1"]) + np.nan_to_num(m["classes"]["V"]["f1"])
+        + m["accuracy"]
+    )
+
+
+def tune_bias(
+    logp: NDArray[np.float64], y: NDArray[np.int64], classes: tuple[int, ...] = (1, 2, 3)
+) -> NDArray[np.float64]:
+    """Per-class logit offsets maximising :func:`bias_objective` on out-of-fold predictions.
+
+    Coordinate search (two sweeps over ``classes``, default S, V, F, on :data:`_BIAS_GRID`),
+    starting at 0;
+    ``logp`` are log-probabilities of beats of records the model did not see.  The decision
+    threshold is thereby chosen by inner cross-validation on training records only.
+    """
+    bias = np.zeros(N_CLASSES)
+    best = bias_objective(confusion(y, (logp + bias).argmax(1)))
+    for _ in range(2):
+        for c in classes:
+            for v in _BIAS_GRID:
+                trial = bias.copy()
+                trial[c] = v
+                score = bias_objective(confusion(y, (logp + trial).argmax(1)))
+                if score > best + 1e-9:
+                    best, bias = score, trial
+    return bias
+
+
+def _add_bias(model: Any, bias: NDArray[np.float64]) -> None:
+    """Add ``bias`` to the output layer's bias (the logits) of ``model``."""
+    torch = _torch()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += torch.tensor(bias, dtype=last.bias.dtype)
+
+
+def fit(a: argparse.Namespace, recs: list[str], data: dict[str, dict[str, Any]], seed: int) -> Any:
+    """Train ``a.ensemble`` models (seeds ``seed``, ``seed + 100``, ...) on ``recs``; one module.
+
+    With ``a.tune_bias = K > 1`` the class logit offsets are first chosen by a K-fold
+    cross-validation by record *inside* ``recs`` (:func:`tune_bias`) and added to the
+    output layer of every member.
+    """
+    torch = _torch()
+    bias = None
+    if a.tune_bias > 1:
+        logps, ys = [], []
+        for i in range(a.tune_bias):
+            inner_test = recs[i :: a.tune_bias]
+            inner_train = [r for r in recs if r not in inner_test]
+            members = _fit_members(a, inner_train, data, seed + 7919 * (i + 1))
+            rr, mo, y, _ = _stack(data, inner_test)
+            with torch.no_grad():
+                p = ensemble(members)(torch.from_numpy(mo), torch.from_numpy(rr)).numpy()
+            logps.append(np.log(np.maximum(p, 1e-12)))
+            ys.append(y)
+        classes = tuple(AAMI_CLASSES.index(c) for c in a.tune_classes.split(","))
+        bias = tune_bias(np.concatenate(logps), np.concatenate(ys), classes)
+        print(f"  inner-CV logit offsets N S V F Q: {np.round(bias, 2).tolist()}", file=sys.stderr)
+    members = _fit_members(a, recs, data, seed)
+    if bias is not None:
+        for m in members:
+            _add_bias(m, bias)
+    return ensemble(members)
+
+
+def _caps(text: str) -> dict[str, float]:
+    """``"F=1,Q=1"`` -> ``{"F": 1.0, "Q": 1.0}`` (upper bounds on class loss weights)."""
+    out: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        c, v = item.split("=")
+        if c not in AAMI_CLASSES:
+            raise SystemExit(f"--class-cap: unknown class {c!r}, expected one of {AAMI_CLASSES}")
+        out[c] = float(v)
+    return out
 
 
 def sha256(path: Path) -> str:
@@ -507,10 +622,25 @@ def main(argv: list[str] | None = None) -> int:
         help="per-record weighting within a class (0: none, 1: every record equal)",
     )
     ap.add_argument(
-        "--derived", type=int, choices=(0, 1), default=1,
-        help="beat-vs-template features computed inside the model (1: on)",
+        "--derived", type=int, choices=(0, 1, 2), default=1,
+        help="beat-vs-template features computed inside the model (1: on, 2: + P-wave)",
     )
     ap.add_argument("--ensemble", type=int, default=1, help="models (seeds) averaged")
+    ap.add_argument(
+        "--tune-bias", type=int, default=0,
+        help="K > 1: choose class logit offsets by K-fold CV by record inside the training set",
+    )
+    ap.add_argument(
+        "--tune-classes", default="S,V,F", help="classes whose offsets --tune-bias searches"
+    )
+    ap.add_argument(
+        "--class-cap", default="",
+        help='upper bounds on class loss weights, e.g. "F=1,Q=1" (default: all capped at 10)',
+    )
+    ap.add_argument(
+        "--drop-rr", default="",
+        help="ablation: comma-separated RR feature names set to 0 in training and evaluation",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=11, help="record groups (22 = leave-one-out)")
@@ -528,7 +658,10 @@ def main(argv: list[str] | None = None) -> int:
         i8 = a.out / "ecg_beats.int8.onnx"
         for k in ("epochs", "width", "arch", "weight_power", "seed"):
             setattr(a, k, old["training"][k])
-        for k, dflt in (("record_power", 0.0), ("derived", 0), ("ensemble", 1)):
+        for k, dflt in (
+            ("record_power", 0.0), ("derived", 0), ("ensemble", 1), ("tune_bias", 0),
+            ("class_cap", ""), ("drop_rr", ""), ("tune_classes", "S,V,F"),
+        ):
             setattr(a, k, old["training"].get(k, dflt))
         write_card(a, f32, i8 if i8.exists() else None, {}, old["onnx_vs_torch_max_abs_diff"])
         return 0
@@ -537,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     data = load_ds1(a.data, a.cache)
     print(f"data ready in {time.time() - t0:.0f} s", file=sys.stderr)
+    dropped = [RR_FEATURES.index(n) for n in a.drop_rr.split(",") if n]
+    for d in data.values():
+        if dropped:
+            d["rr"] = d["rr"].copy()
+            d["rr"][:, dropped] = 0.0
     cv: dict[str, Any] = {}
     if not a.no_cv:
         tmp = Path(tempfile.mkdtemp(prefix="ecg_beats_cv_"))
@@ -572,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"fold {fi:2d} {r}: n={int(k.sum())} acc={np.trace(c32) / c32.sum():.3f} "
                     f"V F1={m['V']['f1']:.3f} S F1={m['S']['f1']:.3f} "
+                    f"S tp/ref/pred={c32[1, 1]}/{c32[1].sum()}/{c32[:, 1].sum()} "
+                    f"N->SVF={c32[0, 1]}/{c32[0, 2]}/{c32[0, 3]} "
                     f"({time.time() - t0:.0f} s)",
                     file=sys.stderr,
                 )
@@ -660,8 +800,10 @@ def write_card(
                 "features": list(RR_FEATURES),
                 "description": (
                     "RR context; ratios to the running mean RR of the last "
-                    f"{PATIENT_WINDOW_S:g} s (causal) and to the mean of the last 10 RRs; "
-                    "ratios clipped to [0, 5], seconds to [0, 5]."
+                    f"{PATIENT_WINDOW_S:g} s (causal), to the mean of the last {LOCAL_BEATS} "
+                    f"RRs and to the median of the last {MEDIAN_BEATS} RRs; rhythm-irregularity "
+                    f"indices of the last {IRREG_BEATS} RRs (normalised RMSSD, pNN50, Poincare "
+                    "SD1/SD2); all clipped to [0, 5] (seconds too)."
                 ),
             },
         ],
@@ -711,8 +853,18 @@ def write_card(
                 "log RMS ratios over the window, QRS and P regions)"
                 if a.derived else ""
             )
+            + (
+                ", 2 P-wave features in the graph (log SD of the template's and the beat's "
+                "P region over the template's QRS-region SD)"
+                if a.derived == 2 else ""
+            )
             + f"; loss weighted by class ((1/freq)^{a.weight_power}) and record "
             f"((beats of the class in the record)^-{a.record_power})"
+            + (
+                f"; class logit offsets chosen by {a.tune_bias}-fold CV by record inside the "
+                "training records (maximising S F1 + V F1 + accuracy)"
+                if a.tune_bias > 1 else ""
+            )
         ),
         "limitations": (
             "Misses the project's targets: SVEB (S) is poorly separated across patients "
@@ -730,6 +882,10 @@ def write_card(
             "record_power": a.record_power,
             "derived": a.derived,
             "ensemble": a.ensemble,
+            "tune_bias": a.tune_bias,
+            "tune_classes": a.tune_classes,
+            "class_cap": a.class_cap,
+            "drop_rr": a.drop_rr,
             "seed": a.seed,
             "torch": _torch().__version__,
         },
