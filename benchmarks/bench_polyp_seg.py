@@ -9,8 +9,11 @@ Frame: the first Kvasir-SEG validation image resized to 640x480 when the data is
 else a seeded synthetic frame (the network's cost does not depend on the content).
 ``predict`` is the whole per-frame path (validation, anti-aliased resize to 256x256, ONNX
 Runtime, bilinear upsampling of the probability map to 640x480, threshold, connected-component
-boxes); ``network`` is ONNX Runtime alone on a preprocessed input and ``preprocess`` the resize
-alone, measured in the same run so the split of the budget is visible.
+boxes) with the model card's default test-time augmentation; ``predict_tta`` times the same path
+with each TTA mode (``none``: one pass; ``h``: frame + horizontal flip as a batch of 2; ``hv``:
+batch of 3) on one thread, so the cost of TTA is measured against its peers in the same run;
+``network`` is ONNX Runtime alone on a preprocessed input (one pass) and ``preprocess`` the resize
+alone.
 ``extra_info`` holds p50/p99 in ms and frames per second (p50). The real-time target is 30 fps
 (<= 33 ms, aimed at <= 25 ms) on one core.
 """
@@ -46,8 +49,8 @@ def frame() -> np.ndarray:
     return _frame()
 
 
-def _segmenter(threads: int, frame: np.ndarray) -> PolypSegmenter:
-    seg = PolypSegmenter(threads=threads).load()
+def _segmenter(threads: int, frame: np.ndarray, tta: str | None = None) -> PolypSegmenter:
+    seg = PolypSegmenter(threads=threads, tta=tta).load()
     for _ in range(5):  # warm up ORT allocations and the cached resampling matrices
         seg.predict(frame)
     return seg
@@ -69,6 +72,15 @@ def _percentiles(benchmark: Any) -> None:
 def test_predict_640x480(benchmark: Any, frame: np.ndarray, threads: int) -> None:
     seg = _segmenter(threads, frame)
     benchmark.group = f"polyp_seg 640x480, {threads} thread(s)"
+    r = benchmark.pedantic(seg.predict, args=(frame,), rounds=100, iterations=1, warmup_rounds=3)
+    assert r.mask.shape == (480, 640)
+    _percentiles(benchmark)
+
+
+@pytest.mark.parametrize("tta", ["none", "h", "hv"])
+def test_predict_tta(benchmark: Any, frame: np.ndarray, tta: str) -> None:
+    seg = _segmenter(1, frame, tta)
+    benchmark.group = "polyp_seg 640x480, 1 thread, TTA modes"
     r = benchmark.pedantic(seg.predict, args=(frame,), rounds=100, iterations=1, warmup_rounds=3)
     assert r.mask.shape == (480, 640)
     _percentiles(benchmark)

@@ -10,7 +10,7 @@ ground truth of an image are empty, that image scores 1 (perfect agreement).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "per_image_dice_iou",
     "read_mask",
     "read_rgb",
+    "sweep_thresholds",
 ]
 
 
@@ -160,8 +161,42 @@ def evaluate_folder(
     }
 
 
+def sweep_thresholds(
+    prob: Callable[[NDArray[np.uint8]], NDArray[np.floating[Any]]],
+    folder: str | Path,
+    thresholds: Sequence[float],
+    limit: int | None = None,
+) -> dict[float, tuple[float, float]]:
+    """Mean per-image Dice/IoU of ``prob(rgb) > t`` for each threshold ``t``.
+
+    ``prob`` returns a probability map at the image's own size; it runs once per image.
+
+    Examples
+    --------
+    >>> from telediag.models.polyp_seg import PolypSegmenter
+    >>> seg = PolypSegmenter().load()
+    >>> r = sweep_thresholds(lambda x: seg.predict(x).prob_map, "validation", [0.4, 0.5])  # doctest: +SKIP
+    >>> sorted(r)  # doctest: +SKIP
+    [0.4, 0.5]
+    """
+    root = Path(folder)
+    names = sorted(p.name for p in (root / "images").iterdir() if p.is_file())
+    if not names:
+        raise DataError(f"no images in {root / 'images'}")
+    names = names[:limit] if limit is not None else names
+    ts = [float(t) for t in thresholds]
+    scores = np.zeros((len(ts), len(names), 2))
+    for i, n in enumerate(names):
+        p = np.asarray(prob(read_rgb(root / "images" / n)))
+        truth = read_mask(root / "masks" / n)
+        for k, t in enumerate(ts):
+            scores[k, i] = dice_iou(p > t, truth)
+    return {t: (float(scores[k, :, 0].mean()), float(scores[k, :, 1].mean()))
+            for k, t in enumerate(ts)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m telediag.evaluation.seg_metrics [--data DIR] [--threads N]``.
+    """``python -m telediag.evaluation.seg_metrics [--data DIR] [--threads N] [--tta M] [--threshold T]``.
 
     Scores the shipped polyp segmenter (:mod:`telediag.models.polyp_seg`) on a folder.
     """
@@ -173,10 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="../shared/data/kvasir-seg/validation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--tta", choices=("none", "h", "hv"), default=None,
+                    help="test-time flips (default: the model card's postprocess.tta)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="mask threshold (default: the model card's postprocess.threshold)")
     a = ap.parse_args(argv)
-    seg = PolypSegmenter(threads=a.threads).load()
+    seg = PolypSegmenter(threads=a.threads, tta=a.tta, threshold=a.threshold).load()
     r = evaluate_folder(lambda x: seg.predict(x).mask, a.data, a.limit)
-    print(json.dumps({"data": str(a.data), "n_images": r["n_images"], "dice": r["dice"], "iou": r["iou"]}))
+    print(json.dumps({"data": str(a.data), "n_images": r["n_images"], "tta": seg.tta,
+                      "threshold": seg.threshold, "dice": r["dice"], "iou": r["iou"]}))
     return 0
 
 
