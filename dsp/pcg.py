@@ -64,6 +64,7 @@ __all__ = [
     "design_resampler",
     "emission_features",
     "estimate_heart_rate",
+    "expected_systolic_interval",
     "heart_rate_candidates",
     "extract_frames",
     "resample",
@@ -643,11 +644,20 @@ def _peak_lag(ac: FloatArray, lo: int, hi: int) -> float:
 
 
 def _systolic_interval(ac: FloatArray, period_frames: float) -> float:
-    """Schmidt 2010: highest autocorrelation between 0.2 s and half the heart period."""
+    """Schmidt 2010: highest autocorrelation between 0.2 s and half the heart period.
+
+    When the highest value sits on an end of the search range (no S1-S2 peak inside it: the
+    autocorrelation merely decays from lag 0 or rises towards the period), the interval is
+    not measured but taken from the systole model, :func:`expected_systolic_interval`.
+    """
     s_lo = int(round(0.2 * FRAME_RATE))
     s_hi = min(int(round(period_frames / 2)), ac.shape[0] - 1)
-    if s_hi > s_lo:
-        return (s_lo + int(np.argmax(ac[s_lo : s_hi + 1]))) / FRAME_RATE
+    if s_hi > s_lo + 1:
+        k = s_lo + int(np.argmax(ac[s_lo : s_hi + 1]))
+        if s_lo < k < s_hi:
+            return k / FRAME_RATE
+        ex = expected_systolic_interval(60.0 * FRAME_RATE / period_frames)
+        return float(min(max(ex, s_lo / FRAME_RATE), 0.5 * period_frames / FRAME_RATE))
     return period_frames / 3 / FRAME_RATE
 
 
@@ -708,9 +718,12 @@ def heart_rate_candidates(
     ``params.hr_max_bpm``) is the first candidate.  It is often off by a factor of two: the
     S1-S2 lag wins at slow rates and two beats win above the range.  So the best peak near
     half its lag and the best peak at rates above the range (up to ``hr_fast_max_bpm`` in
-    ``params.extra``, default 200) are added; :func:`analyze_frames` decodes each and keeps the
-    most likely path (the HSMM's score is a proper joint log-likelihood, so the duration
-    models can be compared).
+    ``params.extra``, default 200) are added, and the best peak near twice its lag when that
+    rate is at least ``hr_double_min_bpm`` (default 40; the S1-S2 lag can win at slow rates
+    with a loud S2); candidates whose systolic interval is far longer than the systole model
+    allows (:func:`expected_systolic_interval`) are not decoded.  :func:`analyze_frames`
+    decodes each and keeps the most likely path (the HSMM's score is a proper joint
+    log-likelihood, so the duration models can be compared).
 
     Examples
     --------
@@ -738,6 +751,15 @@ def heart_rate_candidates(
     hi2 = int(round(60.0 / params.hr_max_bpm * FRAME_RATE)) - 1
     if hi2 > lag_fast:
         lags.append(_peak_lag(ac, lag_fast, hi2))
+    dbl_min = float(params.extra.get("hr_double_min_bpm", 40.0))
+    if params.extra.get("hr_double_candidate", True) and hr / 2.0 >= dbl_min:
+        # a fast main peak may be the S1-S2 lag of a slow heart: add the peak near twice
+        # its lag (not below ``hr_double_min_bpm``: such bradycardia is rare, and a
+        # halved rate is the commoner error there)
+        dbl = 2.0 * lag_main
+        lo3, hi3 = int(math.floor(dbl * 0.85)), min(int(math.ceil(dbl * 1.15)), max_lag)
+        if hi3 > lo3:
+            lags.append(_peak_lag(ac, lo3, hi3))
     for lag in lags:
         if all(abs(lag - 60.0 * FRAME_RATE / c[0]) > 0.05 * lag for c in out):
             k = int(round(lag))
@@ -838,6 +860,35 @@ def states_to_segments(
     return out
 
 
+def expected_systolic_interval(hr_bpm: float) -> float:
+    """Expected S1-onset to S2-onset interval (s) at a heart rate, from Weissler's QS2 law.
+
+    Electromechanical systole QS2 = 0.546 - 0.0021 * HR s (Weissler, Harris & Schoenfeld,
+    "Systolic time intervals in heart failure in man", Circulation 37:149-159, 1968, men;
+    women 0.549 - 0.0020 HR) minus the Q-to-S1-onset delay (about 0.04 s): systole is nearly
+    constant while diastole shrinks with the heart rate.  The linear law is used between
+    30 and 150 bpm and held constant outside.
+
+    Examples
+    --------
+    >>> round(expected_systolic_interval(60.0), 3)
+    0.38
+    """
+    return 0.546 - 0.0021 * min(max(float(hr_bpm), 30.0), 150.0) - 0.04
+
+
+def _plausible_systole(hr_bpm: float, sys_s: float, params: PCGSegParams) -> bool:
+    """Whether a heart-rate candidate's systolic interval fits the systole duration model.
+
+    A halved heart rate (two beats taken as one cycle) shows a systolic interval far longer
+    than :func:`expected_systolic_interval` (more than ``extra["systole_gate_s"]``, default
+    0.15 s); such candidates are not decoded.
+    """
+    tol = float(params.extra.get("systole_gate_s", 0.15))
+    # one-sided: the autocorrelation's systolic lag often sits at its 0.2 s search floor
+    return sys_s - expected_systolic_interval(hr_bpm) <= tol
+
+
 def _decode_best(
     log_b: FloatArray, params: PCGSegParams, candidates: list[tuple[float, float, float]],
     forced_start: int,
@@ -849,6 +900,8 @@ def _decode_best(
     best: tuple[IntArray, float, float, float] | None = None
     log_pi = np.full(4, -math.log(4.0))
     use = candidates if params.extra.get("multi_hr", True) else candidates[:1]
+    if len(use) > 1:
+        use = [c for c in use if _plausible_systole(c[0], c[1], params)] or use[:1]
     for hr, sys_s, _ in use:
         log_pd, log_surv = _duration_tables(params, hr, sys_s)
         states = np.empty(log_b.shape[0], dtype=np.int64)

@@ -6,8 +6,9 @@
   within a tolerance (default +-60 ms on the sound's centre, as in Springer et al. 2016,
   section III-B) and counts TP/FP/FN.  Only the annotated span is scored (from the first to the
   last annotated boundary) and noisy stretches are excluded for both reference and detections.
-* :func:`ecg_heart_rate` is the ECG reference heart rate (median RR of a band-passed R-peak
-  detector) for records a0001-a0100.
+* :func:`ecg_heart_rate` is the ECG reference heart rate (median RR of the project's
+  Pan-Tompkins R-peak detector) for records a0001-a0100; :func:`ecg_reference` flags it
+  reliable when an independent ECG estimate (QRS-energy autocorrelation) agrees.
 * :func:`cross_validate` trains the emission/duration model on the training folds and scores
   the held-out records: leave-one-database-out (sets a, b, c, d, f) and random record folds.
 
@@ -310,29 +311,29 @@ def load_feature_cache(
 # --------------------------------------------------------------------------------------
 # ECG reference heart rate
 # --------------------------------------------------------------------------------------
+ECG_SKIP_S = 0.5
+"""Seconds skipped at the start of the ECG: the recorder's start-up step (0 then a jump)."""
+
+
+def _ecg_body(ecg: NDArray[np.float64], fs: float) -> NDArray[np.float64]:
+    x = np.nan_to_num(np.asarray(ecg, dtype=np.float64))
+    skip = int(round(ECG_SKIP_S * fs))
+    return np.ascontiguousarray(x[skip:] if x.size > 4 * skip else x)
+
+
 def ecg_heart_rate(ecg: NDArray[np.float64], fs: float) -> float:
     """Median-RR heart rate (bpm) from an ECG lead.
 
-    Band-pass 8-30 Hz (zero phase), squared slope integrated over 80 ms, peaks at least 0.25 s
-    apart and above 30% of the median of the 2-second maxima (robust to isolated artefacts;
-    Pan & Tompkins 1985, simplified); the rate is 60 / median RR.  NaN samples are zeroed.
-    Returns NaN with fewer than 3 beats.
+    R peaks come from the project's streaming Pan-Tompkins detector
+    (:func:`telediag.dsp.qrs.detect`, validated on MIT-BIH: polarity-free peak refinement,
+    T-wave discrimination, search-back); the first :data:`ECG_SKIP_S` s (the recorder's
+    start-up step) are skipped and NaN samples zeroed.  The rate is 60 / median RR; NaN with
+    fewer than 3 beats.
     """
-    from scipy import signal
+    from telediag.dsp.qrs import detect
 
-    x = np.nan_to_num(np.asarray(ecg, dtype=np.float64))
-    sos = signal.butter(3, [8.0, 30.0], btype="bandpass", fs=fs, output="sos")
-    y = signal.sosfiltfilt(sos, x)
-    e = np.gradient(y) ** 2
-    w = max(1, int(0.08 * fs))
-    e = np.convolve(e, np.ones(w) / w, mode="same")
-    blk = int(2 * fs)
-    n_blk = e.size // blk
-    if n_blk < 1:
-        return math.nan
-    maxima = e[: n_blk * blk].reshape(n_blk, blk).max(axis=1)
-    thr = 0.3 * float(np.median(maxima))
-    pk, _ = signal.find_peaks(e, height=thr, distance=int(0.25 * fs))
+    x = _ecg_body(ecg, fs)
+    pk = detect(x, fs)
     if pk.size < 3:
         return math.nan
     return float(60.0 / np.median(np.diff(pk) / fs))
@@ -341,13 +342,13 @@ def ecg_heart_rate(ecg: NDArray[np.float64], fs: float) -> float:
 def ecg_autocorr_heart_rate(ecg: NDArray[np.float64], fs: float) -> float:
     """Heart rate (bpm) from the autocorrelation of the ECG's QRS-energy envelope.
 
-    Same band-pass and squared slope as :func:`ecg_heart_rate`, clipped at its 99th
-    percentile, resampled to 100 Hz; the period is the highest autocorrelation peak between
+    Band-pass 8-30 Hz (zero phase), squared slope integrated over 80 ms, clipped at its 99th
+    percentile, resampled to 100 Hz (start-up step skipped as in :func:`ecg_heart_rate`); the period is the highest autocorrelation peak between
     0.3 and 2 s.  A second, independent estimate used to flag unreliable ECG references.
     """
     from scipy import signal
 
-    x = np.nan_to_num(np.asarray(ecg, dtype=np.float64))
+    x = _ecg_body(ecg, fs)
     sos = signal.butter(3, [8.0, 30.0], btype="bandpass", fs=fs, output="sos")
     y = signal.sosfiltfilt(sos, x)
     e = np.gradient(y) ** 2
@@ -439,3 +440,42 @@ def cross_validate(
             print(f"  fold {name}: n={res['n_records']} S1 F1={res['s1_f1']:.4f} "
                   f"S2 F1={res['s2_f1']:.4f}", flush=True)
     return results
+
+
+def heart_rate_agreement(root: Path, tol_bpm: float = 5.0) -> dict[str, Any]:
+    """PCG heart rate (autocorrelation and decoded cycles) vs ECG median-RR, a0001-a0100."""
+    import wfdb
+
+    from telediag.dsp.pcg import analyze_signal
+    from telediag.evaluation.pcg_analyze import read_wav
+    rows = []
+    for k in range(1, 101):
+        name = f"a{k:04d}"
+        rec = wfdb.rdrecord(str(root / "training-a" / name))
+        if rec.p_signal is None or rec.p_signal.shape[1] < 2:
+            continue
+        hr_ecg, reliable = ecg_reference(rec.p_signal[:, 1], float(rec.fs))
+        x, fs = read_wav(root / "training-a" / f"{name}.wav")
+        a = analyze_signal(x, fs)
+        s1 = [s.start for s in a.segments if s.state == "S1"]
+        hr_seg = 60.0 / float(np.median(np.diff(s1))) if len(s1) >= 3 else math.nan
+        rows.append((name, hr_ecg, a.heart_rate_bpm, hr_seg, a.quality, reliable))
+    arr = np.asarray([[r[1], r[2], r[3]] for r in rows], dtype=np.float64)
+    ok_ac = np.abs(arr[:, 1] - arr[:, 0]) <= tol_bpm
+    ok_seg = np.abs(arr[:, 2] - arr[:, 0]) <= tol_bpm
+    rel = np.asarray([r[5] for r in rows], dtype=bool)
+    return {
+        "n_records": len(rows),
+        "n_reliable_ecg": int(rel.sum()),
+        "tolerance_bpm": tol_bpm,
+        "agree_hr": float(np.mean(ok_ac)),
+        "agree_segments": float(np.mean(ok_seg)),
+        "agree_hr_reliable_ecg": float(np.mean(ok_ac[rel])),
+        "agree_segments_reliable_ecg": float(np.mean(ok_seg[rel])),
+        "disagreements": [
+            {"record": r[0], "ecg": round(r[1], 1), "pcg_hr": round(r[2], 1),
+             "pcg_segments": round(r[3], 1), "quality": round(r[4], 3),
+             "ecg_reliable": r[5]}
+            for r, a, b in zip(rows, ok_ac, ok_seg, strict=True) if not (a and b)
+        ],
+    }

@@ -33,6 +33,15 @@ def mitdb(shared_data: Path) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def pcg_root(shared_data: Path) -> Path:
+    """PhysioNet/CinC 2016 (training sets a-f with the hand-corrected segmentations)."""
+    root = shared_data / "pcg2016"
+    if not (root / "annotations").is_dir():
+        pytest.skip(f"PhysioNet 2016 data not found at {root} (set TELEDIAG_DATA)")
+    return root
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import wave
 from pathlib import Path
 
@@ -21,16 +20,6 @@ from telediag.evaluation.pcg_seg import (
 )
 
 RECORDS = [("a", "a0001"), ("b", "b0002"), ("d", "d0001")]
-
-
-@pytest.fixture(scope="module")
-def pcg_root() -> Path:
-    base = Path(os.environ.get("TELEDIAG_DATA", Path(__file__).resolve().parents[1].parent
-                               / "shared" / "data"))
-    root = base / "pcg2016"
-    if not (root / "annotations").is_dir():
-        pytest.skip(f"PhysioNet 2016 data not found at {root} (set TELEDIAG_DATA)")
-    return root
 
 
 def _rec(root: Path, s: str, name: str) -> tuple[Path, Path]:

@@ -50,8 +50,9 @@ FloatArray = NDArray[np.float64]
 
 FEATURE_FS = ANALYSIS_FS
 """Analysis rate (Hz) every input is resampled to before features are computed."""
-FEATURE_VERSION = 3
-"""Bumped whenever the feature values change (invalidates training caches)."""
+FEATURE_VERSION = 4
+"""Bumped whenever the feature values change (invalidates training caches); 4: the
+segmentation of issue 5 (systole model, tighter duration spreads)."""
 MIN_DURATION_S = 2.0
 """Shortest accepted recording (s): at least ~2 heart cycles at 60 bpm."""
 SILENCE_RMS = 1e-6

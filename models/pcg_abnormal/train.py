@@ -633,7 +633,9 @@ Fit on the training data itself (optimistic, for reference only): Se {tr_se:.3f}
 Sp {tr_sp:.3f}, MAcc {tr_macc:.3f}.
 
 ## What was tried (`benchmarks/pcg_classifier_cv.py --variants`)
-Pooled MAcc, leave-one-set-out / stratified 5-fold: shipped MLP ensemble 0.578 / 0.811;
+Pooled MAcc, leave-one-set-out / stratified 5-fold, on the version-3 features (segmentation
+before issue 5; the shipped model on version-4 features scores the tables above):
+shipped MLP ensemble 0.578 / 0.811;
 MLP with (set, class)-balanced weights 0.569 / 0.803; smaller, more regularised MLP
 0.607 / 0.779; MLP on device-invariant features only (timing, amplitude ratios,
 systole/S1 and diastole/S2 band ratios) 0.614 / 0.773; logistic regression l2=0.1
@@ -642,7 +644,12 @@ systole/S1 and diastole/S2 band ratios) 0.614 / 0.773; logistic regression l2=0.
 0.656 / 0.738, timing+amplitude features only 0.535 / 0.702; gradient boosting
 (scikit-learn HistGradientBoosting, not shipped) 0.472 / 0.802.  The MLP was kept for the
 best random-split figure; the leave-one-set-out differences between variants (0.53-0.66)
-are within the noise of the small sets c (31 recordings) and d (55).
+are within the noise of the small sets c (31 recordings) and d (55).  Issue 5 (scikit-learn,
+version-3 features, leave-one-set-out pooled / fold-mean MAcc): logistic regression C=0.1 on
+device-invariant features 0.687 / 0.593; per-database robust standardisation of the features
+(transductive: uses the held-out set's unlabelled statistics) 0.548 / 0.651; per-database
+rank transform 0.562 / 0.670; random forest 0.49 / 0.63.  None approaches the 0.85 target,
+so the shipped model was only re-fitted on the new segmentation's features.
 
 ## Limitations
 * Leave-one-database-out accuracy is far below the random-split figure: the sets differ in
