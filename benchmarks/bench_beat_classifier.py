@@ -88,6 +88,21 @@ def test_features(benchmark) -> None:  # type: ignore[no-untyped-def]
         benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / b.size * 1e6
 
 
+def test_features_two_leads(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The same with a second lead (channels 2-3 of ``morph``; the shipped model ignores them):
+    the peer of :func:`test_features`, about twice its cost."""
+    from telediag.dsp.qrs import detect
+
+    x, fs = _signal()
+    x = x[: int(120 * fs)]
+    two = np.stack([x, 0.5 * np.roll(x, 5)], axis=1)
+    b = detect(x, fs)
+    beat_features(two, fs, b)  # warm Numba
+    benchmark.pedantic(lambda: beat_features(two, fs, b), rounds=5, iterations=1)
+    if benchmark.stats is not None:
+        benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / b.size * 1e6
+
+
 def test_features_streaming_1s_chunks(benchmark) -> None:  # type: ignore[no-untyped-def]
     """The streaming builder as an engine stage drives it: 1 s chunks, beats ~0.4 s late."""
     from telediag.dsp.qrs import detect

@@ -104,8 +104,11 @@ def test_stream_delay_one_beat() -> None:
 
 def test_stream_rejects_bad_input() -> None:
     s = BeatFeatureStream(360.0)
-    with pytest.raises(ModelError, match="1-D"):
-        s.push(np.zeros((10, 2)))
+    with pytest.raises(ModelError, match="one or two leads"):
+        s.push(np.zeros((10, 3)))
+    with pytest.raises(ModelError, match="non-finite"):
+        s.push(np.full((10, 2), np.nan))
+    assert s.n_leads is None  # a rejected push does not fix the lead count
     with pytest.raises(ModelError, match="beyond"):
         s.push(np.zeros(100), [150])
     s.push(np.zeros(100), [50])
@@ -252,6 +255,67 @@ def test_engine_stage_labels_beats_when_classification_is_on(tmp_path) -> None: 
     assert set(ann.symbol) <= {"N", "S", "V", "F", "Q"}
     n_v_ref = sum(s == "V" for s in ref.symbol)
     assert n_v_ref > 20 and abs(sum(s == "V" for s in ann.symbol) - n_v_ref) <= 0.2 * n_v_ref
+
+
+def test_two_lead_features_are_accepted_and_the_second_lead_is_ignored() -> None:
+    """Offline and streaming builders take (n, 2); the one-lead model reads channels 0-1."""
+    clf = BeatClassifier.load()
+    fs = 360.0
+    x, b = _synthetic(fs, 30.0, seed=5)
+    two = np.stack([x, 0.5 * np.roll(x, 7)], axis=1)
+    f1 = clf.features(x, fs, b)
+    f2 = clf.features(two, fs, b)
+    assert f1.morph.shape[1] == 2 and f2.morph.shape[1] == 4
+    np.testing.assert_array_equal(f2.morph[:, :2], f1.morph)
+    np.testing.assert_array_equal(f2.rr, f1.rr)
+    np.testing.assert_array_equal(clf.classify(f2)[1], clf.classify(f1)[1])
+    state = clf.stream(fs)
+    half = x.size // 2
+    got = BeatFeatures.concat([
+        clf.features(two[:half], fs, b[b < half - 200], rr_state=state),
+        clf.features(two[half:], fs, b[b >= half - 200], rr_state=state),
+        state.finish(),
+    ])
+    np.testing.assert_array_equal(got.morph, f2.morph)
+    with pytest.raises(ModelError, match="channels"):
+        clf.classify(BeatFeatures(f1.beats, f1.rr, np.ascontiguousarray(f1.morph[:, :1])))
+
+
+def test_shipped_model_merges_fusion_into_normal() -> None:
+    """The card's decision rule (F merged into N, chosen by record CV) is in the graph."""
+    card = json.loads(CARD_PATH.read_text())
+    rule = card["decision"]
+    assert rule["f_into"] == "N" and rule["f_min"] == 1.0
+    rng = np.random.default_rng(0)
+    morph = rng.standard_normal((400, 2, N_MORPH)).astype(np.float32)
+    rr = rng.uniform(0.3, 2.0, (400, N_RR)).astype(np.float32)
+    labels, probs = BeatClassifier.load().classify(BeatFeatures(np.arange(400), rr, morph))
+    assert np.all(probs[:, AAMI_CLASSES.index("F")] == 0) and "F" not in {AAMI_CLASSES[i] for i in labels}
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_f_gate_matches_its_numpy_twin() -> None:
+    """The exported F gate (torch) and the CV table's NumPy version give the same labels."""
+    torch = pytest.importorskip("torch")  # the 'train' extra
+    from telediag.models.ecg_beats.train import apply_f_gate, f_gate
+
+    rng = np.random.default_rng(1)
+    logits = torch.from_numpy(rng.normal(0, 2, (2000, 5)).astype(np.float32))
+
+    class Fixed(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def forward(self, morph: object, rr: object) -> object:
+            return torch.softmax(logits, dim=1)
+
+    p = torch.softmax(logits, dim=1).numpy()
+    for into in ("next", "N", "V"):
+        for t in (0.0, 0.5, 1.0):
+            q = f_gate(Fixed(), t, into)(None, None).detach().numpy()
+            np.testing.assert_array_equal(q.argmax(1), apply_f_gate(p, t, into))
+            np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+            if t == 1.0:
+                assert np.all(q[:, 3] == 0)
+    merged = f_gate(Fixed(), 1.0, "N")(None, None).detach().numpy()
+    np.testing.assert_allclose(merged[:, 0], p[:, 0] + p[:, 3], rtol=1e-5)
 
 
 def test_card_rr_contract_matches_builder() -> None:

@@ -17,6 +17,7 @@ from scipy import signal as sps
 
 from telediag.dsp.design import ecg_bandpass
 from telediag.dsp.qrs import detect
+from telediag.errors import ModelError
 from telediag.models.ecg_beats import _feature_kernels as fk
 from telediag.models.ecg_beats.features import (
     AMP_HALF_S,
@@ -129,9 +130,15 @@ def _synthetic(fs: float, seconds: float, seed: int, rate_s: float = 0.8) -> tup
     return x, np.round(times * fs).astype(np.int64)
 
 
-def _assert_close(got: BeatFeatures, rr: np.ndarray, morph: np.ndarray) -> None:
+def _assert_close(got: BeatFeatures, rr: np.ndarray, morph: np.ndarray, morph2: np.ndarray | None = None) -> None:
+    """Single lead: channels 0-1 equal the oracle and 2-3 are zero; two leads: 2-3 equal the
+    oracle run on the second lead (with the same beats)."""
     np.testing.assert_allclose(got.rr, rr, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.morph, morph, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.morph[:, :2], morph, rtol=1e-5, atol=1e-6)
+    if morph2 is None:
+        assert np.all(got.morph[:, 2:] == 0)
+    else:
+        np.testing.assert_allclose(got.morph[:, 2:], morph2, rtol=1e-5, atol=1e-6)
 
 
 # -- against the oracle ------------------------------------------------------------------------
@@ -146,6 +153,17 @@ def test_features_equal_reference(fs: float, seconds: float, seed: int, rate_s: 
     assert b.size > 20
     rr, morph = reference_features(x, fs, b)
     _assert_close(beat_features(x, fs, b), rr, morph)
+
+
+@pytest.mark.parametrize(("fs", "seed"), [(360.0, 0), (250.0, 4)])
+def test_two_lead_features_equal_reference(fs: float, seed: int) -> None:
+    """The second lead is windowed at the detection lead's beats, with its own scale/template."""
+    x, b = _synthetic(fs, 90.0, seed)
+    x2, _ = _synthetic(fs, 90.0, seed + 100)  # another morphology (beats elsewhere)
+    x2 = -0.5 * x + 0.3 * x2
+    rr, morph = reference_features(x, fs, b)
+    _, morph2 = reference_features(x2, fs, b)
+    _assert_close(beat_features(np.stack([x, x2], axis=1), fs, b), rr, morph, morph2)
 
 
 def test_rr_ring_grows_beyond_initial_capacity() -> None:
@@ -218,15 +236,21 @@ def test_features_equal_reference_on_mitdb(mitdb: Path, record: str) -> None:
     lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
     x = rec.p_signal[:, lead].astype(np.float64)
     b = detect(x, float(rec.fs))
+    x2 = rec.p_signal[:, 1 - lead].astype(np.float64)
     rr, morph = reference_features(x, float(rec.fs), b)
-    _assert_close(beat_features(x, float(rec.fs), b), rr, morph)
+    _, morph2 = reference_features(x2, float(rec.fs), b)
+    _assert_close(beat_features(np.stack([x, x2], axis=1), float(rec.fs), b), rr, morph, morph2)
 
 
 # -- chunk invariance -------------------------------------------------------------------------
-@pytest.mark.parametrize(("seed", "max_chunk"), [(0, 2), (1, 50), (2, 400), (3, 5000)])
-def test_any_chunking_gives_identical_features(seed: int, max_chunk: int) -> None:
+@pytest.mark.parametrize(("seed", "max_chunk", "leads"), [
+    (0, 2, 1), (1, 50, 1), (2, 400, 1), (3, 5000, 1), (4, 3, 2), (5, 300, 2), (6, 5000, 2),
+])
+def test_any_chunking_gives_identical_features(seed: int, max_chunk: int, leads: int) -> None:
     fs = 360.0
-    x, b = _synthetic(fs, 90.0 if max_chunk > 2 else 25.0, seed)
+    x, b = _synthetic(fs, 90.0 if max_chunk > 3 else 25.0, seed)
+    if leads == 2:
+        x = np.stack([x, 0.7 * np.roll(x, 9) + 0.1], axis=1)
     whole = beat_features(x, fs, b)
     rng = np.random.default_rng(seed)
     s = BeatFeatureStream(fs)
@@ -237,7 +261,7 @@ def test_any_chunking_gives_identical_features(seed: int, max_chunk: int) -> Non
         k = given + int(np.searchsorted(b[given:], end - delay))
         parts.append(s.push(x[pos:end], b[given:k]))
         given, pos = k, end
-    parts.append(s.push(np.empty(0), b[given:]))
+    parts.append(s.push(np.empty((0, leads)) if leads == 2 else np.empty(0), b[given:]))
     parts.append(s.finish())
     got = BeatFeatures.concat(parts)
     np.testing.assert_array_equal(got.beats, whole.beats)
@@ -252,6 +276,28 @@ def test_strided_and_list_inputs_are_accepted() -> None:
     s = BeatFeatureStream(fs)
     got = BeatFeatures.concat([s.push(two[:, 0], b.tolist()), s.finish()])
     np.testing.assert_array_equal(got.morph, beat_features(x, fs, b).morph)
+    s2 = BeatFeatureStream(fs)  # both strided columns as one (n, 2) array
+    got2 = BeatFeatures.concat([s2.push(two[:, ::-1], b.tolist()), s2.finish()])
+    np.testing.assert_array_equal(got2.morph, beat_features(np.stack([-x, x], axis=1), fs, b).morph)
+
+
+def test_lead_count_is_fixed_by_the_first_push() -> None:
+    fs = 360.0
+    x, b = _synthetic(fs, 10.0, 8)
+    s = BeatFeatureStream(fs)
+    assert s.n_leads is None
+    s.push(np.empty(0))  # no samples: still undecided
+    s.push(np.stack([x[:500], x[:500]], axis=1), b[b < 400])
+    assert s.n_leads == 2
+    with pytest.raises(ModelError, match="2 lead"):
+        s.push(x[500:600])
+    with pytest.raises(ModelError, match=r"shape \(n,\) or \(n, 2\)"):
+        BeatFeatureStream(fs).push(np.zeros((10, 3)))
+    with pytest.raises(ModelError, match="n_leads"):
+        BeatFeatureStream(fs, n_leads=3)
+    one = BeatFeatureStream(fs, n_leads=1)
+    with pytest.raises(ModelError, match="1 lead"):
+        one.push(np.zeros((10, 2)))
 
 
 # -- kernel building blocks -----------------------------------------------------------------------

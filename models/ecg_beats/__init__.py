@@ -1,5 +1,9 @@
 """ECG beat classifier: AAMI EC57 classes N, S, V, F, Q from one lead (see README.md).
 
+The feature builder also takes two leads (``(n, 2)``: the detection lead first); the shipped
+model reads the detection lead's channels only (the second lead did not help in cross-
+validation), so :meth:`BeatClassifier.classify` ignores the extra channels.
+
 Offline use::
 
     clf = BeatClassifier.load()                      # or variant="int8"
@@ -73,6 +77,8 @@ class BeatClassifier:
                 f"{names} -> {list(model.output_names)}"
             )
         self.model = model
+        shape = model.inputs[0].shape
+        self.morph_channels = int(shape[1]) if len(shape) == 3 and shape[1] else 2
 
     @classmethod
     def load(
@@ -116,7 +122,8 @@ class BeatClassifier:
         beats: ArrayLike,
         rr_state: BeatFeatureStream | None = None,
     ) -> BeatFeatures:
-        """Model inputs for beats of one lead (MLII or the closest limb lead, mV).
+        """Model inputs for beats of one lead (MLII or the closest limb lead, mV), or two
+        (shape ``(n, 2)``, that lead first; the second adds morphology channels 2-3).
 
         Without ``rr_state`` the whole record is processed (every beat is returned). With a
         :class:`BeatFeatureStream`, ``signal`` is the next chunk and ``beats`` the beats newly
@@ -130,8 +137,21 @@ class BeatClassifier:
         return rr_state.push(signal, beats)
 
     def classify(self, features: BeatFeatures) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Class indices (into :data:`AAMI_CLASSES`) and probabilities, shape (n, 5)."""
+        """Class indices (into :data:`AAMI_CLASSES`) and probabilities, shape (n, 5).
+
+        Morphology channels beyond the model's (a second lead for a one-lead model) are
+        ignored; fewer than the model's raise :class:`~telediag.errors.ModelError`.
+        """
         if len(features) == 0:
             return np.empty(0, np.int64), np.empty((0, len(AAMI_CLASSES)), np.float32)
-        probs: Any = self.model.run(features.inputs())["probs"]
+        inputs = features.inputs()
+        n_ch = inputs["morph"].shape[1] if inputs["morph"].ndim == 3 else -1
+        if n_ch < self.morph_channels:
+            raise ModelError(
+                f"morph must have {self.morph_channels} channels (or more), got shape "
+                f"{inputs['morph'].shape}"
+            )
+        if n_ch > self.morph_channels:
+            inputs["morph"] = np.ascontiguousarray(inputs["morph"][:, : self.morph_channels])
+        probs: Any = self.model.run(inputs)["probs"]
         return np.asarray(probs.argmax(axis=1), np.int64), np.asarray(probs, np.float32)

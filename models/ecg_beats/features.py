@@ -37,15 +37,22 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
     :data:`PATIENT_WINDOW_S` seconds (causal: only past beats and the current one), so a
     streaming engine computes exactly what training saw.
 
-``morph`` (float32, shape ``(2, N_MORPH)``)
-    The lead (MLII, or the limb lead closest to it) band-passed 0.5-40 Hz with the *causal*
+``morph`` (float32, shape ``(2 * n_leads, N_MORPH)``)
+    :data:`MORPH_CHANNELS` = 2 channels per lead: channels 0-1 come from the detection lead;
+    fed two leads, the builder adds channels 2-3 from the second lead (V1 in most MIT-BIH
+    records), built the same way and independently (own amplitude scale and template), at
+    the detection lead's beats.  Two-lead morphology is what the inter-patient classifiers of
+    de Chazal et al. (2004), Llamedo & Martinez (2011) and Mar et al. (2011) use; in our record
+    cross-validation it did not help (see the model card), so the shipped model reads
+    channels 0-1 only and :class:`~telediag.models.ecg_beats.BeatClassifier` ignores 2-3.
+    Each lead is band-passed 0.5-40 Hz with the *causal*
     Butterworth of :func:`telediag.dsp.design.ecg_bandpass` (started at steady state), sampled
     by linear interpolation at :data:`N_MORPH` instants from :data:`PRE_S` before to
-    :data:`POST_S` after the R peak, so every sample rate gives the same array.  Channel 0 is
+    :data:`POST_S` after the R peak, so every sample rate gives the same array.  Channel 0 (2) is
     that window divided by the patient amplitude (running median of the beats' peak-to-peak
     amplitude over the last :data:`SCALE_BEATS` beats); channel 1 is channel 0 minus the
     patient template (element-wise median of the previous :data:`TEMPLATE_BEATS` channel-0
-    windows; zero for the first beat).  Both normalisations remove most of the
+    windows; zero for the first beat); channel 1 (3).  Both normalisations remove most of the
     between-patient variation of gain and QRS shape.
 
 Delay
@@ -74,6 +81,10 @@ References
 ----------
 de Chazal P, O'Dwyer M, Reilly RB. Automatic classification of heartbeats using ECG
 morphology and heartbeat interval features. IEEE Trans Biomed Eng 51(7):1196-1206, 2004.
+Llamedo M, Martinez JP. Heartbeat classification using feature selection driven by
+database generalization criteria. IEEE Trans Biomed Eng 58(3):616-625, 2011.
+Mar T et al. Optimization of ECG classification by means of feature selection. IEEE Trans
+Biomed Eng 58(8):2168-2177, 2011.
 Mondejar-Guerra V et al. Heartbeat classification fusing temporal and morphological
 information of ECGs via ensemble of classifiers. Biomed Signal Process Control 47:41-48, 2019.
 Tateno K, Glass L. Automatic detection of atrial fibrillation using the coefficient of
@@ -105,6 +116,7 @@ __all__ = [
     "LOCAL_BEATS",
     "MEDIAN_BEATS",
     "N_MORPH",
+    "MORPH_CHANNELS",
     "N_RR",
     "PATIENT_WINDOW_S",
     "POST_S",
@@ -133,6 +145,7 @@ AAMI_MAP: dict[str, int] = {
 PRE_S = 0.25  #: window start before the R peak (s)
 POST_S = 0.45  #: window end after the R peak (s)
 N_MORPH = 96  #: samples per morphology window (about 137 samples/s)
+MORPH_CHANNELS = 2  #: morphology channels per lead: beat and beat-minus-template
 BAND_HZ = (0.5, 40.0)  #: band-pass edges (Hz)
 PATIENT_WINDOW_S = 300.0  #: span of the running patient-mean RR (s)
 LOCAL_BEATS = 10  #: RRs in the local mean
@@ -189,8 +202,8 @@ class BeatFeatures:
         R-peak sample indices (absolute, in the stream's samples).
     rr : numpy.ndarray of float32, shape (n, N_RR)
         RR context (see :data:`RR_FEATURES`).
-    morph : numpy.ndarray of float32, shape (n, 2, N_MORPH)
-        Normalised morphology windows.
+    morph : numpy.ndarray of float32, shape (n, 2 * n_leads, N_MORPH)
+        Normalised morphology windows (channels 2-3: the second lead, when given).
     """
 
     beats: IntArray
@@ -205,12 +218,12 @@ class BeatFeatures:
         return {"morph": self.morph, "rr": self.rr}
 
     @staticmethod
-    def empty() -> BeatFeatures:
-        """No beats."""
+    def empty(n_leads: int = 1) -> BeatFeatures:
+        """No beats (``n_leads`` sets the morphology channels)."""
         return BeatFeatures(
             np.empty(0, np.int64),
             np.empty((0, N_RR), np.float32),
-            np.empty((0, 2, N_MORPH), np.float32),
+            np.empty((0, MORPH_CHANNELS * n_leads, N_MORPH), np.float32),
         )
 
     @staticmethod
@@ -293,12 +306,16 @@ class FeatureState:
 
 
 class BeatFeatureStream:
-    """Streaming feature builder for one ECG lead: feed samples and detected beats in chunks.
+    """Streaming feature builder for one ECG stream: feed samples and detected beats in chunks.
 
     Parameters
     ----------
     fs : float
         Sample rate in Hz (> 2 x 40 Hz).
+    n_leads : {1, 2} or None
+        Leads per pushed sample: 1 (``push`` takes shape ``(n,)``; 2 morphology channels) or 2
+        (shape ``(n, 2)``: the detection lead first, then the second lead; 4 channels).
+        ``None``: fixed by the first push that carries samples.
     keep_s : float
         Seconds of filtered signal kept behind the newest sample; a beat reported later than
         ``keep_s - PRE_S`` seconds after its R peak cannot be windowed (the QRS detector's
@@ -326,20 +343,28 @@ class BeatFeatureStream:
     12
     """
 
-    def __init__(self, fs: float, *, keep_s: float = 3.0) -> None:
+    def __init__(self, fs: float, *, keep_s: float = 3.0, n_leads: int | None = None) -> None:
         if not isinstance(fs, int | float | np.integer | np.floating) or not np.isfinite(fs):
             raise ModelError(f"fs must be a finite number, got {fs!r}")
         if fs <= 2 * BAND_HZ[1]:
             raise ModelError(f"fs must be above {2 * BAND_HZ[1]:g} Hz, got {fs!r}")
         if not keep_s > PRE_S + POST_S:
             raise ModelError(f"keep_s must exceed {PRE_S + POST_S:g} s, got {keep_s!r}")
+        if n_leads not in (None, 1, 2):
+            raise ModelError(f"n_leads must be 1, 2 or None, got {n_leads!r}")
         self.fs = float(fs)
-        self._filter = SosFilter(ecg_bandpass(self.fs, *BAND_HZ), 1, zi="steady")
+        self._n_leads = n_leads
+        sos = ecg_bandpass(self.fs, *BAND_HZ)
+        self._filter = SosFilter(sos, 1, zi="steady")
+        # the second lead: its own filter, kept signal and amplitude/template state (its RR
+        # part is recomputed and discarded: the same beats give the same RR features)
+        self._filter2 = SosFilter(sos, 1, zi="steady")
         self._keep = int(np.ceil(keep_s * self.fs))
         self._pre = int(np.ceil(PRE_S * self.fs)) + 2
         self._post = int(np.ceil(POST_S * self.fs)) + 2
         self._amp_half = max(1, int(round(AMP_HALF_S * self.fs)))
         self._buf = np.empty(4 * self._keep)  # kept signal is _buf[_off:_end]
+        self._buf2 = np.empty(0)  # second lead, same layout (allocated with 2 leads)
         self._off = 0
         self._end = 0
         self._buf_start = 0  # absolute index of _buf[_off]
@@ -347,12 +372,18 @@ class BeatFeatureStream:
         self._amp_offsets = np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * self._amp_half + 1)
         self._pending: list[int] = []
         self._state = FeatureState()
+        self._state2 = FeatureState()
         self._finished = False
 
     @property
     def samples_seen(self) -> int:
         """Samples consumed so far."""
         return self._n_seen
+
+    @property
+    def n_leads(self) -> int | None:
+        """Leads per sample (1 or 2), ``None`` until the first push with samples."""
+        return self._n_leads
 
     @property
     def pending(self) -> tuple[int, ...]:
@@ -364,8 +395,9 @@ class BeatFeatureStream:
 
         Parameters
         ----------
-        x : array_like, shape (n_samples,)
-            Next samples of the lead (mV), in order.
+        x : array_like, shape (n_samples,) or (n_samples, 2)
+            Next samples (mV), in order: one lead (MLII or the closest limb lead), or two
+            (that lead first, then the second lead, e.g. V1).
         beats : array_like of int
             New R-peak sample indices (absolute, increasing, after every beat given before,
             and below ``samples_seen`` after this call).
@@ -378,15 +410,26 @@ class BeatFeatureStream:
         Raises
         ------
         telediag.errors.ModelError
-            Non-1-D or non-finite samples, beats out of order, in the future or too old.
+            Samples of the wrong shape (or a lead count other than the stream's) or
+            non-finite, beats out of order, in the future or too old.
         """
         if self._finished:
             raise ModelError("push after finish(): create a new BeatFeatureStream")
         xs = np.ascontiguousarray(x, dtype=np.float64)
-        if xs.ndim != 1:
-            raise ModelError(f"x must be 1-D (one lead), got shape {xs.shape}")
+        if xs.ndim == 2 and xs.shape[1] == 1:
+            xs = xs[:, 0]
+        if xs.ndim == 1:
+            leads = 1
+        elif xs.ndim == 2 and xs.shape[1] == 2:
+            leads = 2
+        else:
+            raise ModelError(f"x must have shape (n,) or (n, 2) (one or two leads), got {xs.shape}")
         n = xs.shape[0]
-        if n and not _fk.all_finite(xs):
+        if n and self._n_leads is not None and leads != self._n_leads:
+            raise ModelError(
+                f"x must carry {self._n_leads} lead(s) like the earlier pushes, got shape {xs.shape}"
+            )
+        if n and not _fk.all_finite(xs.reshape(-1)):
             raise ModelError("x contains non-finite samples; gap-fill before feature extraction")
         end = self._n_seen + n
         if type(beats) is np.ndarray and beats.dtype == np.int64 and beats.ndim == 1:
@@ -405,8 +448,17 @@ class BeatFeatureStream:
                     f"signal (sample {self._buf_start}); raise keep_s"
                 )
             self._pending.extend(b.tolist())
+        if n and self._n_leads is None:  # the first samples fix the lead count
+            self._n_leads = leads
+            if leads == 2:
+                self._buf2 = np.empty(self._buf.size)
         if n:
-            self._append(self._filter.process(xs.reshape(n, 1)))
+            if leads == 2:
+                self._append(
+                    self._filter.process(xs[:, :1]), self._filter2.process(xs[:, 1:])
+                )
+            else:
+                self._append(self._filter.process(xs.reshape(n, 1)), None)
             self._n_seen = end
         out = self._emit(final=False)
         self._trim()
@@ -415,25 +467,31 @@ class BeatFeatureStream:
     def finish(self) -> BeatFeatures:
         """End of stream: emit every pending beat (the last one with next RR := previous RR)."""
         if self._finished:
-            return BeatFeatures.empty()
+            return BeatFeatures.empty(self._n_leads or 1)
         self._finished = True
         return self._emit(final=True)
 
     # -- internals -------------------------------------------------------------------------
-    def _append(self, y: NDArray[np.float64]) -> None:
-        """Append filtered samples (n, 1) to the kept signal, compacting/growing as needed."""
+    def _append(self, y: NDArray[np.float64], y2: NDArray[np.float64] | None) -> None:
+        """Append filtered samples (n, 1) of the lead(s) to the kept signal, compacting/growing
+        as needed (both leads share the layout)."""
         n = y.shape[0]
         if self._end + n > self._buf.size:
             kept = self._end - self._off
-            if kept + n > self._buf.size // 2:  # grow: amortised O(1) per sample
-                new = np.empty(max(2 * self._buf.size, 2 * (kept + n)))
-            else:
-                new = self._buf
+            grow = kept + n > self._buf.size // 2  # grow: amortised O(1) per sample
+            size = max(2 * self._buf.size, 2 * (kept + n)) if grow else self._buf.size
+            new = np.empty(size) if grow else self._buf
             new[:kept] = self._buf[self._off : self._end]
             self._buf = new
+            if y2 is not None:
+                new2 = np.empty(size) if grow else self._buf2
+                new2[:kept] = self._buf2[self._off : self._end]
+                self._buf2 = new2
             self._off = 0
             self._end = kept
         self._buf[self._end : self._end + n] = y[:, 0]
+        if y2 is not None:
+            self._buf2[self._end : self._end + n] = y2[:, 0]
         self._end += n
 
     def _trim(self) -> None:
@@ -456,7 +514,7 @@ class BeatFeatureStream:
             while n_ok + 1 < n_pend and pend[n_ok] <= limit:
                 n_ok += 1
         if n_ok == 0:
-            return _EMPTY
+            return _EMPTY2 if self._n_leads == 2 else _EMPTY
         beats = np.array(pend[: n_ok + 1] if n_ok < n_pend else pend, dtype=np.int64)
         nexts = np.empty(n_ok, np.int64)
         nexts[: beats.size - 1] = beats[1:]
@@ -464,38 +522,49 @@ class BeatFeatureStream:
             nexts[-1] = -1
         beats = beats[:n_ok]
         rr = np.empty((n_ok, N_RR), np.float32)
-        morph = np.empty((n_ok, 2, N_MORPH), np.float32)
-        st = self._state
-        st.reserve_rr(n_ok)
-        _fk.beat_rows(
-            self._buf[self._off : self._end], self._buf_start, beats, nexts, self.fs, _OFFSETS, self._amp_offsets,
-            PATIENT_WINDOW_S, LOCAL_BEATS, MEDIAN_BEATS, IRREG_BEATS, _RATIO_MAX, _RR_MAX_S, st.ctr, st.rr_t, st.rr_v,
-            st.amp_ring, st.amp_sorted, st.tpl_ring, st.tpl_sorted, rr, morph,
-        )
+        morph = np.empty((n_ok, MORPH_CHANNELS, N_MORPH), np.float32)
+        self._rows(self._buf, self._state, beats, nexts, rr, morph)
+        if self._n_leads == 2:
+            morph2 = np.empty_like(morph)
+            self._rows(self._buf2, self._state2, beats, nexts, np.empty_like(rr), morph2)
+            morph = np.concatenate([morph, morph2], axis=1)
         del pend[:n_ok]
         return BeatFeatures(beats, rr, morph)
 
+    def _rows(
+        self, buf: NDArray[np.float64], st: FeatureState, beats: IntArray, nexts: IntArray,
+        rr: F32Array, morph: F32Array,
+    ) -> None:
+        st.reserve_rr(beats.size)
+        _fk.beat_rows(
+            buf[self._off : self._end], self._buf_start, beats, nexts, self.fs, _OFFSETS, self._amp_offsets,
+            PATIENT_WINDOW_S, LOCAL_BEATS, MEDIAN_BEATS, IRREG_BEATS, _RATIO_MAX, _RR_MAX_S, st.ctr, st.rr_t, st.rr_v,
+            st.amp_ring, st.amp_sorted, st.tpl_ring, st.tpl_sorted, rr, morph,
+        )
 
-def _frozen_empty() -> BeatFeatures:
-    e = BeatFeatures.empty()
+
+def _frozen_empty(n_leads: int) -> BeatFeatures:
+    e = BeatFeatures.empty(n_leads)
     for a in (e.beats, e.rr, e.morph):
         a.flags.writeable = False
     return e
 
 
-_EMPTY = _frozen_empty()  # shared result of pushes that emit nothing (read-only, no rows)
+_EMPTY = _frozen_empty(1)  # shared result of pushes that emit nothing (read-only, no rows)
+_EMPTY2 = _frozen_empty(2)
 
 
 def beat_features(signal: ArrayLike, fs: float, beats: ArrayLike) -> BeatFeatures:
-    """Features of every beat of a whole recording (one lead).
+    """Features of every beat of a whole recording (one or two leads).
 
     Exactly what a :class:`BeatFeatureStream` gives when fed the same samples and beats in
     chunks of any size and then finished.
 
     Parameters
     ----------
-    signal : array_like, shape (n_samples,)
-        One ECG lead in mV (MLII or the closest limb lead), finite.
+    signal : array_like, shape (n_samples,) or (n_samples, 2)
+        One ECG lead in mV (MLII or the closest limb lead), or two (that lead first, then a
+        second lead such as V1), finite.
     fs : float
         Sample rate in Hz.
     beats : array_like of int
@@ -514,7 +583,7 @@ def beat_features(signal: ArrayLike, fs: float, beats: ArrayLike) -> BeatFeature
     >>> ecg = np.exp(-(((t % 1.0) - 0.5) ** 2) / (2 * 0.01 ** 2))
     >>> f = beat_features(ecg, fs, (np.arange(6) + 0.5) * fs)
     >>> f.rr.shape, f.morph.shape
-    ((6, 9), (6, 2, 96))
+    ((6, 16), (6, 2, 96))
     """
     stream = BeatFeatureStream(fs, keep_s=max(3.0, PRE_S + POST_S + 1.0))
     sig = np.asarray(signal, dtype=np.float64)

@@ -44,6 +44,7 @@ from telediag.models.ecg_beats.features import (
     IRREG_BEATS,
     LOCAL_BEATS,
     MEDIAN_BEATS,
+    MORPH_CHANNELS,
     N_MORPH,
     N_RR,
     PATIENT_WINDOW_S,
@@ -62,8 +63,8 @@ DS1 = (
 ).split()
 MATCH_S = 0.150
 #: identifies the feature definition stored in a ``--cache`` file (rebuilt when it differs)
-FEATURE_VERSION = "2:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}"
-VERSION = "1.2.0"
+FEATURE_VERSION = "3:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}"
+VERSION = "1.3.0"
 N_CLASSES = len(AAMI_CLASSES)
 
 
@@ -110,7 +111,10 @@ def load_record(path: Path) -> dict[str, Any]:
     x = np.asarray(rec.p_signal[:, lead], dtype=np.float64)
     fs = float(rec.fs)
     det = detect(x, fs)
-    feats = beat_features(x, fs, det)
+    other = [i for i in range(len(names)) if i != lead][:1]
+    lead2 = other[0] if other else lead
+    two = np.stack([x, np.asarray(rec.p_signal[:, lead2], dtype=np.float64)], axis=1)
+    feats = beat_features(two, fs, det)
     labels_all = np.array([aami_label(s) for s in ann.symbol], np.int64)
     keep = labels_all >= 0
     ref = np.asarray(ann.sample, np.int64)[keep]
@@ -126,7 +130,7 @@ def load_record(path: Path) -> dict[str, Any]:
         "y": y,
         "missed": missed,
         "n_ref": np.bincount(ref_lab, minlength=N_CLASSES),
-        "lead": names[lead],
+        "lead": f"{names[lead]}+{names[lead2]}",
     }
 
 
@@ -172,7 +176,7 @@ N_DERIVED = 3 * len(_REGIONS)
 N_PWAVE = 2  # extra in-graph P-wave features with ``derived = 2``
 
 
-def template_features(morph: Any, pwave: bool = False) -> Any:
+def template_features(morph: Any, pwave: bool = False, lead: int = 0) -> Any:
     """Beat-versus-template features computed inside the model (so in the ONNX graph).
 
     The patient template is ``morph[:, 0] - morph[:, 1]`` (channel 0 minus the difference
@@ -195,8 +199,8 @@ def template_features(morph: Any, pwave: bool = False) -> Any:
     mask = np.zeros((N_MORPH, len(_REGIONS)), np.float32)
     for j, (lo, hi) in enumerate(_REGIONS.values()):
         mask[lo:hi, j] = 1.0 / (hi - lo)
-    b = morph[:, 0]
-    d = morph[:, 1]
+    b = morph[:, 2 * lead]
+    d = morph[:, 2 * lead + 1]
     t = b - d
     mom = torch.stack([b, t, b * t, b * b, t * t, d * d], 1) @ torch.from_numpy(mask)
     mb, mt, mbt, mbb, mtt, mdd = mom.unbind(1)  # each (batch, regions)
@@ -214,6 +218,34 @@ def template_features(morph: Any, pwave: bool = False) -> Any:
     return torch.cat(out, 1)
 
 
+N_SHAPE = 5  # in-graph QRS width / energy-distribution features per lead (``shape = True``)
+
+
+def shape_features(morph: Any, lead: int = 0) -> Any:
+    """QRS width and energy-distribution features computed inside the model.
+
+    With ``b`` the beat channel and ``t`` the template of the lead: the fraction of the
+    window's energy (sum of squares) in the QRS region and after it (ST-T), the *energy
+    width* of the beat, sum(b^2) / max(b^2) over the window (in window samples / N_MORPH:
+    wide ventricular QRS complexes spread their energy), its log ratio to the template's,
+    and the maximal slope max|diff b| / max|b| (ventricular beats are slower; cf. the QRS
+    width and energy features of de Chazal et al. 2004 and Mar et al. 2011).
+    """
+    torch = _torch()
+    b = morph[:, 2 * lead]
+    t = b - morph[:, 2 * lead + 1]
+    lo, hi = _REGIONS["qrs"]
+    eb = b * b
+    tot = eb.sum(1, keepdim=True) + 1e-6
+    f_qrs = eb[:, lo:hi].sum(1, keepdim=True) / tot
+    f_post = eb[:, hi:].sum(1, keepdim=True) / tot
+    wb = tot / (eb.amax(1, keepdim=True) + 1e-6) / N_MORPH
+    et = t * t
+    wt = (et.sum(1, keepdim=True) + 1e-6) / (et.amax(1, keepdim=True) + 1e-6) / N_MORPH
+    slope = (b[:, 1:] - b[:, :-1]).abs().amax(1, keepdim=True) / (b.abs().amax(1, keepdim=True) + 1e-3)
+    return torch.cat([f_qrs, f_post, wb, torch.log((wb + 1e-3) / (wt + 1e-3)), slope], 1)
+
+
 def _log_rr(rr: Any) -> Any:
     """log of the RR features: ratios and seconds (> 0) and irregularity indices (often 0)
     alike, ``log(max(rr, 0) + 0.05)``."""
@@ -221,11 +253,15 @@ def _log_rr(rr: Any) -> Any:
     return torch.log(rr.clamp_min(0.0) + 0.05)
 
 
-def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
+def build_model(
+    width: int = 8, arch: str = "mlp", derived: int = 1, leads: int = 1, lead2_raw: bool = True,
+    shape: bool = False,
+) -> Any:
     """``"cnn"``: a small 1-D CNN on the windows joined with an MLP on the RR features;
     ``"mlp"``: the windows average-pooled by 3 (2 x 32 values), the log RR features and (with
     ``derived``) the :func:`template_features` into a two-hidden-layer perceptron (``width``
-    x 8 and ``width`` x 4 units)."""
+    x 8 and ``width`` x 4 units).  ``leads = 2`` uses the 4 channels of two leads (and
+    the template features of both leads), ``1`` only the detection lead's two channels."""
     torch = _torch()
     nn = torch.nn
 
@@ -234,7 +270,10 @@ def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
             super().__init__()
             self.pool = nn.AvgPool1d(3)
             self.derived = derived
-            n_in = 2 * (N_MORPH // 3) + N_RR + (N_DERIVED if derived else 0)
+            self.n_ch = 2 * leads
+            self.n_raw = self.n_ch if lead2_raw else 2
+            n_in = self.n_raw * (N_MORPH // 3) + N_RR + leads * (N_DERIVED if derived else 0)
+            n_in += leads * N_SHAPE if shape else 0
             n_in += N_PWAVE if derived == 2 else 0
             self.net = nn.Sequential(
                 nn.Linear(n_in, 8 * width),
@@ -246,9 +285,14 @@ def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
             )
 
         def logits(self, morph: Any, rr: Any) -> Any:
-            h = [self.pool(morph).flatten(1), _log_rr(rr)]
+            morph = morph[:, : self.n_ch]
+            h = [self.pool(morph[:, : self.n_raw]).flatten(1), _log_rr(rr)]
             if self.derived:
-                h.append(template_features(morph, pwave=self.derived == 2))
+                for lead in range(self.n_ch // 2):
+                    h.append(template_features(morph, pwave=self.derived == 2 and lead == 0, lead=lead))
+            if shape:
+                for lead in range(self.n_ch // 2):
+                    h.append(shape_features(morph, lead))
             return self.net(torch.cat(h, dim=1))
 
         def forward(self, morph: Any, rr: Any) -> Any:
@@ -262,7 +306,7 @@ def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
             super().__init__()
             w = width
             self.conv = nn.Sequential(
-                nn.Conv1d(2, w, 7, padding=3),
+                nn.Conv1d(2 * leads, w, 7, padding=3),
                 nn.BatchNorm1d(w),
                 nn.ReLU(),
                 nn.MaxPool1d(2),
@@ -285,7 +329,7 @@ def build_model(width: int = 8, arch: str = "mlp", derived: int = 1) -> Any:
             )
 
         def logits(self, morph: Any, rr: Any) -> Any:
-            h = self.conv(morph).flatten(1)
+            h = self.conv(morph[:, : 2 * leads]).flatten(1)
             r = self.rr(_log_rr(rr))
             return self.head(torch.cat([h, r], dim=1))
 
@@ -312,6 +356,64 @@ def ensemble(models: list[Any]) -> Any:
     out = Ensemble()
     out.eval()
     return out
+
+
+def f_gate(model: Any, f_min: float, into: str = "N") -> Any:
+    """Wrap ``model`` so that F (fusion) is output only when its probability is >= ``f_min``.
+
+    Below it the F probability is moved to class ``into`` (``"N"`` or ``"V"``: F merged into
+    that class at decision time, the output is then P(N or F) in the N column), or, with
+    ``"next"``, set to 0 and the others renormalised, so the arg-max falls to the next most
+    likely class; ``f_min = 1`` never predicts F.  F is learnt almost only from one DS1 patient
+    (208) and, on other patients, fires mostly on N beats; the threshold is chosen by the
+    record cross-validation (README, "F handling").  ``f_min <= 0``: the model unchanged.
+    """
+    torch = _torch()
+    if f_min <= 0:
+        return model
+    f = AAMI_CLASSES.index("F")
+
+    class FGate(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+            keep = torch.ones(1, N_CLASSES)
+            keep[0, f] = 0.0
+            dest = torch.zeros(1, N_CLASSES)
+            if into != "next":
+                dest[0, AAMI_CLASSES.index(into)] = 1.0
+            self.register_buffer("keep", keep)
+            self.register_buffer("onehot", 1.0 - keep)
+            self.register_buffer("dest", dest)
+
+        def forward(self, morph: Any, rr: Any) -> Any:
+            p = self.inner(morph, rr)
+            pf = p[:, f : f + 1]
+            low = (pf < f_min).to(p.dtype)  # 1: F not allowed
+            q = p * (self.keep + self.onehot * (1.0 - low)) + self.dest * (pf * low)
+            return q / q.sum(dim=1, keepdim=True)
+
+    out = FGate()
+    out.eval()
+    return out
+
+
+def apply_f_gate(p: NDArray[np.float32], f_min: float, into: str = "next") -> NDArray[np.int64]:
+    """Labels of :func:`f_gate` from ungated probabilities (NumPy, for the CV table)."""
+    f = AAMI_CLASSES.index("F")
+    q = p.copy()
+    if f_min > 0:
+        low = q[:, f] < f_min
+        if into != "next":
+            q[low, AAMI_CLASSES.index(into)] += q[low, f]
+        q[low, f] = 0.0
+    return np.asarray(q.argmax(1), np.int64)
+
+
+#: F thresholds compared in the CV table (0: plain arg-max, 1: never F)
+F_GRID = (0.0, 0.5, 0.7, 0.9, 1.0)
+#: where a gated F probability goes in the CV table: the next class, or merged into N or V
+F_INTO = ("next", "N", "V")
 
 
 def record_weights(y: NDArray[np.int64], rec: NDArray[np.int64], power: float) -> NDArray[np.float64]:
@@ -347,6 +449,10 @@ def train_model(
     record_power: float = 0.0,
     derived: int = 1,
     class_cap: dict[str, float] | None = None,
+    leads: int = 1,
+    lead2_drop: float = 0.25,
+    lead2_raw: bool = True,
+    shape: bool = False,
 ) -> Any:
     """Fit one model and return it in eval mode.
 
@@ -354,12 +460,13 @@ def train_model(
     the cross-entropy is weighted by (inverse class frequency) ** ``weight_power`` and, with
     ``rec`` (record index of each beat), by :func:`record_weights` (``record_power``); the
     windows are augmented (gain 0.8-1.25, noise, +-7 ms jitter) and the RR features jittered
-    by +-3 %.
+    by +-3 %.  With two leads, the second lead's channels are zeroed on a random fraction
+    ``lead2_drop`` of the beats (what a single-lead stream feeds).
     """
     torch = _torch()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model(width, arch, derived)
+    model = build_model(width, arch, derived, leads, lead2_raw, shape)
     n_idx = np.flatnonzero(y == 0)
     other = np.flatnonzero(y != 0)
     n_epoch = other.size + min(max_n, n_idx.size)
@@ -396,6 +503,9 @@ def train_model(
             shift = int(rng.integers(-1, 2))
             if shift:
                 m = torch.roll(m, shift, dims=2)
+            if leads == 2 and lead2_drop > 0:
+                keep = (torch.rand(n, 1, 1) >= lead2_drop).to(m.dtype)
+                m = torch.cat([m[:, :2], m[:, 2:] * keep], dim=1)
             r = t_rr[idx] * torch.empty(n, N_RR).uniform_(0.97, 1.03)
             yb = t_y[idx]
             sw = t_sw[idx] * t_w[yb]  # class weight x record weight, weighted mean
@@ -409,12 +519,13 @@ def train_model(
     return model
 
 
-def export_onnx(model: Any, path: Path) -> None:
-    """Export with a dynamic batch axis (opset 17) and check it with ``onnx.checker``."""
+def export_onnx(model: Any, path: Path, leads: int = 1) -> None:
+    """Export with a dynamic batch axis (opset 17) and check it with ``onnx.checker``;
+    ``morph`` has ``MORPH_CHANNELS * leads`` channels."""
     torch = _torch()
     import onnx
 
-    m = torch.zeros(2, 2, N_MORPH)
+    m = torch.zeros(2, MORPH_CHANNELS * leads, N_MORPH)
     r = torch.ones(2, N_RR)
     torch.onnx.export(
         model,
@@ -470,6 +581,7 @@ def metrics(cm: NDArray[np.int64], missed: NDArray[np.int64] | None = None) -> d
             d["se_incl_missed"] = tp / tot if tot else float("nan")
         per[c] = d
     out["classes"] = per
+    out["veb_f1_ec57"], out["sveb_f1_ec57"] = ec57_f1(cm)
     return out
 
 
@@ -481,10 +593,39 @@ def format_metrics(title: str, m: dict[str, Any]) -> str:
             f"{100 * d['f1']:>8.2f}{d.get('missed', 0):>8}"
         )
     lines.append(f"accuracy {100 * m['accuracy']:.2f} %")
+    if "veb_f1_ec57" in m:
+        lines.append(
+            f"EC57 gross (F called V is no false VEB): VEB F1 {100 * m['veb_f1_ec57']:.2f} %, "
+            f"SVEB F1 {100 * m['sveb_f1_ec57']:.2f} %"
+        )
     lines.append("confusion (rows reference N S V F Q, columns predicted):")
     for c, row in zip(AAMI_CLASSES, m["confusion"], strict=True):
         lines.append(f"  {c}  " + " ".join(f"{v:>6}" for v in row))
     return "\n".join(lines)
+
+
+def ec57_f1(cm: NDArray[np.int64]) -> tuple[float, float]:
+    """VEB and SVEB F1 with the AAMI EC57 / de Chazal (2004) gross conventions of
+    :class:`telediag.evaluation.harness_tasks.ClassScore`: VEB FP = Nv + Sv (a fusion beat
+    called V is not a false VEB), SVEB FP = Ns + Vs + Fs."""
+    c = np.asarray(cm)
+    v_tp, v_fn, v_fp = c[2, 2], c[2].sum() - c[2, 2], c[0, 2] + c[1, 2]
+    s_tp, s_fn, s_fp = c[1, 1], c[1].sum() - c[1, 1], c[0, 1] + c[2, 1] + c[3, 1]
+    return (
+        float(2 * v_tp / max(2 * v_tp + v_fn + v_fp, 1)),
+        float(2 * s_tp / max(2 * s_tp + s_fn + s_fp, 1)),
+    )
+
+
+def _short(m: dict[str, Any]) -> dict[str, float]:
+    """S Se/+P/F1, V Se/+P/F1, EC57 VEB/SVEB F1 and accuracy of :func:`metrics` output."""
+    c = m["classes"]
+    veb, sveb = ec57_f1(np.asarray(m["confusion"]))
+    return {
+        "S_se": c["S"]["se"], "S_ppv": c["S"]["ppv"], "S_f1": c["S"]["f1"],
+        "V_se": c["V"]["se"], "V_ppv": c["V"]["ppv"], "V_f1": c["V"]["f1"],
+        "VEB_f1_ec57": veb, "SVEB_f1_ec57": sveb, "accuracy": m["accuracy"],
+    }
 
 
 def confusion(y: NDArray[np.int64], p: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -513,7 +654,8 @@ def _fit_members(
         train_model(
             rr, mo, y, epochs=a.epochs, seed=seed + 100 * k, width=a.width,
             weight_power=a.weight_power, arch=a.arch, rec=rec, record_power=a.record_power,
-            derived=a.derived, class_cap=_caps(a.class_cap),
+            derived=a.derived, class_cap=_caps(a.class_cap), leads=a.leads,
+            lead2_drop=a.lead2_drop, lead2_raw=a.lead2_input == "raw", shape=a.shape,
         )
         for k in range(a.ensemble)
     ]
@@ -593,6 +735,18 @@ def fit(a: argparse.Namespace, recs: list[str], data: dict[str, dict[str, Any]],
     return ensemble(members)
 
 
+def fit_export(a: argparse.Namespace, recs: list[str], data: dict[str, dict[str, Any]], seed: int,
+               path: Path) -> tuple[Any, Any]:
+    """:func:`fit`, then export the model with its F gate (``a.f_min``) to ``path``.
+
+    Returns the ungated and the gated (exported) module.
+    """
+    model = fit(a, recs, data, seed)
+    gated = f_gate(model, a.f_min, a.f_into)
+    export_onnx(gated, path, a.leads)
+    return model, gated
+
+
 def _caps(text: str) -> dict[str, float]:
     """``"F=1,Q=1"`` -> ``{"F": 1.0, "Q": 1.0}`` (upper bounds on class loss weights)."""
     out: dict[str, float] = {}
@@ -627,6 +781,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ensemble", type=int, default=1, help="models (seeds) averaged")
     ap.add_argument(
+        "--leads", type=int, choices=(1, 2), default=1,
+        help="morphology leads the model reads (2: + the second lead; worse in CV, see README)",
+    )
+    ap.add_argument(
+        "--lead2-input", choices=("raw", "template"), default="raw",
+        help="second lead: pooled windows + template features, or template features only",
+    )
+    ap.add_argument(
+        "--shape", action="store_true",
+        help="add in-graph QRS width / energy-distribution features (per lead)",
+    )
+    ap.add_argument(
+        "--f-min", type=float, default=1.0,
+        help="output F only when its probability is at least this (0: arg-max, 1: never F)",
+    )
+    ap.add_argument(
+        "--f-into", choices=F_INTO, default="N",
+        help="where a gated F probability goes: the next class, or merged into N or V",
+    )
+    ap.add_argument(
+        "--lead2-drop", type=float, default=0.25,
+        help="fraction of training beats with the second lead zeroed (single-lead streams)",
+    )
+    ap.add_argument(
         "--tune-bias", type=int, default=0,
         help="K > 1: choose class logit offsets by K-fold CV by record inside the training set",
     )
@@ -660,7 +838,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(a, k, old["training"][k])
         for k, dflt in (
             ("record_power", 0.0), ("derived", 0), ("ensemble", 1), ("tune_bias", 0),
-            ("class_cap", ""), ("drop_rr", ""), ("tune_classes", "S,V,F"),
+            ("class_cap", ""), ("drop_rr", ""), ("tune_classes", "S,V,F"), ("leads", 1),
+            ("lead2_drop", 0.0), ("lead2_input", "raw"), ("f_min", 0.0), ("f_into", "next"),
+            ("shape", False),
         ):
             setattr(a, k, old["training"].get(k, dflt))
         write_card(a, f32, i8 if i8.exists() else None, {}, old["onnx_vs_torch_max_abs_diff"])
@@ -672,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data ready in {time.time() - t0:.0f} s", file=sys.stderr)
     dropped = [RR_FEATURES.index(n) for n in a.drop_rr.split(",") if n]
     for d in data.values():
+        d["morph"] = np.ascontiguousarray(d["morph"][:, : MORPH_CHANNELS * a.leads])
         if dropped:
             d["rr"] = d["rr"].copy()
             d["rr"][:, dropped] = 0.0
@@ -682,21 +863,32 @@ def main(argv: list[str] | None = None) -> int:
         cms: dict[str, NDArray[np.int64]] = {
             v: np.zeros((N_CLASSES, N_CLASSES), np.int64) for v in ("fp32", "int8")
         }
+        cm_f = {(i, t): np.zeros((N_CLASSES, N_CLASSES), np.int64) for i in F_INTO for t in F_GRID}
+        cm_f1 = {(i, t): np.zeros((N_CLASSES, N_CLASSES), np.int64) for i in F_INTO for t in F_GRID}
         missed = np.zeros(N_CLASSES, np.int64)
         n_false = 0
         agree = 0
         n_tot = 0
         for fi, test in enumerate(groups):
             train = [r for r in DS1 if r not in test]
-            model = fit(a, train, data, a.seed + fi)
             f32 = tmp / "fold.onnx"
             i8 = tmp / "fold.int8.onnx"
-            export_onnx(model, f32)
+            raw = tmp / "fold.raw.onnx"
+            model, _ = fit_export(a, train, data, a.seed + fi, f32)
+            export_onnx(model, raw, a.leads)
             quantize(f32, i8)
             for r in test:
                 d = data[r]
                 y = d["y"]
                 k = y >= 0
+                p_raw = ort_predict(raw, d["rr"], d["morph"])
+                mono = d["morph"].copy()
+                mono[:, 2:] = 0.0  # what a single-lead stream feeds
+                p_mono = ort_predict(raw, d["rr"], mono)
+                for t in F_GRID:
+                    for into in F_INTO:
+                        cm_f[into, t] += confusion(y[k], apply_f_gate(p_raw, t, into)[k])
+                        cm_f1[into, t] += confusion(y[k], apply_f_gate(p_mono, t, into)[k])
                 p32 = ort_predict(f32, d["rr"], d["morph"]).argmax(1)
                 p8 = ort_predict(i8, d["rr"], d["morph"]).argmax(1)
                 c32 = confusion(y[k], p32[k])
@@ -715,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"({time.time() - t0:.0f} s)",
                     file=sys.stderr,
                 )
-        for f in (tmp / "fold.onnx", tmp / "fold.int8.onnx"):
+        for f in (tmp / "fold.onnx", tmp / "fold.int8.onnx", tmp / "fold.raw.onnx"):
             f.unlink(missing_ok=True)
         tmp.rmdir()
         cv = {
@@ -725,7 +917,20 @@ def main(argv: list[str] | None = None) -> int:
             "int8_fp32_agreement": agree / n_tot,
             "unmatched_detections": n_false,
             "matched_beats": int(cms["fp32"].sum()),
+            "f_gate_table": {
+                "note": (
+                    "fp32 labels of the same fold models for each F threshold f_min (0: arg-max, "
+                    "1: never F); 'single_lead': second-lead channels zeroed"
+                ),
+                "two_leads": {f"{i}@{t}": _short(metrics(cm_f[i, t])) for i, t in cm_f},
+                "single_lead": {f"{i}@{t}": _short(metrics(cm_f1[i, t])) for i, t in cm_f1},
+            },
         }
+        for name, tab in cv["f_gate_table"].items():
+            if name != "note":
+                print(f"F threshold table, {name} (S Se/+P/F1, V Se/+P/F1, EC57 VEB/SVEB F1, acc):")
+                for t, row in tab.items():
+                    print(f"  {t:<9} " + " ".join(f"{100 * v:6.2f}" for v in row.values()))
         print(format_metrics("CV gross, fp32 (ONNX Runtime)", cv["fp32"]))
         print(format_metrics("CV gross, int8 (ONNX Runtime)", cv["int8"]))
         print(
@@ -737,11 +942,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.no_final:
         return 0
     rr, mo, y, _ = _stack(data, list(DS1))
-    model = fit(a, list(DS1), data, a.seed + 1000)
     a.out.mkdir(parents=True, exist_ok=True)
     f32 = a.out / "ecg_beats.onnx"
     i8 = a.out / "ecg_beats.int8.onnx"
-    export_onnx(model, f32)
+    _, model = fit_export(a, list(DS1), data, a.seed + 1000, f32)
     with torch.no_grad():
         ref = model(torch.from_numpy(mo[:512]), torch.from_numpy(rr[:512])).numpy()
     diff = float(np.abs(ort_predict(f32, rr[:512], mo[:512]) - ref).max())
@@ -782,10 +986,12 @@ def write_card(
         "inputs": [
             {
                 "name": "morph",
-                "shape": ["batch", 2, N_MORPH],
+                "shape": ["batch", MORPH_CHANNELS * a.leads, N_MORPH],
                 "dtype": "float32",
                 "description": (
-                    "MLII lead band-passed (causal Butterworth, 8th order, "
+                    ("MLII and second lead (channels 2-3, same construction), each " if a.leads == 2
+                     else "MLII lead ")
+                    + "band-passed (causal Butterworth, 8th order, "
                     f"{BAND_HZ[0]}-{BAND_HZ[1]} Hz, steady-state start), linearly interpolated "
                     f"at {N_MORPH} instants from {PRE_S} s before to {POST_S} s after the R "
                     "peak (any fs). Channel 0: window / running median peak-to-peak amplitude "
@@ -803,7 +1009,8 @@ def write_card(
                     f"{PATIENT_WINDOW_S:g} s (causal), to the mean of the last {LOCAL_BEATS} "
                     f"RRs and to the median of the last {MEDIAN_BEATS} RRs; rhythm-irregularity "
                     f"indices of the last {IRREG_BEATS} RRs (normalised RMSSD, pNN50, Poincare "
-                    "SD1/SD2); all clipped to [0, 5] (seconds too)."
+                    "SD1/SD2, median |successive difference| / median RR); all clipped to "
+                    "[0, 5] (seconds too)."
                 ),
             },
         ],
@@ -811,6 +1018,18 @@ def write_card(
         "fs_handling": "any fs > 80 Hz: filter designed at fs, window resampled to fixed length",
         "r_peaks": "telediag.dsp.qrs.detect (a beat is classifiable once the next is detected)",
         "outputs": [{"name": "probs", "shape": ["batch", N_CLASSES], "dtype": "float32"}],
+        "decision": {
+            "f_min": a.f_min,
+            "f_into": a.f_into,
+            "description": (
+                "label = arg-max of probs. Inside the graph, F's probability is moved to "
+                f"{a.f_into} when below {a.f_min:g}"
+                + (" (always: F is merged into N at decision time and never output)"
+                   if a.f_min >= 1 and a.f_into == "N" else "")
+                + "; chosen by the record CV (README, 'F handling')"
+                if a.f_min > 0 else "label = arg-max of probs"
+            ),
+        },
         "classes": list(AAMI_CLASSES),
         "class_mapping": {
             "N": "N L R e j",
@@ -867,10 +1086,12 @@ def write_card(
             )
         ),
         "limitations": (
-            "Misses the project's targets: SVEB (S) is poorly separated across patients "
-            "(low +P: N beats of irregular rhythms called S), F is essentially not recognised, "
-            "Q has 5 training beats. Trained on one lead (MLII) at 360 Hz only; other leads "
-            "are out of contract. DS1 only (22 patients)."
+            "Misses the project's V F1 and S F1 targets: SVEB (S) is poorly separated across "
+            "patients (low +P: N beats of irregular rhythms called S); "
+            + ("F is never output (merged into N at decision time); "
+               if a.f_min >= 1 and a.f_into == "N" else "F is essentially not recognised; ")
+            + "Q has 5 training beats. Trained on MLII at 360 Hz only; other leads are out of "
+            "contract. DS1 only (22 patients)."
         ),
         "onnx_vs_torch_max_abs_diff": diff,
         "intended_use": "research and engineering demonstration; not a medical device",
@@ -886,6 +1107,12 @@ def write_card(
             "tune_classes": a.tune_classes,
             "class_cap": a.class_cap,
             "drop_rr": a.drop_rr,
+            "leads": a.leads,
+            "lead2_drop": a.lead2_drop,
+            "lead2_input": a.lead2_input,
+            "f_min": a.f_min,
+            "f_into": a.f_into,
+            "shape": a.shape,
             "seed": a.seed,
             "torch": _torch().__version__,
         },
