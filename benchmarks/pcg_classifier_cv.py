@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from telediag.models.pcg_abnormal.train import (
+    DEVICE_SPECTRA,
     FINAL,
+    PREVIOUS_MLP,
     FitConfig,
     _data_dir,
     cross_validate,
@@ -37,21 +39,24 @@ from telediag.models.pcg_abnormal.train import (
     load_features,
 )
 
-_INVARIANT = ("b_", "mfcc_", "r_band", "r_mfcc", "r_dmfcc", "r_centroid", "r_flatness")
+_INVARIANT = DEVICE_SPECTRA
 """Feature groups that depend on the absolute spectrum (device); the rest are ratios/timing."""
 
+_M = PREVIOUS_MLP
 VARIANTS: dict[str, FitConfig] = {
     "final (shipped)": FINAL,
-    "mlp, set-balanced weights": replace(FINAL, weighting="set"),
-    "mlp h16 wd0.1 150 ep (3)": replace(FINAL, n_models=3, hidden=16, weight_decay=0.1,
+    "previous mlp ensemble": _M,
+    "mlp, set-balanced weights": replace(_M, weighting="set"),
+    "mlp h16 wd0.1 150 ep (3)": replace(_M, n_models=3, hidden=16, weight_decay=0.1,
                                         epochs=150),
-    "mlp, device-invariant feats": replace(FINAL, exclude=_INVARIANT),
-    "lr l2=0.1": replace(FINAL, kind="lr", l2=0.1),
-    "lr l2=1": replace(FINAL, kind="lr", l2=1.0),
-    "lr l2=0.1, inner threshold": replace(FINAL, kind="lr", l2=0.1, threshold="inner"),
-    "lr l2=1, set weights": replace(FINAL, kind="lr", l2=1.0, weighting="set"),
-    "lr l2=0.1, invariant feats": replace(FINAL, kind="lr", l2=0.1, exclude=_INVARIANT),
-    "lr, timing+amplitude only": replace(FINAL, kind="lr", l2=1.0,
+    "mlp, device-invariant feats": replace(_M, exclude=_INVARIANT),
+    "lr l2=0.1": replace(_M, kind="lr", l2=0.1),
+    "lr l2=1": replace(_M, kind="lr", l2=1.0),
+    "lr l2=0.1, inner threshold": replace(_M, kind="lr", l2=0.1, threshold="inner"),
+    "lr l2=1, set weights": replace(_M, kind="lr", l2=1.0, weighting="set"),
+    "lr l2=0.1, invariant feats": replace(_M, kind="lr", l2=0.1, exclude=_INVARIANT),
+    "lr l2=1, invariant feats": replace(_M, kind="lr", l2=1.0, exclude=_INVARIANT),
+    "lr, timing+amplitude only": replace(_M, kind="lr", l2=1.0,
                                          exclude=(*_INVARIANT, "murmur_")),
 }
 
