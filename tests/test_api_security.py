@@ -178,3 +178,13 @@ def test_server_refuses_half_configured_security(keys: Path) -> None:
             ApiServer(svc, "tcp://127.0.0.1:*", server_secret=keys / "api.key_secret", allow_dir=keys / "nope")
     finally:
         svc.close()
+
+
+def test_inference_client_with_its_own_key(server: ApiServer, keys: Path) -> None:
+    from telediag.client import InferenceClient
+
+    with InferenceClient(server.endpoint, timeout_s=5, retries=0, curve_secret=keys / "lab1.key_secret",
+                         server_key=keys / "api.key") as c:
+        assert c.health()["status"] == "ok"
+    with pytest.raises(ValueError, match="both"):
+        InferenceClient(server.endpoint, curve_secret=keys / "lab1.key_secret")
