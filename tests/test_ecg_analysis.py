@@ -372,3 +372,34 @@ def test_engine_publishes_beats_equal_to_offline_analysis(engine: Engine, mitdb:
     bound = max(stages[0].detection_delay_s, 1.0)  # type: ignore[attr-defined]
     assert max(e2e) <= bound + 1e-9 and max(conf) <= stages[0].detection_delay_s  # type: ignore[attr-defined]
     assert np.percentile(conf, 50) <= 0.35
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("record", ["119", "208"])
+def test_heart_rate_does_not_wait_for_the_classifier(mitdb: Path, record: str) -> None:
+    """With classification on, beats are published one RR later, but HR readings (and the
+    rate alarms fed by them) are exactly those of the unlabelled pipeline, at the same time."""
+    rec = read_wfdb(mitdb / record)
+    x = rec.signal[: int(120 * FS)]
+    splits = list(range(360, x.shape[0], 360))
+
+    def run(classify: str) -> tuple[list[Any], list[Any], list[Any]]:
+        st = stage_for(classify=classify)
+        recs = feed(st, x, splits)
+        # group by the chunk that published them: (chunk index, readings)
+        hr = [r.body["readings"] for r in recs if r.kind == "hr"]
+        beats = [b for r in recs if r.kind == "beats" for b in r.body["beats"]]
+        alarms = [(r.body["type"], r.body["state"], r.body["onset_sample"]) for r in recs if r.kind == "alarm"
+                  and r.body["type"] in ("asystole", "brady", "tachy", "extreme_brady", "extreme_tachy")]
+        return hr, beats, alarms
+
+    hr_off, beats_off, alarms_off = run("off")
+    hr_on, beats_on, alarms_on = run("on")
+    assert hr_on == hr_off
+    assert alarms_on == alarms_off
+    assert samples(beats_on) == samples(beats_off)
+    assert all(b["label"] in ("N", "S", "V", "F", "Q") for b in beats_on)
+    # the labelled beats themselves are released later (they wait for the next beat)
+    delay_on = np.mean([b["delay_s"] for b in beats_on])
+    delay_off = np.mean([b["delay_s"] for b in beats_off])
+    assert delay_on > delay_off + 0.3

@@ -168,7 +168,8 @@ class EcgAnalysisParams(StageParams):
         ``"off"`` (default), ``"auto"`` (when the model loads) or ``"on"`` (error if it cannot). A beat
         needs its *next* RR, so with classification on a beat is published (labelled, with
         class probabilities) when the following beat is accepted: about one RR interval more
-        delay. ``classifier_variant`` is ``"fp32"`` or ``"int8"``; ``classifier_threads`` is
+        delay for beats, HRV and the label-based alarms (run, ectopy); the heart rate and the
+        rate alarms do not wait for labels (identical to ``classify = "off"``, tested). ``classifier_variant`` is ``"fp32"`` or ``"int8"``; ``classifier_threads`` is
         ONNX Runtime's intra-op thread count (1: the worker's own core; streams share one session
         per variant and thread count, and the worker batches their beats, ``[engine].batch_max``).
     alarms : bool
@@ -578,7 +579,9 @@ class EcgAnalysis(Stage):
         self._verdicts(rows)
         accepted, suppressed = self._decide(beats, confirm, final=False)
         labels = None
+        hr_beats = None
         if self._clf is not None:
+            hr_beats = accepted  # the heart rate does not wait for the labels
             feats = self._clf_push(x[:, self.params.lead], accepted, final=False)  # type: ignore[attr-defined]
             if self.batching and feats is not None and len(feats):
                 # hand the model call to the worker (batched with other streams), finish later
@@ -587,14 +590,16 @@ class EcgAnalysis(Stage):
                 def resume(result: Any) -> Outputs:
                     acc, labs = self._clf_finish(feats, result, final=False)
                     rest = Outputs()
-                    self._emit(rest, acc, suppressed, rows, events, end=end, final=False, clf_labels=labs)
+                    self._emit(rest, acc, suppressed, rows, events, end=end, final=False, clf_labels=labs,
+                               hr_beats=hr_beats)
                     return rest
 
                 return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), _classify_batch,
                                                                 (self._clf, feats), resume))
             accepted, labels = self._clf_finish(feats, None, final=False)
         out = Outputs(signal=chunk)
-        self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False, clf_labels=labels)
+        self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False, clf_labels=labels,
+                   hr_beats=hr_beats)
         return out
 
     def close(self) -> Outputs:
@@ -606,11 +611,14 @@ class EcgAnalysis(Stage):
         beats, confirm = st.detector.flush_with_confirm()
         accepted, suppressed = self._decide(beats, confirm, final=True)
         labels = None
+        hr_beats = None
         if self._clf is not None:
+            hr_beats = accepted
             feats = self._clf_push(np.empty(0), accepted, final=True)
             accepted, labels = self._clf_finish(feats, None, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
-        self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True, clf_labels=labels)
+        self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True, clf_labels=labels,
+                   hr_beats=hr_beats)
         return out
 
     def _clf_push(self, lead: np.ndarray, accepted: list[tuple[int, int, int]], *, final: bool) -> Any:
@@ -747,7 +755,16 @@ class EcgAnalysis(Stage):
         end: int,
         final: bool,
         clf_labels: list[tuple[str, dict[str, float]]] | None = None,
+        hr_beats: list[tuple[int, int, int]] | None = None,
     ) -> None:
+        """Publish this chunk's beats, heart rate, HRV, quality and alarms.
+
+        ``accepted`` are the beats to publish (labelled, released one RR later, when the
+        classifier runs); ``hr_beats``, when given, are the same beats as accepted by the
+        detector and quality gate, released without waiting for labels: they feed the heart
+        rate meter (so HR and the rate alarms do not wait for the classifier), while the
+        labelled beats feed HRV and the label-based alarms.
+        """
         st = self.state
         p = self.params
         assert isinstance(p, EcgAnalysisParams)
@@ -777,15 +794,23 @@ class EcgAnalysis(Stage):
         # a tick's sample is fed before the tick)
         last_sample = end - 1
         i = 0
+        h = 0
         while True:
             next_tick = min(st.next_hr_tick, st.next_hrv_tick)
             if next_tick > last_sample:
                 break
+            if hr_beats is not None:
+                k = h
+                while k < len(hr_beats) and hr_beats[k][2] <= next_tick:
+                    k += 1
+                if k > h:
+                    self._feed_hr(hr_beats[h:k], hr_readings)
+                    h = k
             j = i
             while j < len(accepted) and accepted[j][2] <= next_tick:
                 j += 1
             if j > i:
-                self._feed(accepted[i:j], labels[i:j], hr_readings)
+                self._feed(accepted[i:j], labels[i:j], hr_readings, hr=hr_beats is None)
                 i = j
             if st.next_hr_tick == next_tick:
                 reading = {"sample": next_tick, "t_ns": t_ns(next_tick),
@@ -798,8 +823,10 @@ class EcgAnalysis(Stage):
             if st.next_hrv_tick == next_tick:
                 hrv_ticks.append(self._hrv_tick(next_tick))
                 st.next_hrv_tick += self._hrv_step
-        if i < len(accepted):  # releases after the last tick of this chunk
-            self._feed(accepted[i:], labels[i:], hr_readings)
+        if hr_beats is not None and h < len(hr_beats):  # releases after the last tick of this chunk
+            self._feed_hr(hr_beats[h:], hr_readings)
+        if i < len(accepted):
+            self._feed(accepted[i:], labels[i:], hr_readings, hr=hr_beats is None)
         counters = {"beats": st.n_beats, "suppressed": st.n_suppressed}
         if beat_dicts:
             out.records.append(Chunk.record("beats", self._stream, 0, beat_dicts[0]["t_ns"], {
@@ -846,18 +873,25 @@ class EcgAnalysis(Stage):
         for ev in ev_bodies:
             out.records.append(Chunk.record("event", self._stream, 0, ev["onset_ns"], ev))
 
-    def _feed(self, beats: list[tuple[int, int, int]], labels: list[str | None],
-              readings: list[dict[str, Any]]) -> None:
-        """Feed accepted beats to the HR and HRV meters (in order)."""
+    def _feed_hr(self, beats: list[tuple[int, int, int]], readings: list[dict[str, Any]]) -> None:
+        """Feed accepted beats to the heart-rate meter (in order); one reading per beat."""
         st = self.state
         samples = np.fromiter((b[0] for b in beats), np.int64, len(beats))
         rows = st.hr.update(samples)
-        if self._alarms is not None:
-            self._alarm_events += self._alarms.beats(samples, labels)
         t_ns = st.timeline.t_ns
         for s, h in zip(rows["sample"].tolist(), rows["hr_bpm"].tolist(), strict=True):
             readings.append({"sample": s, "t_ns": t_ns(s), "hr_bpm": _num(h), "on_beat": True,
                              "signal_ok": True})
+
+    def _feed(self, beats: list[tuple[int, int, int]], labels: list[str | None],
+              readings: list[dict[str, Any]], *, hr: bool = True) -> None:
+        """Feed accepted beats to the HR meter (unless ``hr`` is false), the alarms and HRV."""
+        st = self.state
+        if hr:
+            self._feed_hr(beats, readings)
+        samples = np.fromiter((b[0] for b in beats), np.int64, len(beats))
+        if self._alarms is not None:
+            self._alarm_events += self._alarms.beats(samples, labels)
         if all(lab is None for lab in labels):
             hrv_rows = st.hrv.update(samples)
         else:
