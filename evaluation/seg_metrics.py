@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from numpy.typing import NDArray
 
@@ -106,6 +105,8 @@ def read_rgb(path: str | Path) -> NDArray[np.uint8]:
     >>> read_rgb("frame.jpg").shape  # doctest: +SKIP
     (352, 352, 3)
     """
+    import av  # here, so that the metrics themselves need no PyAV
+
     try:
         with av.open(str(path)) as c:
             frame = next(c.decode(video=0))
@@ -116,6 +117,8 @@ def read_rgb(path: str | Path) -> NDArray[np.uint8]:
 
 def read_mask(path: str | Path, level: int = 127) -> NDArray[np.bool_]:
     """Decode a mask image and threshold it (``> level``; Kvasir-SEG masks are JPEG)."""
+    import av
+
     try:
         with av.open(str(path)) as c:
             frame = next(c.decode(video=0))

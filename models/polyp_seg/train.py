@@ -115,13 +115,20 @@ def load_split(root: Path, split: str, size: int = NET_SIZE) -> dict[str, NDArra
     }
 
 
-def build_model(deep_supervision: bool = False) -> Any:
+def build_model(
+    deep_supervision: bool = False,
+    widths: tuple[int, ...] = WIDTHS,
+    dec: tuple[int, ...] = DEC,
+    blocks: tuple[int, ...] = (1, 1, 1, 1),
+) -> Any:
     """The compact residual U-Net (torch ``nn.Module``), logits at half resolution.
 
     With ``deep_supervision`` the module also owns 1x1 auxiliary heads on the three coarser
     decoder levels (1/16, 1/8, 1/4); in training mode ``forward`` then returns
     ``(logits, [aux_logits...])`` (deep supervision, Lee et al., AISTATS 2015, as in PraNet and
     HarDNet-MSEG). In eval mode, and so in the exported ONNX graph, the heads are unused.
+    ``widths`` (stem + 4 stages), ``dec`` (decoder widths, finest first) and ``blocks``
+    (residual blocks per stage) default to the shipped network's.
     """
     torch = _torch()
     nn = torch.nn
@@ -145,13 +152,18 @@ def build_model(deep_supervision: bool = False) -> Any:
     class PolypNet(nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
-            w, d = WIDTHS, DEC
+            w, d = tuple(widths), tuple(dec)
             self.aux = nn.ModuleList(
                 [nn.Conv2d(c, 1, 1) for c in d[:0:-1]] if deep_supervision else []
             )
             self.stem = CBR(3, w[0], 3, 2)
             self.stages = nn.ModuleList(
-                [nn.Sequential(CBR(w[i], w[i + 1], 3, 2), Res(w[i + 1])) for i in range(4)]
+                [
+                    nn.Sequential(
+                        CBR(w[i], w[i + 1], 3, 2), *[Res(w[i + 1]) for _ in range(blocks[i])]
+                    )
+                    for i in range(4)
+                ]
             )
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w[4], w[4], 1))
             self.reduce = nn.ModuleList()
@@ -204,7 +216,8 @@ class _Exported:
             def forward(self, x: Any) -> Any:
                 return torch.sigmoid(self.net((x - self.mean) * self.inv_std))
 
-        return Wrapped().eval()
+        wrapped = Wrapped()
+        return wrapped.to(next(net.parameters()).device).eval()
 
 
 def _augment(
@@ -218,21 +231,21 @@ def _augment(
     degrees and scale 0.7-1.4 (the from-scratch recipe).
     """
     f = torch.nn.functional
-    n, size = img.shape[0], img.shape[1]
+    n, size, dev = img.shape[0], img.shape[1], img.device
     x = img.permute(0, 3, 1, 2).float() / 255.0
     m = mask.unsqueeze(1).float() / 255.0
 
     def u(lo: float, hi: float) -> Any:
-        return torch.rand(n, generator=gen) * (hi - lo) + lo
+        return torch.rand(n, generator=gen, device=dev) * (hi - lo) + lo
 
     if strong:
         ang = u(0, 2 * math.pi)
         scale = torch.exp(u(math.log(0.6), math.log(1.5)))
     else:
-        k90 = torch.randint(0, 4, (n,), generator=gen).float() * (math.pi / 2)
+        k90 = torch.randint(0, 4, (n,), generator=gen, device=dev).float() * (math.pi / 2)
         ang = k90 + u(-25, 25) * math.pi / 180
         scale = torch.exp(u(math.log(0.7), math.log(1.4)))  # >1 zooms in
-    sx = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    sx = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
     rel = crop / size
     cos, sin = torch.cos(ang) / scale * rel, torch.sin(ang) / scale * rel
     shift = 0.25 if rel < 1 else 0.15
@@ -248,23 +261,23 @@ def _augment(
     sat = u(0.6, 1.4).view(n, 1, 1, 1)
     x = gray + (x - gray) * sat
     if strong:
-        mix = torch.eye(3) + 0.06 * torch.randn(n, 3, 3, generator=gen)
+        mix = torch.eye(3, device=dev) + 0.06 * torch.randn(n, 3, 3, generator=gen, device=dev)
         x = torch.einsum("nij,njhw->nihw", mix, x)
-        blur = (torch.rand(n, generator=gen) < 0.25).view(n, 1, 1, 1)
+        blur = (torch.rand(n, generator=gen, device=dev) < 0.25).view(n, 1, 1, 1)
         xb = f.avg_pool2d(f.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
         x = torch.where(blur, xb, x)
-    x = x * (1 + 0.08 * torch.randn(n, 3, 1, 1, generator=gen))  # channel gains
+    x = x * (1 + 0.08 * torch.randn(n, 3, 1, 1, generator=gen, device=dev))  # channel gains
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * u(0.7, 1.3).view(n, 1, 1, 1) + mean * u(0.7, 1.3).view(n, 1, 1, 1)
     x = x.clamp(0, 1) ** u(0.75, 1.33).view(n, 1, 1, 1)
-    x = x + torch.randn(x.shape, generator=gen) * u(0, 0.03).view(n, 1, 1, 1)
+    x = x + torch.randn(x.shape, generator=gen, device=dev) * u(0, 0.03).view(n, 1, 1, 1)
     # a few negatives: flat or noisy frames with no polyp
-    neg = torch.rand(n, generator=gen) < 0.04
+    neg = torch.rand(n, generator=gen, device=dev) < 0.04
     if bool(neg.any()):
         k = int(neg.sum())
-        flat = torch.rand(k, 3, 1, 1, generator=gen) * 0.5
-        noise = torch.rand(k, 1, 1, 1, generator=gen) * 0.2 * torch.rand(
-            k, 3, crop, crop, generator=gen
+        flat = torch.rand(k, 3, 1, 1, generator=gen, device=dev) * 0.5
+        noise = torch.rand(k, 1, 1, 1, generator=gen, device=dev) * 0.2 * torch.rand(
+            k, 3, crop, crop, generator=gen, device=dev
         )
         x[neg] = flat + noise
         m[neg] = 0.0
@@ -316,14 +329,15 @@ def _evaluate(torch: Any, wrapped: Any, val: dict[str, NDArray[Any]]) -> dict[st
 
     f = torch.nn.functional
     wrapped.eval()
+    dev = next(wrapped.parameters()).device
     probs = []
     with torch.no_grad():
         for i in range(0, len(val["img"]), 25):
-            x = torch.from_numpy(val["img"][i : i + 25]).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(val["img"][i : i + 25]).permute(0, 3, 1, 2).float().to(dev)
             p = wrapped(x.contiguous(memory_format=torch.channels_last))
             h, w = val["mask_full"].shape[1:]
-            p = f.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-            probs.append(p[:, 0].numpy())
+            p = f.interpolate(p.float(), size=(h, w), mode="bilinear", align_corners=False)
+            probs.append(p[:, 0].cpu().numpy())
     pred = np.concatenate(probs) > 0.5
     d, j = mean_dice_iou(pred, val["mask_full"])
     return {"dice": d, "iou": j}
@@ -370,7 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
     ap.add_argument("--export-only", action="store_true", help="export the best checkpoint")
+    ap.add_argument("--no-export", action="store_true",
+                    help="stop after training (best.pt in --work; export later with --export-only)")
     ap.add_argument("--card-only", action="store_true", help="rewrite card.json only")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--size", type=int, default=NET_SIZE, help="network input side")
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)),
+                    help="stem + 4 stage widths")
+    ap.add_argument("--dec", default=",".join(map(str, DEC)), help="decoder widths, finest first")
+    ap.add_argument("--blocks", default="1,1,1,1", help="residual blocks per stage")
     ap.add_argument("--tta-modes", default="none,h",
                     help="test-time flip modes the card's default is chosen from")
     a = ap.parse_args(argv)
@@ -380,36 +402,51 @@ def main(argv: list[str] | None = None) -> int:
     torch = _torch()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    arch = {
+        "size": a.size,
+        "widths": [int(v) for v in a.widths.split(",")],
+        "dec": [int(v) for v in a.dec.split(",")],
+        "blocks": [int(v) for v in a.blocks.split(",")],
+    }
+    if a.crop > a.size:
+        a.crop = a.size
     a.work.mkdir(parents=True, exist_ok=True)
-    cache = a.work / f"kvasir_{NET_SIZE}.npz"
+    cache = a.work / f"kvasir_{a.size}.npz"
     if cache.exists():
         z = np.load(cache)
         tr = {k[3:]: z[k] for k in z.files if k.startswith("tr_")}
         va = {k[3:]: z[k] for k in z.files if k.startswith("va_")}
     else:
-        tr, va = load_split(a.data, "train"), load_split(a.data, "validation")
+        tr, va = load_split(a.data, "train", a.size), load_split(a.data, "validation", a.size)
         arrs: dict[str, Any] = {f"tr_{k}": v for k, v in tr.items()}
         arrs.update({f"va_{k}": v for k, v in va.items()})
         np.savez(cache, **arrs)
     log_path = a.work / "train_log.jsonl"
     best_path = a.work / "best.pt"
-    net = build_model(a.deep_supervision)
+    net = _build(a.deep_supervision, arch)
     init_record: dict[str, Any] | None = None
     if a.init is not None and not a.export_only:
-        ck0 = torch.load(a.init, weights_only=True)
+        ck0 = torch.load(a.init, weights_only=True, map_location="cpu")
         missing, unexpected = net.load_state_dict(ck0["state"], strict=False)
         if unexpected or any(not k.startswith("aux.") for k in missing):
             raise RuntimeError(f"--init {a.init}: missing {missing}, unexpected {unexpected}")
         init_record = {"path": str(a.init), **ck0.get("record", {})}
     aux_w = (0.5, 0.25, 0.125)
     if not a.export_only:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(dev, memory_format=torch.channels_last)
         ema = copy.deepcopy(net)
         for p in ema.parameters():
             p.requires_grad_(False)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=a.wd)
-        gen = torch.Generator().manual_seed(a.seed)
-        timg, tmask = torch.from_numpy(tr["img"]), torch.from_numpy(tr["mask"])
+        gen = torch.Generator(device=dev).manual_seed(a.seed)
+        timg, tmask = torch.from_numpy(tr["img"]).to(dev), torch.from_numpy(tr["mask"]).to(dev)
+        norm_mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255
+        norm_std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255
+        ema_params = [v for v in ema.state_dict().values() if v.dtype.is_floating_point]
+        net_params = [v for v in net.state_dict().values() if v.dtype.is_floating_point]
+        ema_ints = [v for v in ema.state_dict().values() if not v.dtype.is_floating_point]
+        net_ints = [v for v in net.state_dict().values() if not v.dtype.is_floating_point]
         n = len(timg)
         budget = a.budget_min * 60.0
         t0 = time.monotonic()
@@ -417,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path.write_text("")
         while time.monotonic() - t0 < budget:
             net.train()
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device=dev)
             tot = 0.0
             for b in range(n // a.batch):
                 frac = min((time.monotonic() - t0) / budget, 1.0)
@@ -427,10 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                     g["lr"] = lr
                 idx = perm[b * a.batch : (b + 1) * a.batch]
                 x, m = _augment(torch, timg[idx], tmask[idx], gen, a.crop, a.strong_aug)
-                x = ((x - torch.tensor(MEAN).view(1, 3, 1, 1) * 255) / (
-                    torch.tensor(STD).view(1, 3, 1, 1) * 255
-                )).contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                x = ((x - norm_mean) / norm_std).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
                     out = net(x)
                 if isinstance(out, tuple):
                     heads = list(zip((1.0, *aux_w), [out[0], *out[1]], strict=True))
@@ -445,14 +480,15 @@ def main(argv: list[str] | None = None) -> int:
                 loss.backward()
                 opt.step()
                 step += 1
-                tot += float(loss.detach())
+                tot += float(loss.detach()) if dev.type == "cpu" else 0.0
+                if dev.type != "cpu" and b == n // a.batch - 1:
+                    tot = float(loss.detach()) * (n // a.batch)  # last batch only: no syncs
                 dec = min(a.ema, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    for pe, pn in zip(ema.state_dict().values(), net.state_dict().values(), strict=True):
-                        if pe.dtype.is_floating_point:
-                            pe.mul_(dec).add_(pn.detach(), alpha=1 - dec)
-                        else:
-                            pe.copy_(pn)
+                    torch._foreach_mul_(ema_params, dec)
+                    torch._foreach_add_(ema_params, net_params, alpha=1 - dec)
+                    for pe, pn in zip(ema_ints, net_ints, strict=True):
+                        pe.copy_(pn)
             epoch += 1
             if epoch % a.eval_every and time.monotonic() - t0 < budget:
                 continue
@@ -463,20 +499,28 @@ def main(argv: list[str] | None = None) -> int:
             }
             if res["dice"] > best:
                 best = res["dice"]
-                torch.save({"state": ema.state_dict(), "record": rec, "init": init_record}, best_path)
+                torch.save(
+                    {"state": ema.state_dict(), "record": rec, "init": init_record, "arch": arch},
+                    best_path,
+                )
                 rec["best"] = True
-            torch.save({"state": ema.state_dict(), "record": rec}, a.work / "last.pt")
+            torch.save({"state": ema.state_dict(), "record": rec, "arch": arch}, a.work / "last.pt")
             with log_path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
-    ck = torch.load(best_path, weights_only=True)
-    net = build_model(any(k.startswith("aux.") for k in ck["state"]))
+    if a.no_export:
+        return 0
+    ck = torch.load(best_path, weights_only=True, map_location="cpu")
+    arch = ck.get("arch", arch)
+    net = _build(any(k.startswith("aux.") for k in ck["state"]), arch)
     net.load_state_dict(ck["state"])
     net = net.float().eval()
+    if arch["size"] != a.size:
+        raise RuntimeError(f"checkpoint input size {arch['size']} != --size {a.size}")
     res = _evaluate(torch, _Exported.make(net), va)
     a.out.mkdir(parents=True, exist_ok=True)
     onnx_path = a.out / "polyp_seg.onnx"
-    export_onnx(net, onnx_path)
+    export_onnx(net, onnx_path, arch["size"])
     ort_diff = _check_onnx(torch, net, onnx_path, va["img"][:8])
     n_params = int(sum(p.numel() for k, p in net.named_parameters() if not k.startswith("aux.")))
     curve = [json.loads(s) for s in log_path.read_text().splitlines() if s.strip()]
@@ -485,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_dice_torch": res["dice"],
         "val_iou_torch": res["iou"],
         "n_params": n_params,
+        "arch": arch,
         "onnx_vs_torch_max_abs_diff": ort_diff,
         "init": init_record if init_record is not None else ck.get("init"),
         "argv": list(argv) if argv is not None else sys.argv[1:],
@@ -497,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
     write_card(a.out, a.data / "validation", tta_modes=tuple(a.tta_modes.split(",")))
     return 0
+
+
+def _build(deep_supervision: bool, arch: dict[str, Any]) -> Any:
+    return build_model(
+        deep_supervision, tuple(arch["widths"]), tuple(arch["dec"]), tuple(arch["blocks"])
+    )
 
 
 def _check_onnx(torch: Any, net: Any, path: Path, imgs: NDArray[np.uint8]) -> float:
@@ -538,32 +589,37 @@ def write_card(
     from telediag.models.polyp_seg import PolypSegmenter
 
     summary = json.loads((out / "training_summary.json").read_text())
+    arch = summary.get("arch") or {
+        "size": NET_SIZE, "widths": list(WIDTHS), "dec": list(DEC), "blocks": [1, 1, 1, 1]
+    }
+    size = int(arch["size"])
     onnx_path = out / "polyp_seg.onnx"
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     card: dict[str, Any] = {
         "name": "polyp_seg",
-        "version": "0.1.0",
+        "version": "0.2.0",
         "task": "binary polyp segmentation of colonoscopy frames",
         "file": "polyp_seg.onnx",
         "sha256": sha,
         "opset": 17,
         "input": {
-            "name": "image", "shape": ["batch", 3, NET_SIZE, NET_SIZE], "size": NET_SIZE,
+            "name": "image", "shape": ["batch", 3, size, size], "size": size,
             "dtype": "float32", "layout": "NCHW", "channel_order": "RGB", "range": [0, 255],
             "resize": "anti-aliased bilinear (triangle filter, PIL BILINEAR equivalent) of the "
-            "whole frame to 256x256, aspect ratio not kept",
+            f"whole frame to {size}x{size}, aspect ratio not kept",
             "normalisation": "inside the graph: (x / 255 - mean) / std, "
             f"mean={list(MEAN)}, std={list(STD)}",
         },
         "output": {
-            "name": "prob", "shape": ["batch", 1, NET_SIZE // 2, NET_SIZE // 2],
+            "name": "prob", "shape": ["batch", 1, size // 2, size // 2],
             "dtype": "float32", "range": [0, 1],
             "meaning": "per-pixel polyp probability (sigmoid) at half the input resolution; "
             "the runtime upsamples it bilinearly to the frame size and thresholds at 0.5",
         },
         "architecture": {
             "type": "residual U-Net, 4 stride-2 stages, global-pool context, bilinear decoder",
-            "widths": list(WIDTHS), "decoder": list(DEC), "n_params": summary["n_params"],
+            "widths": list(arch["widths"]), "decoder": list(arch["dec"]),
+            "blocks": list(arch["blocks"]), "n_params": summary["n_params"],
         },
         "training_data": {
             "dataset": "Kvasir-SEG (train split, 800 images, 352x352)",
@@ -580,7 +636,8 @@ def write_card(
             "curve": summary["curve"],
         },
         "onnx_vs_torch_max_abs_diff": summary.get("onnx_vs_torch_max_abs_diff"),
-        "reproduce": "nice -n 15 python -m telediag.models.polyp_seg.train "
+        "reproduce": summary.get("reproduce")
+        or "nice -n 15 python -m telediag.models.polyp_seg.train "
         + " ".join(summary.get("argv") or ["--data", "../shared/data/kvasir-seg"]),
         "init": summary.get("init"),
         "postprocess": {"threshold": 0.5, "tta": "none"},
