@@ -98,3 +98,22 @@ def test_export_matches_torch(tmp_path: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     names = {i.name for i in model.graph.initializer}
     assert not any("aux" in k for k in names)
+
+
+def test_configurable_network_matches_the_shipped_card() -> None:
+    """``--widths/--dec/--blocks`` build the network the card describes, with its parameter count."""
+    import json
+
+    card = json.loads((Path(T.__file__).parent / "card.json").read_text())
+    arch = card["architecture"]
+    net = T.build_model(False, tuple(arch["widths"]), tuple(arch["decoder"]), tuple(arch["blocks"]))
+    assert sum(p.numel() for p in net.parameters()) == arch["n_params"]
+    # the default arguments still build the 0.1.0 network (checkpoints of it keep loading)
+    assert sum(p.numel() for p in T.build_model().parameters()) == 508481
+    size = card["input"]["size"]
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 3, size, size))
+    assert list(out.shape[1:]) == card["output"]["shape"][1:]
+    # blocks per stage really add residual blocks
+    deeper = T.build_model(False, blocks=(1, 2, 1, 3))
+    assert [len(s) - 1 for s in deeper.stages] == [1, 2, 1, 3]
