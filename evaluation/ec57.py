@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from telediag.errors import DataError
 
 __all__ = [
+    "DetectionRates",
     "BEAT_CODES",
     "BeatScore",
     "format_table",
@@ -44,8 +45,38 @@ __all__ = [
 BEAT_CODES: frozenset[str] = frozenset("NLRBAaJSVrFejnE/fQ?")
 
 
+class DetectionRates:
+    """Se, +P and F1 from the ``tp``, ``fn``, ``fp`` of a score class that mixes this in.
+
+    Each is NaN when its denominator is zero (no reference events, no detections, neither).
+    """
+
+    __slots__ = ()
+    tp: int
+    fn: int
+    fp: int
+
+    @property
+    def se(self) -> float:
+        """Sensitivity TP / (TP + FN) (NaN when there are no reference events)."""
+        d = self.tp + self.fn
+        return self.tp / d if d else math.nan
+
+    @property
+    def ppv(self) -> float:
+        """Positive predictivity TP / (TP + FP) (NaN when there are no detections)."""
+        d = self.tp + self.fp
+        return self.tp / d if d else math.nan
+
+    @property
+    def f1(self) -> float:
+        """F1 = 2 TP / (2 TP + FN + FP) (NaN when both lists are empty)."""
+        d = 2 * self.tp + self.fn + self.fp
+        return 2 * self.tp / d if d else math.nan
+
+
 @dataclass(frozen=True, slots=True)
-class BeatScore:
+class BeatScore(DetectionRates):
     """Counts and statistics of one beat-by-beat comparison.
 
     Attributes
@@ -61,24 +92,6 @@ class BeatScore:
     fp: int
     err_sum_ms: float = 0.0
     err_sumsq_ms2: float = 0.0
-
-    @property
-    def se(self) -> float:
-        """Sensitivity TP / (TP + FN) (NaN when there are no reference beats)."""
-        d = self.tp + self.fn
-        return self.tp / d if d else math.nan
-
-    @property
-    def ppv(self) -> float:
-        """Positive predictivity TP / (TP + FP) (NaN when there are no test beats)."""
-        d = self.tp + self.fp
-        return self.tp / d if d else math.nan
-
-    @property
-    def f1(self) -> float:
-        """F1 = 2 TP / (2 TP + FN + FP) (NaN when both lists are empty)."""
-        d = 2 * self.tp + self.fn + self.fp
-        return 2 * self.tp / d if d else math.nan
 
     @property
     def mean_err_ms(self) -> float:

@@ -58,6 +58,7 @@ from numpy.typing import NDArray
 
 from telediag.errors import ConfigError, DataError
 
+from .ec57 import DetectionRates
 from .harness import _clean, _Progress, default_cache_dir, find_records, load_function
 from .harness_identity import ResultCache, algorithm_identity, file_sha256
 
@@ -91,7 +92,7 @@ _STATES = ("S1", "systole", "S2", "diastole")
 # Scores
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Counts:
+class Counts(DetectionRates):
     """TP / FN / FP of one event class, with Se, +P and F1 (NaN when undefined).
 
     Examples
@@ -104,24 +105,6 @@ class Counts:
     tp: int
     fn: int
     fp: int
-
-    @property
-    def se(self) -> float:
-        """Sensitivity TP / (TP + FN)."""
-        d = self.tp + self.fn
-        return self.tp / d if d else math.nan
-
-    @property
-    def ppv(self) -> float:
-        """Positive predictivity TP / (TP + FP)."""
-        d = self.tp + self.fp
-        return self.tp / d if d else math.nan
-
-    @property
-    def f1(self) -> float:
-        """F1 = 2 TP / (2 TP + FN + FP)."""
-        d = 2 * self.tp + self.fn + self.fp
-        return 2 * self.tp / d if d else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready counts and rates."""

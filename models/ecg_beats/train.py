@@ -826,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-final", action="store_true")
     ap.add_argument("--cv-json", type=Path, default=None, help="write CV metrics here")
     ap.add_argument(
+        "--oof", type=Path, default=None,
+        help="write the held-out (out-of-fold) probabilities, labels and RR features per "
+        "record to this .npz (for post-hoc analysis of decision rules)",
+    )
+    ap.add_argument(
         "--card-only", action="store_true",
         help="rewrite card.json for the existing .onnx files, keeping its metrics",
     )
@@ -866,6 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         cm_f = {(i, t): np.zeros((N_CLASSES, N_CLASSES), np.int64) for i in F_INTO for t in F_GRID}
         cm_f1 = {(i, t): np.zeros((N_CLASSES, N_CLASSES), np.int64) for i in F_INTO for t in F_GRID}
         missed = np.zeros(N_CLASSES, np.int64)
+        oof: dict[str, NDArray[Any]] = {}
         n_false = 0
         agree = 0
         n_tot = 0
@@ -882,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
                 y = d["y"]
                 k = y >= 0
                 p_raw = ort_predict(raw, d["rr"], d["morph"])
+                if a.oof is not None:
+                    oof[f"{r}_p"], oof[f"{r}_y"], oof[f"{r}_rr"] = p_raw, y, d["rr"]
                 mono = d["morph"].copy()
                 mono[:, 2:] = 0.0  # what a single-lead stream feeds
                 p_mono = ort_predict(raw, d["rr"], mono)
@@ -907,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"({time.time() - t0:.0f} s)",
                     file=sys.stderr,
                 )
+        if a.oof is not None:
+            np.savez_compressed(a.oof, **oof)
         for f in (tmp / "fold.onnx", tmp / "fold.int8.onnx", tmp / "fold.raw.onnx"):
             f.unlink(missing_ok=True)
         tmp.rmdir()
