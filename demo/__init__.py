@@ -82,11 +82,11 @@ def run_demo(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     speed = parse_speed(args.speed)
     rec = read_wfdb(data_path("mitdb119_5min"))
-    heart = read_wfdb(data_path("a0001"))  # PCG (signal 0) and its simultaneous ECG (signal 1)
+    heart = read_wfdb(data_path("a0020"))  # PCG (signal 0) and its simultaneous ECG (signal 1)
     print("telediag demo")
     print(f"  engine   ingest {args.ingest}  publish {args.publish}")
     print(f"  ECG      MIT-BIH record 119 (first 5 min, looped), 2 leads at {rec.fs:g} Hz -> ecg/bed-1/ecg")
-    print(f"  PCG+ECG  PhysioNet 2016 a0001 (heart sounds with simultaneous ECG, looped), {heart.fs:g} Hz"
+    print(f"  PCG+ECG  PhysioNet 2016 a0020 (heart sounds with simultaneous ECG, looped), {heart.fs:g} Hz"
           " -> pcg/bed-2/pcg, ecg/bed-2/ecg")
     viewer = _start_viewer(args.publish, getattr(args, "viewer_port", 8080))
     if viewer is not None:

@@ -210,11 +210,11 @@ def test_pcg_and_video_agents_use_curve_keys(keys: Path) -> None:
         # a lossless agent whose key is refused has no link: it waits (here until told to stop)
         stop = threading.Event()
         threading.Timer(1.5, stop.set).start()
-        r = replay(recording_of(str(demo / "a0001.wav")), kind="pcg", stream="intr/pcg",
+        r = replay(recording_of(str(demo / "a0020.wav")), kind="pcg", stream="intr/pcg",
                    connect=eng.ingest_endpoint, speed=float("inf"), curve_secret=str(keys / "intruder.key_secret"),
                    server_key=str(keys / "engine.key"), linger_s=0.2, stop=stop)
         assert r.interrupted
-        assert main(["source", "pcg", "--wav", str(demo / "a0001.wav"), "--speed", "max", "--stream", "bed7/pcg",
+        assert main(["source", "pcg", "--wav", str(demo / "a0020.wav"), "--speed", "max", "--stream", "bed7/pcg",
                      "--curve-secret", str(keys / "bed7.key_secret"), *common]) == 0
         for who in ("intruder", "bed7"):  # (the agent drops what a refused link cannot take)
             res = run_video_source(VideoSourceOptions(
