@@ -64,7 +64,7 @@ def _rt(benchmark: Any) -> None:
 
 def test_front_end_2k(benchmark: Any, audio_2k: np.ndarray) -> None:
     f = benchmark(extract_frames, audio_2k, 2000)
-    assert f.shape == (int(SECONDS * 50), 4)
+    assert f.shape == (int(SECONDS * 50), pcg.N_CHANNELS)
     _rt(benchmark)
 
 

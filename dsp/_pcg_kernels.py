@@ -183,7 +183,8 @@ def _despike_step(
 @njit(cache=True, nogil=True)
 def _envelope_step(
     hilb: FloatArray, x: FloatArray, hist: FloatArray, sos_a: FloatArray, zi_a: FloatArray,
-    sos_b: FloatArray, zi_b: FloatArray, eps: float, out: FloatArray,
+    sos_b: FloatArray, zi_b: FloatArray, sos_c: FloatArray, zi_c: FloatArray, eps: float,
+    out: FloatArray,
 ) -> None:
     """Per-sample envelope channels, all aligned to the Hilbert filter's centre tap.
 
@@ -195,6 +196,7 @@ def _envelope_step(
         out[n, 1] = sqrt(r^2 + q^2)              # Hilbert envelope
         out[n, 2] = (sos_a * r)^2                # 40-60 Hz band power (PSD-feature analogue)
         out[n, 3] = |sos_b * r|                  # 60-120 Hz band magnitude (wavelet analogue)
+        out[n, 4] = |sos_c * r|                  # 150-400 Hz band magnitude (S2 pitch)
     """
     n_taps = hilb.shape[0]
     m = n_taps // 2
@@ -202,6 +204,7 @@ def _envelope_step(
     n = x.shape[0]
     na = sos_a.shape[0]
     nb = sos_b.shape[0]
+    nc = sos_c.shape[0]
     for t in range(n):
         q = 0.0
         for j in range(1, n_taps, 2):  # odd taps only are non-zero
@@ -229,6 +232,13 @@ def _envelope_step(
             zi_b[s, 1] = sos_b[s, 2] * u - sos_b[s, 5] * v
             u = v
         out[t, 3] = abs(u)
+        u = r
+        for s in range(nc):
+            v = sos_c[s, 0] * u + zi_c[s, 0]
+            zi_c[s, 0] = sos_c[s, 1] * u - sos_c[s, 4] * v + zi_c[s, 1]
+            zi_c[s, 1] = sos_c[s, 2] * u - sos_c[s, 5] * v
+            u = v
+        out[t, 4] = abs(u)
     if n >= k_hist:
         for i in range(k_hist):
             hist[i] = x[n - k_hist + i]

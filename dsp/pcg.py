@@ -5,7 +5,7 @@ regression-HSMM-based heart sound segmentation", section II)::
 
     audio @ fs ──► polyphase resampler ──► 1000 Hz ──► Butterworth band-pass 25-400 Hz
         ──► spike removal (Schmidt et al. 2010, streaming blocks of 0.5 s)
-        ──► envelopes (Hilbert FIR, log-envelope, 40-60 Hz power, 60-120 Hz magnitude)
+        ──► envelopes (Hilbert FIR, log-envelope, 40-60 Hz power, 60-120 and 150-400 Hz magnitude)
         ──► linear-phase FIR decimation to 50 Hz frames ──► (window) z-score
         ──► logistic-regression emissions ──► duration-explicit HSMM Viterbi
         ──► S1 / systole / S2 / diastole segments, heart rate, intervals, quality
@@ -81,7 +81,11 @@ ANALYSIS_FS = 1000
 FRAME_RATE = 50
 """Envelope frame rate in Hz (Springer 2016 uses 50 Hz)."""
 STATE_NAMES = ("S1", "systole", "S2", "diastole")
-FEATURE_NAMES = ("homomorphic", "hilbert", "psd_40_60", "band_60_120")
+FEATURE_NAMES = ("homomorphic", "hilbert", "psd_40_60", "band_60_120", "band_150_400")
+N_CHANNELS = len(FEATURE_NAMES)
+"""Columns of the 50 Hz frames (:func:`extract_frames`, :class:`PCGFrontEnd`)."""
+LOG_CHANNELS = (1, 2, 3, 4)
+"""Frame columns that :func:`emission_features` also uses as log-envelopes."""
 
 _MIN_FS = 800
 _MAX_FS = 384_000
@@ -348,6 +352,7 @@ class FrontEndState:
     env_hist: FloatArray
     psd_zi: FloatArray
     band_zi: FloatArray
+    hf_zi: FloatArray
     dec_hist: FloatArray
     dec_pos: IntArray
     n_in: int = 0
@@ -364,11 +369,14 @@ class PCGFrontEnd:
 
     Notes
     -----
-    ``process(chunk)`` returns the frames (n, 4) that the chunk completes: columns
+    ``process(chunk)`` returns the frames (n, 5) that the chunk completes: columns
     :data:`FEATURE_NAMES`: homomorphic envelope (exp of the 8 Hz low-passed log analytic
     envelope, Springer 2016 eq. 1-3), Hilbert envelope, 40-60 Hz band power (stands in for
-    Springer's spectrogram PSD feature) and 60-120 Hz band magnitude (stands in for the
-    Daubechies-7 level-3 wavelet envelope: same band at 1 kHz).  Frame ``k`` describes the
+    Springer's spectrogram PSD feature), 60-120 Hz band magnitude (stands in for the
+    Daubechies-7 level-3 wavelet envelope: same band at 1 kHz) and 150-400 Hz band magnitude
+    (the aortic/pulmonary components of S2 carry more energy above 150 Hz than S1, whose
+    energy lies mostly below 100 Hz; Arnott, Pfeiffer & Tavel, "Spectral analysis of heart
+    sounds", J. Biomed. Eng. 6(2):121-128, 1984).  Frame ``k`` describes the
     signal at ``k / 50`` s; the latency is ``latency_s`` (about 0.85 s at 2 kHz, dominated by
     the 0.5 s spike-removal block and the 0.2 s decimation filter).  Unnormalised: the
     segmenter z-scores over its window.
@@ -383,7 +391,7 @@ class PCGFrontEnd:
     >>> fe = PCGFrontEnd(2000)
     >>> frames = fe.process(np.zeros(4000))
     >>> frames.shape[1]
-    4
+    5
     """
 
     def __init__(self, fs: int) -> None:
@@ -398,8 +406,11 @@ class PCGFrontEnd:
         self._band_sos = np.ascontiguousarray(
             _sig.butter(2, [60.0, 120.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
         )
+        self._hf_sos = np.ascontiguousarray(
+            _sig.butter(2, [150.0, 400.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
+        )
         self._hilb = _hilbert_fir(_HILBERT_TAPS)
-        cut = [8.0, 20.0, 20.0, 20.0]
+        cut = [8.0, 20.0, 20.0, 20.0, 20.0]
         self._dec = np.ascontiguousarray(
             np.stack([_sig.firwin(_DECIM_TAPS, c, fs=ANALYSIS_FS) for c in cut])
         )
@@ -425,7 +436,8 @@ class PCGFrontEnd:
             env_hist=np.zeros(_HILBERT_TAPS - 1),
             psd_zi=np.zeros((self._psd_sos.shape[0], 2)),
             band_zi=np.zeros((self._band_sos.shape[0], 2)),
-            dec_hist=np.zeros((_DECIM_TAPS, 4)),
+            hf_zi=np.zeros((self._hf_sos.shape[0], 2)),
+            dec_hist=np.zeros((_DECIM_TAPS, N_CHANNELS)),
             dec_pos=np.array([self.delay_samples], dtype=np.int64),
         )
 
@@ -434,7 +446,7 @@ class PCGFrontEnd:
         self.state = self.initial_state()
 
     def process(self, chunk: ArrayLike) -> FloatArray:
-        """Feed audio samples; return the completed 50 Hz frames, shape (n, 4)."""
+        """Feed audio samples; return the completed 50 Hz frames, shape (n, 5)."""
         return self._process_f64(_as_samples(chunk, "chunk"))
 
     def _process_f64(self, xs: FloatArray) -> FloatArray:
@@ -456,12 +468,12 @@ class PCGFrontEnd:
             x1, st.spike_buf, st.spike_maa, st.spike_ints, _SPIKE_RATIO, 20, x2, scratch
         )
         x2 = x2[:n2]
-        env = np.empty((n2, 4))
+        env = np.empty((n2, N_CHANNELS))
         _k._envelope_step(
             self._hilb, x2, st.env_hist, self._psd_sos, st.psd_zi, self._band_sos, st.band_zi,
-            _LOG_EPS, env,
+            self._hf_sos, st.hf_zi, _LOG_EPS, env,
         )
-        frames = np.empty((n2 // _DECIM + 2, 4))
+        frames = np.empty((n2 // _DECIM + 2, N_CHANNELS))
         nf = _k._decimate_channels_step(self._dec, _DECIM, env, st.dec_hist, st.dec_pos, frames)
         frames = frames[:nf]
         frames[:, 0] = np.exp(frames[:, 0])
@@ -477,13 +489,13 @@ class PCGFrontEnd:
 def extract_frames(audio: ArrayLike, fs: int) -> FloatArray:
     """Offline: the 50 Hz envelope frames of a whole recording (one pass plus flush).
 
-    Returns an array (ceil(n * 50 / fs), 4); frame ``k`` is the signal at ``k/50`` s.
+    Returns an array (ceil(n * 50 / fs), 5); frame ``k`` is the signal at ``k/50`` s.
 
     Examples
     --------
     >>> import numpy as np
     >>> extract_frames(np.zeros(2000), 2000).shape
-    (50, 4)
+    (50, 5)
     """
     fe = PCGFrontEnd(fs)
     xs = _as_samples(audio, "audio")
@@ -563,11 +575,12 @@ _SCALAR_FIELDS = (
     "s1_mean_s", "s1_sd_s", "s2_mean_s", "s2_sd_s", "systole_sd_s", "diastole_sd_frac",
     "diastole_sd_min_s", "hr_min_bpm", "hr_max_bpm",
 )
+_BASE_FEATURES = list(FEATURE_NAMES) + [f"log_{FEATURE_NAMES[c]}" for c in LOG_CHANNELS]
 _FEATURE_LAYOUT = tuple(
-    [f"{n}" for n in FEATURE_NAMES]
-    + [f"d_{n}" for n in FEATURE_NAMES]
-    + [f"{n}_lag-2" for n in FEATURE_NAMES]
-    + [f"{n}_lag+2" for n in FEATURE_NAMES]
+    _BASE_FEATURES
+    + [f"d_{n}" for n in _BASE_FEATURES]
+    + [f"{n}_lag-2" for n in _BASE_FEATURES]
+    + [f"{n}_lag+2" for n in _BASE_FEATURES]
 )
 
 _DEFAULT_PARAMS: PCGSegParams | None = None
@@ -592,23 +605,39 @@ def _zscore(frames: FloatArray) -> FloatArray:
     return (frames - mu) / sd
 
 
+def _log_envelopes(f: FloatArray) -> FloatArray:
+    """Log of the :data:`LOG_CHANNELS` columns, floored at 1e-3 x their median magnitude.
+
+    The decimation filter can ring slightly below zero between sounds; the floor (relative,
+    so it does not depend on the recording's gain) keeps the logarithm finite.
+    """
+    g = f[:, LOG_CHANNELS]
+    floor = 1e-3 * np.median(np.abs(g), axis=0) + 1e-300
+    return np.log(np.maximum(g, floor))
+
+
 def emission_features(frames: ArrayLike) -> FloatArray:
     """Design matrix of the emission model from raw 50 Hz frames of one window.
 
-    Each envelope is z-scored over the window (Springer 2016 normalises each feature per
-    recording), then per frame the features are: the 4 envelopes, their central differences,
-    and their values 2 frames (40 ms) before and after (edge values repeated).
+    The 5 envelopes and the logarithms of the last 4 (:data:`LOG_CHANNELS`: on a log scale
+    the ratio of the 150-400 Hz to the low-band envelopes, which tells S2 from S1, is a
+    linear function the logistic regression can use) are z-scored over the window
+    (Springer 2016 normalises each feature per recording); then per frame the features are
+    these 9 values, their central differences, and their values 2 frames (40 ms) before and
+    after (edge values repeated): 36 features.
 
     Examples
     --------
     >>> import numpy as np
-    >>> emission_features(np.random.default_rng(0).random((100, 4))).shape
-    (100, 16)
+    >>> emission_features(np.random.default_rng(0).random((100, 5))).shape
+    (100, 36)
     """
     f = np.asarray(frames, dtype=np.float64)
-    if f.ndim != 2 or f.shape[1] != 4:
-        raise DSPError(f"frames must have shape (n, 4), got {f.shape}")
-    z = _zscore(f)
+    if f.ndim != 2 or f.shape[1] != N_CHANNELS:
+        raise DSPError(f"frames must have shape (n, {N_CHANNELS}), got {f.shape}")
+    if f.shape[0] == 0:
+        return np.zeros((0, len(_FEATURE_LAYOUT)))
+    z = _zscore(np.hstack((f, _log_envelopes(f))))
     n = z.shape[0]
     pad = np.concatenate((np.repeat(z[:1], 2, axis=0), z, np.repeat(z[-1:], 2, axis=0)))
     d = 0.5 * (pad[3 : 3 + n] - pad[1 : 1 + n])
@@ -992,13 +1021,13 @@ def analyze_frames(
     Examples
     --------
     >>> import numpy as np
-    >>> analyze_frames(np.zeros((100, 4)), 2.0, 2000).quality
+    >>> analyze_frames(np.zeros((100, 5)), 2.0, 2000).quality
     0.0
     """
     p = _default_params() if params is None else params
     f = np.ascontiguousarray(np.asarray(frames, dtype=np.float64))
-    if f.ndim != 2 or f.shape[1] != 4:
-        raise DSPError(f"frames must have shape (n, 4), got {f.shape}")
+    if f.ndim != 2 or f.shape[1] != N_CHANNELS:
+        raise DSPError(f"frames must have shape (n, {N_CHANNELS}), got {f.shape}")
     rms = math.sqrt(float(np.mean(f[:, 1] ** 2))) if f.shape[0] else 0.0
     cands = heart_rate_candidates(f[:, 0], p) if f.shape[0] else []
     q = _quality(max((c[2] for c in cands), default=0.0), rms)
@@ -1104,7 +1133,7 @@ class PCGSegmenter:
         self.lag_frames = int(round(lag_s * FRAME_RATE))
         self.min_quality = float(min_quality)
         self.front_end = PCGFrontEnd(self.fs)
-        self._buf = np.zeros((self.window_frames, 4))
+        self._buf = np.zeros((self.window_frames, N_CHANNELS))
         self._n_frames = 0  # frames received so far
         self._next_update = self.window_frames // 2
         self._published_until = 0  # frame index where the next segment starts

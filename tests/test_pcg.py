@@ -137,8 +137,10 @@ def test_envelope_kernel_matches_numpy() -> None:
     hist = np.zeros(fe._hilb.size - 1)
     za = np.zeros((fe._psd_sos.shape[0], 2))
     zb = np.zeros((fe._band_sos.shape[0], 2))
-    out = np.empty((x.size, 4))
-    K._envelope_step(fe._hilb, x, hist, fe._psd_sos, za, fe._band_sos, zb, 1e-8, out)
+    zc = np.zeros((fe._hf_sos.shape[0], 2))
+    out = np.empty((x.size, 5))
+    K._envelope_step(fe._hilb, x, hist, fe._psd_sos, za, fe._band_sos, zb, fe._hf_sos, zc, 1e-8,
+                     out)
     m = fe._hilb.size // 2
     q = np.convolve(x, fe._hilb)[: x.size]
     r = np.concatenate((np.zeros(m), x))[: x.size]
@@ -147,6 +149,9 @@ def test_envelope_kernel_matches_numpy() -> None:
     np.testing.assert_allclose(out[:, 0], np.log(env + 1e-8), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(out[:, 2], signal.sosfilt(fe._psd_sos, r) ** 2, atol=1e-12)
     np.testing.assert_allclose(out[:, 3], np.abs(signal.sosfilt(fe._band_sos, r)), atol=1e-12)
+    np.testing.assert_allclose(out[:, 4], np.abs(signal.sosfilt(fe._hf_sos, r)), atol=1e-12)
+    ref_hf = signal.butter(2, [150.0, 400.0], btype="bandpass", fs=1000, output="sos")
+    np.testing.assert_allclose(fe._hf_sos, ref_hf)
 
 
 def test_hilbert_fir_approximates_analytic_envelope() -> None:

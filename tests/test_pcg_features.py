@@ -1,0 +1,62 @@
+"""Emission features of the PCG segmenter: the 150-400 Hz channel and the log-envelopes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from telediag.dsp import pcg
+from telediag.errors import DSPError
+
+
+def _oracle_features(frames: np.ndarray) -> np.ndarray:
+    """Plain NumPy re-statement of :func:`pcg.emission_features` (documented layout)."""
+    g = frames[:, list(pcg.LOG_CHANNELS)]
+    floor = 1e-3 * np.median(np.abs(g), axis=0) + 1e-300
+    base = np.hstack((frames, np.log(np.maximum(g, floor))))
+    mu, sd = base.mean(axis=0), base.std(axis=0)
+    sd[sd <= 1e-12 * (np.abs(mu) + 1e-30)] = 1.0
+    z = (base - mu) / sd
+    n = z.shape[0]
+    idx = np.arange(n)
+    at = lambda k: z[np.clip(idx + k, 0, n - 1)]  # noqa: E731  (edge values repeated)
+    return np.hstack((z, 0.5 * (at(1) - at(-1)), at(-2), at(2)))
+
+
+def test_emission_features_match_oracle() -> None:
+    rng = np.random.default_rng(3)
+    f = np.abs(rng.standard_normal((300, pcg.N_CHANNELS))) + 0.01
+    f[::7, 4] = -1e-4  # decimation ringing below zero: floored, still finite
+    got = pcg.emission_features(f)
+    assert got.shape == (300, 4 * (pcg.N_CHANNELS + len(pcg.LOG_CHANNELS)))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, _oracle_features(f), rtol=1e-10, atol=1e-10)
+
+
+def test_emission_features_are_gain_invariant_and_handle_silence() -> None:
+    rng = np.random.default_rng(4)
+    f = np.abs(rng.standard_normal((200, pcg.N_CHANNELS))) + 0.01
+    np.testing.assert_allclose(pcg.emission_features(f), pcg.emission_features(1e-3 * f),
+                               atol=1e-8)
+    assert np.all(np.abs(pcg.emission_features(np.zeros((50, pcg.N_CHANNELS)))) < 1e-9)
+    assert pcg.emission_features(np.zeros((0, pcg.N_CHANNELS))).shape[0] == 0
+    with pytest.raises(DSPError, match="frames must have shape"):
+        pcg.emission_features(np.zeros((10, 4)))
+
+
+def test_high_band_channel_separates_pitch() -> None:
+    """250 Hz bursts light the 150-400 Hz channel, 50 Hz bursts the low bands."""
+    fs = 2000
+    t = np.arange(int(0.06 * fs)) / fs
+    x = np.zeros(9 * fs)
+    lo = np.sin(2 * np.pi * 50 * t) * np.hanning(t.size)
+    hi = np.sin(2 * np.pi * 250 * t) * np.hanning(t.size)
+    k_lo, k_hi = [], []
+    for sec in range(8):  # a burst in every 0.5 s block: none is taken for a spike
+        for onset, burst, ks in ((sec + 0.25, lo, k_lo), (sec + 0.75, hi, k_hi)):
+            n0 = int(onset * fs)
+            x[n0 : n0 + t.size] += burst
+            ks.append(int(round((onset + 0.03) * 50)))  # burst centre in frames
+    f = pcg.extract_frames(x, fs)
+    assert np.mean(f[k_hi, 4]) > 5 * np.mean(f[k_lo, 4])
+    assert np.mean(f[k_lo, 2]) > 5 * np.mean(f[k_hi, 2])
