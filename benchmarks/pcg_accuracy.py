@@ -85,8 +85,7 @@ def streaming_cv(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    from telediag.evaluation.pcg_seg import cross_validate, data_root
-    from telediag.models.pcg_segmentation.train import load_data
+    from telediag.evaluation.pcg_seg import cross_validate, data_root, load_feature_cache
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = data_root(args.data)
     t0 = time.perf_counter()
-    data = load_data(root, Path(args.cache) if args.cache else None, verbose=True)
+    data = load_feature_cache(root, Path(args.cache) if args.cache else None, verbose=True)
     print(f"features of {len(data['records'])} records in {time.perf_counter() - t0:.1f} s")
     results: dict[str, Any] = {}
     for scheme in ("set", "random"):

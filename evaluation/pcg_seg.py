@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from telediag.dsp.pcg import FRAME_RATE, PCGSegParams, Segment, analyze_frames, extract_frames
+from telediag.dsp.pcg import (
+    FRAME_RATE,
+    N_CHANNELS,
+    PCGSegParams,
+    Segment,
+    analyze_frames,
+    extract_frames,
+)
 from telediag.errors import DataError
 
 __all__ = [
@@ -270,8 +277,10 @@ def load_feature_cache(
 ) -> dict[str, Any]:
     """Frames, labels and annotations of all records (built once, cached to ``cache``).
 
-    Returns a dict with lists ``records`` (:class:`RecordRef`), ``frames`` (n_k, 4),
-    ``labels`` (n_k,), ``annotations`` and ``durations`` (s).
+    Returns a dict with lists ``records`` (:class:`RecordRef`), ``frames`` (n_k,
+    :data:`~telediag.dsp.pcg.N_CHANNELS`), ``labels`` (n_k,), ``annotations`` and ``durations``
+    (s). A cache of other records, or written by a front end with another number of envelope
+    channels, is rebuilt.
     """
     from telediag.evaluation.pcg_analyze import read_wav
 
@@ -284,7 +293,7 @@ def load_feature_cache(
     loaded = False
     if cache is not None and cache.is_file():
         z = np.load(cache, allow_pickle=False)
-        if list(z["names"]) == names:
+        if list(z["names"]) == names and z["frames"].shape[1:] == (N_CHANNELS,):
             offs = z["offsets"]
             allf = z["frames"]
             frames = [allf[offs[i] : offs[i + 1]] for i in range(len(recs))]

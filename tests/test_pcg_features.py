@@ -60,3 +60,20 @@ def test_high_band_channel_separates_pitch() -> None:
     f = pcg.extract_frames(x, fs)
     assert np.mean(f[k_hi, 4]) > 5 * np.mean(f[k_lo, 4])
     assert np.mean(f[k_lo, 2]) > 5 * np.mean(f[k_hi, 2])
+
+
+def test_feature_cache_of_another_front_end_is_rebuilt(pcg_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A cache with the right records but 4-channel frames (an older front end) is not reused."""
+    from telediag.evaluation.pcg_seg import list_records, load_feature_cache
+
+    names = [f"{r.set}/{r.name}" for r in list_records(pcg_root, ("d",))]
+    assert names
+    cache = tmp_path / "frames.npz"
+    n = 10 * len(names)
+    np.savez(cache, names=np.asarray(names), offsets=np.arange(0, n + 1, 10),
+             frames=np.zeros((n, 4)), durations=np.ones(len(names)))
+    data = load_feature_cache(pcg_root, cache, sets=("d",))
+    assert all(f.shape[1] == pcg.N_CHANNELS for f in data["frames"])
+    assert data["frames"][0].shape[0] > 10  # real frames, not the stale zeros
+    with np.load(cache) as z:
+        assert z["frames"].shape[1] == pcg.N_CHANNELS  # the cache was rewritten

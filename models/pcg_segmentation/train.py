@@ -33,13 +33,12 @@ from scipy.optimize import minimize
 
 from telediag.dsp.pcg import (
     FRAME_RATE,
-    N_CHANNELS,
     PCGSegParams,
     emission_features,
     estimate_heart_rate,
 )
 
-__all__ = ["fit_duration_model", "fit_logistic", "fit_params", "load_data", "main"]
+__all__ = ["fit_duration_model", "fit_logistic", "fit_params", "main"]
 
 L2 = 1e-4  # per-sample L2 penalty on the weights (not on the bias)
 HR_MIN_BPM = 30.0
@@ -167,28 +166,9 @@ def fit_params(
     return PCGSegParams(weights=w, log_prior=log_prior, extra=extra, **dur)
 
 
-def load_data(root: Path, cache: Path | None, verbose: bool = False) -> dict[str, Any]:
-    """Feature cache of all annotated records, rebuilt when it holds another frame layout.
-
-    :func:`telediag.evaluation.pcg_seg.load_feature_cache` recognises a cache by its record
-    names only; a cache written by an older front end (fewer envelope channels) is deleted
-    and rebuilt here.
-    """
-    from telediag.evaluation.pcg_seg import load_feature_cache
-
-    data = load_feature_cache(root, cache, verbose=verbose)
-    if cache is not None and data["frames"] and data["frames"][0].shape[1] != N_CHANNELS:
-        if verbose:
-            print(f"{cache}: frames have {data['frames'][0].shape[1]} channels, the front end "
-                  f"{N_CHANNELS}: rebuilding", flush=True)
-        cache.unlink()
-        data = load_feature_cache(root, cache, verbose=verbose)
-    return data
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see module docstring)."""
-    from telediag.evaluation.pcg_seg import data_root
+    from telediag.evaluation.pcg_seg import data_root, load_feature_cache
 
     ap = argparse.ArgumentParser(description="Train the PCG LR-HSMM segmentation parameters.")
     ap.add_argument("--data", default=None, help="data folder (default $TELEDIAG_DATA or "
@@ -198,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     root = data_root(args.data)
-    data = load_data(root, Path(args.cache) if args.cache else None, verbose=True)
+    data = load_feature_cache(root, Path(args.cache) if args.cache else None, verbose=True)
     idx = list(range(len(data["records"])))
     params = fit_params(data, idx)
     d = params.to_dict()
