@@ -82,15 +82,19 @@ def _sos_step(sos: FloatArray, x: FloatArray, zi: FloatArray, y: FloatArray) -> 
 
     Same arithmetic and order as :func:`scipy.signal.sosfilt`.  ``y`` may alias ``x``.
     """
-    n_sections = sos.shape[0]
     for n in range(x.shape[0]):
-        u = x[n]
-        for s in range(n_sections):
-            v = sos[s, 0] * u + zi[s, 0]
-            zi[s, 0] = sos[s, 1] * u - sos[s, 4] * v + zi[s, 1]
-            zi[s, 1] = sos[s, 2] * u - sos[s, 5] * v
-            u = v
-        y[n] = u
+        y[n] = _sos_sample(sos, zi, x[n])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sos_sample(sos: FloatArray, zi: FloatArray, u: float) -> float:
+    """One sample through the cascade ``sos`` with state ``zi`` (updated); the output."""
+    for s in range(sos.shape[0]):
+        v = sos[s, 0] * u + zi[s, 0]
+        zi[s, 0] = sos[s, 1] * u - sos[s, 4] * v + zi[s, 1]
+        zi[s, 1] = sos[s, 2] * u - sos[s, 5] * v
+        u = v
+    return u
 
 
 # --------------------------------------------------------------------------------------
@@ -202,9 +206,6 @@ def _envelope_step(
     m = n_taps // 2
     k_hist = hist.shape[0]  # == n_taps - 1
     n = x.shape[0]
-    na = sos_a.shape[0]
-    nb = sos_b.shape[0]
-    nc = sos_c.shape[0]
     for t in range(n):
         q = 0.0
         for j in range(1, n_taps, 2):  # odd taps only are non-zero
@@ -218,27 +219,10 @@ def _envelope_step(
         env = math.sqrt(r * r + q * q)
         out[t, 0] = math.log(env + eps)
         out[t, 1] = env
-        u = r
-        for s in range(na):
-            v = sos_a[s, 0] * u + zi_a[s, 0]
-            zi_a[s, 0] = sos_a[s, 1] * u - sos_a[s, 4] * v + zi_a[s, 1]
-            zi_a[s, 1] = sos_a[s, 2] * u - sos_a[s, 5] * v
-            u = v
-        out[t, 2] = u * u
-        u = r
-        for s in range(nb):
-            v = sos_b[s, 0] * u + zi_b[s, 0]
-            zi_b[s, 0] = sos_b[s, 1] * u - sos_b[s, 4] * v + zi_b[s, 1]
-            zi_b[s, 1] = sos_b[s, 2] * u - sos_b[s, 5] * v
-            u = v
-        out[t, 3] = abs(u)
-        u = r
-        for s in range(nc):
-            v = sos_c[s, 0] * u + zi_c[s, 0]
-            zi_c[s, 0] = sos_c[s, 1] * u - sos_c[s, 4] * v + zi_c[s, 1]
-            zi_c[s, 1] = sos_c[s, 2] * u - sos_c[s, 5] * v
-            u = v
-        out[t, 4] = abs(u)
+        a = _sos_sample(sos_a, zi_a, r)
+        out[t, 2] = a * a
+        out[t, 3] = abs(_sos_sample(sos_b, zi_b, r))
+        out[t, 4] = abs(_sos_sample(sos_c, zi_c, r))
     if n >= k_hist:
         for i in range(k_hist):
             hist[i] = x[n - k_hist + i]
