@@ -51,14 +51,6 @@ def segment_late(audio, fs):
 
 
 @pytest.fixture(scope="module")
-def pcg2016(shared_data: Path) -> Path:
-    d = shared_data / "pcg2016"
-    if not (d / "annotations").is_dir():
-        pytest.skip(f"PhysioNet 2016 heart sounds not found in {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
 def kvasir(shared_data: Path) -> Path:
     d = shared_data / "kvasir-seg" / "validation"
     if not (d / "images").is_dir():
@@ -127,26 +119,26 @@ def test_beats_bad_plugins(mitdb: Path) -> None:
 
 # --- pcg-seg ------------------------------------------------------------------------------
 
-def test_pcg_seg_plugin_equal_to_builtin_scores_equal(pcg2016: Path, tmp_path: Path) -> None:
+def test_pcg_seg_plugin_equal_to_builtin_scores_equal(pcg_root: Path, tmp_path: Path) -> None:
     from telediag.dsp.pcg import segment
 
-    found = find_wavs(pcg2016, WAVS)
+    found = find_wavs(pcg_root, WAVS)
     assert [f[0] for f in found] == WAVS and all(f[2].name.endswith("_StateAns.mat") for f in found)
 
     def same(audio: np.ndarray, fs: int) -> list[dict[str, object]]:
         return [{"start": s.start, "end": s.end, "state": s.state} for s in segment(audio, fs)]
 
     cache = tmp_path / "cache"
-    mine = evaluate_task("pcg-seg", same, pcg2016, names=WAVS, cache_dir=cache)
-    ref = evaluate_task("pcg-seg", "telediag", pcg2016, names=WAVS, cache_dir=cache)
+    mine = evaluate_task("pcg-seg", same, pcg_root, names=WAVS, cache_dir=cache)
+    ref = evaluate_task("pcg-seg", "telediag", pcg_root, names=WAVS, cache_dir=cache)
     assert mine.per_item == ref.per_item
     assert ref.gross.s1.tp > 40 and ref.gross.s1.f1 > 0.8
     (tmp_path / "late.py").write_text(SHIFTED_PCG.format(shift=0.15))
-    late = evaluate_task("pcg-seg", f"{tmp_path / 'late.py'}:segment_late", pcg2016, names=WAVS, cache_dir=cache)
+    late = evaluate_task("pcg-seg", f"{tmp_path / 'late.py'}:segment_late", pcg_root, names=WAVS, cache_dir=cache)
     assert late.gross.s1.tp < 0.2 * ref.gross.s1.tp  # 150 ms late: outside +-60 ms
-    assert evaluate_task("pcg-seg", "telediag", pcg2016, names=WAVS, cache_dir=cache).cached == dict.fromkeys(WAVS, True)
+    assert evaluate_task("pcg-seg", "telediag", pcg_root, names=WAVS, cache_dir=cache).cached == dict.fromkeys(WAVS, True)
     with pytest.raises(DataError, match="segment state"):
-        evaluate_task("pcg-seg", lambda a, fs: [(0.0, 0.1, "S3")], pcg2016, names=["a0001"], use_cache=False)
+        evaluate_task("pcg-seg", lambda a, fs: [(0.0, 0.1, "S3")], pcg_root, names=["a0001"], use_cache=False)
 
 
 # --- polyp --------------------------------------------------------------------------------
@@ -174,7 +166,7 @@ def test_polyp_plugin_scores_match_direct_dice(kvasir: Path, tmp_path: Path) -> 
 
 # --- CLI ------------------------------------------------------------------------------------
 
-def test_cli_tasks(mitdb: Path, pcg2016: Path, kvasir: Path, tmp_path: Path,
+def test_cli_tasks(mitdb: Path, pcg_root: Path, kvasir: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "toy_cls.py").write_text(TOY_CLASSIFIER)
     cache = str(tmp_path / "c")
@@ -190,7 +182,7 @@ def test_cli_tasks(mitdb: Path, pcg2016: Path, kvasir: Path, tmp_path: Path,
     assert cli_main(argv) == 0
     assert "1/1 records from the cache" in capsys.readouterr().err
 
-    assert cli_main(["harness", "--task", "pcg-seg", "telediag", "--data", str(pcg2016),
+    assert cli_main(["harness", "--task", "pcg-seg", "telediag", "--data", str(pcg_root),
                      "--records", "a0001", "--cache", cache]) == 0
     out = capsys.readouterr().out
     assert "| a0001 |" in out and "S1 F1 %" in out
