@@ -35,6 +35,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from telediag.errors import ConfigError
 
@@ -139,15 +140,8 @@ def run(args: argparse.Namespace) -> int:
     title = f"{main.name}: {args.data} lead {args.lead}{span} (EC57, 150 ms, VF excluded)"
     text = format_table(results[0].per_record, title=title) + "\n\n"
     text += f"**Gross, {len(results[0].per_record)} records{span}**\n\n" + comparison_tables(results) + "\n"
-    print(text)
-    hits = sum(results[0].cached.values())
-    print(f"{main.name}: {hits}/{len(results[0].cached)} records from the cache", file=sys.stderr)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(text)
-        (args.out / "results.json").write_text(
-            json.dumps({"detectors": [r.to_dict() for r in results], "data": str(args.data),
-                        "lead": args.lead, "max_seconds": args.max_seconds}, indent=1, default=str))
+    _report(args, text, main.name, results[0].cached, "records",
+            {"detectors": [r.to_dict() for r in results]})
     return 0
 
 
@@ -171,13 +165,19 @@ def _run_task(args: argparse.Namespace, names: list[str] | None) -> int:
     unit = "images" if args.task == "polyp" else "records"
     text = (f"{title}\n\n{item_table(results[0])}\n\n**Gross, {len(results[0].per_item)} {unit}{span}**\n\n"
             + comparison_table(results) + "\n")
+    _report(args, text, main.name, results[0].cached, unit,
+            {"task": args.task, "algorithms": [r.to_dict() for r in results]})
+    return 0
+
+
+def _report(args: argparse.Namespace, text: str, name: str, cached: dict[str, bool], unit: str,
+            doc: dict[str, Any]) -> None:
+    """Print the report and the cache hits; with ``--out``, write ``report.md`` and ``results.json``."""
     print(text)
-    hits = sum(results[0].cached.values())
-    print(f"{main.name}: {hits}/{len(results[0].cached)} {unit} from the cache", file=sys.stderr)
+    print(f"{name}: {sum(cached.values())}/{len(cached)} {unit} from the cache", file=sys.stderr)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(text)
-        (args.out / "results.json").write_text(
-            json.dumps({"task": args.task, "algorithms": [r.to_dict() for r in results], "data": str(args.data),
-                        "lead": args.lead, "max_seconds": args.max_seconds}, indent=1, default=str))
-    return 0
+        (args.out / "results.json").write_text(json.dumps(
+            {**doc, "data": str(args.data), "lead": args.lead, "max_seconds": args.max_seconds},
+            indent=1, default=str))
