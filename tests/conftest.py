@@ -42,6 +42,15 @@ def pcg_root(shared_data: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def kvasir_val(shared_data: Path) -> Path:
+    """Kvasir-SEG's validation split (``images/`` and ``masks/``)."""
+    d = shared_data / "kvasir-seg" / "validation"
+    if not (d / "images").is_dir():
+        pytest.skip(f"Kvasir-SEG validation split not found in {d}")
+    return d
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -50,14 +50,6 @@ def segment_late(audio, fs):
 '''
 
 
-@pytest.fixture(scope="module")
-def kvasir(shared_data: Path) -> Path:
-    d = shared_data / "kvasir-seg" / "validation"
-    if not (d / "images").is_dir():
-        pytest.skip(f"Kvasir-SEG validation images not found in {d}")
-    return d
-
-
 # --- scoring ------------------------------------------------------------------------------
 
 def test_class_score_ec57_conventions() -> None:
@@ -143,30 +135,30 @@ def test_pcg_seg_plugin_equal_to_builtin_scores_equal(pcg_root: Path, tmp_path: 
 
 # --- polyp --------------------------------------------------------------------------------
 
-def test_polyp_plugin_scores_match_direct_dice(kvasir: Path, tmp_path: Path) -> None:
+def test_polyp_plugin_scores_match_direct_dice(kvasir_val: Path, tmp_path: Path) -> None:
     from telediag.evaluation.seg_metrics import dice_iou, read_mask, read_rgb
 
     def reddish(rgb: np.ndarray) -> np.ndarray:
         return rgb[:, :, 0].astype(float) / 255.0  # a float map: thresholded at 0.5
 
-    items = find_images(kvasir, limit=3)
-    r = evaluate_task("polyp", reddish, kvasir, limit=3, cache_dir=tmp_path / "c")
+    items = find_images(kvasir_val, limit=3)
+    r = evaluate_task("polyp", reddish, kvasir_val, limit=3, cache_dir=tmp_path / "c")
     assert list(r.per_item) == [i[0] for i in items] == ["0.jpg", "1.jpg", "2.jpg"]
     for name, img, mask in items:
         d, j = dice_iou(reddish(read_rgb(img)) > 0.5, read_mask(mask))
         assert r.per_item[name].dice == pytest.approx(d) and r.per_item[name].iou == pytest.approx(j)
-    again = evaluate_task("polyp", reddish, kvasir, limit=3, cache_dir=tmp_path / "c")
+    again = evaluate_task("polyp", reddish, kvasir_val, limit=3, cache_dir=tmp_path / "c")
     assert all(again.cached.values())
     assert [s.dice for s in again.per_item.values()] == [s.dice for s in r.per_item.values()]
-    builtin = evaluate_task("polyp", "telediag", kvasir, limit=3, use_cache=False)
+    builtin = evaluate_task("polyp", "telediag", kvasir_val, limit=3, use_cache=False)
     assert builtin.gross.dice > r.gross.dice and builtin.gross.n == 3
     with pytest.raises(DataError, match="mask of shape"):
-        evaluate_task("polyp", lambda rgb: np.zeros((2, 2), bool), kvasir, limit=1, use_cache=False)
+        evaluate_task("polyp", lambda rgb: np.zeros((2, 2), bool), kvasir_val, limit=1, use_cache=False)
 
 
 # --- CLI ------------------------------------------------------------------------------------
 
-def test_cli_tasks(mitdb: Path, pcg_root: Path, kvasir: Path, tmp_path: Path,
+def test_cli_tasks(mitdb: Path, pcg_root: Path, kvasir_val: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "toy_cls.py").write_text(TOY_CLASSIFIER)
     cache = str(tmp_path / "c")
@@ -187,10 +179,10 @@ def test_cli_tasks(mitdb: Path, pcg_root: Path, kvasir: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "| a0001 |" in out and "S1 F1 %" in out
 
-    assert cli_main(["harness", "--task", "polyp", "telediag", "--data", str(kvasir), "--limit", "2",
+    assert cli_main(["harness", "--task", "polyp", "telediag", "--data", str(kvasir_val), "--limit", "2",
                      "--cache", cache]) == 0
     out = capsys.readouterr().out
     assert "| 0.jpg |" in out and "| **mean** |" in out and "mean Dice %" in out
 
-    assert cli_main(["harness", "--task", "polyp", "telediag", "--data", str(kvasir), "--lead", "1"]) == 2
+    assert cli_main(["harness", "--task", "polyp", "telediag", "--data", str(kvasir_val), "--lead", "1"]) == 2
     assert cli_main(["harness", "--task", "pcg-seg", "telediag", "--data", str(tmp_path / "none")]) == 2

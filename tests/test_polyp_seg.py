@@ -33,14 +33,6 @@ def seg() -> PolypSegmenter:
     return PolypSegmenter(threads=1).load()
 
 
-@pytest.fixture(scope="module")
-def kvasir_val(shared_data: Path) -> Path:
-    d = shared_data / "kvasir-seg" / "validation"
-    if not (d / "images").is_dir():
-        pytest.skip(f"Kvasir-SEG validation split not found in {d}")
-    return d
-
-
 # ---------------------------------------------------------------- model file and card
 def test_sha256_matches_card() -> None:
     card = json.loads(CARD_PATH.read_text())
