@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from telediag.errors import DataError
-from telediag.sources.video_codec import x264_params
+from telediag.transports.video_codec import x264_params
 
 __all__ = ["ClipInfo", "EndoscopySynth", "load_masks", "main", "write_clip"]
 

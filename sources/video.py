@@ -2,7 +2,7 @@
 
 The agent decodes its input with FFmpeg (PyAV) and sends one wire chunk per picture:
 
-* ``codec="h264"`` (default): re-encoded with :class:`~telediag.sources.video_codec.H264Encoder`
+* ``codec="h264"`` (default): re-encoded with :class:`~telediag.transports.video_codec.H264Encoder`
   (libx264 ``tune=zerolatency``, ``preset=ultrafast``, no B-frames, a keyframe every
   ``keyint`` frames, Annex-B with SPS/PPS repeated before each keyframe), one chunk per
   access unit: ``Chunk.video_packet(stream, seq, t0_ns, packet, VideoSpec("h264", w, h,
@@ -44,7 +44,7 @@ import numpy as np
 import zmq
 
 from telediag.errors import DataError
-from telediag.sources.video_codec import H264Encoder
+from telediag.transports.video_codec import H264Encoder
 from telediag.transports.wire import Chunk, VideoSpec, encode
 
 __all__ = ["VideoSourceOptions", "VideoSourceResult", "default_stream_id", "input_kind", "open_input",

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 
 from telediag.engine.stage import Outputs, Stage, StageParams, StreamSpec, register
 from telediag.errors import ConfigError, ModelError
-from telediag.sources.video_codec import H264Encoder, PacketDecoder
+from telediag.transports.video_codec import H264Encoder, PacketDecoder
 from telediag.transports.wire import Chunk, VideoSpec
 
 __all__ = [
