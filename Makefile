@@ -12,17 +12,18 @@ $(BIN)/.installed-run: pyproject.toml
 	touch $@
 
 # System packages the tests need: PortAudio (PyAudio builds against it), Debian's chromium
-# (browser tests; never `playwright install`) and ffmpeg (live UDP video feed). Needs root or sudo.
-SYSPKGS = portaudio19-dev chromium ffmpeg
+# (browser tests; never `playwright install`), ffmpeg (live UDP video feed) and poppler-utils
+# (pdftoppm: the report's PDF rendered to PNG in tests). Needs root or sudo.
+SYSPKGS = portaudio19-dev chromium ffmpeg poppler-utils
 sysdeps:
-	@if ! [ -e /usr/include/portaudio.h ] || ! [ -x /usr/bin/chromium ] || ! command -v ffmpeg >/dev/null; then \
+	@if ! [ -e /usr/include/portaudio.h ] || ! [ -x /usr/bin/chromium ] || ! command -v ffmpeg >/dev/null || ! command -v pdftoppm >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSPKGS); fi
 
 $(BIN)/.installed-dev: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench,audio]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,audio,lsl,report]'
 	touch $@ $(BIN)/.installed-run
 
 .PHONY: sysdeps demo test lint typecheck unit bench-smoke bench

@@ -1,0 +1,1 @@
+"""``telediag report``: the teleconsultation report (PDF and HTML) of one recorded session."""
