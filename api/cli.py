@@ -85,7 +85,7 @@ def _ecg(client: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pcg(client: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from telediag.evaluation.pcg_analyze import read_pcg
+    from telediag.sources.readers import read_pcg
 
     path = _need_input(args)
     audio, fs = read_pcg(path)

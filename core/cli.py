@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from telediag.errors import TelediagError
+from telediag.transports.security import add_curve_arguments  # noqa: F401  (re-export)
 
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
@@ -17,11 +18,6 @@ DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_curve_arguments(p: argparse.ArgumentParser) -> None:
-    """``--curve-secret`` / ``--server-key`` for clients of an engine with CurveZMQ on."""
-    g = p.add_argument_group("CurveZMQ (when the engine runs with [security].curve = true)")
-    g.add_argument("--curve-secret", metavar="FILE", help="this client's .key_secret file")
-    g.add_argument("--server-key", metavar="FILE", help="the engine's public .key file")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

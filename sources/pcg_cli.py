@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <device or record>/pcg)")
-    from telediag.cli import add_curve_arguments
+    from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
 
@@ -77,8 +77,7 @@ def recording_of(path: str, wfdb: bool = False):  # noqa: ANN201 - Recording, im
     >>> rec.fs, rec.channels
     (2000.0, ('PCG',))
     """
-    from telediag.evaluation.pcg_analyze import read_pcg, read_wav
-    from telediag.sources.readers import Recording
+    from telediag.sources.readers import Recording, read_pcg, read_wav
 
     if wfdb:
         p = Path(path)

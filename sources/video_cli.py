@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <input name>/endo)")
-    from telediag.cli import add_curve_arguments
+    from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
 

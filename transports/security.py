@@ -34,6 +34,7 @@ See ``docs/security.md``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import threading
@@ -304,3 +305,14 @@ def secure_client(sock: zmq.Socket, client_secret: str | Path, server_key: str |
     sock.curve_secretkey = me.secret
     sock.curve_publickey = me.public
     sock.curve_serverkey = server.public
+
+
+def add_curve_arguments(p: argparse.ArgumentParser) -> None:
+    """``--curve-secret`` / ``--server-key`` for clients of an engine with CurveZMQ on.
+
+    Lives here (not in :mod:`telediag.cli`) so that source, viewer and client commands can use
+    it without importing the top-level CLI (see ``tests/test_layering.py``).
+    """
+    g = p.add_argument_group("CurveZMQ (when the engine runs with [security].curve = true)")
+    g.add_argument("--curve-secret", metavar="FILE", help="this client's .key_secret file")
+    g.add_argument("--server-key", metavar="FILE", help="the engine's public .key file")

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-display-hz", type=float, default=500.0,
                    help="signals faster than this are min/max-decimated for display (default 500)")
     p.add_argument("--video-width", type=int, default=640, help="max width of video sent to browsers (default 640)")
-    from telediag.cli import add_curve_arguments
+    from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
 
