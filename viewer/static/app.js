@@ -375,11 +375,21 @@ class EcgPanel extends SignalPanel {
   }
 }
 
+// Abnormality verdict as "abnormal 0.82" / "normal 0.91" (probability of the stated label) or "uncertain".
+function pcgVerdict(q) {
+  if (!q || (q.abnormal_prob == null && !q.label)) return "--";
+  if (q.label === "uncertain") return "uncertain";
+  const p = q.abnormal_prob;
+  const lab = q.label || (p >= 0.5 ? "abnormal" : "normal");
+  if (p == null) return lab;
+  return `${lab} ${(lab === "normal" ? 1 - p : p).toFixed(2)}`;
+}
+
 class PcgPanel extends SignalPanel {
   constructor(pat, base) {
     super(pat, base, "pcg");
     this.num.innerHTML = `<div class="label">HR (heart sounds)</div><div class="big">--</div><div class="unit">bpm</div>
-      <div class="kv"><span class="k">abnormal</span><span class="v abn">--</span></div>`;
+      <div class="kv"><span class="k" title="heart-sound abnormality classifier: probability of the stated label; uncertain = signal too poor to decide (see models/pcg_abnormal/README.md)">verdict</span><span class="v abn">--</span></div>`;
     this.scale = 0;
   }
   numerics() {
@@ -390,7 +400,7 @@ class PcgPanel extends SignalPanel {
     setText(big, bpm == null ? "--" : String(Math.round(bpm)));
     big.classList.toggle("stale", !a.hrWall || now() - a.hrWall > 10000);
     const q = a.quality;
-    setText($(".abn", this.num), q && q.abnormal_prob != null ? `${Math.round(q.abnormal_prob * 100)} %${q.label ? " " + q.label : ""}` : "--");
+    setText($(".abn", this.num), pcgVerdict(q));
   }
   draw() {
     const { ctx, w, h } = fitCanvas(this.canvas);
