@@ -34,9 +34,11 @@ References
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import signal as _sig
 
 from telediag.dsp import _pcg_kernels as _k
-from telediag.errors import DSPError
+from telediag.errors import DSPError, ModelError
 
 __all__ = [
     "ANALYSIS_FS",
@@ -53,7 +55,9 @@ __all__ = [
     "FEATURE_NAMES",
     "PCGAnalysis",
     "PCGFrontEnd",
+    "PARAMS_PATH",
     "PCGSegParams",
+    "load_params",
     "PCGSegmenter",
     "PCGWindowStats",
     "PolyphaseResampler",
@@ -586,11 +590,42 @@ _FEATURE_LAYOUT = tuple(
 _DEFAULT_PARAMS: PCGSegParams | None = None
 
 
+#: The shipped, trained LR-HSMM parameters (written by ``telediag.models.pcg_segmentation.train``;
+#: kept next to the algorithm that needs them so that dsp never imports the models layer).
+PARAMS_PATH = Path(__file__).with_name("pcg_seg_params.json")
+
+
+def load_params(path: str | Path | None = None) -> PCGSegParams:
+    """Load segmentation parameters (default: the shipped :data:`PARAMS_PATH`).
+
+    Raises
+    ------
+    telediag.errors.ModelError
+        Missing or malformed file.
+
+    Examples
+    --------
+    >>> p = load_params()
+    >>> p.weights.shape[0]
+    4
+    """
+    p = Path(path) if path is not None else PARAMS_PATH
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot read PCG segmentation parameters {p}: {e}; re-create them with "
+            "`python -m telediag.models.pcg_segmentation.train`"
+        ) from e
+    try:
+        return PCGSegParams.from_dict(d)
+    except ValueError as e:
+        raise ModelError(f"{p}: {e}") from e
+
+
 def _default_params() -> PCGSegParams:
     global _DEFAULT_PARAMS
     if _DEFAULT_PARAMS is None:
-        from telediag.models.pcg_segmentation import load_params
-
         _DEFAULT_PARAMS = load_params()
     return _DEFAULT_PARAMS
 

@@ -14,7 +14,7 @@ What is trained (Springer et al. 2016, section II):
 Reproduce the shipped file (about 2 minutes on one core; features cached)::
 
     python -m telediag.models.pcg_segmentation.train --data ../shared/data \\
-        --out models/pcg_segmentation/params.json --cache /tmp/pcg2016_frames.npz
+        --out dsp/pcg_seg_params.json --cache /tmp/pcg2016_frames.npz
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from scipy.optimize import minimize
 
 from telediag.dsp.pcg import (
     FRAME_RATE,
+    PARAMS_PATH,
     PCGSegParams,
     emission_features,
     estimate_heart_rate,
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the PCG LR-HSMM segmentation parameters.")
     ap.add_argument("--data", default=None, help="data folder (default $TELEDIAG_DATA or "
                     "../shared/data)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("params.json")))
+    ap.add_argument("--out", default=str(PARAMS_PATH))
     ap.add_argument("--cache", default=None, help="feature cache .npz (created if missing)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
