@@ -148,6 +148,8 @@ class Recorder:
         self.jsonl: dict[str, TextIO] = {}
         self.video: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self.streams: dict[str, dict[str, Any]] = {}  # stream id -> manifest entry (session.json)
+        self._manifest_dirty = False
         self._last_flush = time.monotonic()
 
     def _source_of(self, stream: str) -> str:
@@ -157,6 +159,8 @@ class Recorder:
 
     def add(self, c: Chunk) -> None:
         self.counts[c.topic] = self.counts.get(c.topic, 0) + 1
+        if c.stream not in self.streams and c.kind != "stats":
+            self._note_stream(c)
         if c.kind in SIGNAL_KINDS and c.data is not None:
             w = self.signals.get(c.stream)
             if w is None:
@@ -184,6 +188,26 @@ class Recorder:
         if time.monotonic() - self._last_flush > FLUSH_S:
             self.flush()
 
+    def _note_stream(self, c: Chunk) -> None:
+        """A ``session.json`` entry: stream id, kind, spec and the source's ``meta`` (patient, ...)."""
+        e: dict[str, Any] = {"stream": c.stream, "kind": c.kind, "first_t0_ns": c.t0_ns,
+                             "file": safe_name(c.stream)}
+        if c.kind in SIGNAL_KINDS:
+            e.update(rate_hz=c.rate_hz, channels=list(c.channels), units=list(c.units))
+        meta = {k: v for k, v in (c.meta or {}).items()
+                if k not in ("pub_ns", "src_seq", "sent_ns", "meta_truncated")}
+        if meta:
+            e["meta"] = meta
+        self.streams[c.stream] = e
+        self._manifest_dirty = True
+
+    def _write_manifest(self) -> None:
+        doc = {"recorder": "telediag", "streams": list(self.streams.values())}
+        tmp = self.out / "session.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+        tmp.replace(self.out / "session.json")
+        self._manifest_dirty = False
+
     def _jsonl(self, c: Chunk) -> None:
         key = f"{safe_name(c.stream)}.{c.kind}"
         f = self.jsonl.get(key)
@@ -206,6 +230,8 @@ class Recorder:
         v["frames"].write(json.dumps({"t0_ns": c.t0_ns, "seq": c.seq, "keyframe": bool(c.video and c.video.keyframe)}) + "\n")
 
     def flush(self) -> None:
+        if self._manifest_dirty:
+            self._write_manifest()
         for w in self.signals.values():
             w.flush()
         for b in self.beats.values():
