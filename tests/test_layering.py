@@ -1,0 +1,178 @@
+"""Layering: a lower layer never imports a higher one (issue 18, item 5).
+
+The order, lowest first (a module may import its own layer and any layer below it):
+
+====  ===============================================================================
+rank  layer
+====  ===============================================================================
+0     ``telediag`` package root and ``telediag.errors``
+1     ``dsp`` (signal processing, no I/O), ``transports`` (wire format, sockets, codec)
+2     ``models`` (runtime inference)
+3     ``engine``
+4     ``sources``
+5     ``evaluation`` (offline analysis and scoring) and the training scripts
+      ``models/*/train.py``, ``models/pcg_abnormal/cnn_cv.py`` (offline tools that
+      live next to the model they produce; no runtime module may import them)
+6     ``api``, ``client``, ``recorder``, ``viewer`` (services and consumers)
+7     ``demo`` and the command line ``telediag.cli`` / ``telediag.__main__``
+====  ===============================================================================
+
+Every ``import``/``from ... import`` counts, also the lazy ones inside functions: a lazy upward
+import is still a dependency. The scan is static (AST), so it also covers code paths no test
+executes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package directory -> dotted package (pyproject.toml [tool.setuptools] package-dir)
+PACKAGE_DIRS = {
+    "core": "telediag",
+    "dsp": "telediag.dsp",
+    "transports": "telediag.transports",
+    "models": "telediag.models",
+    "engine": "telediag.engine",
+    "sources": "telediag.sources",
+    "evaluation": "telediag.evaluation",
+    "api": "telediag.api",
+    "client": "telediag.client",
+    "recorder": "telediag.recorder",
+    "viewer": "telediag.viewer",
+    "demo": "telediag.demo",
+}
+
+LAYERS: dict[str, int] = {
+    "telediag": 0,
+    "telediag.errors": 0,
+    "telediag.dsp": 1,
+    "telediag.transports": 1,
+    "telediag.models": 2,
+    "telediag.engine": 3,
+    "telediag.sources": 4,
+    "telediag.evaluation": 5,
+    "telediag.training": 5,  # pseudo-layer: see _layer_of
+    "telediag.api": 6,
+    "telediag.client": 6,
+    "telediag.recorder": 6,
+    "telediag.viewer": 6,
+    "telediag.demo": 7,
+    "telediag.cli": 7,
+    "telediag.__main__": 7,
+}
+
+#: Offline training tools inside the models package (rank of evaluation).
+TRAINING_MODULES = ("train", "cnn_cv")
+
+#: Temporary exceptions: (importing module, imported module) -> reason. Keep empty.
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def _layer_key(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "telediag":
+        raise ValueError(module)
+    if len(parts) == 1:
+        return "telediag"
+    if parts[1] == "models" and parts[-1] in TRAINING_MODULES:
+        return "telediag.training"
+    key = ".".join(parts[:2])
+    if key not in LAYERS:
+        raise AssertionError(f"{module}: package {key} has no layer; add it to LAYERS in {__file__}")
+    return key
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    pkg = PACKAGE_DIRS[rel.parts[0]]
+    parts = list(rel.with_suffix("").parts[1:])
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join([pkg, *parts])
+
+
+def _imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, absolute imported module) for every telediag import in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "telediag"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "telediag":
+                continue
+            for a in node.names:  # `from pkg import name`: name may be a submodule (e.g. train)
+                sub = f"{target}.{a.name}"
+                if target == "telediag" and sub not in LAYERS:
+                    sub = "telediag"  # from telediag import __version__
+                out.append((node.lineno, sub))
+    return out
+
+
+def _sources() -> list[Path]:
+    files: list[Path] = []
+    for d in PACKAGE_DIRS:
+        files += sorted((ROOT / d).rglob("*.py"))
+    return [f for f in files if "__pycache__" not in f.parts]
+
+
+def upward_imports() -> list[str]:
+    bad = []
+    for path in _sources():
+        mod = _module_name(path)
+        rank = LAYERS[_layer_key(mod)]
+        for line, target in _imports(path, mod):
+            trank = LAYERS[_layer_key(target)]
+            if trank > rank and (mod, target) not in ALLOWED:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {mod} (layer {rank}) imports "
+                           f"{target} (layer {trank})")
+    return bad
+
+
+def test_no_upward_imports() -> None:
+    bad = upward_imports()
+    assert not bad, "upward imports (see the layer table in tests/test_layering.py):\n" + "\n".join(bad)
+
+
+def test_allow_list_entries_are_still_needed() -> None:
+    live = set()
+    for path in _sources():
+        mod = _module_name(path)
+        live |= {(mod, t) for _, t in _imports(path, mod)}
+    stale = [k for k in ALLOWED if k not in live]
+    assert not stale, f"remove stale ALLOWED entries: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "upward"),
+    [
+        ("telediag.dsp.pcg", "from telediag.models.pcg_segmentation import load_params\n", True),
+        ("telediag.engine.stages.video", "import telediag.sources.video_codec\n", True),
+        ("telediag.sources.pcg_cli", "def f():\n    from telediag.evaluation import x\n", True),
+        ("telediag.models.polyp_seg", "from telediag.models.polyp_seg import train\n", True),
+        ("telediag.models.polyp_seg.train", "from telediag.evaluation.seg_metrics import f\n", False),
+        ("telediag.sources.replay", "from telediag import cli\n", True),
+        ("telediag.engine.stage", "from ..transports.wire import Chunk\n", False),
+        ("telediag.engine.stage", "from ..sources import replay\n", True),
+    ],
+)
+def test_scanner_catches_upward_imports(tmp_path: Path, module: str, source: str, upward: bool) -> None:
+    """The scanner itself: each line above is (or is not) flagged as an upward import."""
+    f = tmp_path / "m.py"
+    f.write_text(source)
+    rank = LAYERS[_layer_key(module)]
+    ranks = [LAYERS[_layer_key(t)] for _, t in _imports(f, module)]
+    assert ranks, source
+    assert any(r > rank for r in ranks) is upward
