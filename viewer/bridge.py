@@ -72,7 +72,7 @@ import math
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,7 @@ import zmq
 import zmq.asyncio
 
 from telediag.errors import ProtocolError
+from telediag.transports.webauth import patient_of_topic
 from telediag.transports.wire import SIGNAL_KINDS, Chunk, decode
 
 __all__ = [
@@ -102,6 +103,7 @@ MAGIC = b"TDB1"
 _STATE_KINDS = ("hr", "hrv", "quality", "stats", "polyp")  # latest per topic in the snapshot
 _HISTORY_KINDS = ("beats", "segments", "event")  # last history_s seconds in the snapshot
 _MAX_EVENTS_KEPT = 50
+AUDIO_KINDS = ("pcg", "audio")  # signal kinds a browser can listen to
 
 
 # --------------------------------------------------------------------------- encoding
@@ -598,9 +600,14 @@ class Client:
 
     _ids = itertools.count(1)
 
-    def __init__(self, maxlen: int = 4000, peer: str = "") -> None:
+    def __init__(self, maxlen: int = 4000, peer: str = "", user: str | None = None,
+                 allow: Callable[[str], bool] | None = None) -> None:
         self.id = next(Client._ids)
         self.peer = peer
+        self.user = user
+        self.allow = allow  # patient id -> may this browser see it (None: everything)
+        self.listen: set[str] = set()  # base streams this browser listens to (audio messages)
+        self.refused = 0  # messages withheld by the access list
         self.connected = time.monotonic()
         self.queue: deque[str | bytes] = deque()
         self._queue_topics: deque[str] = deque()
@@ -614,7 +621,18 @@ class Client:
         self._wake = asyncio.Event()
 
     def put(self, msg: str | bytes, topic: str = "") -> None:
-        """Queue ``msg`` (of ``topic``, for the per-topic drop count); never blocks."""
+        """Queue ``msg`` (of ``topic``, for the per-topic drop count); never blocks.
+
+        With an access list (``allow``) a message of a patient this browser may not see is
+        withheld (counted in ``refused``), and engine statistics keep only its patients' streams.
+        """
+        if self.allow is not None and topic and not topic.startswith("_"):
+            if topic.startswith("stats/"):
+                if isinstance(msg, str):
+                    msg = _filter_stats(msg, self.allow)
+            elif not self.allow(patient_of_topic(topic)):
+                self.refused += 1
+                return
         self.offered += 1
         if len(self.queue) >= self.maxlen:
             self.queue.popleft()
@@ -627,6 +645,9 @@ class Client:
 
     def put_video(self, stream: str, msg: bytes) -> None:
         """Offer the newest frame of ``stream``; an unsent older one is replaced (counted)."""
+        if self.allow is not None and not self.allow(stream.split("/")[0]):
+            self.refused += 1
+            return
         self.offered += 1
         if stream in self.video:
             self.video_dropped += 1
@@ -651,7 +672,21 @@ class Client:
         return {"id": self.id, "peer": self.peer, "connected_s": round(time.monotonic() - self.connected, 3),
                 "queued": len(self.queue) + len(self.video), "queue_max": self.maxlen,
                 "offered": self.offered, "sent": self.sent, "dropped": self.dropped,
-                "video_dropped": self.video_dropped, "dropped_by_topic": dict(self.dropped_by_topic)}
+                "video_dropped": self.video_dropped, "dropped_by_topic": dict(self.dropped_by_topic),
+                "user": self.user, "refused": self.refused, "listen": sorted(self.listen)}
+
+
+def _filter_stats(msg: str, allow: Callable[[str], bool]) -> str:
+    """An engine ``stats`` message with only the streams of patients ``allow`` admits."""
+    try:
+        doc = json.loads(msg)
+        streams = doc.get("body", {}).get("streams")
+    except (ValueError, AttributeError):
+        return msg
+    if isinstance(streams, dict):
+        doc["body"]["streams"] = {k: v for k, v in streams.items() if allow(k.split("/")[0])}
+        return _dumps(doc)
+    return msg
 
 
 # --------------------------------------------------------------------------- bridge
@@ -730,7 +765,9 @@ class Bridge:
         self._topics: dict[str, _Topic] = {}
         self._decim: dict[str, DisplayDecimator] = {}
         self._filtered_bases: set[str] = set()
-        self._alarms: dict[str, str] = {}
+        self._alarms: dict[str, tuple[str, str]] = {}  # alarm key -> (topic, message)
+        self.acks: dict[str, dict[str, Any]] = {}  # alarm key -> acknowledgement / silence record
+        self._audio_src: dict[str, tuple[str, float]] = {}  # base stream -> (topic, last seen)
         self._video: dict[str, VideoTranscoder] = {}
         self._video_q: dict[str, deque[Chunk]] = {}
         self._video_busy: set[str] = set()
@@ -768,6 +805,7 @@ class Bridge:
             "engine_idle_s": round(time.monotonic() - self.last_stats, 3) if self.last_stats else None,
             "topics": sorted(self._topics),
             "alarms_on": sorted(self._alarms),
+            "acks": dict(self.acks),
             "dropped": {str(c.id): c.dropped for c in clients},
             "dropped_total": self.departed["dropped"] + sum(c.dropped for c in clients),
             "video_dropped_total": self.departed["video_dropped"] + sum(c.video_dropped for c in clients),
@@ -821,15 +859,20 @@ class Bridge:
                [(lab(c), c["queued"]) for c in per])
         return "\n".join(out) + "\n"
 
-    def add_client(self, peer: str = "") -> Client:
-        """Register a browser; its queue starts with the hello message and the snapshot."""
-        c = Client(self.queue_max, peer)
+    def add_client(self, peer: str = "", user: str | None = None,
+                   allow: Callable[[str], bool] | None = None) -> Client:
+        """Register a browser; its queue starts with the hello message and the snapshot.
+
+        ``user`` and ``allow`` (patient id -> bool) come from the login; a browser sees only
+        the patients ``allow`` admits.
+        """
+        c = Client(self.queue_max, peer, user, allow)
         c.put(_dumps({"kind": "_hello", "endpoints": self.endpoints, "t_ns": time.time_ns(),
-                      "history_s": self.history_ns / 1e9, "client": c.id}), "_hello")
-        snap = self.snapshot()
+                      "history_s": self.history_ns / 1e9, "client": c.id, "user": user}), "_hello")
+        snap = self.snapshot_topics()
         c.put(_dumps({"kind": "_snapshot", "state": "begin", "count": len(snap)}), "_snapshot")
-        for msg in snap:
-            c.put(msg, "_snapshot")
+        for topic, msg in snap:
+            c.put(msg, topic)
         c.put(_dumps({"kind": "_snapshot", "state": "end"}), "_snapshot")
         self.clients.add(c)
         return c
@@ -845,14 +888,72 @@ class Bridge:
 
     def snapshot(self) -> list[str | bytes]:
         """Messages that bring a new browser up to date (see the module docstring)."""
-        out: list[str | bytes] = []
+        return [m for _, m in self.snapshot_topics()]
+
+    def snapshot_topics(self) -> list[tuple[str, str | bytes]]:
+        """:meth:`snapshot` with each message's topic (for per-patient access filtering)."""
+        out: list[tuple[str, str | bytes]] = []
         for name in sorted(self._topics):
             t = self._topics[name]
-            out.extend(m for _, m in t.history)
+            out.extend((name, m) for _, m in t.history)
             if t.latest is not None:
-                out.append(t.latest)
+                out.append((name, t.latest))
         out.extend(self._alarms.values())
+        for key, ack in self.acks.items():
+            out.append((ack["topic"], _dumps({"kind": "_ack", "key": key, **ack})))
         return out
+
+    # -- alarm acknowledgement ---------------------------------------------------------
+    def acknowledge(self, key: str, user: str | None, action: str = "ack", silence_s: float = 120.0) -> dict[str, Any]:
+        """Record who acknowledged (``ack``) or silenced (``silence``, audio paused for
+        ``silence_s``) the active alarm ``key`` and tell every browser allowed to see it.
+
+        Raises ``KeyError`` when no such alarm is on. The record goes when the alarm ends.
+        """
+        if key not in self._alarms:
+            raise KeyError(key)
+        topic = self._alarms[key][0]
+        now_ns = time.time_ns()
+        rec = dict(self.acks.get(key, {}))
+        rec.update({"topic": topic, "stream": topic.split("/", 1)[1] if "/" in topic else topic})
+        if action == "silence":
+            rec.update({"silenced_by": user, "silenced_at_ns": now_ns,
+                        "silenced_until_ns": now_ns + int(silence_s * 1e9)})
+        else:
+            rec.update({"acked_by": user, "acked_at_ns": now_ns})
+        self.acks[key] = rec
+        msg = _dumps({"kind": "_ack", "key": key, **rec})
+        for c in self.clients:
+            c.put(msg, topic)
+        return rec
+
+    # -- listening ---------------------------------------------------------------------
+    def _audio(self, chunk: Chunk) -> None:
+        """Full-rate mono audio of a heart-sound (or other audio) stream for listening browsers.
+
+        The raw stream is preferred (full band); the engine's ``/filtered`` one is used when no
+        raw stream has been seen for 3 s. Header ``{"kind": "audio", "topic", "stream", "base",
+        "seq", "t0_ns", "rate_hz", "n"}``, payload float32 samples of channel 0.
+        """
+        assert chunk.data is not None and chunk.rate_hz is not None
+        base = chunk.stream[: -len("/filtered")] if chunk.stream.endswith("/filtered") else chunk.stream
+        t = time.monotonic()
+        src = self._audio_src.get(base)
+        raw = not chunk.stream.endswith("/filtered")
+        if src is None or src[0] == chunk.topic or raw or t - src[1] > 3.0:
+            self._audio_src[base] = (chunk.topic, t)
+        else:
+            return
+        listeners = [c for c in self.clients if base in c.listen]
+        if not listeners:
+            return
+        x = np.asarray(chunk.data, dtype="<f4")
+        x = x[:, 0] if x.ndim == 2 else x.ravel()
+        msg = pack_binary({"topic": chunk.topic, "kind": "audio", "stream": chunk.stream, "base": base,
+                           "seq": chunk.seq, "t0_ns": chunk.t0_ns, "rate_hz": chunk.rate_hz, "n": int(x.shape[0])},
+                          np.ascontiguousarray(x).tobytes())
+        for c in listeners:
+            c.put(msg, chunk.topic)
 
     def _track(self, chunk: Chunk) -> _Topic:
         t = self._topics.get(chunk.topic)
@@ -878,6 +979,8 @@ class Bridge:
         t = self._track(chunk)
         kind = chunk.kind
         if kind in SIGNAL_KINDS and chunk.data is not None:
+            if kind in AUDIO_KINDS and chunk.rate_hz:
+                self._audio(chunk)
             if chunk.stream.endswith("/filtered"):
                 self._filtered_bases.add(f"{kind}/{chunk.stream[: -len('/filtered')]}")
             elif chunk.topic in self._filtered_bases:
@@ -903,9 +1006,10 @@ class Bridge:
         msg = _dumps(head)
         if kind in ("alarm", "event") and view is not None and "key" in view:
             if view["state"] == "on":
-                self._alarms[view["key"]] = msg
+                self._alarms[view["key"]] = (chunk.topic, msg)
             else:
                 self._alarms.pop(view["key"], None)
+                self.acks.pop(view["key"], None)
         if kind in _HISTORY_KINDS:
             self._remember(t, chunk.t0_ns, msg)
             if kind == "event":

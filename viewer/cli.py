@@ -24,12 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-display-hz", type=float, default=500.0,
                    help="signals faster than this are min/max-decimated for display (default 500)")
     p.add_argument("--video-width", type=int, default=640, help="max width of video sent to browsers (default 640)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (telediag keys tls makes one)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--access", metavar="TOML",
+                   help="users, password hashes and per-patient access lists (telediag keys user); login required")
+    p.add_argument("--audit", metavar="FILE", help="append who viewed/listened/acknowledged what, as JSON lines")
     from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from telediag.errors import TelediagError
     from telediag.viewer.server import ViewerServer, serve
 
     engines = args.engine or [DEFAULT_PUBLISH]
@@ -38,8 +44,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"telediag viewer: {srv.url}  (engine {', '.join(engines)}; per-browser drops at {srv.url}stats "
               f"and {srv.url}metrics; Ctrl-C stops)", flush=True)
 
-    serve(engines, args.host, args.port, on_ready=ready, queue_max=args.queue,
-          max_display_hz=args.max_display_hz, video_max_width=args.video_width,
-          curve_secret=args.curve_secret, server_key=args.server_key)
+    try:
+        serve(engines, args.host, args.port, on_ready=ready, queue_max=args.queue,
+              max_display_hz=args.max_display_hz, video_max_width=args.video_width,
+              curve_secret=args.curve_secret, server_key=args.server_key,
+              tls_cert=args.tls_cert, tls_key=args.tls_key, access=args.access, audit=args.audit)
+    except TelediagError as e:
+        print(f"telediag viewer: {e}", flush=True)
+        return 2
     print("telediag viewer: stopped", flush=True)
     return 0
