@@ -662,3 +662,28 @@ def test_encode_overrides_seq_and_meta_without_touching_the_chunk() -> None:
     with pytest.raises(ProtocolError) as e:
         encode(c, meta={1: "x"})  # type: ignore[dict-item]
     assert e.value.reason == "invalid_chunk" and "meta" in e.value.detail
+
+
+def test_rejected_message_names_its_stream_and_seq_when_readable() -> None:
+    """ProtocolError carries the header's stream id and seq (best effort) for reject events."""
+    import msgpack as _mp
+
+    from telediag.transports.wire import decode as _decode
+    from telediag.transports.wire import encode as _encode
+
+    c = Chunk.signal("ecg", "bed/ecg", 7, 0, np.zeros((3, 1)), 360.0, ["I"], ["mV"])
+    f = _encode(c)
+    with pytest.raises(ProtocolError) as ei:
+        _decode([f[0], f[1], b"xx"])
+    assert (ei.value.reason, ei.value.stream, ei.value.seq) == ("size_mismatch", "bed/ecg", 7)
+    big = _mp.packb({"v": 1, "kind": "hr", "stream": "a/b", "seq": 3, "meta": {"x": "y" * 5000}})
+    with pytest.raises(ProtocolError) as ei:
+        _decode([b"hr/a/b", big, b""])
+    assert (ei.value.reason, ei.value.stream, ei.value.seq) == ("header_too_large", "a/b", 3)
+    bad_ids = _mp.packb({"v": 1, "kind": "hr", "stream": "bad stream!", "seq": True})
+    with pytest.raises(ProtocolError) as ei:
+        _decode([b"hr/x", bad_ids, b""])
+    assert (ei.value.stream, ei.value.seq) == (None, None)
+    with pytest.raises(ProtocolError) as ei:
+        _decode([b"x"])
+    assert (ei.value.stream, ei.value.seq) == (None, None)

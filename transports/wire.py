@@ -114,6 +114,7 @@ _HEADER_KEYS: Final = frozenset(
     _BASE_KEYS + ("dtype", "shape", "rate_hz", "channels", "units", "video", "meta")
 )
 _VIDEO_KEYS: Final = ("codec", "width", "height", "pix_fmt", "fps", "keyframe")
+_PEEK_HEADER_BYTES: Final = 1 << 16  # largest header read for a reject's (stream, seq)
 
 
 def _fail(reason: str, message: str) -> ProtocolError:
@@ -1117,9 +1118,45 @@ def decode(frames: Sequence[Any]) -> Chunk:
     """
     try:
         return _decode(frames)
-    except ProtocolError:
+    except ProtocolError as e:
+        if e.stream is None:
+            e.stream, e.seq = _peek_ids(frames)
         raise
     except Exception as e:  # safety net; the fuzz tests check it is never reached
+        stream, seq = _peek_ids(frames)
         raise ProtocolError(
-            "invalid_chunk", f"internal decoder error ({type(e).__name__}: {e})"
+            "invalid_chunk", f"internal decoder error ({type(e).__name__}: {e})",
+            stream=stream, seq=seq,
         ) from e
+
+
+def _peek_ids(frames: object) -> tuple[str | None, int | None]:
+    """Best-effort ``(stream, seq)`` of a rejected message, for the reject event; never raises.
+
+    ``stream`` is returned only when it is a valid stream id (section 3 of PROTOCOL.md) and
+    ``seq`` only when it is an int in ``[0, 2**63 - 1]``; anything else gives ``None``.
+    """
+    try:
+        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or len(frames) < 2:
+            return None, None
+        buf = _as_bytes_view(frames[1], 1)
+        if not 0 < len(buf) <= _PEEK_HEADER_BYTES:  # an oversized header still names its stream
+            return None, None
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_reject_ext,
+                                 max_ext_len=0, max_bin_len=_PEEK_HEADER_BYTES,
+                                 max_str_len=_PEEK_HEADER_BYTES, max_array_len=_PEEK_HEADER_BYTES,
+                                 max_map_len=_PEEK_HEADER_BYTES)
+        if not isinstance(header, dict):
+            return None, None
+        stream: str | None = None
+        seq: int | None = None
+        try:
+            stream = _check_stream(header.get("stream"))
+        except ProtocolError:
+            stream = None
+        raw_seq = header.get("seq")
+        if type(raw_seq) is int and 0 <= raw_seq <= _I64_MAX:
+            seq = raw_seq
+        return stream, seq
+    except Exception:  # noqa: BLE001 - best effort only
+        return None, None
