@@ -11,10 +11,12 @@ Annotations`` (``BDF Annotations``) signal holding Time-stamped Annotation Lists
   fit the 8-character fields), digital min/max the full integer range, so one step is
   ``(pmax - pmin) / (dmax - dmin)``. ``bits="auto"`` writes 16-bit EDF+ when that step is no
   coarser than the source's own resolution, else 24-bit BDF+.
-* **Lost ranges**: a data record whose samples were all lost (NaN) is left out and the file
-  becomes EDF+D (discontinuous; the timekeeping TALs carry the true onsets). Lost samples
-  inside a kept record are written as 0 and every lost range is also an annotation
-  ``signal lost`` with its duration, so nothing missing looks measured.
+* **Lost ranges** are marked spans: lost samples (NaN) are written as 0 and every lost range
+  is an annotation ``signal lost <label>`` with its onset and duration, so nothing missing
+  looks measured and the file stays EDF+C, which every reader opens. ``discontinuous=True``
+  instead leaves out the data records whose samples were all lost and writes EDF+D (the
+  timekeeping TALs carry the true onsets); pyedflib/EDFlib, MNE and edfio cannot read EDF+D,
+  so it is not the default and it is checked here only by parsing the file's own bytes.
 * **Annotations**: beats (``beat V p=0.99``; ``unusable`` when the engine marked it so), alarms
   with onset and duration (``alarm tachycardia``, technical ones ``technical alarm leads_off``,
   AF episodes ``AF episode``), unusable-signal spans per lead (``unusable MLII``), heart-sound
@@ -137,6 +139,7 @@ def write_edf(
     patient: str = "X X X X",
     recording: str = "",
     bits: str | int = "auto",
+    discontinuous: bool = False,
 ) -> EdfInfo:
     """Write an EDF+ (16-bit) or BDF+ (24-bit) file; see the module docstring.
 
@@ -157,6 +160,8 @@ def write_edf(
     bits : "auto", 16 or 24
         Sample width; ``auto``: 16 when its step is no coarser than every signal's
         ``resolution``, else 24.
+    discontinuous : bool
+        Leave out data records that are entirely lost (EDF+D) instead of marking them.
 
     Returns
     -------
@@ -223,6 +228,8 @@ def write_edf(
         steps.append(step)
     if not keep.any():
         raise DataError("every sample is lost: nothing to write")
+    if not discontinuous:
+        keep[:] = True
 
     anns = [EdfAnnotation(a.onset_s + frac, a.duration_s, a.text) for a in annotations]
     # lost ranges as annotations (per signal, merged runs of NaN)
