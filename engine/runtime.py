@@ -52,6 +52,9 @@ class Engine:
     >>> eng.start(); ...; eng.stop(); eng.join()  # doctest: +SKIP
     """
 
+    #: Seconds :meth:`run` waits, beyond the drain, for workers to flush before giving up.
+    JOIN_GRACE_S = 15.0
+
     def __init__(self, config: Config | None = None, *, drain_idle_s: float = 0.3, drain_max_s: float = 5.0) -> None:
         self.config = config or load_config()
         self.drain_idle_s = drain_idle_s
@@ -70,6 +73,7 @@ class Engine:
         self.video_dropped: dict[str, int] = {}  # per stream: packets dropped by the router
         self._video_out: zmq.Socket | None = None
         self._stop = threading.Event()
+        self._force = threading.Event()
         self._threads: list[threading.Thread] = []
         self._router_thread: threading.Thread | None = None
         self.routed = 0
@@ -199,19 +203,34 @@ class Engine:
             drain_end = time.monotonic() + self.drain_max_s
             while time.monotonic() < drain_end and ingest.poll(idle_ms):
                 self._forward(ingest, outs, n)
-            for s in outs:
-                s.send(STOP)
+            self._send_stops(outs)
             self._stop_video(video)
         except BaseException as e:  # pragma: no cover - reported by join()
             self.error = e
-            for s in outs:
-                s.send(STOP)
+            self._send_stops(outs)
             self._stop_video(video)
         finally:
             ingest.close(0)
             for s in outs:
                 s.close(linger=5000)
             video.close(linger=5000)
+
+    def _send_stops(self, outs: list[zmq.Socket]) -> None:
+        """Send STOP to every worker, giving up on a worker whose inbox stays full.
+
+        A dead worker's inbox never drains; a blocking send would hang the router (and so
+        the engine's shutdown) for ever.
+        """
+        deadline = time.monotonic() + self.drain_max_s
+        for s in outs:
+            while True:
+                try:
+                    s.send(STOP, flags=zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if time.monotonic() >= deadline or self._force.is_set():
+                        break
+                    time.sleep(0.01)
 
     @staticmethod
     def _stop_video(video: zmq.Socket) -> None:
@@ -240,13 +259,51 @@ class Engine:
         """Ask the engine to drain and stop (thread-safe, idempotent)."""
         self._stop.set()
 
+    def force_stop(self) -> None:
+        """Stop now: give up waiting for the drain (a second SIGINT/SIGTERM)."""
+        self._force.set()
+        self._stop.set()
+
+    def dead_worker(self) -> str | None:
+        """A description of the first worker that ended abnormally, or None if all are well."""
+        for w in [*self.workers, self.video_worker]:
+            if w.dead.is_set():
+                return f"worker {getattr(w, 'stats_stream', w.index)} died: {type(w.error).__name__}: {w.error}"
+        if self._router_thread is not None and not self._router_thread.is_alive() and not self._stop.is_set():
+            return f"ingest router died: {self.error!r}"
+        return None
+
+    def wait(self, poll_s: float = 0.2) -> None:
+        """Block until :meth:`stop` is called or a worker dies (then record the failure and stop)."""
+        while not self._stop.wait(poll_s):
+            why = self.dead_worker()
+            if why is not None:
+                if self.error is None:
+                    self.error = EngineError(why)
+                self.stop()
+
+    def _join_threads(self, threads: list[threading.Thread], deadline: float | None) -> bool:
+        """Join ``threads`` until ``deadline`` or :meth:`force_stop`; True if all ended."""
+        for t in threads:
+            while t.is_alive():
+                if self._force.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                t.join(0.1)
+        return True
+
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the drain to finish, then stop the proxy and free the sockets."""
+        """Wait for the drain to finish, then stop the proxy and free the sockets.
+
+        Bounded by ``timeout`` and by :meth:`force_stop`: threads that are still running then
+        are abandoned (they are daemons) and :class:`EngineError` is raised, so the process
+        can always exit.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._router_thread is not None:
-            self._router_thread.join(None if deadline is None else max(0, deadline - time.monotonic()))
-        for t in self._threads:
-            t.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        threads = ([self._router_thread] if self._router_thread is not None else []) + self._threads
+        if not self._join_threads(threads, deadline):
+            self.finished.set()
+            stuck = [t.name for t in threads if t.is_alive()]
+            raise EngineError(f"engine did not stop in time (still running: {stuck})") from self.error
         time.sleep(0.05)  # let the proxy forward the workers' last messages
         try:
             self._proxy_ctrl.send(b"TERMINATE")
@@ -265,20 +322,28 @@ class Engine:
         self.ctx.term()
         self.finished.set()
         if self.error is not None:
+            if isinstance(self.error, EngineError):
+                raise self.error
             raise EngineError(f"engine router failed: {self.error}") from self.error
 
     def run(self) -> None:
-        """Run in the foreground until SIGINT/SIGTERM (main thread only)."""
+        """Run in the foreground until SIGINT/SIGTERM (main thread only).
+
+        The first signal drains and stops (bounded by ``drain_max_s`` plus a grace period);
+        a second one stops at once. A worker that dies ends the run with
+        :class:`EngineError`, so ``telediag run`` exits non-zero instead of hanging.
+        """
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                self.force_stop()
             self.stop()
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
-            while not self._stop.wait(0.2):
-                pass
-            self.join()
+            self.wait()
+            self.join(self.drain_max_s + self.JOIN_GRACE_S)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

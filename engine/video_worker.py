@@ -112,18 +112,28 @@ class VideoWorker(Worker):
 
     # -- packets --------------------------------------------------------------------------
     def handle(self, frames: Sequence[Any], superseded: bool = False) -> None:
-        """Decode one wire message and run the every-packet stages (never raises for bad input).
+        """Decode one wire message and run the every-packet stages (never raises).
 
         ``superseded``: a newer packet of the same stream is already queued, so a stage that
         has ``advance(chunk)`` (the decoder) is asked to keep its state without producing a
-        frame; a picture it completes counts as a drop.
+        frame; a picture it completes counts as a drop. An unexpected exception resets that
+        stream only (:meth:`Worker._reset`).
         """
+        self._current = None
+        try:
+            self._handle_video(frames, superseded)
+        except Exception as e:  # noqa: BLE001 - containment: one stream, never the worker
+            self._pending.pop(self._current or "", None)
+            self._contain(e)
+
+    def _handle_video(self, frames: Sequence[Any], superseded: bool) -> None:
         try:
             chunk = decode(frames)
         except ProtocolError as e:
             self.reject(e.reason, e.detail)
             return
         sid = chunk.stream
+        self._current = sid
         if chunk.kind != "video":
             self.reject("misrouted", f"video worker got a {chunk.kind!r} chunk", sid)
             return
@@ -221,7 +231,11 @@ class VideoWorker(Worker):
         """Publish a latest-only stage's outputs; record latency at the first record published."""
         measured = False
         for rec in out.records:
-            pub_ns = self.publish(rec)
+            try:
+                pub_ns = self.publish(rec)
+            except ProtocolError as e:
+                self._output_error(st, stage, rec, e)
+                continue
             st.stats.records_out += 1
             if ref_ns is not None and not measured:
                 lat = (pub_ns - ref_ns) * 1e-9
@@ -229,7 +243,11 @@ class VideoWorker(Worker):
                 self.latency.record(lat)
                 measured = True
         if out.signal is not None and getattr(stage.params, "publish", False):
-            pub_ns = self.publish(out.signal)
+            try:
+                pub_ns = self.publish(out.signal)
+            except ProtocolError as e:
+                self._output_error(st, stage, out.signal, e)
+                return measured
             st.stats.chunks_out += 1
             if ref_ns is not None and not measured:
                 lat = (pub_ns - ref_ns) * 1e-9
@@ -247,7 +265,7 @@ class VideoWorker(Worker):
                                  "last_seq": st.stats.last_seq if st else -1})
 
     # -- loop ---------------------------------------------------------------------------
-    def run(self) -> None:
+    def _serve(self) -> None:
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, VIDEO_INBOX_HWM)
         inbox.bind(self.inbox_addr)
@@ -279,7 +297,10 @@ class VideoWorker(Worker):
                     for i, msg in enumerate(batch):
                         topic = msg[1].bytes if len(msg) > 1 else b""
                         self.handle(msg[1:], superseded=newest[topic] != i)
-                    self.analyse_pending()
+                    try:
+                        self.analyse_pending()
+                    except Exception as e:  # noqa: BLE001 - containment (stages are guarded one by one)
+                        self._contain_stream(None, e)
                 now = time.monotonic()
                 self._check_stalls(now)
                 if now >= next_stats:

@@ -22,11 +22,25 @@ import zmq
 from telediag.engine.config import Config
 from telediag.engine.stage import Deferred, Outputs, Stage, StreamSpec
 from telediag.engine.stats import LatencyHistogram, StreamStats
-from telediag.errors import ProtocolError, TelediagError
-from telediag.transports.wire import SIGNAL_KINDS, Chunk, decode, encode
+from telediag.errors import EngineError, ProtocolError, TelediagError
+from telediag.transports.wire import (
+    MAX_HEADER_BYTES,
+    MAX_STREAM_CHARS,
+    SIGNAL_KINDS,
+    Chunk,
+    decode,
+    encode,
+)
 
 DATA = b"D"
 STOP = b"S"
+
+_I64_MAX = (1 << 63) - 1
+_SHAPE_SLACK = 8  # the probe's shape (1, n) packs smaller than a real chunk's (n_samples, n)
+
+#: ``meta`` keys the engine adds to what it publishes; they survive header truncation
+#: (see :meth:`Worker.publish`), the source's echoed keys do not.
+ENGINE_META_KEYS = ("pub_ns", "src_seq")
 
 
 @dataclass(slots=True)
@@ -55,6 +69,25 @@ class _RateLimit:
         return True
 
 
+def _check_publishable(spec: StreamSpec, stage: str) -> None:
+    """Raise :class:`EngineError` if outputs on ``spec`` could never be published."""
+    try:
+        if spec.kind in SIGNAL_KINDS and spec.channels:
+            probe = Chunk.signal(spec.kind, spec.stream, _I64_MAX, -_I64_MAX,
+                                 np.zeros((1, len(spec.channels)), "<f8"), spec.rate_hz or 1.0,
+                                 spec.channels, spec.units)
+            frames = encode(probe, meta={"pub_ns": _I64_MAX, "src_seq": _I64_MAX, "meta_truncated": True})
+            if len(frames[1]) > MAX_HEADER_BYTES - _SHAPE_SLACK:
+                raise ProtocolError("header_too_large", f"header would be {len(frames[1])} bytes")
+        else:
+            Chunk.record("event", spec.stream, 0, 0, {})  # the stream id alone must be valid
+    except ProtocolError as e:
+        raise EngineError(
+            f"{stage}: its output stream {spec.kind}/{spec.stream} cannot be published within the wire "
+            f"limits (stream id <= {MAX_STREAM_CHARS} chars, header <= {MAX_HEADER_BYTES} bytes "
+            f"with the engine's meta keys): {e.detail}") from e
+
+
 class Worker:
     """Runs the pipelines of the streams routed to it.
 
@@ -81,6 +114,11 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.latency = LatencyHistogram()
         self._out_seq: dict[str, int] = {}
+        self.meta_truncated = 0  # outputs published without the source's echoed meta (header limit)
+        self.output_errors = 0  # outputs that could not be encoded at all (reported per stream)
+        self.error: BaseException | None = None  # what ended run() abnormally (the engine exits or restarts)
+        self.dead = threading.Event()  # set when run() ended abnormally
+        self._current: str | None = None  # the stream being handled (for containment)
         self._limit = _RateLimit(config.engine.max_events_per_s)
         self._started = time.time()
         self.ready = threading.Event()
@@ -97,17 +135,21 @@ class Worker:
         self.extra_stats: Callable[[], dict[str, Any]] | None = None  # e.g. the engine's socket counts
 
     # -- publishing -------------------------------------------------------------------
-    def _next_seq(self, topic: str) -> int:
-        s = self._out_seq.get(topic, 0)
-        self._out_seq[topic] = s + 1
-        return s
-
     def publish(self, chunk: Chunk, *, src_seq: int | None = None, check_body: bool = True) -> int:
         """Publish ``chunk`` with the next seq of its output stream; return publish time.
 
         Signal outputs carry ``meta.src_seq``, the source chunk they came from, so a
         subscriber or recorder can tell exactly which source ranges it never saw (for
         example across an engine restart, when output ``seq`` starts again at 0).
+
+        Output header layout (``meta``): the engine's own keys (``pub_ns``, ``src_seq``)
+        always win, and the source's ``meta`` is echoed beside them *only while the
+        whole header fits* :data:`~telediag.transports.wire.MAX_HEADER_BYTES`. When it
+        does not (a source header close to the limit, legal on input), the echoed source
+        keys are dropped, the engine keys are kept and ``meta_truncated: true`` is set,
+        so an engine-added key can never push an output past the limit. An output that
+        still cannot be encoded raises :class:`ProtocolError` to the caller, which
+        reports it per stream; its ``seq`` is not consumed.
         """
         assert self.out is not None
         pub_ns = time.time_ns()
@@ -115,8 +157,19 @@ class Worker:
         meta["pub_ns"] = pub_ns
         if src_seq is not None:
             meta["src_seq"] = src_seq
-        self.out.send_multipart(encode(chunk, seq=self._next_seq(chunk.topic), meta=meta, check_body=check_body),
-                                copy=False)
+        topic = chunk.topic
+        seq = self._out_seq.get(topic, 0)
+        try:
+            frames = encode(chunk, seq=seq, meta=meta, check_body=check_body)
+        except ProtocolError as e:
+            if e.reason != "header_too_large":
+                raise
+            slim: dict[str, Any] = {k: meta[k] for k in ENGINE_META_KEYS if k in meta}
+            slim["meta_truncated"] = True
+            frames = encode(chunk, seq=seq, meta=slim, check_body=check_body)
+            self.meta_truncated += 1
+        self.out.send_multipart(frames, copy=False)
+        self._out_seq[topic] = seq + 1
         return pub_ns
 
     def event(self, stream: str, body: dict[str, Any], *, limit_key: str | None = None) -> None:
@@ -155,19 +208,32 @@ class Worker:
         self.publish(Chunk.record("stats", f"engine/w{self.index}", 0, time.time_ns(), body), check_body=False)
 
     # -- streams ------------------------------------------------------------------------
+    def _build(self, spec: StreamSpec) -> list[Stage]:
+        """Build and open the pipeline of ``spec.kind``; raise if a stage refuses the stream.
+
+        Every output stream a stage declares must be publishable: its id within the wire's
+        limits and its header, with the engine's own ``meta`` keys, within
+        ``MAX_HEADER_BYTES`` (a source whose channel names fill the header leaves no room
+        for the engine's keys, so it is refused here rather than failing on every chunk).
+        """
+        stages: list[Stage] = []
+        for sc in self.config.pipelines.get(spec.kind, ()):
+            stage = sc.build()
+            stage.batching = self.config.engine.batch_max > 1
+            spec = stage.open(spec)
+            _check_publishable(spec, stage.name)
+            stages.append(stage)
+        return stages
+
     def _open(self, chunk: Chunk) -> _Stream:
         spec = StreamSpec.of(chunk)
         stats = StreamStats(kind=chunk.kind)
         st = _Stream(spec=spec, stages=[], stats=stats, session=chunk.meta.get("session"))
         try:
-            for sc in self.config.pipelines.get(chunk.kind, ()):
-                stage = sc.build()
-                stage.batching = self.config.engine.batch_max > 1
-                spec = stage.open(spec)
-                st.stages.append(stage)
-        except TelediagError as e:
-            st.refused = str(e)
-            self.event(chunk.stream, {"type": "stream_refused", "stream": chunk.stream, "detail": str(e)})
+            st.stages = self._build(spec)
+        except Exception as e:  # TelediagError from a stage's open, or a stage bug: refuse, never crash
+            st.refused = str(e) if isinstance(e, TelediagError) else f"{type(e).__name__}: {e}"
+            self.event(chunk.stream, {"type": "stream_refused", "stream": chunk.stream, "detail": st.refused[:500]})
             return st
         self.event(
             chunk.stream,
@@ -177,6 +243,33 @@ class Worker:
              "stages": [s.name for s in st.stages]},
         )
         return st
+
+    def _reset(self, sid: str, e: BaseException) -> None:
+        """Contain an unexpected exception while handling ``sid``: reset that stream only.
+
+        The stream's pipeline state is thrown away (it may be inconsistent) and rebuilt;
+        its counters and ``last_seq`` are kept, so gap detection goes on. Consumers see a
+        ``stream_reset`` event (reason ``internal_error``); other streams are untouched.
+        """
+        key = f"internal:{type(e).__name__}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+        st = self.streams.get(sid)
+        if self._pending_streams and sid in self._pending_streams:
+            self._pending = [p for p in self._pending if p[0] != sid]
+            self._pending_streams.discard(sid)
+        if st is None:
+            self.reject("internal_error", f"{type(e).__name__}: {e}", sid)
+            return
+        st.stats.errors += 1
+        self.event(sid, {"type": "stream_reset", "stream": sid, "reason": "internal_error",
+                         "error": f"{type(e).__name__}: {e}"[:500], "last_seq": st.stats.last_seq},
+                   limit_key=f"reset:{sid}")
+        try:
+            st.stages = self._build(st.spec)
+        except Exception as e2:  # noqa: BLE001 - cannot rebuild: refuse the stream from now on
+            st.stages = []
+            st.refused = f"{type(e2).__name__}: {e2}"
+            self.event(sid, {"type": "stream_refused", "stream": sid, "detail": st.refused[:500]})
 
     def _close(self, sid: str, st: _Stream) -> None:
         if sid in self._pending_streams:
@@ -196,12 +289,30 @@ class Worker:
         self.event(sid, {"type": "stage_error", "stream": sid, "stage": stage.name,
                          "error": f"{type(e).__name__}: {e}"[:500]}, limit_key=f"stage:{sid}")
 
+    def _output_error(self, st: _Stream, stage: Stage, chunk: Chunk, e: ProtocolError) -> None:
+        """An output that cannot be encoded (body or header past a limit): count, report, go on."""
+        self.output_errors += 1
+        st.stats.errors += 1
+        key = f"output:{e.reason}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+        sid = st.spec.stream
+        self.event(sid, {"type": "output_dropped", "stream": sid, "stage": stage.name, "topic": chunk.topic,
+                         "reason": e.reason, "detail": e.detail[:300]}, limit_key=f"output:{sid}")
+
     def _emit(self, st: _Stream, stage: Stage, out: Outputs, sent_ref: int | None, src_seq: int | None) -> None:
         for rec in out.records:
-            self.publish(rec)
+            try:
+                self.publish(rec)
+            except ProtocolError as e:
+                self._output_error(st, stage, rec, e)
+                continue
             st.stats.records_out += 1
         if out.signal is not None and getattr(stage.params, "publish", False):
-            pub_ns = self.publish(out.signal, src_seq=src_seq)
+            try:
+                pub_ns = self.publish(out.signal, src_seq=src_seq)
+            except ProtocolError as e:
+                self._output_error(st, stage, out.signal, e)
+                return
             st.stats.chunks_out += 1
             if sent_ref is not None:
                 lat = (pub_ns - sent_ref) * 1e-9
@@ -209,13 +320,38 @@ class Worker:
                 self.latency.record(lat)
 
     def handle(self, frames: Sequence[Any]) -> None:
-        """Process one wire message (never raises for bad input)."""
+        """Process one wire message; never raises (per-stream containment).
+
+        Bad input is rejected with an event; an unexpected exception anywhere in decode,
+        a stage, encode or publish resets the stream it happened on (see :meth:`_reset`)
+        and the worker goes on with every other stream.
+        """
+        self._current = None
+        try:
+            self._handle(frames)
+        except Exception as e:  # noqa: BLE001 - containment: one stream, never the worker
+            self._contain(e)
+
+    def _contain(self, e: BaseException) -> None:
+        sid = self._current
+        try:
+            if sid is None:
+                key = f"internal:{type(e).__name__}"
+                self.errors[key] = self.errors.get(key, 0) + 1
+                self.reject("internal_error", f"{type(e).__name__}: {e}")
+            else:
+                self._reset(sid, e)
+        except Exception:  # noqa: BLE001 - reporting failed too (socket gone?): counted above
+            pass
+
+    def _handle(self, frames: Sequence[Any]) -> None:
         try:
             chunk = decode(frames)
         except ProtocolError as e:
             self.reject(e.reason, e.detail)
             return
         sid = chunk.stream
+        self._current = sid
         if sid in self._pending_streams:  # a stage sees a stream's chunks strictly one after another
             self.flush()
         st = self.streams.get(sid)
@@ -362,6 +498,22 @@ class Worker:
                 continue
 
     def run(self) -> None:
+        """Serve the inbox until STOP; on an abnormal end set :attr:`error` and :attr:`dead`.
+
+        Per-message failures never get here (:meth:`handle` contains them); what does
+        (a socket torn down under the worker, a ``BaseException`` from a stage) ends the
+        loop, and the engine, which watches :attr:`dead`, exits non-zero or restarts the
+        worker instead of hanging.
+        """
+        try:
+            self._serve()
+        except BaseException as e:
+            self.error = e
+            self.dead.set()
+            self.ready.set()  # never leave a starter waiting on a worker that is gone
+            raise
+
+    def _serve(self) -> None:
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
         inbox.bind(self.inbox_addr)
@@ -390,15 +542,29 @@ class Worker:
                     self.handle(msg[1:])
                 if self._pending and (len(self._pending) >= batch_max
                                       or time.monotonic() >= self._pending_since + batch_wait):
-                    self.flush()
+                    self._safe_flush()
                 if time.monotonic() >= next_stats:
                     self.publish_stats()
                     next_stats = time.monotonic() + interval
-            self.flush()
+            self._safe_flush()
             for sid, st in list(self.streams.items()):
                 if not st.refused:
-                    self._close(sid, st)
+                    try:
+                        self._close(sid, st)
+                    except Exception as e:  # noqa: BLE001 - one stream's close must not skip the others
+                        self._contain_stream(sid, e)
             self.publish_stats()
         finally:
             inbox.close(linger=0)
             out.close()
+
+    def _safe_flush(self) -> None:
+        """:meth:`flush`, with anything it raises contained like a message's failure."""
+        try:
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - containment (flush already guards each stage)
+            self._contain_stream(None, e)
+
+    def _contain_stream(self, sid: str | None, e: BaseException) -> None:
+        self._current = sid
+        self._contain(e)
