@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine config file (TOML) whose ecg pipeline is run (default: built-in)")
     parser.add_argument("--fs", type=float, default=None,
                         help="sample rate of CSV inputs without a time column (Hz)")
+    parser.add_argument("--edf", default=None, metavar="OUT",
+                        help="also write the record with beats, alarms and unusable spans as EDF+ "
+                             "annotations (BDF+ where 16 bits lose precision): OUT file, or OUT/<record>.edf "
+                             "for several inputs (telediag.exports.edf)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
             out = write_json(res, args.out_dir)
             ann = (write_wfdb_annotations(res, args.out_dir, args.wfdb_ann)
                    if args.wfdb_ann else None)
+            if getattr(args, "edf", None):
+                from telediag.exports.edf import ecg_analysis_to_edf, edf_target
+
+                edf = ecg_analysis_to_edf(rec, res, edf_target(args.edf, res["record"], len(args.inputs)))
+                ann = f"{ann}, {edf.path} ({edf.file_type})" if ann else f"{edf.path} ({edf.file_type})"
         except TelediagError as e:
             print(f"{inp}: error: {e}", file=sys.stderr)
             failed += 1

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the abnormality classifier (abnormal_prob and label null)")
     p.add_argument("--quiet", action="store_true", help="no per-file summary lines")
+    p.add_argument("--edf", default=None, metavar="OUT",
+                   help="also write the heart sounds with S1/systole/S2/diastole and the abnormality result "
+                        "as EDF+/BDF+ annotations: OUT file, or OUT/<name>.edf for several inputs")
 
 
 def analyze_file(path: str | Path, *, classify: bool = True) -> dict[str, Any]:
@@ -128,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
             failed.append(path)
             continue
         names[name] = path
+        if getattr(args, "edf", None):
+            from telediag.evaluation.pcg_analyze import read_pcg
+            from telediag.exports.edf import edf_target, pcg_analysis_to_edf
+
+            x, fs = read_pcg(path)
+            edf = pcg_analysis_to_edf(x, fs, doc, edf_target(args.edf, name, len(args.inputs)), name=name)
+            if not args.quiet:
+                print(f"{edf.path}: {edf.file_type}, {edf.annotations} annotations")
         if "abnormal_error" in doc:
             print(f"telediag analyze pcg: {path}: classifier failed, abnormal_prob/label null: "
                   f"{doc['abnormal_error']}", file=sys.stderr)

@@ -48,7 +48,7 @@ import numpy as np
 from telediag.errors import DataError
 
 __all__ = ["EdfAnnotation", "EdfInfo", "EdfSignal", "annotations_from_bodies", "write_edf",
-           "session_to_edf", "ecg_analysis_to_edf", "pcg_analysis_to_edf"]
+           "session_to_edf", "ecg_analysis_to_edf", "pcg_analysis_to_edf", "edf_target"]
 
 _EDF_EPOCH_S = 473385600  # 1985-01-01T00:00:00Z, the earliest date EDF's dd.mm.yy can hold
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -426,8 +426,9 @@ def annotations_from_bodies(
     for s in segments:
         t0 = at(s, "start_sample", "start_ns")
         t1 = at(s, "end_sample", "end_ns")
-        if t0 is None and isinstance(s.get("start_s"), (int, float)):
-            t0, t1 = float(s["start_s"]), float(s.get("end_s", s["start_s"]))
+        for k0, k1 in (("start_s", "end_s"), ("start", "end")):  # offline documents: seconds
+            if t0 is None and isinstance(s.get(k0), (int, float)):
+                t0, t1 = float(s[k0]), float(s.get(k1, s[k0]))
         if t0 is None:
             continue
         out.append(EdfAnnotation(t0, None if t1 is None else max(0.0, t1 - t0), str(s.get("state", "segment"))))
@@ -457,6 +458,17 @@ def _merge_unusable(anns: list[EdfAnnotation]) -> list[EdfAnnotation]:
 
 
 # --------------------------------------------------------------------------- front ends
+
+def edf_target(out: str | Path, name: str, n_inputs: int) -> Path:
+    """Where ``--edf OUT`` writes for input ``name``: OUT itself for one input (unless it is a
+    folder), else ``OUT/<name>.edf``."""
+    p = Path(out)
+    if n_inputs > 1 or p.is_dir() or str(out).endswith("/"):
+        p.mkdir(parents=True, exist_ok=True)
+        return p / f"{name}.edf"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
 
 def _bodies(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r["body"] for r in recs if isinstance(r.get("body"), dict)]

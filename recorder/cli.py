@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="folder for the recording")
     p.add_argument("--topic", action="append", default=None, help="topic prefix to record (repeatable; default all)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: until Ctrl-C)")
+    p.add_argument("--format", choices=["wfdb", "edf"], default="wfdb",
+                   help="edf: also write one EDF+ (or BDF+ where 16 bits lose precision) file per signal "
+                        "stream, with beats, alarms, AF episodes, quality spans and heart-sound segments "
+                        "as annotations, when the recording stops (WFDB stays the crash-safe working copy)")
     p.add_argument("--curve-secret", metavar="FILE", help="this client's .key_secret (CurveZMQ)")
     p.add_argument("--server-key", metavar="FILE", help="the engine's public .key (CurveZMQ)")
 
@@ -44,4 +48,11 @@ def run(args: argparse.Namespace) -> int:
     total = sum(rec.counts.values())
     print(f"telediag record: {total} messages, {len(rec.signals)} signal record(s): "
           + ", ".join(f"{w.path.name} ({w.n} samples, {len(w.gaps)} gap(s))" for w in rec.signals.values()))
+    if getattr(args, "format", "wfdb") == "edf" and rec.signals:
+        from telediag.exports.edf import session_to_edf
+        from telediag.exports.session import load_session
+
+        for info in session_to_edf(load_session(args.out_dir), args.out_dir):
+            print(f"telediag record: {info.path} ({info.file_type}, {info.records} x {info.record_s:g} s records, "
+                  f"{info.annotations} annotations)")
     return 0
