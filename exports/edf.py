@@ -400,10 +400,11 @@ def annotations_from_bodies(
         t = at(b, "sample", "t_ns")
         if t is None:
             continue
-        label = b.get("label") or "N"
+        label = b.get("label")
         probs = b.get("probs") or {}
-        p = probs.get(label) if isinstance(probs, dict) else None
-        text = f"beat {label}" + (f" p={p:.2f}" if isinstance(p, (int, float)) else "")
+        p = probs.get(label) if isinstance(probs, dict) and label else None
+        text = (f"beat {label}" if label else "beat (unclassified)") + (
+            f" p={p:.2f}" if isinstance(p, (int, float)) else "")
         if b.get("usable") is False:
             text += " unusable"
         out.append(EdfAnnotation(t, None, text))
