@@ -133,7 +133,26 @@ def test_alarm_views() -> None:
     assert off is not None and off["key"] == on["key"] and off["state"] == "off"
     tech = alarm_view({"type": "quality", "event": "leads_off", "state": "start", "channel": "V1",
                        "onset_ns": 5}, "bed-2/ecg", "event", 6)
-    assert tech is not None and tech["priority"] == "technical" and tech["text"] == "LEADS OFF V1"
+    assert tech is not None and tech["technical"] and tech["priority"] == "medium" and tech["text"] == "LEADS OFF V1"
+    # IEC 60601-1-8 priorities: the body's own, else a default per type
+    assert alarm_view({"type": "afib", "state": "on"}, "b/ecg", "alarm", 1)["priority"] == "medium"  # type: ignore[index]
+    assert alarm_view({"type": "ectopy", "state": "on", "priority": "HIGH"}, "b/ecg", "alarm", 1)["priority"] == "high"  # type: ignore[index]
+    su = alarm_view({"type": "signal_unusable", "state": "on", "category": "technical"}, "b/ecg", "alarm", 1)
+    assert su is not None and su["technical"] and su["priority"] == "low"
+
+
+def test_polyp_view_reads_the_engine_body() -> None:
+    """The engine's polyp body (``polyp_probability``, RLE mask) is understood (issue 18 bug)."""
+    from telediag.engine.stages.video import polyp_body
+
+    class R:
+        polyp_probability = 0.99
+        mask = np.zeros((48, 64), bool)
+        boxes = [[8, 8, 24, 20, 0.99]]
+    R.mask[8:20, 8:24] = True
+    v = polyp_view(polyp_body(R(), 64, 48), (64, 48))
+    assert v["prob"] == 0.99 and v["mask"] is not None and v["mask"]["w"] == 64
+    assert v["boxes"] == [[0.125, 0.16667, 0.375, 0.41667, 0.99]]
     assert alarm_view({"type": "stream_opened"}, "bed-2/ecg", "event", 0) is None
     assert alarm_view({"type": "alarm", "alarm": "brady", "state": "on"}, "b/ecg", "event", 3)["type"] == "brady"  # type: ignore[index]
 

@@ -195,20 +195,35 @@ def _first(d: Mapping[str, Any], *names: str) -> Any:
 _ALARM_ON = {"on", "start", "started", "active", "raised", "set", "true", "1", "onset"}
 _ALARM_OFF = {"off", "end", "ended", "cleared", "clear", "inactive", "resolved", "false", "0", "stop"}
 _QUALITY_TEXT = {"leads_off": "LEADS OFF", "flat_line": "FLAT LINE", "saturation": "SATURATION",
-                 "heavy_noise": "NOISE"}
+                 "heavy_noise": "NOISE", "signal_unusable": "SIGNAL UNUSABLE", "afib": "AFIB",
+                 "vrun": "V-RUN", "brady": "BRADY", "tachy": "TACHY"}
+# Default priorities (IEC 60601-1-8 high/medium/low) when a body names none: life-threatening
+# rhythms high, other rhythm alarms medium, ectopy low; technical alarms medium (leads off: the
+# patient is unmonitored) or low.
+_DEFAULT_PRIORITY = {"asystole": "high", "vfib": "high", "vtach": "high", "vrun": "high",
+                     "brady": "medium", "tachy": "medium", "pause": "medium", "afib": "medium",
+                     "ectopy": "low", "leads_off": "medium", "signal_unusable": "low"}
+_TECHNICAL = {"leads_off", "signal_unusable", "flat_line", "saturation", "heavy_noise", "noise", "lead_off"}
+_PRIORITIES = {"high", "medium", "low"}
 
 
 def alarm_view(body: Any, stream: str, kind: str, t0_ns: int) -> dict[str, Any] | None:
     """Normalise an alarm (kind ``alarm``) or an alarm-like event into one banner state.
 
-    Returns ``None`` for events that are not alarms. ``priority`` is ``"high"`` for
-    physiological alarms and ``"technical"`` for signal-quality events (leads off, ...).
+    Returns ``None`` for events that are not alarms. ``priority`` is ``"high"``,
+    ``"medium"`` or ``"low"`` (IEC 60601-1-8): the body's own ``priority`` when it names one,
+    else a default per type (asystole high, afib medium, ...). ``technical`` is true for
+    equipment/signal alarms (leads off, signal unusable, quality events, ``category:
+    "technical"``), which the page styles apart from physiological ones.
 
     Examples
     --------
     >>> v = alarm_view({"type": "asystole", "state": "on", "onset_ns": 5}, "bed-1/ecg", "alarm", 5)
-    >>> v["key"], v["state"], v["priority"], v["text"]
-    ('bed-1/ecg:asystole', 'on', 'high', 'ASYSTOLE')
+    >>> v["key"], v["state"], v["priority"], v["technical"], v["text"]
+    ('bed-1/ecg:asystole', 'on', 'high', False, 'ASYSTOLE')
+    >>> t = alarm_view({"type": "leads_off", "state": "on", "category": "technical"}, "b/ecg", "alarm", 5)
+    >>> t["priority"], t["technical"], t["text"]
+    ('medium', True, 'LEADS OFF')
     >>> alarm_view({"type": "gap"}, "bed-1/ecg", "event", 0) is None
     True
     """
@@ -216,30 +231,32 @@ def alarm_view(body: Any, stream: str, kind: str, t0_ns: int) -> dict[str, Any] 
         return None
     etype = str(_first(body, "type", "alarm", "name", "kind") or "alarm")
     sub = None
+    technical = False
     if kind == "event":
         if etype == "quality" and isinstance(body.get("event"), str):
             sub = str(body["event"])
-            priority = "technical"
+            technical = True
         elif etype == "alarm":
             sub = str(_first(body, "alarm", "name", "event") or "alarm")
-            priority = str(_first(body, "priority", "level", "severity") or "high")
         else:
             return None
     else:
         sub = etype
-        priority = str(_first(body, "priority", "level", "severity") or "high")
+    technical = technical or sub in _TECHNICAL or str(body.get("category", "")).lower() == "technical"
+    given = str(_first(body, "priority", "level", "severity") or "").lower()
+    priority = given if given in _PRIORITIES else _DEFAULT_PRIORITY.get(sub, "low" if technical else "high")
     raw_state = _first(body, "state", "status", "active", "on")
     s = str(raw_state).strip().lower() if raw_state is not None else "on"
     state = "off" if s in _ALARM_OFF else "on" if s in _ALARM_ON else "on"
     lead = body.get("lead")
     channel = lead if isinstance(lead, str) and lead else _first(body, "channel", "lead")
-    key = f"{stream}:{sub}" + (f":{channel}" if channel is not None and priority == "technical" else "")
+    key = f"{stream}:{sub}" + (f":{channel}" if channel is not None and technical else "")
     onset = _int(_first(body, "onset_ns", "start_ns", "t_ns")) or int(t0_ns)
     text = _QUALITY_TEXT.get(sub, sub.replace("_", " ").upper())
-    if priority == "technical" and channel is not None:
+    if technical and channel is not None:
         text = f"{text} {channel}"
     msg = _first(body, "message", "text", "detail")
-    return {"key": key, "type": sub, "state": state, "onset_ns": onset, "priority": priority,
+    return {"key": key, "type": sub, "state": state, "onset_ns": onset, "priority": priority, "technical": technical,
             "text": text, "message": str(msg) if msg is not None else None,
             "end_ns": _int(_first(body, "end_ns", "offset_ns"))}
 
@@ -312,6 +329,17 @@ def _mask_bits(mask: np.ndarray, max_side: int = 96) -> dict[str, Any] | None:
             "bits": base64.b64encode(np.packbits(bits.ravel()).tobytes()).decode()}
 
 
+def _rle_decode(m: Mapping[str, Any]) -> np.ndarray:
+    """A ``{"rows", "cols", "rle"}`` mask (run lengths, row-major, starting with zeros)."""
+    rows, cols = int(m["rows"]), int(m["cols"])
+    runs = np.asarray(m["rle"], dtype=np.int64)
+    if rows <= 0 or cols <= 0 or rows * cols > 1 << 22 or runs.ndim != 1 or (runs < 0).any() \
+            or int(runs.sum()) != rows * cols:
+        raise ValueError("bad RLE mask")
+    vals = (np.arange(runs.size) % 2).astype(np.uint8)
+    return np.repeat(vals, runs).reshape(rows, cols)
+
+
 def polyp_view(body: Any, frame_wh: tuple[int, int] | None = None,
                mask: np.ndarray | None = None) -> dict[str, Any]:
     """Normalise a polyp annotation: probability, boxes and contours in 0..1 frame units.
@@ -359,12 +387,15 @@ def polyp_view(body: Any, frame_wh: tuple[int, int] | None = None,
             contours = [[v * (sx if i % 2 == 0 else sy) for i, v in enumerate(c)] for c in contours]
     out["boxes"] = [[round(v, 5) for v in b] for b in boxes]
     out["contours"] = [[round(v, 5) for v in c] for c in contours]
-    prob = _num(_first(body, "prob", "probability", "polyp_prob", "score", "p", "confidence"))
+    prob = _num(_first(body, "prob", "probability", "polyp_probability", "polyp_prob", "score", "p", "confidence"))
     if prob is None and boxes:
         scores = [b[4] for b in boxes if b[4] >= 0]
         prob = max(scores) if scores else None
     out["prob"] = prob
     m = body.get("mask")
+    if out["mask"] is None and isinstance(m, Mapping) and "rle" in m:  # the engine's polyp_body
+        with contextlib.suppress(ValueError, TypeError):
+            out["mask"] = _mask_bits(_rle_decode(m))
     if out["mask"] is None and isinstance(m, list | tuple) and m:
         with contextlib.suppress(ValueError, TypeError):
             out["mask"] = _mask_bits(np.asarray(m, dtype=np.float32))
@@ -394,7 +425,10 @@ def annotation_view(kind: str, stream: str, t0_ns: int, body: Any) -> dict[str, 
             if t is None:
                 continue
             label = _first(b, "label", "class", "symbol", "type")
-            beats.append({"t_ns": t, "sample": s, "label": str(label) if label is not None else None})
+            bv: dict[str, Any] = {"t_ns": t, "sample": s, "label": str(label) if label is not None else None}
+            if b.get("usable") is False:
+                bv["usable"] = False
+            beats.append(bv)
         return {"beats": beats}
     if kind == "hr":
         readings = body.get("readings")
@@ -452,7 +486,7 @@ class DisplayDecimator:
     >>> d = DisplayDecimator(1000.0, 500.0)
     >>> t0, y = d.push(0, np.array([[0.0], [3.0], [1.0], [-2.0], [5.0]]))
     >>> d.out_rate_hz, t0, y[:, 0].tolist()
-    (500.0, 0, [0.0, 3.0, -2.0, 1.0])
+    (500.0, 0, [3.0, -2.0])
     """
 
     rate_hz: float
