@@ -1,0 +1,130 @@
+"""Every message the engine publishes matches ``transports/OUTPUTS.md`` and its JSON Schemas.
+
+One short session through the real engine (``tests/outputs_session.py``: ECG with a 2-chunk
+gap and a duplicate, a flat stretch, a source restart, a changed spec, PCG with a gap, H.264
+video, malformed messages, an annotation kind sent to ingest) publishes every kind of output;
+each header and body is validated against ``transports/schemas``, and the contract rules that
+a schema cannot express (reject fields, event topics, gap-aware sample indices) are checked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from outputs_session import (
+    ECG_CHUNK,
+    ECG_STREAM,
+    GAP_SEQS,
+    PCG_STREAM,
+    RESTART_STREAM,
+    Session,
+    run_session,
+)
+
+from telediag.errors import ProtocolError
+from telediag.transports.outputs import EVENT_TYPES, SCHEMA_KINDS, check_body, check_header
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def session(shared_data: Path) -> Session:
+    return run_session(shared_data)
+
+
+def _events(ses: Session, etype: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(t, b) for t, h, b in ses.messages if h["kind"] == "event" and b.get("type") == etype]
+
+
+def test_every_published_header_and_body_matches_its_schema(session: Session) -> None:
+    failures: Counter[str] = Counter()
+    for topic, header, body in session.messages:
+        try:
+            check_header(header, topic)
+            if header["enc"] == "msgpack":
+                check_body(header["kind"], body, topic)
+        except ProtocolError as e:
+            failures[str(e)[:300]] += 1
+    assert not failures, "outputs that break their schema:\n" + "\n".join(f"{n} x {m}" for m, n in failures.items())
+
+
+def test_the_session_exercised_every_output_kind(session: Session) -> None:
+    """Guards the test above against passing on a session that published little."""
+    kinds = Counter(h["kind"] for _, h, _ in session.messages)
+    assert SCHEMA_KINDS <= set(kinds), f"never published: {sorted(SCHEMA_KINDS - set(kinds))}"
+    assert {"ecg", "pcg", "video"} <= set(kinds)
+    types = {b["type"] for _, h, b in session.messages if h["kind"] == "event"}
+    expected = {"stream_opened", "gap", "out_of_order", "rejected", "stream_restarted", "quality", "pcg_signal",
+                "pcg_discontinuity", "video_format"}
+    assert expected <= types, f"never seen: {sorted(expected - types)}"
+    assert types <= set(EVENT_TYPES)
+
+
+def test_reject_events_carry_stream_and_seq_fields(session: Session) -> None:
+    rejected = {b["reason"]: (t, b) for t, b in _events(session, "rejected")}
+    t, b = rejected["size_mismatch"]  # a malformed message whose header named its stream and seq
+    assert t == "event/engine"
+    assert (b["stream"], b["seq"]) == ("evil/ecg", 0)
+    t, b = rejected["header_malformed"]  # nothing readable: the fields are there, null
+    assert (b["stream"], b["seq"]) == (None, None)
+    assert "frame_count" in rejected
+
+
+def test_spec_changed_is_published_on_the_streams_event_topic(session: Session) -> None:
+    hits = [(t, b) for t, b in _events(session, "rejected") if b["reason"] == "spec_changed"]
+    assert len(hits) == 1, hits
+    t, b = hits[0]
+    assert t == f"event/{ECG_STREAM}"
+    assert b["stream"] == ECG_STREAM and isinstance(b["seq"], int)
+
+
+def test_ingest_rejects_kinds_that_are_not_ingestible(session: Session) -> None:
+    hits = [(t, b) for t, b in _events(session, "rejected") if b["reason"] == "not_ingestible"]
+    assert len(hits) == 1, hits
+    assert hits[0][1]["stream"] == "evil/hr"
+    opened = {b["stream"] for _, b in _events(session, "stream_opened")}
+    assert "evil/hr" not in opened
+
+
+def test_restart_needs_a_new_session_and_is_reported(session: Session) -> None:
+    restarted = [t for t, _ in _events(session, "stream_restarted")]
+    assert restarted == [f"event/{RESTART_STREAM}"]
+    assert [b["first_seq"] for _, b in _events(session, "stream_opened") if b["stream"] == RESTART_STREAM] == [0, 0]
+
+
+def test_sample_indices_count_source_samples_across_a_gap(session: Session) -> None:
+    """``sample`` is the source's sample index (gap-aware): a beat after the 2-chunk gap is
+    reported at its sample in the source signal, and its ``t_ns`` agrees with it."""
+    from telediag.dsp.qrs import detect
+
+    fs, t0 = session.ecg_fs, session.t0_ns
+    assert session.ecg_signal is not None
+    ref = np.asarray(detect(np.asarray(session.ecg_signal[:, 0], np.float64), fs))
+    gap_end = (GAP_SEQS[-1] + 1) * ECG_CHUNK
+    after = []
+    for _, h, b in session.messages:
+        if h["kind"] == "beats" and h["stream"] == ECG_STREAM:
+            after += [bt for bt in b["beats"] if bt["sample"] > gap_end + 3 * fs]
+    assert len(after) >= 10
+    for bt in after:
+        assert np.min(np.abs(ref - bt["sample"])) <= 2, f"beat at {bt['sample']} is no source beat"
+        assert abs(bt["t_ns"] - (t0 + bt["sample"] * 1e9 / fs)) <= 1e9 / fs
+    # every ECG body item with a sample index agrees with its source time
+    for _, h, b in session.messages:
+        if h["stream"] != ECG_STREAM or h["enc"] != "msgpack":
+            continue
+        items = b.get("beats") or b.get("readings") or b.get("blocks") or ([b] if "sample" in b else [])
+        for it in items:
+            if it.get("sample") is not None and it.get("t_ns") is not None:
+                assert abs(it["t_ns"] - (t0 + it["sample"] * 1e9 / fs)) <= 1e9 / fs, (h["kind"], it)
+    # PCG segments: start_sample is the source sample of start_ns, also after the PCG gap
+    pfs = session.pcg_fs
+    segs = [s for _, h, b in session.messages if h["kind"] == "segments" and h["stream"] == PCG_STREAM
+            for s in b["segments"]]
+    assert segs
+    for s in segs:
+        assert abs(s["start_sample"] - (s["start_ns"] - t0) * pfs / 1e9) <= 1, s
