@@ -329,7 +329,7 @@ def _clock_samples(fs: float, start_ns: int = 0) -> Clock:
     return at
 
 
-_TECHNICAL = {"leads_off", "lead_off", "unusable", "noise", "flat", "saturation", "signal_loss",
+_TECHNICAL = {"leads_off", "lead_off", "signal_unusable", "unusable", "noise", "flat", "saturation", "signal_loss",
               "technical", "artifact", "artefact"}
 
 
