@@ -243,6 +243,11 @@ PLUGGED: list[tuple[str | None, str, str, str]] = [
     (None, "keys", "telediag.transports.keys_cli", "CurveZMQ key generation and allow-lists"),
     (None, "bench", "telediag.evaluation.bench_cli", "run the benchmark suites and write a report"),
     (None, "harness", "telediag.evaluation.harness_cli", "run any detector on a directory of records and score it (EC57)"),
+    (None, "fhir", "telediag.exports.fhir_cli", "FHIR R4 Bundle of a recording or analysis; live exporter"),
+    (None, "export", "telediag.exports.edf_cli", "EDF+/BDF+ files of a recording folder (signals + annotations)"),
+    (None, "report", "telediag.report.cli", "teleconsultation report (PDF/HTML) of a recorded session"),
+    ("source", "lsl", "telediag.sources.lsl", "turn a Lab Streaming Layer stream into a telediag stream"),
+    (None, "lsl-out", "telediag.client.lsl_out", "republish engine outputs as Lab Streaming Layer outlets"),
 ]
 
 
