@@ -482,7 +482,8 @@ def _patient_field(meta: dict[str, Any]) -> str:
     return f"{_ascii(str(code))} {sex} X {_ascii(str(name))}"
 
 
-def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto") -> list[EdfInfo]:
+def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto",
+                   discontinuous: bool = False) -> list[EdfInfo]:
     """One EDF+/BDF+ file per recorded signal stream of a :class:`~telediag.exports.session.Session`.
 
     ECG files carry beats, alarms (AF episodes included) and unusable spans; PCG files the
@@ -513,7 +514,8 @@ def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto
                     for i, (ch, unit) in enumerate(zip(sig.channels, sig.units, strict=True))]
         meta = session.meta.get(src) or session.patient()
         infos.append(write_edf(out / f"{sig.name}.edf", edf_sigs, anns, start_ns=sig.t0_ns,
-                               patient=_patient_field(meta), recording=f"stream={sig.stream}", bits=bits))
+                               patient=_patient_field(meta), recording=f"stream={sig.stream}", bits=bits,
+                               discontinuous=discontinuous))
     return infos
 
 
