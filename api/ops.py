@@ -228,6 +228,7 @@ def analyze_pcg_array(audio: np.ndarray, fs: int, *, classify: bool = True,
     if shared is not None:
         return dict(shared(audio, fs, classify=classify, source=source))
     from telediag.dsp.pcg import analyze_signal
+    from telediag.engine.stages.pcg import verdict_text
 
     a = analyze_signal(audio, fs)
     prob: float | None = None
@@ -247,6 +248,7 @@ def analyze_pcg_array(audio: np.ndarray, fs: int, *, classify: bool = True,
         "heart_rate_bpm": _num(a.heart_rate_bpm),
         "abnormal_prob": prob,
         "label": label,
+        "verdict": verdict_text(prob, label),
         "systolic_interval_s": _num(a.systolic_interval_s),
         "diastolic_interval_s": _num(a.diastolic_interval_s),
         "quality": float(a.quality),
@@ -492,7 +494,8 @@ PCG_RESULT = {
         "systolic_interval_s": {"type": "number", "nullable": True},
         "diastolic_interval_s": {"type": "number", "nullable": True},
         "abnormal_prob": {"type": "number", "nullable": True},
-        "label": {"type": "string", "nullable": True, "enum": ["normal", "abnormal", None]},
+        "label": {"type": "string", "nullable": True, "enum": ["normal", "abnormal", "uncertain", None]},
+        "verdict": {"type": "string", "nullable": True},
         "source": {"type": "string", "nullable": True},
         "quality": {"type": "number"}, "duration_s": {"type": "number"}, "fs": {"type": "integer"},
     },

@@ -3,13 +3,17 @@
 For every INPUT, writes ``DIR/<name>.json``::
 
     {"segments": [{"start": s, "end": s, "state": "S1"|"systole"|"S2"|"diastole"}, ...],
-     "heart_rate_bpm": ..., "abnormal_prob": ..., "label": "normal"|"abnormal",
+     "heart_rate_bpm": ..., "abnormal_prob": ..., "label": "normal"|"abnormal"|"uncertain",
+     "verdict": "abnormal 0.82"|"normal 0.91"|"uncertain",
      "systolic_interval_s": ..., "diastolic_interval_s": ..., "quality": ...,
      "duration_s": ..., "fs": ..., "source": "<input path>"}
 
 Times are seconds from the start of the file; unknown values are ``null``. ``abnormal_prob``
 and ``label`` come from the abnormality classifier (``telediag.models.pcg_abnormal``) and are
-``null`` when it is not installed (or failed on that file: then ``abnormal_error`` says why). A file that cannot be read or analysed is reported on
+``null`` when it is not installed (or failed on that file: then ``abnormal_error`` says why);
+``label`` is ``"uncertain"`` when the recording is too poor for a decision, and ``verdict`` is
+the label with the probability of that label (``abnormal_prob`` for abnormal,
+``1 - abnormal_prob`` for normal). A file that cannot be read or analysed is reported on
 stderr and skipped; the others are still written, and the exit status is 1.
 
 Example::
@@ -55,7 +59,7 @@ def analyze_file(path: str | Path, *, classify: bool = True) -> dict[str, Any]:
     >>> sorted(doc)[:3]  # doctest: +SKIP
     ['abnormal_prob', 'diastolic_interval_s', 'duration_s']
     """
-    from telediag.engine.stages.pcg import load_abnormality_model
+    from telediag.engine.stages.pcg import load_abnormality_model, verdict_text
     from telediag.evaluation.pcg_analyze import analyze_pcg, read_pcg
 
     res = analyze_pcg(path)
@@ -74,6 +78,7 @@ def analyze_file(path: str | Path, *, classify: bool = True) -> dict[str, Any]:
         "heart_rate_bpm": res["heart_rate_bpm"],
         "abnormal_prob": prob,
         "label": label,
+        "verdict": verdict_text(prob, label),
         "systolic_interval_s": res["systolic_interval_s"],
         "diastolic_interval_s": res["diastolic_interval_s"],
         "quality": res["quality"],

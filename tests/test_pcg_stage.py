@@ -322,3 +322,13 @@ def test_engine_refuses_a_pcg_stream_at_a_wrong_rate(engine: Engine) -> None:
         sub.close()
     refused = [e for e in events if e["type"] == "stream_refused"]
     assert len(refused) == 1 and "got 500 Hz" in refused[0]["detail"]
+
+
+def test_verdict_text_states_the_label_and_its_own_probability() -> None:
+    from telediag.engine.stages.pcg import verdict_text
+
+    assert verdict_text(0.82, "abnormal") == "abnormal 0.82"
+    assert verdict_text(0.09, "normal") == "normal 0.91"  # probability of *normal*
+    assert verdict_text(0.55, "uncertain") == "uncertain"
+    assert verdict_text(None, None) is None
+    assert verdict_text(0.7, None) == "abnormal 0.70"

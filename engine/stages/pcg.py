@@ -18,7 +18,10 @@ One stage does the whole PCG chain on one channel of a ``pcg`` stream:
   stage's signal output ``pcg/<stream>/<suffix>`` (published when ``publish = true``);
 * **abnormality** (when :mod:`telediag.models.pcg_abnormal` is installed) per
   ``abnormal_window_s`` of audio on ``quality/<stream>``: body ``{"type": "pcg_abnormal",
-  "start_ns", "end_ns", "abnormal_prob", "label", "model"}``;
+  "start_ns", "end_ns", "abnormal_prob", "label", "verdict", "model"}``; ``label`` is
+  ``"normal"``, ``"abnormal"`` or ``"uncertain"`` (signal too poor to decide) and ``verdict``
+  the plain text of :func:`verdict_text` (``"abnormal 0.82"``, ``"normal 0.91"``,
+  ``"uncertain"``);
 * **events** on ``event/<stream>``: ``pcg_signal`` (``no_signal`` / ``low_quality`` / ``ok``
   when it changes), ``pcg_discontinuity`` (a ``t0_ns`` jump: the segmentation restarts),
   and the capture agent's counters from chunk ``meta`` as they grow: ``input_overflow``,
@@ -52,6 +55,7 @@ __all__ = [
     "PcgSegmentParams",
     "abnormality_unavailable_reason",
     "load_abnormality_model",
+    "verdict_text",
 ]
 
 _COUNTERS = ("overflows", "dropped_buffers", "dropped_frames", "device_lost", "reopens", "clipped")
@@ -90,6 +94,27 @@ class AbnormalityModel:
             raise ModelError(f"{self.name}: abnormal probability is not finite ({prob!r})")
         lab = str(label) if label is not None else ("abnormal" if p >= 0.5 else "normal")
         return p, lab
+
+
+def verdict_text(prob: float | None, label: str | None) -> str | None:
+    """The abnormality result in plain words: the label and the probability *of that label*.
+
+    ``"abnormal 0.82"`` (abnormal_prob 0.82), ``"normal 0.91"`` (abnormal_prob 0.09),
+    ``"uncertain"`` (no decision: the recording is too poor), ``None`` without a result.
+
+    Examples
+    --------
+    >>> verdict_text(0.82, "abnormal"), verdict_text(0.09, "normal"), verdict_text(0.4, "uncertain")
+    ('abnormal 0.82', 'normal 0.91', 'uncertain')
+    """
+    if label is None and prob is None:
+        return None
+    if label == "uncertain":
+        return "uncertain"
+    if prob is None or not math.isfinite(prob):
+        return label
+    lab = label if label in ("normal", "abnormal") else ("abnormal" if prob >= 0.5 else "normal")
+    return f"{lab} {(1.0 - prob if lab == 'normal' else prob):.2f}"
 
 
 _MODEL: list[AbnormalityModel | None] = []
@@ -376,7 +401,8 @@ class PcgSegment(Stage):
                 return
             out.append(Chunk.record("quality", self.spec.stream, 0, start_ns, {
                 "type": "pcg_abnormal", "start_ns": start_ns, "end_ns": end_ns,
-                "abnormal_prob": prob, "label": label, "model": self.model.name}))
+                "abnormal_prob": prob, "label": label, "verdict": verdict_text(prob, label),
+                "model": self.model.name}))
 
     def _source_counters(self, chunk: Chunk, x_raw: np.ndarray, out: list[Chunk]) -> None:
         meta = chunk.meta
