@@ -203,7 +203,9 @@ def read_entry(directory: Path, source: str) -> ModelEntry:
     """
     card_path = directory / "card.json"
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        # NaN/Infinity are not JSON (RFC 8259): a card written with them (e.g. a PPV of 0/0)
+        # is read with those values as null, so models.list never returns invalid JSON
+        card = json.loads(card_path.read_text(encoding="utf-8"), parse_constant=lambda _c: None)
     except (OSError, ValueError) as e:
         raise ModelError(f"{card_path}: unreadable model card ({e})") from e
     if not isinstance(card, dict):
