@@ -32,14 +32,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg.engine, **{k: v for k, v in (("ingest", args.ingest), ("publish", args.publish)) if v}
         )
         cfg = dataclasses.replace(cfg, engine=eng)
+    exporter = None
+    if args.config:  # [export.fhir]: a subscriber thread beside the engine, never in its path
+        from telediag.exports.fhir import FhirExporter, FhirSettings
+
+        fhir = FhirSettings.from_toml(args.config)
+        if fhir is not None:
+            exporter = FhirExporter(cfg.engine.publish, fhir)
     if args.check:
         kinds = {k: [s.name for s in v] for k, v in cfg.pipelines.items()}
         print(f"config OK ({cfg.source}): ingest {cfg.engine.ingest}, publish {cfg.engine.publish}, "
-              f"workers {cfg.engine.workers}, pipelines {kinds}")
+              f"workers {cfg.engine.workers}, pipelines {kinds}"
+              + (f", FHIR export to {exporter.settings.url}" if exporter else ""))
         return 0
     print(f"telediag engine: ingest {cfg.engine.ingest} (PULL), publish {cfg.engine.publish} (XPUB), "
           f"{cfg.engine.workers} worker(s); config {cfg.source}", flush=True)
-    Engine(cfg).run()
+    if exporter is not None:
+        exporter.start()
+        print(f"telediag engine: FHIR export to {exporter.settings.url} every {exporter.settings.interval_s:g} s",
+              flush=True)
+    try:
+        Engine(cfg).run()
+    finally:
+        if exporter is not None:
+            exporter.stop()
+            print(f"telediag engine: FHIR export {exporter.stats}", flush=True)
     print("telediag engine: drained and stopped", flush=True)
     return 0
 

@@ -160,11 +160,13 @@ def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageCo
 
 def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | None = None) -> Config:
     """Build a :class:`Config` from a parsed TOML document, on top of ``base``."""
-    unknown = sorted(set(doc) - {"engine", "security", "pipeline"})
+    # [export.*] belongs to the consumers that `telediag run` starts beside the engine
+    # (telediag.exports: [export.fhir]); they validate it, the engine does not read it
+    unknown = sorted(set(doc) - {"engine", "security", "pipeline", "export"})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown top-level section(s) {unknown}; expected [engine], [security] and "
-            "[pipeline.<kind>.<stage>]"
+            f"{source}: unknown top-level section(s) {unknown}; expected [engine], [security], "
+            "[pipeline.<kind>.<stage>] and [export.<name>]"
         )
     engine_values: dict[str, Any] = {}
     if base is not None:
