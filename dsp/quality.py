@@ -823,6 +823,8 @@ class SignalQuality:
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             raise DSPError(f"chunk must have shape (n_samples, {self.n_channels}), got {x.shape}")
         xf = np.ascontiguousarray(x, dtype=np.float64)
+        if not xf.flags.writeable:  # one kernel specialisation (a read-only one compiles again: ~5 s cold)
+            xf = xf.copy()
         st = self.state
         max_rows = (int(st.g[_G_POS]) + xf.shape[0]) // self.hop
         c = self.n_channels
