@@ -3,25 +3,60 @@
 // Everything is drawn in one requestAnimationFrame loop from typed-array ring buffers;
 // the DOM is touched only when a number, badge, banner or event line changes.
 
-const BEAT_COLORS = {
-  N: "#39e27d", L: "#39e27d", R: "#39e27d", e: "#39e27d", j: "#39e27d",
-  S: "#ffa23a", A: "#ffa23a", a: "#ffa23a", J: "#ffa23a",
-  V: "#ff4040", E: "#ff4040",
-  F: "#c27cff",
-  Q: "#9e9e9e", "/": "#9e9e9e", f: "#9e9e9e", "?": "#9e9e9e",
+// Beat classes: colour from the Okabe-Ito palette (told apart with red-green colour blindness)
+// AND a shape AND the letter, so no reader depends on colour alone. AAMI groups:
+// N (normal, bundle branch block), S (supraventricular), V (ventricular), F (fusion), Q (unknown).
+const BEAT_GROUP = { N: "N", L: "N", R: "N", e: "N", j: "N", S: "S", A: "S", a: "S", J: "S",
+  V: "V", E: "V", F: "F", Q: "Q", "/": "Q", f: "Q", "?": "Q" };
+const BEAT_STYLE = {
+  N: { color: "#56B4E9", shape: "circle" },    // sky blue, dot
+  S: { color: "#F0E442", shape: "triangle" },  // yellow, triangle
+  V: { color: "#E8702A", shape: "square" },    // vermillion, square
+  F: { color: "#CC79A7", shape: "diamond" },   // reddish purple, diamond
+  Q: { color: "#BBBBBB", shape: "cross" },     // grey, cross
 };
+const UNUSABLE_BEAT = "#5d6670";
+const BEAT_COLORS = Object.fromEntries(Object.entries(BEAT_GROUP).map(([k, g]) => [k, BEAT_STYLE[g].color]));
 const UNKNOWN_BEAT = "#ffffff";
 const SEG_COLORS = { S1: "rgba(255,82,82,0.30)", S2: "rgba(66,165,245,0.32)",
   systole: "rgba(255,255,255,0.035)", diastole: "rgba(0,0,0,0)" };
 const WINDOW_S = 8;          // seconds shown by a strip (at least)
-const RING_S = 40;           // seconds kept per signal
+const RING_S = 660;          // seconds kept per signal: 10 min of review (freeze + scroll back) + margin
 const GAP_FILL_MAX_S = 10;   // a gap up to this long is drawn as a hole; longer restarts the trace
-const MAX_MARKERS = 600;
+const MAX_MARKERS = 3000;     // beats kept per stream (10 min at 300 bpm)
+const MAX_SEGMENTS = 4000;   // heart-sound segments kept (10 min at 100 bpm, 4 per beat)
+const MAX_EVENTS = 200;      // event-list lines per patient
 
 const $ = (sel, el = document) => el.querySelector(sel);
 const now = () => performance.now();
 const fmtTime = (ns) => new Date(ns / 1e6).toLocaleTimeString([], { hour12: false });
-const beatColor = (label) => (label == null ? UNKNOWN_BEAT : BEAT_COLORS[label] || UNKNOWN_BEAT);
+const beatColor = (label, usable) => (usable === false ? UNUSABLE_BEAT
+  : label == null ? UNKNOWN_BEAT : BEAT_COLORS[label] || UNKNOWN_BEAT);
+
+function drawBeatShape(ctx, x, y, label, usable) {
+  const g = label == null ? null : BEAT_GROUP[label];
+  const st = g ? BEAT_STYLE[g] : { color: UNKNOWN_BEAT, shape: "circle" };
+  const col = usable === false ? UNUSABLE_BEAT : st.color, r = 4.5;
+  ctx.fillStyle = col; ctx.strokeStyle = col; ctx.lineWidth = 2;
+  ctx.beginPath();
+  if (st.shape === "circle") ctx.arc(x, y, r, 0, 2 * Math.PI);
+  else if (st.shape === "triangle") { ctx.moveTo(x, y - r - 1); ctx.lineTo(x + r + 1, y + r); ctx.lineTo(x - r - 1, y + r); ctx.closePath(); }
+  else if (st.shape === "square") ctx.rect(x - r, y - r, 2 * r, 2 * r);
+  else if (st.shape === "diamond") { ctx.moveTo(x, y - r - 1); ctx.lineTo(x + r + 1, y); ctx.lineTo(x, y + r + 1); ctx.lineTo(x - r - 1, y); ctx.closePath(); }
+  else { ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y + r); ctx.moveTo(x + r, y - r); ctx.lineTo(x - r, y + r); ctx.stroke(); return; }
+  if (usable === false) ctx.stroke(); else ctx.fill();   // unusable: hollow grey
+}
+
+function drawBeatLegend(ctx, x, y) {
+  ctx.font = "11px sans-serif"; ctx.textAlign = "left";
+  for (const g of ["N", "S", "V", "F", "Q"]) {
+    drawBeatShape(ctx, x + 5, y - 4, g, true);
+    ctx.fillStyle = BEAT_STYLE[g].color; ctx.fillText(g, x + 12, y);
+    x += 28;
+  }
+  drawBeatShape(ctx, x + 5, y - 4, "N", false);
+  ctx.fillStyle = UNUSABLE_BEAT; ctx.fillText("unusable", x + 12, y);
+}
 const patientOf = (stream) => stream.split("/")[0];
 const baseOf = (stream) => stream.replace(/\/filtered$/, "");
 const isEngine = (stream) => stream === "engine" || stream.startsWith("engine/");
@@ -36,6 +71,9 @@ const S = {
   ann: new Map(),          // annotation stream -> {markers, markerKeys, hr, hrv, quality, segments, polyp}
   stats: new Map(),        // input stream id -> engine stats
   alarms: new Map(),       // key -> alarm view (active only)
+  acks: new Map(),         // alarm key -> {acked_by, acked_at_ns, silenced_by, silenced_until_ns}
+  refused: [], user: null, focused: "", overlay: true, alarmSound: null, alarmSoundPlayed: 0,
+  frameWork: new Float32Array(1200), frameGap: new Float32Array(1200), frameN: 0,
   selected: "",
   inSnapshot: false,
   fps: 0, fpsCount: 0, drawMs: 0,       // between _snapshot begin/end: history the page may already hold
@@ -213,6 +251,20 @@ class Patient {
     this.panels = new Map();
     this.events = [];
     this.eventsDirty = false;
+    this.frozen = false; this.viewEnd = null; this.cal = []; this.mark = null;
+    this.tools = $(".tools", this.el);
+    const on = (sel, ev, fn) => $(sel, this.el).addEventListener(ev, fn);
+    on(".b-freeze", "click", () => (this.frozen ? this.live() : this.freeze()));
+    on(".b-back", "click", (e) => this.scroll(e.shiftKey ? -10000 : -2000));
+    on(".b-fwd", "click", (e) => this.scroll(e.shiftKey ? 10000 : 2000));
+    on(".b-live", "click", () => this.live());
+    on(".scrub", "input", (e) => { const b = this.bounds(); if (!b) return; if (!this.frozen) this.freeze();
+      this.viewEnd = b.lo + (b.hi - b.lo) * Number(e.target.value) / 1000; });
+    on(".b-listen", "click", () => AU.toggle(this));
+    on(".amode", "change", (e) => AU.setMode(e.target.value));
+    on(".avol", "input", (e) => AU.setVolume(Number(e.target.value) / 100));
+    on(".b-mute", "click", () => AU.setMuted(!AU.muted));
+    this.el.addEventListener("focus", () => { S.focused = this.id; });
     $("#cards").appendChild(this.el);
     this.li = document.createElement("li");
     this.li.className = "pitem";
@@ -235,10 +287,46 @@ class Patient {
     }
     return p;
   }
-  addEvent(text, cls) {
-    this.events.unshift([text, cls]);
-    if (this.events.length > 4) this.events.length = 4;
+  addEvent(text, cls, tNs = null) {
+    this.events.unshift([text, cls, tNs]);
+    if (this.events.length > MAX_EVENTS) this.events.length = MAX_EVENTS;
     this.eventsDirty = true;
+  }
+  // --- review: freeze, scroll back, jump, calipers (times are source times in ms)
+  tracks() { return [...this.panels.values()].map((p) => p.track).filter((t) => t && t.anchor !== null); }
+  primary() { const t = this.tracks(); return t.find((x) => x.kind === "ecg") || t[0] || null; }
+  bounds() {
+    const ts = this.tracks();
+    if (!ts.length) return null;
+    const hi = Math.max(...ts.map((t) => (t.head === null ? t.endMs() : t.head)));
+    const lo = Math.min(...ts.map((t) => t.startMs())) + 2000;
+    return { lo: Math.min(lo, hi), hi };
+  }
+  t1(tr) { return this.frozen && this.viewEnd !== null ? this.viewEnd : tr.head; }
+  freeze() {
+    const p = this.primary();
+    if (!p || p.head === null) return;
+    this.frozen = true; this.viewEnd = p.head;
+    this.el.classList.add("frozen");
+    $(".b-freeze", this.el).setAttribute("aria-pressed", "true");
+  }
+  live() {
+    this.frozen = false; this.viewEnd = null; this.mark = null;
+    this.el.classList.remove("frozen");
+    $(".b-freeze", this.el).setAttribute("aria-pressed", "false");
+  }
+  clamp() { const b = this.bounds(); if (b && this.viewEnd !== null) this.viewEnd = Math.max(b.lo, Math.min(b.hi, this.viewEnd)); }
+  scroll(dMs) { if (!this.frozen) this.freeze(); if (!this.frozen) return; this.viewEnd += dMs; this.clamp(); }
+  jump(tMs) {   // show the strip around tMs (an alarm's onset): tMs at 60 % of the window
+    if (!this.frozen) this.freeze();
+    if (!this.frozen) return;
+    this.viewEnd = tMs + 0.4 * WINDOW_S * 1000; this.mark = tMs; this.clamp();
+  }
+  caliper(tMs) { if (this.cal.length >= 2) this.cal = []; this.cal.push(tMs); }
+  caliperText() {
+    if (this.cal.length < 2) return this.cal.length ? "caliper: click (or K) for the second line" : "";
+    const d = Math.abs(this.cal[1] - this.cal[0]);
+    return `caliper \u0394t ${d.toFixed(0)} ms  \u00b7  ${(60000 / d).toFixed(1)} bpm`;
   }
 }
 
@@ -268,11 +356,72 @@ function badgeHTML(list) {
   return list.map(([text, cls, title]) => `<span class="badge ${cls || ""}" title="${title || ""}">${text}</span>`).join("");
 }
 
+// Review on a strip: click = caliper (freezes first), drag = scroll (frozen), wheel = scroll.
+function reviewInput(panel) {
+  const cv = panel.canvas;
+  let down = null;
+  cv.addEventListener("pointerdown", (e) => { down = { x: e.clientX, moved: false }; cv.setPointerCapture(e.pointerId); });
+  cv.addEventListener("pointermove", (e) => {
+    if (!down || !panel.view) return;
+    const dx = e.clientX - down.x;
+    if (Math.abs(dx) > 4 || down.moved) {
+      const pat = panel.patient;
+      if (!pat.frozen) pat.freeze();
+      pat.viewEnd -= dx / panel.view.pxPerMs; pat.clamp();
+      down = { x: e.clientX, moved: true };
+    }
+  });
+  cv.addEventListener("pointerup", (e) => {
+    if (down && !down.moved && panel.view) {
+      const pat = panel.patient, r = cv.getBoundingClientRect();
+      const t = panel.view.t0 + (e.clientX - r.left) / panel.view.pxPerMs;
+      if (!pat.frozen) pat.freeze();
+      pat.caliper(t);
+    }
+    down = null;
+  });
+  cv.addEventListener("wheel", (e) => {
+    if (!panel.view) return;
+    e.preventDefault();
+    panel.patient.scroll((e.deltaY + e.deltaX) / panel.view.pxPerMs);
+  }, { passive: false });
+}
+
+// Calipers, the jump mark and (when frozen) the review time, over a strip.
+function drawReview(ctx, pat, t0, t1, pxPerMs, w, h) {
+  if (pat.mark !== null && pat.mark >= t0 && pat.mark <= t1) {
+    const x = (pat.mark - t0) * pxPerMs;
+    ctx.fillStyle = "rgba(255,45,45,0.18)"; ctx.fillRect(x - 2, 0, 4, h);
+  }
+  ctx.strokeStyle = "#4fc3f7"; ctx.lineWidth = 1.5; ctx.setLineDash([5, 3]);
+  for (const c of pat.cal) {
+    if (c < t0 || c > t1) continue;
+    const x = Math.round((c - t0) * pxPerMs) + 0.5;
+    ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h); ctx.stroke();
+  }
+  ctx.setLineDash([]);
+  if (pat.cal.length === 2) {
+    const xa = (Math.min(...pat.cal) - t0) * pxPerMs, xb = (Math.max(...pat.cal) - t0) * pxPerMs;
+    if (xb > 0 && xa < w) {
+      const d = Math.abs(pat.cal[1] - pat.cal[0]);
+      ctx.fillStyle = "#4fc3f7"; ctx.font = "bold 12px sans-serif"; ctx.textAlign = "center";
+      ctx.fillText(`${d.toFixed(0)} ms  ${(60000 / d).toFixed(0)} bpm`, Math.max(50, Math.min(w - 50, (xa + xb) / 2)), h - 18);
+      ctx.textAlign = "left";
+    }
+  }
+  if (pat.frozen) {
+    ctx.fillStyle = "#4fc3f7"; ctx.font = "bold 12px sans-serif";
+    ctx.fillText(`FROZEN  ${fmtTime(t1 * 1e6)}`, w - 150, 14);
+  }
+}
+
 class SignalPanel {
   constructor(pat, base, kind) {
     this.kind = kind; this.key = base; this.base = base; this.patient = pat;
     this.el = makeRow(kind, base);
     this.canvas = $("canvas", this.el);
+    this.view = null;
+    reviewInput(this);
     this.num = $(".numerics", this.el);
     this.badgesEl = $(".badges", this.el);
     this.track = null; this.lastBadges = ""; this.lastNum = 0;
@@ -332,7 +481,8 @@ class EcgPanel extends SignalPanel {
       return;
     }
     const pxPerMs = (pxmm * 25) / 1000;
-    const t1 = tr.head, t0 = t1 - w / pxPerMs;
+    const t1 = this.patient.t1(tr), t0 = t1 - w / pxPerMs;
+    this.view = { t0, t1, pxPerMs };
     const nCh = tr.channels.length, top = 18, stripH = (h - top - 4) / nCh;
     let drawn = 0;
     for (let c = 0; c < nCh; c++) {
@@ -360,18 +510,21 @@ class EcgPanel extends SignalPanel {
         const m = a.markers[i], t = m.t_ns / 1e6;
         if (t < t0) break;
         if (t > t1) continue;
-        const x = (t - t0) * pxPerMs, col = beatColor(m.label);
+        const x = (t - t0) * pxPerMs, col = beatColor(m.label, m.usable);
         ctx.strokeStyle = col; ctx.globalAlpha = 0.35; ctx.lineWidth = 1;
         ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, h); ctx.stroke();
-        ctx.globalAlpha = 1; ctx.fillStyle = col;
-        ctx.beginPath(); ctx.moveTo(x - 5, 3); ctx.lineTo(x + 5, 3); ctx.lineTo(x, 10); ctx.fill();
-        ctx.fillText(m.label == null ? "•" : m.label, x, top + 10);
+        ctx.globalAlpha = 1;
+        drawBeatShape(ctx, x, 7, m.label, m.usable);
+        ctx.fillStyle = col;
+        ctx.fillText(m.label == null ? "\u2022" : (m.usable === false ? `${m.label}?` : m.label), x, top + 10);
       }
       ctx.textAlign = "left";
     }
     ctx.fillStyle = "#4f6b5c"; ctx.font = "11px sans-serif";
     ctx.fillText("25 mm/s  10 mm/mV", w - 118, h - 6);
-    noSignal(ctx, tr, w, h);
+    if (w > 500) drawBeatLegend(ctx, w - 370, h - 6);
+    drawReview(ctx, this.patient, t0, t1, pxPerMs, w, h);
+    if (!this.patient.frozen) noSignal(ctx, tr, w, h);
   }
 }
 
@@ -410,12 +563,14 @@ class PcgPanel extends SignalPanel {
       ctx.fillStyle = "#4a5a66"; ctx.font = "14px sans-serif"; ctx.fillText("waiting for heart sounds…", 12, h / 2);
       return;
     }
-    const span = Math.max(WINDOW_S, 10) * 1000, t1 = tr.head, t0 = t1 - span, pxPerMs = w / span;
+    const span = Math.max(WINDOW_S, 10) * 1000, t1 = this.patient.t1(tr), t0 = t1 - span, pxPerMs = w / span;
+    this.view = { t0, t1, pxPerMs };
     const a = S.ann.get(this.base);
     if (a) {
       ctx.font = "bold 11px sans-serif";
-      for (const s of a.segments) {
-        const sa = s.start_ns / 1e6, sb = s.end_ns / 1e6;
+      for (let i = a.segments.length - 1; i >= 0; i--) {
+        const s = a.segments[i], sa = s.start_ns / 1e6, sb = s.end_ns / 1e6;
+        if (sb < t0 - 5000) break;   // kept in time order: older ones are off the strip
         if (sb < t0 || sa > t1) continue;
         const xa = Math.max(0, (sa - t0) * pxPerMs), xb = Math.min(w, (sb - t0) * pxPerMs);
         const col = SEG_COLORS[s.state];
@@ -432,7 +587,13 @@ class PcgPanel extends SignalPanel {
     }
     const g = (0.45 * h) / (this.scale || 1), mid = h / 2, off = r ? r.mean : 0;
     tr.drawn += drawTrace(ctx, tr, 0, t0, t1, 0, w, (v) => mid - (v - off) * g, "#ffd54a", 1.2);
-    noSignal(ctx, tr, w, h);
+    if (AU.patient === this.patient && AU.lastSrcMs && AU.lastSrcMs >= t0 && AU.lastSrcMs <= t1) {  // what you hear now
+      const x = (AU.lastSrcMs - t0) * pxPerMs;
+      ctx.strokeStyle = "rgba(255,213,74,0.8)"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h); ctx.stroke();
+    }
+    drawReview(ctx, this.patient, t0, t1, pxPerMs, w, h);
+    if (!this.patient.frozen) noSignal(ctx, tr, w, h);
   }
 }
 
@@ -447,7 +608,18 @@ class VideoPanel {
       <div class="kv"><span class="k">frames</span><span class="v frames">0</span>
       <span class="k">size</span><span class="v size">--</span></div>`;
     this.bitmap = null; this.frames = 0; this.lastWall = 0; this.header = null; this.decoding = false; this.pending = null;
-    this.maskCanvas = null; this.maskKey = null; this.lastBadges = "";
+    this.maskCanvas = null; this.maskKey = null; this.lastBadges = ""; this.overlays = 0;
+  }
+  // The polyp annotations of this video: its own stream or, for the engine's overlay stream
+  // (video/<s>/annotated), those of <s> (issue 18: the panel looked up <s>/annotated).
+  annStream() {
+    for (let s = this.stream; ;) {
+      const a = S.ann.get(s);
+      if (a && a.polyp) return s;
+      const i = s.lastIndexOf("/");
+      if (i <= 0) return this.stream;
+      s = s.slice(0, i);
+    }
   }
   frame(h, payload) {
     this.header = h;
@@ -467,7 +639,7 @@ class VideoPanel {
     this.decoding = false;
   }
   numerics() {
-    const a = S.ann.get(this.stream);
+    const a = S.ann.get(this.annStream());
     const p = a && a.polyp;
     const big = $(".big", this.num);
     setText(big, p && p.prob != null ? `${Math.round(p.prob * 100)}%` : "--");
@@ -476,7 +648,7 @@ class VideoPanel {
     if (this.header) setText($(".size", this.num), `${this.header.src_width}×${this.header.src_height}`);
   }
   badges() {
-    const st = S.stats.get(this.stream);
+    const st = S.stats.get(this.annStream());
     const list = [];
     if (st && st.latency_ms) list.push([`lat ${st.latency_ms.p50.toFixed(1)}/${st.latency_ms.p99.toFixed(1)} ms`, "", "engine latency p50/p99"]);
     if (st) list.push([`drops ${st.drops || 0}`, st.drops ? "warn" : "", "frames dropped at the engine (latest-frame-wins)"]);
@@ -511,8 +683,9 @@ class VideoPanel {
       ctx.textAlign = "left";
       return;
     }
-    const a = S.ann.get(this.stream), p = a && a.polyp;
-    if (!p || Math.abs(a.polypT - this.frameT) > 1e9) return;  // overlay only near its frame time
+    const a = S.ann.get(this.annStream()), p = a && a.polyp;
+    if (!S.overlay || !p || Math.abs(a.polypT - this.frameT) > 1e9) return;  // overlay only near its frame time
+    this.overlays++;
     if (p.mask) ctx.drawImage(this.maskImage(p.mask), dx, dy, dw, dh);
     ctx.lineWidth = 2; ctx.strokeStyle = "#00ff88";
     for (const c of p.contours) {
@@ -540,6 +713,7 @@ function onSignal(h, buf, off) {
     S.tracks.set(h.topic, tr);
     const pat = patient(patientOf(h.stream));
     const panel = pat.panel(h.kind, tr.base, (p, k) => (h.kind === "pcg" ? new PcgPanel(p, k) : new EcgPanel(p, k)));
+    if (h.kind === "pcg") $(".listen-tools", pat.el).classList.remove("hidden");
     if (!panel.track || h.stream.endsWith("/filtered")) panel.track = tr;  // prefer the filtered stream
   }
   tr.add(h, cols, S.inSnapshot);
@@ -558,6 +732,7 @@ function onBinary(buf) {
   const h = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, hlen)));
   const off = 8 + hlen;
   if (h.kind === "video") onVideo(h, buf, off);
+  else if (h.kind === "audio") AU.onAudio(h, buf, off);
   else onSignal(h, buf, off);
 }
 
@@ -566,7 +741,7 @@ function onAlarm(v, stream) {
   if (!v || !v.key) return null;
   const was = S.alarms.has(v.key);
   if (v.state === "on") S.alarms.set(v.key, { ...v, stream });
-  else S.alarms.delete(v.key);
+  else { S.alarms.delete(v.key); S.acks.delete(v.key); }
   alarmsDirty = true;
   return was !== (v.state === "on");
 }
@@ -590,7 +765,14 @@ function onJson(m) {
     S.engineIdle = m.engine_idle_s;
     return;
   }
-  if (k === "_hello") return;
+  if (k === "_hello") {
+    S.user = m.user || null;
+    if (S.user) { setText($("#whoami"), `signed in: ${S.user}`); $("#whoami").classList.remove("hidden"); }
+    AU.resubscribe();   // a reconnected socket: ask for the audio again
+    return;
+  }
+  if (k === "_ack") { S.acks.set(m.key, m); alarmsDirty = true; return; }
+  if (k === "_refused") { S.refused.push(m); if (S.refused.length > 50) S.refused.shift(); console.warn("telediag: refused", m); return; }
   if (k === "stats") {
     const streams = (m.body && m.body.streams) || {};
     for (const sid of Object.keys(streams)) S.stats.set(sid, streams[sid]);
@@ -623,7 +805,7 @@ function onJson(m) {
       if (a.segKeys.has(key)) continue;
       a.segKeys.add(key); a.segments.push(s);
     }
-    while (a.segments.length > 400) a.segKeys.delete(`${a.segments[0].start_ns}:${a.segments.shift().state}`);
+    while (a.segments.length > MAX_SEGMENTS) a.segKeys.delete(`${a.segments[0].start_ns}:${a.segments.shift().state}`);
   } else if (k === "polyp" && v) { a.polyp = v; a.polypT = m.t0_ns; }
 }
 
@@ -632,15 +814,18 @@ function logEvent(stream, m, v) {
   const pat = patient(patientOf(stream));
   const b = m.body || {};
   let text, cls = "";
-  if (v) { text = `${v.text} ${v.state === "on" ? "ON" : "off"}`; cls = v.priority === "technical" ? "ev-warn" : "ev-alarm"; }
+  if (v) { text = `${v.text} ${v.state === "on" ? "ON" : "off"}${v.technical ? " (technical)" : ""}`; cls = v.technical ? "ev-warn" : "ev-alarm"; }
   else {
     const extra = ["reason", "event", "state", "missing_chunks"].filter((x) => b[x] != null).map((x) => `${x}=${b[x]}`).join(" ");
     text = `${b.type || "event"} ${extra}`;
     if (b.type === "gap" || b.type === "rejected") cls = "ev-warn";
   }
-  pat.addEvent(`${fmtTime(m.t0_ns)}  ${stream}  ${text}`, cls);
+  const t = v ? v.onset_ns : (b.onset_ns || m.t0_ns);
+  pat.addEvent(`${fmtTime(t)}  ${stream}  ${text}`, cls, v ? t : null);
 }
 
+const PRIO_RANK = { high: 0, medium: 1, low: 2 };
+const PRIO_MARK = { high: "!!!", medium: "!!", low: "!" };
 function renderAlarms() {
   alarmsDirty = false;
   const byPatient = new Map();
@@ -650,23 +835,254 @@ function renderAlarms() {
     byPatient.get(id).push(a);
   }
   for (const [id, pat] of S.patients) {
-    const list = (byPatient.get(id) || []).sort((p, q) => (p.priority === "technical") - (q.priority === "technical") || p.onset_ns - q.onset_ns);
+    const list = (byPatient.get(id) || []).sort((p, q) => (PRIO_RANK[p.priority] ?? 3) - (PRIO_RANK[q.priority] ?? 3)
+      || (p.technical === true) - (q.technical === true) || p.onset_ns - q.onset_ns);
+    pat.alarmList = list;
     pat.alarmsEl.replaceChildren(...list.map((a) => {
+      const ack = S.acks.get(a.key) || {};
       const d = document.createElement("div");
-      d.className = `alarm ${a.priority === "technical" ? "technical" : a.priority === "high" ? "high" : a.priority}`;
-      d.dataset.key = a.key; d.dataset.type = a.type;
-      d.textContent = a.text;
+      d.className = `alarm ${PRIO_RANK[a.priority] !== undefined ? a.priority : "high"}${a.technical ? " technical" : ""}${ack.acked_by ? " acked" : ""}`;
+      d.dataset.key = a.key; d.dataset.type = a.type; d.dataset.priority = a.priority;
+      d.title = `${a.priority} priority ${a.technical ? "technical" : "physiological"} alarm; click to see its strip`;
+      d.append(a.text);
+      const tag = document.createElement("span"); tag.className = "tag";
+      tag.textContent = `${a.technical ? "TECH " : ""}${PRIO_MARK[a.priority] || "!!!"}`;
       const s = document.createElement("span"); s.className = "since";
       s.textContent = `since ${fmtTime(a.onset_ns)}`;
-      d.appendChild(s);
+      d.append(tag, s);
+      if (ack.acked_by || ack.silenced_by) {
+        const w = document.createElement("span"); w.className = "who";
+        const parts = [];
+        if (ack.acked_by) parts.push(`ack ${ack.acked_by} ${fmtTime(ack.acked_at_ns)}`);
+        if (ack.silenced_by && ack.silenced_until_ns > Date.now() * 1e6) parts.push(`silenced ${ack.silenced_by} until ${fmtTime(ack.silenced_until_ns)}`);
+        w.textContent = parts.join(" \u00b7 ");
+        d.append(w);
+      }
+      const bAck = document.createElement("button"); bAck.className = "b-ack"; bAck.textContent = "Ack";
+      bAck.title = "acknowledge (A)"; bAck.addEventListener("click", (e) => { e.stopPropagation(); sendOp({ op: "ack", key: a.key }); });
+      const bSil = document.createElement("button"); bSil.className = "b-silence"; bSil.textContent = "Silence 2 min";
+      bSil.title = "pause the alarm sound for 2 minutes (S)"; bSil.addEventListener("click", (e) => { e.stopPropagation(); sendOp({ op: "silence", key: a.key }); });
+      if (!ack.acked_by) d.append(bAck);
+      d.append(bSil);
+      d.addEventListener("click", () => pat.jump(a.onset_ns / 1e6));
       return d;
     }));
-    const high = list.some((a) => a.priority !== "technical");
+    const high = list.some((a) => !a.technical);
     pat.el.classList.toggle("alarming", high);
     pat.li.classList.toggle("alarming", high);
   }
   for (const a of S.alarms.values()) if (!S.patients.has(patientOf(a.stream))) { patient(patientOf(a.stream)); alarmsDirty = true; }
 }
+
+function sendOp(m) {
+  if (S.ws && S.connected) { try { S.ws.send(JSON.stringify(m)); return true; } catch (e) { /* closing */ } }
+  return false;
+}
+
+// Alarm sound (IEC 60601-1-8 style bursts, simplified): high 5 pulses every 5 s, medium 3 every
+// 8 s, low 1 every 15 s; off for acknowledged alarms and while silenced. Needs the audio context
+// (created by the first Listen click, a user gesture).
+const ALARM_SOUND = { high: { n: 5, every: 5000, f: 660 }, medium: { n: 3, every: 8000, f: 523 }, low: { n: 1, every: 15000, f: 440 } };
+let alarmSoundLast = 0;
+function alarmSoundTick() {
+  const nowNs = Date.now() * 1e6;
+  let best = null;
+  for (const a of S.alarms.values()) {
+    const ack = S.acks.get(a.key) || {};
+    if (ack.acked_by || (ack.silenced_until_ns && ack.silenced_until_ns > nowNs)) continue;
+    if (best === null || (PRIO_RANK[a.priority] ?? 0) < (PRIO_RANK[best] ?? 0)) best = a.priority in PRIO_RANK ? a.priority : "high";
+  }
+  S.alarmSound = best;
+  if (!best || !AU.ctx || AU.ctx.state !== "running") return;
+  const p = ALARM_SOUND[best];
+  if (now() - alarmSoundLast < p.every) return;
+  alarmSoundLast = now();
+  const t = AU.ctx.currentTime + 0.05;
+  for (let i = 0; i < p.n; i++) {
+    const o = AU.ctx.createOscillator(), g = AU.ctx.createGain();
+    o.frequency.value = p.f; o.type = "triangle";
+    const t0 = t + i * 0.25;
+    g.gain.setValueAtTime(0, t0); g.gain.linearRampToValueAtTime(0.15, t0 + 0.02);
+    g.gain.setValueAtTime(0.15, t0 + 0.13); g.gain.linearRampToValueAtTime(0, t0 + 0.16);
+    o.connect(g).connect(AU.ctx.destination); o.start(t0); o.stop(t0 + 0.2);
+  }
+  S.alarmSoundPlayed++;
+}
+setInterval(alarmSoundTick, 500);
+
+// ------------------------------------------------------------------ live auscultation (WebAudio)
+// One patient at a time: the bridge sends that patient's heart sounds at full rate ("audio"
+// messages) after {"op": "listen"}; an AudioWorklet jitter buffer (static/audio-worklet.js)
+// plays them through stethoscope filters (bell / diaphragm / extended), volume and mute.
+const MODES = {   // [high-pass Hz, low-pass Hz], two 2nd-order sections each (4th order, Butterworth Q)
+  bell: [20, 200],         // low frequencies: S3, S4, diastolic rumble
+  diaphragm: [100, 500],   // higher: S1/S2, clicks, most murmurs
+  extended: [20, 1000],    // both
+};
+const AU = {
+  ctx: null, player: null, filters: [], gain: null, tap: null, ready: null,
+  patient: null, stream: null, mode: "diaphragm", volume: 0.8, muted: false,
+  delays: [], report: null, lastSrcMs: 0, chunks: 0, tapBlocks: [], tapOn: false,
+  async ensure() {
+    if (this.ready) return this.ready;
+    this.ready = (async () => {
+      const ctx = new AudioContext({ latencyHint: "interactive" });
+      await ctx.audioWorklet.addModule("/static/audio-worklet.js");
+      this.player = new AudioWorkletNode(ctx, "td-player", { numberOfInputs: 0, outputChannelCount: [1],
+        processorOptions: { delayMs: 150, marginMs: 40 } });
+      this.filters = [0, 1, 2, 3].map((i) => { const f = ctx.createBiquadFilter(); f.type = i < 2 ? "highpass" : "lowpass"; f.Q.value = i % 2 ? 1.307 : 0.541; return f; });
+      this.gain = ctx.createGain();
+      this.tap = new AudioWorkletNode(ctx, "td-tap", { outputChannelCount: [1] });
+      this.player.connect(this.filters[0]).connect(this.filters[1]).connect(this.filters[2]).connect(this.filters[3])
+        .connect(this.gain).connect(this.tap).connect(ctx.destination);
+      this.player.port.onmessage = (e) => this.onReport(e.data);
+      this.tap.port.onmessage = (e) => { if (e.data.cmd === "tap") { this.tapBlocks.push(e.data); if (this.tapBlocks.length > 400) this.tapBlocks.shift(); } };
+      this.ctx = ctx;
+      this.setMode(this.mode); this.setVolume(this.volume); this.setMuted(this.muted);
+      return ctx;
+    })();
+    return this.ready;
+  },
+  async toggle(pat) { if (this.patient === pat) this.stop(); else await this.start(pat); },
+  async start(pat) {
+    const pcg = [...pat.panels.values()].find((p) => p.kind === "pcg");
+    if (!pcg) return;
+    if (this.patient) this.stop();
+    const ctx = await this.ensure();
+    if (ctx.state !== "running") await ctx.resume();
+    this.patient = pat; this.stream = pcg.base; this.delays = []; this.chunks = 0;
+    this.player.port.postMessage({ cmd: "reset" });
+    sendOp({ op: "listen", stream: this.stream, on: true });
+    for (const p of S.patients.values()) $(".b-listen", p.el).setAttribute("aria-pressed", String(p === pat));
+  },
+  stop() {
+    if (this.stream) sendOp({ op: "listen", stream: this.stream, on: false });
+    if (this.player) this.player.port.postMessage({ cmd: "reset" });
+    this.patient = null; this.stream = null; this.lastSrcMs = 0;
+    for (const p of S.patients.values()) $(".b-listen", p.el).setAttribute("aria-pressed", "false");
+  },
+  resubscribe() { if (this.stream) sendOp({ op: "listen", stream: this.stream, on: true }); },
+  setMode(m) {
+    if (!MODES[m]) return;
+    this.mode = m;
+    for (const el of document.querySelectorAll(".amode")) el.value = m;
+    if (!this.ctx) return;
+    const [hp, lp] = MODES[m], t = this.ctx.currentTime;
+    this.filters[0].frequency.setTargetAtTime(hp, t, 0.02); this.filters[1].frequency.setTargetAtTime(hp, t, 0.02);
+    this.filters[2].frequency.setTargetAtTime(lp, t, 0.02); this.filters[3].frequency.setTargetAtTime(lp, t, 0.02);
+  },
+  setVolume(v) {
+    this.volume = Math.max(0, Math.min(1, v));
+    for (const el of document.querySelectorAll(".avol")) el.value = String(Math.round(this.volume * 100));
+    if (this.gain) this.gain.gain.setTargetAtTime(this.muted ? 0 : this.volume, this.ctx.currentTime, 0.02); // ramped: no click
+  },
+  setMuted(m) {
+    this.muted = m;
+    for (const el of document.querySelectorAll(".b-mute")) el.setAttribute("aria-pressed", String(m));
+    this.setVolume(this.volume);
+  },
+  onAudio(h, buf, off) {
+    if (!this.player || h.base !== this.stream) return;
+    const x = new Float32Array(buf, off, h.n).slice();
+    this.chunks++;
+    this.player.port.postMessage({ cmd: "data", t0: h.t0_ns / 1e6, rate: h.rate_hz, seq: h.seq, x }, [x.buffer]);
+  },
+  // play time (wall clock, ms since epoch) of context time t
+  wallOf(t) {
+    const ts = this.ctx.getOutputTimestamp();
+    return performance.timeOrigin + ts.performanceTime + (t - ts.contextTime) * 1000;
+  },
+  onReport(r) {
+    this.report = r;
+    if (!r.playing || !this.stream) return;
+    this.lastSrcMs = r.srcMs;
+    const d = this.wallOf(r.ctxTime) - r.srcMs;   // source time -> time it leaves the speaker
+    this.delays.push(d);
+    if (this.delays.length > 6000) this.delays.shift();
+  },
+  stats() {
+    const d = [...this.delays].sort((a, b) => a - b);
+    const q = (p) => (d.length ? d[Math.min(d.length - 1, Math.floor(p * d.length))] : null);
+    const r = this.report || {};
+    return { listening: this.stream, mode: this.mode, volume: this.volume, muted: this.muted,
+      state: this.ctx ? this.ctx.state : null, sample_rate: this.ctx ? this.ctx.sampleRate : null,
+      chunks: this.chunks, delays: d.length, delay_p50_ms: q(0.5), delay_p95_ms: q(0.95), delay_max_ms: d.length ? d[d.length - 1] : null,
+      underruns: r.underruns ?? 0, skips: r.skips ?? 0, gaps: r.gaps ?? 0, concealed_ms: r.concealedMs ?? 0,
+      buffered_ms: r.bufferedMs ?? null, ratio: r.ratio ?? null, margin_ms: r.marginMs ?? null,
+      filters: this.filters.map((f) => [f.type, f.frequency.value]) };
+  },
+  tapArm(on) { this.tapBlocks = []; if (this.tap) this.tap.port.postMessage({ cmd: "arm", on }); },
+  // first output sample louder than thr*peak after wall time afterMs: its wall time and the tone's frequency
+  tapFind(thr, afterMs) {
+    const blocks = this.tapBlocks;
+    if (!blocks.length) return null;
+    let peak = 0;
+    for (const b of blocks) for (const v of b.x) if (Math.abs(v) > peak) peak = Math.abs(v);
+    for (let bi = 0; bi < blocks.length; bi++) {
+      const b = blocks[bi];
+      for (let i = 0; i < b.x.length; i++) {
+        if (Math.abs(b.x[i]) < thr * peak) continue;
+        const t = b.t0 + i / b.rate, wall = this.wallOf(t);
+        if (wall < afterMs) continue;
+        const seg = [];   // 100 ms from the onset: zero crossings -> frequency
+        for (let bj = bi; bj < blocks.length && seg.length < 0.1 * b.rate; bj++)
+          for (let k = bj === bi ? i : 0; k < blocks[bj].x.length && seg.length < 0.1 * b.rate; k++) seg.push(blocks[bj].x[k]);
+        let zc = 0;
+        for (let k = 1; k < seg.length; k++) if ((seg[k - 1] < 0) !== (seg[k] < 0)) zc++;
+        return { wall_ms: wall, ctx_time: t, freq_hz: zc / 2 / (seg.length / b.rate), peak };
+      }
+    }
+    return null;
+  },
+};
+
+// ------------------------------------------------------------------ keyboard
+function activePatient() {
+  const id = S.selected || S.focused || (S.patients.size ? S.patients.keys().next().value : null);
+  return id != null ? S.patients.get(id) : null;
+}
+document.addEventListener("keydown", (e) => {
+  const tag = (e.target && e.target.tagName) || "";
+  if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (tag === "BUTTON" && (e.key === " " || e.key === "Enter")) return;   // the button's own action
+  const pat = activePatient();
+  const k = e.key;
+  let done = true;
+  if (k === "?") $("#help").classList.toggle("hidden");
+  else if (k === "g" || k === "G") toggleGrid();
+  else if (k === "o" || k === "O") S.overlay = !S.overlay;
+  else if (k >= "0" && k <= "9") { const ids = [...S.patients.keys()]; select(k === "0" ? "" : ids[Number(k) - 1] ?? S.selected); }
+  else if (!pat) done = false;
+  else if (k === " ") (pat.frozen ? pat.live() : pat.freeze());
+  else if (k === "ArrowLeft") pat.scroll(e.shiftKey ? -10000 : -2000);
+  else if (k === "ArrowRight") pat.scroll(e.shiftKey ? 10000 : 2000);
+  else if (k === "Home") { const b = pat.bounds(); if (b) { pat.freeze(); pat.viewEnd = b.lo; } }
+  else if (k === "End" || k === "Escape") pat.live();
+  else if (k === "k" || k === "K") { const p = pat.primary(); if (p) { if (!pat.frozen) pat.freeze(); pat.caliper(pat.t1(p) - WINDOW_S * 500); } }
+  else if (k === "," || k === "." || k === "<" || k === ">") {
+    if (pat.cal.length) pat.cal[pat.cal.length - 1] += (k === "," || k === "<" ? -1 : 1) * (e.shiftKey ? 40 : 4);
+  }
+  else if (k === "c" || k === "C") pat.cal = [];
+  else if (k === "a" || k === "A") { const a = (pat.alarmList || []).find((x) => !(S.acks.get(x.key) || {}).acked_by); if (a) sendOp({ op: "ack", key: a.key }); }
+  else if (k === "s" || k === "S") { for (const a of pat.alarmList || []) sendOp({ op: "silence", key: a.key }); }
+  else if (k === "l" || k === "L") AU.toggle(pat);
+  else if (k === "b" || k === "B") AU.setMode("bell");
+  else if (k === "d" || k === "D") AU.setMode("diaphragm");
+  else if (k === "e" || k === "E") AU.setMode("extended");
+  else if (k === "m" || k === "M") AU.setMuted(!AU.muted);
+  else if (k === "+" || k === "=") AU.setVolume(AU.volume + 0.1);
+  else if (k === "-") AU.setVolume(AU.volume - 0.1);
+  else done = false;
+  if (done) e.preventDefault();
+});
+function toggleGrid() {
+  const on = !document.body.classList.contains("grid");
+  document.body.classList.toggle("grid", on);
+  $("#b-layout").setAttribute("aria-pressed", String(on));
+}
+$("#b-layout").addEventListener("click", toggleGrid);
+$("#b-help").addEventListener("click", () => $("#help").classList.toggle("hidden"));
+if (new URLSearchParams(location.search).get("layout") === "grid") toggleGrid();
 
 // ------------------------------------------------------------------ WebSocket with reconnect
 function connect() {
@@ -713,6 +1129,7 @@ setInterval(() => {
 let lastFrame = now(), lastSlow = 0;
 function frame() {
   const t = now(), dt = Math.min(250, t - lastFrame);
+  S.frameGap[S.frameN % S.frameGap.length] = t - lastFrame;
   lastFrame = t; S.frames++; S.fpsCount++;
   for (const tr of S.tracks.values()) tr.advance(dt);
   for (const pat of S.patients.values()) {
@@ -726,10 +1143,19 @@ function frame() {
       for (const p of pat.panels.values()) { p.numerics(); p.badges(); }
       if (pat.eventsDirty) {
         pat.eventsDirty = false;
-        pat.eventsEl.replaceChildren(...pat.events.map(([text, cls]) => {
-          const d = document.createElement("div"); d.textContent = text; d.className = cls; return d;
+        pat.eventsEl.replaceChildren(...pat.events.map(([text, cls, tNs]) => {
+          const d = document.createElement(tNs != null ? "button" : "div");
+          d.textContent = text; d.className = cls; d.setAttribute("role", "listitem");
+          if (tNs != null) { d.title = "show this alarm's strip"; d.addEventListener("click", () => pat.jump(tNs / 1e6)); }
+          return d;
         }));
       }
+      if (pat.frozen) pat.clamp();
+      const b = pat.bounds();
+      setText($(".revinfo", pat.el), pat.frozen && b ? `review ${fmtTime(pat.viewEnd * 1e6)} (-${((b.hi - pat.viewEnd) / 1000).toFixed(0)} s)` : "");
+      const sc = $(".scrub", pat.el);
+      if (b && b.hi > b.lo) { const v = String(Math.round(1000 * ((pat.frozen ? pat.viewEnd : b.hi) - b.lo) / (b.hi - b.lo))); if (sc.value !== v && document.activeElement !== sc) sc.value = v; }
+      setText($(".caliper-read", pat.el), pat.caliperText());
     }
     setText($("#clock"), new Date().toLocaleTimeString([], { hour12: false }));
     setText($("#b-rate"), `${S.rate} msg/s`);
@@ -739,7 +1165,9 @@ function frame() {
     $("#b-lost").className = `badge ${S.lost ? "warn" : ""}`;
     $("#upstream").classList.toggle("hidden", !(S.connected && S.engineIdle != null && S.engineIdle > 3));
   }
-  S.drawMs = 0.95 * S.drawMs + 0.05 * (now() - t);   // time spent drawing one frame (EMA)
+  const work = now() - t;
+  S.frameWork[S.frameN % S.frameWork.length] = work; S.frameN++;
+  S.drawMs = 0.95 * S.drawMs + 0.05 * work;   // time spent drawing one frame (EMA)
   requestAnimationFrame(frame);
 }
 
@@ -763,17 +1191,39 @@ window.telediag = {
     }
     const video = {};
     for (const pat of S.patients.values()) for (const p of pat.panels.values()) {
-      if (p.kind === "video") video[p.stream] = { frames: p.frames, width: p.bitmap ? p.bitmap.width : 0 };
+      if (p.kind === "video") video[p.stream] = { frames: p.frames, width: p.bitmap ? p.bitmap.width : 0,
+        overlays: p.overlays, ann_stream: p.annStream(), prob_text: $(".big", p.num).textContent };
     }
     return { connected: S.connected, connects: S.connects, messages: S.messages, bytes: S.bytes,
       frames: S.frames, fps: S.fps, draw_ms: S.drawMs, dropped: S.dropped, lost: S.lost, upstream_idle_s: S.upstreamIdle,
       engine_idle_s: S.engineIdle,
       patients: [...S.patients.keys()], streams, markers, hr, hrv, quality, segments, polyp, video,
       alarms: [...S.alarms.values()].map((a) => ({ key: a.key, type: a.type, state: a.state,
-        onset_ns: a.onset_ns, priority: a.priority, text: a.text, stream: a.stream })),
+        onset_ns: a.onset_ns, priority: a.priority, technical: !!a.technical, text: a.text, stream: a.stream })),
+      user: S.user, audio: AU.stats(),
       banners: [...document.querySelectorAll(".alarm")].map((d) => d.textContent) };
   },
   select,
+  sendOp,
+  frameStats() {   // per-frame JS work and rAF intervals over the last (up to) 1200 frames, in ms
+    const n = Math.min(S.frameN, S.frameWork.length);
+    const pct = (arr, p) => { const a = Array.from(arr.slice(0, n)).sort((x, y) => x - y); return a.length ? a[Math.min(a.length - 1, Math.floor(p * a.length))] : null; };
+    return { n, work_p50: pct(S.frameWork, 0.5), work_p95: pct(S.frameWork, 0.95), work_max: pct(S.frameWork, 1),
+      gap_p50: pct(S.frameGap, 0.5), gap_p95: pct(S.frameGap, 0.95), gap_max: pct(S.frameGap, 1) };
+  },
+  resetFrameStats() { S.frameN = 0; },
+  review(id) {
+    const p = S.patients.get(id);
+    if (!p) return null;
+    const b = p.bounds();
+    return { frozen: p.frozen, view_end_ms: p.viewEnd, calipers: [...p.cal], caliper_text: p.caliperText(), mark: p.mark,
+      span_s: b ? (b.hi - b.lo + 2000) / 1000 : 0, events: p.events.map((e) => ({ text: e[0], t_ns: e[2] })) };
+  },
+  patient: (id) => S.patients.get(id),
+  audio: AU,
+  acks: () => Object.fromEntries(S.acks),
+  refused: () => S.refused,
+  alarmSound: () => ({ priority: S.alarmSound, played: S.alarmSoundPlayed }),
 };
 
 connect();
