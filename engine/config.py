@@ -43,6 +43,7 @@ class EngineSettings:
     metrics: str = ""  # "127.0.0.1:9108" serves Prometheus text at http://HOST:PORT/metrics; "" = off
     batch_max: int = 64  # model work of up to this many chunks (any streams) per call; 1 = no batching
     batch_wait_ms: float = 2.0  # the oldest deferred item waits at most this long for batch-mates
+    warmup_parallel: bool = True  # cold Numba cache: compile the PCG kernels in a child process meanwhile
 
     def __post_init__(self) -> None:
         for name in ("ingest", "publish"):
