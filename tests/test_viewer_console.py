@@ -157,7 +157,7 @@ def test_listen_tone_burst_reaches_the_page_output_at_the_right_time(console: Co
     c.feed.burst_at_ns = None
     c.shot("listening")
     print(f"listen: delay p50 {st['delay_p50_ms']:.1f} ms p95 {st['delay_p95_ms']:.1f} ms, "
-          f"underruns {st['underruns']}, burst found {found}")
+          f"underruns {st['underruns']}, burst found {found}; {st}")
     assert found is not None, "the tone burst never reached the page's output"
     expected = burst_ns / 1e6 + st["delay_p50_ms"]
     assert abs(found["wall_ms"] - expected) < 30, (found["wall_ms"] - burst_ns / 1e6, st["delay_p50_ms"])

@@ -641,7 +641,9 @@ class Client:
         self.user = user
         self.allow = allow  # patient id -> may this browser see it (None: everything)
         self.listen: set[str] = set()  # base streams this browser listens to (audio messages)
+        self.listen_topics: set[str] = set()  # the signal topics its audio comes from
         self.refused = 0  # messages withheld by the access list
+        self.audio_only = False  # a listening socket: audio and refusals only
         self.connected = time.monotonic()
         self.queue: deque[str | bytes] = deque()
         self._queue_topics: deque[str] = deque()
@@ -660,6 +662,8 @@ class Client:
         With an access list (``allow``) a message of a patient this browser may not see is
         withheld (counted in ``refused``), and engine statistics keep only its patients' streams.
         """
+        if self.audio_only and topic != "_refused" and not (isinstance(msg, bytes) and topic in self.listen_topics):
+            return
         if self.allow is not None and topic and not topic.startswith("_"):
             if topic.startswith("stats/"):
                 if isinstance(msg, str):
@@ -679,6 +683,8 @@ class Client:
 
     def put_video(self, stream: str, msg: bytes) -> None:
         """Offer the newest frame of ``stream``; an unsent older one is replaced (counted)."""
+        if self.audio_only:
+            return
         if self.allow is not None and not self.allow(stream.split("/")[0]):
             self.refused += 1
             return
@@ -894,13 +900,18 @@ class Bridge:
         return "\n".join(out) + "\n"
 
     def add_client(self, peer: str = "", user: str | None = None,
-                   allow: Callable[[str], bool] | None = None) -> Client:
+                   allow: Callable[[str], bool] | None = None, audio_only: bool = False) -> Client:
         """Register a browser; its queue starts with the hello message and the snapshot.
 
         ``user`` and ``allow`` (patient id -> bool) come from the login; a browser sees only
-        the patients ``allow`` admits.
+        the patients ``allow`` admits. An ``audio_only`` client (the page's listening socket)
+        gets only the ``audio`` of the streams it listens to and refusals.
         """
         c = Client(self.queue_max, peer, user, allow)
+        c.audio_only = audio_only
+        if audio_only:
+            self.clients.add(c)
+            return c
         c.put(_dumps({"kind": "_hello", "endpoints": self.endpoints, "t_ns": time.time_ns(),
                       "history_s": self.history_ns / 1e9, "client": c.id, "user": user}), "_hello")
         snap = self.snapshot_topics()
@@ -987,6 +998,7 @@ class Bridge:
                            "seq": chunk.seq, "t0_ns": chunk.t0_ns, "rate_hz": chunk.rate_hz, "n": int(x.shape[0])},
                           np.ascontiguousarray(x).tobytes())
         for c in listeners:
+            c.listen_topics.add(chunk.topic)
             c.put(msg, chunk.topic)
 
     def _track(self, chunk: Chunk) -> _Topic:

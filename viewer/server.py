@@ -23,7 +23,8 @@ bound (:func:`~telediag.transports.webauth.check_bind`).
 
 Browser -> server messages on the WebSocket (JSON): ``{"op": "view", "patient"}``,
 ``{"op": "listen", "stream", "on"}`` (full-rate audio of that stream follows as ``audio``
-messages), ``{"op": "ack"|"silence", "key"}`` (alarm acknowledgement / audio paused 120 s);
+messages; the page listens on a second socket ``/ws?audio=1``, opened by a Worker, that carries
+nothing but audio, so rendering never delays the heart sounds), ``{"op": "ack"|"silence", "key"}`` (alarm acknowledgement / audio paused 120 s);
 a refused one is answered ``{"kind": "_refused", "op", "reason"}``.
 
 A browser that stops reading never slows the bridge or the other browsers: its messages wait
@@ -241,9 +242,12 @@ class ViewerServer:
         self._ws.add(ws)
         user: User | None = request.get(_USER)
         peer = self._peer(request)
-        client = self.bridge.add_client(peer, user.name if user else None, user.may_see if user else None)
-        self.audit.write(client.user, "view", patient="*" if user is None or "*" in user.patients
-                         else ",".join(sorted(user.patients)), what="console", peer=peer)
+        audio_only = request.query.get("audio") == "1"  # the page's listening socket (a Worker)
+        client = self.bridge.add_client(peer, user.name if user else None, user.may_see if user else None,
+                                        audio_only=audio_only)
+        if not audio_only:
+            self.audit.write(client.user, "view", patient="*" if user is None or "*" in user.patients
+                             else ",".join(sorted(user.patients)), what="console", peer=peer)
         sender = asyncio.ensure_future(self._sender(ws, client))
         try:
             async for msg in ws:

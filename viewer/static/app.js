@@ -512,7 +512,7 @@ class EcgPanel extends SignalPanel {
         if (t > t1) continue;
         const x = (t - t0) * pxPerMs, col = beatColor(m.label, m.usable);
         ctx.strokeStyle = col; ctx.globalAlpha = 0.35; ctx.lineWidth = 1;
-        ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, h); ctx.stroke();
+        ctx.beginPath(); ctx.moveTo(x, top + 14); ctx.lineTo(x, h); ctx.stroke();
         ctx.globalAlpha = 1;
         drawBeatShape(ctx, x, 7, m.label, m.usable);
         ctx.fillStyle = col;
@@ -922,7 +922,7 @@ const MODES = {   // [high-pass Hz, low-pass Hz], two 2nd-order sections each (4
 const AU = {
   ctx: null, player: null, filters: [], gain: null, tap: null, ready: null,
   patient: null, stream: null, mode: "diaphragm", volume: 0.8, muted: false,
-  delays: [], report: null, lastSrcMs: 0, chunks: 0, tapBlocks: [], tapOn: false,
+  delays: [], arrivals: [], report: null, worker: null, lastSrcMs: 0, chunks: 0, tapBlocks: [], tapOn: false,
   async ensure() {
     if (this.ready) return this.ready;
     this.ready = (async () => {
@@ -936,6 +936,16 @@ const AU = {
       this.player.connect(this.filters[0]).connect(this.filters[1]).connect(this.filters[2]).connect(this.filters[3])
         .connect(this.gain).connect(this.tap).connect(ctx.destination);
       this.player.port.onmessage = (e) => this.onReport(e.data);
+      // the heart sounds come over their own WebSocket in a Worker, straight into the worklet
+      const ch = new MessageChannel();
+      this.player.port.postMessage({ cmd: "port", port: ch.port1 }, [ch.port1]);
+      this.worker = new Worker("/static/audio-ws-worker.js");
+      this.worker.onmessage = (e) => {
+        if (e.data.cmd === "stats") { this.arrivals.push(...e.data.ages); if (this.arrivals.length > 3000) this.arrivals.splice(0, this.arrivals.length - 3000); }
+        else if (e.data.cmd === "refused") { S.refused.push(e.data.m); }
+      };
+      const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?audio=1`;
+      this.worker.postMessage({ cmd: "open", url, port: ch.port2 }, [ch.port2]);
       this.tap.port.onmessage = (e) => { if (e.data.cmd === "tap") { this.tapBlocks.push(e.data); if (this.tapBlocks.length > 400) this.tapBlocks.shift(); } };
       this.ctx = ctx;
       this.setMode(this.mode); this.setVolume(this.volume); this.setMuted(this.muted);
@@ -950,18 +960,18 @@ const AU = {
     if (this.patient) this.stop();
     const ctx = await this.ensure();
     if (ctx.state !== "running") await ctx.resume();
-    this.patient = pat; this.stream = pcg.base; this.delays = []; this.chunks = 0;
+    this.patient = pat; this.stream = pcg.base; this.delays = []; this.arrivals = []; this.chunks = 0;
     this.player.port.postMessage({ cmd: "reset" });
-    sendOp({ op: "listen", stream: this.stream, on: true });
+    this.worker.postMessage({ cmd: "listen", stream: this.stream, on: true });
     for (const p of S.patients.values()) $(".b-listen", p.el).setAttribute("aria-pressed", String(p === pat));
   },
   stop() {
-    if (this.stream) sendOp({ op: "listen", stream: this.stream, on: false });
+    if (this.stream && this.worker) this.worker.postMessage({ cmd: "listen", stream: this.stream, on: false });
     if (this.player) this.player.port.postMessage({ cmd: "reset" });
     this.patient = null; this.stream = null; this.lastSrcMs = 0;
     for (const p of S.patients.values()) $(".b-listen", p.el).setAttribute("aria-pressed", "false");
   },
-  resubscribe() { if (this.stream) sendOp({ op: "listen", stream: this.stream, on: true }); },
+  resubscribe() { /* the audio Worker re-sends its listen request when its socket reconnects */ },
   setMode(m) {
     if (!MODES[m]) return;
     this.mode = m;
@@ -985,6 +995,8 @@ const AU = {
     if (!this.player || h.base !== this.stream) return;
     const x = new Float32Array(buf, off, h.n).slice();
     this.chunks++;
+    this.arrivals.push(performance.timeOrigin + performance.now() - (h.t0_ns / 1e6 + h.n * 1000 / h.rate_hz));  // last sample's age
+    if (this.arrivals.length > 3000) this.arrivals.shift();
     this.player.port.postMessage({ cmd: "data", t0: h.t0_ns / 1e6, rate: h.rate_hz, seq: h.seq, x }, [x.buffer]);
   },
   // play time (wall clock, ms since epoch) of context time t
@@ -1006,7 +1018,8 @@ const AU = {
     const r = this.report || {};
     return { listening: this.stream, mode: this.mode, volume: this.volume, muted: this.muted,
       state: this.ctx ? this.ctx.state : null, sample_rate: this.ctx ? this.ctx.sampleRate : null,
-      chunks: this.chunks, delays: d.length, delay_p50_ms: q(0.5), delay_p95_ms: q(0.95), delay_max_ms: d.length ? d[d.length - 1] : null,
+      chunks: this.chunks, delays: d.length,
+      arrival_p50_ms: pctl(this.arrivals, 0.5), arrival_p95_ms: pctl(this.arrivals, 0.95), delay_p50_ms: q(0.5), delay_p95_ms: q(0.95), delay_max_ms: d.length ? d[d.length - 1] : null,
       underruns: r.underruns ?? 0, skips: r.skips ?? 0, gaps: r.gaps ?? 0, concealed_ms: r.concealedMs ?? 0,
       buffered_ms: r.bufferedMs ?? null, ratio: r.ratio ?? null, margin_ms: r.marginMs ?? null,
       filters: this.filters.map((f) => [f.type, f.frequency.value]) };
@@ -1035,6 +1048,8 @@ const AU = {
     return null;
   },
 };
+
+function pctl(arr, p) { const a = [...arr].sort((x, y) => x - y); return a.length ? a[Math.min(a.length - 1, Math.floor(p * a.length))] : null; }
 
 // ------------------------------------------------------------------ keyboard
 function activePatient() {

@@ -37,7 +37,10 @@ class Player extends AudioWorkletProcessor {
     this.minMarginMs = o.marginMs || 40;  // wanted low-water mark of the buffer (adapts upwards)
     this.marginMs = this.minMarginMs;
     this.reset();
-    this.port.onmessage = (e) => this.onMessage(e.data);
+    this.port.onmessage = (e) => {
+      if (e.data.cmd === "port") { this.feed = e.data.port; this.feed.onmessage = (f) => this.onMessage(f.data); }
+      else this.onMessage(e.data);
+    };
   }
   reset() {
     this.rate = 0; this.buf = null; this.cap = 0;
