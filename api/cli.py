@@ -27,6 +27,7 @@ import numpy as np
 from telediag.api.schema import ApiError
 from telediag.api.server import DEFAULT_ADDR
 from telediag.errors import DataError
+from telediag.transports.sockets import endpoint_arg
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``telediag infer``."""
     p.add_argument("what", choices=["ecg", "pcg", "image", "models", "health"], help="operation")
     p.add_argument("input", nargs="?", help="record / audio / image file (ecg, pcg, image)")
-    p.add_argument("--addr", default=DEFAULT_ADDR, help=f"ZeroMQ server (default {DEFAULT_ADDR})")
+    p.add_argument("--addr", type=endpoint_arg, default=DEFAULT_ADDR, help=f"ZeroMQ server (default {DEFAULT_ADDR})")
     p.add_argument("--http", metavar="URL", help="use the HTTP gateway at URL instead (e.g. http://127.0.0.1:8557)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
     p.add_argument("--retries", type=int, default=2, help="extra attempts after a timeout (default 2)")

@@ -25,6 +25,7 @@ import base64
 import itertools
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -49,6 +50,8 @@ from telediag.api.schema import (
 __all__ = ["HttpInferenceClient", "InferenceClient"]
 
 _RETRY_CODES = frozenset({"busy"})
+#: Seconds a ZeroMQ request waits for the server's handshake before it reports ``unreachable``.
+CONNECT_PROBE_S = 5.0
 
 
 def _le(a: np.ndarray) -> np.ndarray:
@@ -108,7 +111,9 @@ class InferenceClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        self.addr = addr
+        from telediag.transports.sockets import endpoint
+
+        self.addr = endpoint(addr)
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self._ctx = context or zmq.Context.instance()
@@ -119,6 +124,7 @@ class InferenceClient:
         self._curve_files = (curve_secret, server_key)
         self._lock = threading.Lock()
         self._sock: zmq.Socket | None = None
+        self._watch: Any = None  # PeerWatch of _sock: did a server ever complete the handshake?
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self.last_timing: dict[str, float] = {}
 
@@ -136,12 +142,18 @@ class InferenceClient:
                 s.curve_serverkey = self._curve
                 s.curve_publickey = pub
                 s.curve_secretkey = sec
+            from telediag.transports.sockets import PeerWatch
+
+            self._watch = PeerWatch(s)
             s.connect(self.addr)
             self._sock = s
         return self._sock
 
     def _reset(self) -> None:
         if self._sock is not None:
+            if self._watch is not None:
+                self._watch.close(self._sock)
+                self._watch = None
             self._sock.close(0)
             self._sock = None
 
@@ -189,7 +201,16 @@ class InferenceClient:
                         **({"params": dict(params)} if params else {}), **(header or {})}
                 sock = self._socket()
                 sock.send_multipart([b"", pack_header(head), *payloads], copy=False)
-                frames = self._wait(sock, req_id, time.monotonic() + t)
+                until = time.monotonic() + t
+                probe = time.monotonic() + min(t, CONNECT_PROBE_S)
+                frames = self._wait(sock, req_id, min(until, probe))
+                if frames is None and self._watch is not None and not self._watch.poll():
+                    self._reset()  # no server ever answered the handshake: waiting longer cannot help
+                    raise ApiError("unreachable", f"no API server reached at {self.addr} within "
+                                                  f"{min(t, CONNECT_PROBE_S):g} s (no ZMQ handshake: is "
+                                                  "`telediag api` up on that address?)")
+                if frames is None and time.monotonic() < until:
+                    frames = self._wait(sock, req_id, until)
                 if frames is None:
                     self._reset()  # lazy pirate: a fresh socket drops the stale exchange
                     last = ApiError("timeout", f"no reply to {op} (id {req_id}) from {self.addr} within {t:g} s "
@@ -333,8 +354,15 @@ class HttpInferenceClient:
                 except ValueError:
                     raise ApiError("internal", f"HTTP {e.code} from {self.url}{path} without a JSON body") from e
             except (urllib.error.URLError, TimeoutError, OSError) as e:
-                last = ApiError("timeout", f"{method} {self.url}{path}: {e}")
-                continue
+                why = e.reason if isinstance(e, urllib.error.URLError) else e
+                if isinstance(why, (TimeoutError, socket.timeout)):
+                    last = ApiError("timeout", f"{method} {self.url}{path}: no reply within {self.timeout_s:g} s")
+                    continue
+                # refused, unknown host, network unreachable: retrying at once will not help
+                refused = isinstance(why, ConnectionRefusedError)
+                raise ApiError("unreachable", f"{method} {self.url}{path}: "
+                               + ("connection refused: nothing listens there (is `telediag api` up?)"
+                                  if refused else f"cannot connect ({why})")) from e
             if doc.get("ok"):
                 return dict(doc.get("result") or {})
             err = doc.get("error") or {}

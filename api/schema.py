@@ -98,7 +98,8 @@ class ApiError(TelediagError):
 
     Raised by validation on the server, and by :class:`telediag.api.client.InferenceClient`
     when a reply says ``ok: false`` (``code`` is then the server's) or when no reply came in
-    time (``code == "timeout"``, client side only).
+    time (``code == "timeout"``, client side only), or when the HTTP client could not connect at
+    all (``code == "unreachable"``: connection refused, unknown host; client side only).
 
     Examples
     --------

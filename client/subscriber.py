@@ -157,6 +157,9 @@ class Subscriber:
         sockopts: Mapping[int, int] | None = None,
     ) -> None:
         self._own_ctx = ctx is None
+        from telediag.transports.sockets import endpoint
+
+        addr = endpoint(addr)  # "host:port" = tcp://host:port; anything else unclear is a ConfigError
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)

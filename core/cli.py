@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from telediag.errors import TelediagError
 from telediag.transports.security import add_curve_arguments  # noqa: F401  (re-export)
+from telediag.transports.sockets import endpoint_arg
 
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
@@ -92,7 +93,12 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
           flush=True)
     res = replay(rec, kind="ecg", stream=stream, connect=args.connect, speed=speed,
                  chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
-                 curve_secret=args.curve_secret, server_key=args.server_key)
+                 curve_secret=args.curve_secret, server_key=args.server_key,
+                 connect_timeout_s=args.connect_timeout or None)
+    if not res.reached:
+        print(f"telediag source ecg: error: no engine reached at {args.connect}; nothing was delivered "
+              "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)
+        return 1
     print(f"telediag source ecg: sent {res.chunks} chunks, {res.samples} samples in {res.elapsed_s:.2f} s"
           f"{' (interrupted)' if res.interrupted else ''}", flush=True)
     return 0
@@ -182,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"Defaults: ingest {DEFAULT_INGEST}, publish {DEFAULT_PUBLISH}, stats on topic stats/engine/w<N>, "
         "events on event/<stream>. SIGINT/SIGTERM drain queues and exit."))
     r.add_argument("--config", metavar="FILE", help="TOML config (built-in default when omitted)")
-    r.add_argument("--ingest", metavar="ADDR", help="override [engine].ingest")
-    r.add_argument("--publish", metavar="ADDR", help="override [engine].publish")
+    r.add_argument("--ingest", type=endpoint_arg, metavar="ADDR", help="override [engine].ingest")
+    r.add_argument("--publish", type=endpoint_arg, metavar="ADDR", help="override [engine].publish")
     r.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     r.set_defaults(func=_cmd_run)
 
@@ -200,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--leads", metavar="I,J", help="channel indices to send (default all)")
     e.add_argument("--speed", default="1", help="1 (real time), N (N x), or max (default 1)")
     e.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in ms (default 100)")
-    e.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR", help=f"engine ingest (default {DEFAULT_INGEST})")
+    e.add_argument("--connect", type=endpoint_arg, default=DEFAULT_INGEST, metavar="ADDR", help=f"engine ingest (default {DEFAULT_INGEST})")
     e.add_argument("--stream", help="stream id (default <record>/ecg)")
+    e.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="fail when no engine answers within S seconds (default 10; 0: wait for it)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
     e.add_argument("--seconds", type=float, help="send only the first S seconds of the recording")
     e.add_argument("--loop", action="store_true", help="start over at the end, forever")
@@ -211,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tail", help="print a one-line-per-second summary per stream", description=(
         "Subscribe to an engine and print, every period, one line per stream: message and sample rates, "
         "last seq, lost messages, and the latest annotation."))
-    t.add_argument("addr", nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
+    t.add_argument("addr", type=endpoint_arg, nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
     t.add_argument("topic", nargs="?", default="", help="topic prefix (default: everything)")
     t.add_argument("--period", type=float, default=1.0, help="seconds between summaries")
     t.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
@@ -221,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show engine counters and latency percentiles", description=(
         "Read the engine's stats topic and print per-stream counters (chunks, samples, gaps, errors, "
         "drops) and source-to-publish latency percentiles."))
-    st.add_argument("addr", nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
+    st.add_argument("addr", type=endpoint_arg, nargs="?", default=DEFAULT_PUBLISH, help=f"publish address (default {DEFAULT_PUBLISH})")
     st.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for stats")
     st.add_argument("--json", action="store_true", help="print the raw stats as JSON")
     st.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
@@ -232,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the engine and replay bundled real recordings through it; "
                                    "prints where to watch. Modalities not built yet are simply absent.")
     d.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0: until Ctrl-C)")
-    d.add_argument("--ingest", default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
-    d.add_argument("--publish", default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
+    d.add_argument("--ingest", type=endpoint_arg, default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
+    d.add_argument("--publish", type=endpoint_arg, default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
     d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
     d.set_defaults(func=_cmd_demo)
 
@@ -304,6 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TelediagError as e:
+        print(f"telediag: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a socket error (zmq.ZMQError: address in use, ...) or an OSError: one line
+        import zmq
+
+        if not isinstance(e, (OSError, zmq.ZMQError)):
+            raise
         print(f"telediag: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,10 +13,11 @@ import time
 
 from telediag.client import Subscriber
 from telediag.recorder.writer import Recorder
+from telediag.transports.sockets import endpoint_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("addr", nargs="?", default="tcp://127.0.0.1:5556", help="engine publish address")
+    p.add_argument("addr", type=endpoint_arg, nargs="?", default="tcp://127.0.0.1:5556", help="engine publish address")
     p.add_argument("--out-dir", required=True, help="folder for the recording")
     p.add_argument("--topic", action="append", default=None, help="topic prefix to record (repeatable; default all)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: until Ctrl-C)")

@@ -17,12 +17,14 @@ samples) travel in every chunk's ``meta`` and are republished by the engine's PC
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from telediag.errors import TelediagError
+from telediag.transports.sockets import endpoint_arg
 
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 
@@ -52,9 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in ms (default 100)")
     rep.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
     rep.add_argument("--loop", action="store_true", help="start over at the end, forever")
-    p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
+    p.add_argument("--connect", type=endpoint_arg, default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <device or record>/pcg)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="replay: fail when no engine answers within S seconds (default 10; 0: wait)")
     from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
@@ -129,7 +133,12 @@ def run(args: argparse.Namespace) -> int:
           f"as pcg/{stream}, speed {args.speed}", flush=True)
     r = replay(rec, kind="pcg", stream=stream, connect=args.connect, speed=speed,
                chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
-               curve_secret=args.curve_secret, server_key=args.server_key)
+               curve_secret=args.curve_secret, server_key=args.server_key,
+               connect_timeout_s=args.connect_timeout or None)
+    if not r.reached:
+        print(f"telediag source pcg: error: no engine reached at {args.connect}; nothing was delivered "
+              "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)
+        return 1
     print(f"telediag source pcg: sent {r.chunks} chunks, {r.samples} samples in {r.elapsed_s:.2f} s"
           f"{' (interrupted)' if r.interrupted else ''}", flush=True)
     return 0

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from telediag.errors import DataError
+from telediag.errors import DataError, EngineError
 from telediag.sources.readers import Recording
+from telediag.transports.sockets import PeerWatch
 from telediag.transports.wire import Chunk, encode
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -29,10 +30,15 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
+    """What a replay sent. ``reached``: a peer (the engine) completed the ZMTP handshake at some
+    point; when it is false nothing was delivered (chunks queued for an absent engine are
+    discarded at close instead of lingering)."""
+
     chunks: int
     samples: int
     elapsed_s: float
     interrupted: bool
+    reached: bool = True
 
 
 def parse_speed(text: str) -> float:
@@ -96,6 +102,7 @@ def replay(
     curve_secret: str | None = None,
     server_key: str | None = None,
     start_ns: int | None = None,
+    connect_timeout_s: float | None = None,
 ) -> ReplayResult:
     """Stream ``rec`` to ``connect`` (an engine ingest address).
 
@@ -110,7 +117,15 @@ def replay(
     start_ns : int, optional
         Source time of the first sample (default: now). Give several replays of one
         recording the same value so their streams stay aligned.
+    connect_timeout_s : float, optional
+        Raise :class:`~telediag.errors.EngineError` when no engine has completed a handshake
+        this long after the start (``None``: wait as long as the replay runs). Whatever the
+        value, a replay that never reached an engine returns ``reached=False`` at once
+        instead of lingering ``linger_s`` for nobody.
     """
+    from telediag.transports.sockets import endpoint
+
+    connect = endpoint(connect)  # a clear ConfigError for "localhost" etc. ("host:port" = tcp://)
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     sock = ctx.socket(zmq.PUSH)
@@ -126,6 +141,7 @@ def replay(
             if own_ctx:
                 ctx.term()
             raise
+    watch = PeerWatch(sock)
     sock.connect(connect)
     stop = stop or threading.Event()
     session = secrets.token_hex(8)
@@ -138,6 +154,14 @@ def replay(
     seq = 0
     offset_s = 0.0
     interrupted = False
+    deadline = None if connect_timeout_s is None else time.monotonic() + connect_timeout_s
+
+    def check_reached() -> None:
+        if watch.poll() or deadline is None or time.monotonic() < deadline:
+            return
+        raise EngineError(f"no engine reached at {connect} within {connect_timeout_s:g} s (is `telediag run` up, "
+                          f"on that address{', and is this key allowed' if curve_secret else ''}?); nothing was delivered")
+
     try:
         while True:
             for end, chunk in chunks_of(
@@ -157,7 +181,7 @@ def replay(
                 meta["sent_ns"] = time.time_ns()
                 chunk = Chunk.signal(chunk.kind, chunk.stream, chunk.seq, chunk.t0_ns, chunk.data,
                                      chunk.rate_hz, chunk.channels, chunk.units, meta=meta)
-                if not _send(sock, chunk, stop):
+                if not _send(sock, chunk, stop, check_reached):
                     interrupted = True
                     break
                 if on_chunk is not None:
@@ -168,21 +192,30 @@ def replay(
             if interrupted or not loop:
                 break
             offset_s += rec.duration_s
+        if not watch.poll():  # the engine may be finishing its handshake right now
+            watch.poll(min(1.0, linger_s))
     finally:
-        sock.close()
+        reached = watch.poll()
+        watch.close(sock)
+        sock.close(linger=None if reached else 0)  # never linger for an engine that never answered
         if own_ctx:
             ctx.term()
-    return ReplayResult(sent, samples, time.monotonic() - t_start, interrupted)
+    return ReplayResult(sent, samples, time.monotonic() - t_start, interrupted, reached)
 
 
-def _send(sock: zmq.Socket, chunk: Chunk, stop: threading.Event) -> bool:
-    """Send, blocking on backpressure but staying responsive to ``stop``."""
+def _send(sock: zmq.Socket, chunk: Chunk, stop: threading.Event,
+          check: Callable[[], None] | None = None) -> bool:
+    """Send, blocking on backpressure but staying responsive to ``stop`` (and ``check``)."""
     frames = encode(chunk)
+    if check is not None:
+        check()
     while True:
         try:
             sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
             return True
         except zmq.Again:
+            if check is not None:
+                check()
             if stop.wait(0.002):
                 return False
 

@@ -19,6 +19,7 @@ import argparse
 import threading
 
 from telediag.errors import DataError
+from telediag.transports.sockets import endpoint_arg
 
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="packets queued for a slow engine before dropping (default 64)")
     p.add_argument("--read-timeout", type=float, default=5.0, metavar="S",
                    help="live inputs: give up after S seconds without data (default 5)")
-    p.add_argument("--connect", default=DEFAULT_INGEST, metavar="ADDR",
+    p.add_argument("--connect", type=endpoint_arg, default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <input name>/endo)")
     from telediag.transports.security import add_curve_arguments

@@ -324,10 +324,20 @@ def test_client_timeout_and_retry(gate: threading.Event) -> None:
         srv.stop(close_service=True)
 
 
-def test_no_server_times_out() -> None:
+def test_no_server_is_unreachable_and_a_silent_server_times_out() -> None:
     with InferenceClient("tcp://127.0.0.1:9", timeout_s=0.2, retries=1) as c, pytest.raises(ApiError) as ei:
         c.health()
-    assert ei.value.code == "timeout" and "attempt 2/2" in ei.value.message
+    assert ei.value.code == "unreachable" and "tcp://127.0.0.1:9" in ei.value.message
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)  # completes the handshake, never answers
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with InferenceClient(f"tcp://127.0.0.1:{port}", timeout_s=0.5, retries=1) as c, \
+                pytest.raises(ApiError) as ei:
+            c.health()
+        assert ei.value.code == "timeout" and "attempt 2/2" in ei.value.message
+    finally:
+        silent.close(0)
 
 
 def test_many_concurrent_clients(server: ApiServer) -> None:

@@ -40,11 +40,13 @@ def _nan_card_model(root: Path) -> None:
     blob = onnx_scale_model(2.0)
     (d / "m.onnx").write_bytes(blob)
     # what json.dumps writes for a PPV of 0/0: not JSON (RFC 8259), accepted by Python's reader
-    (d / "card.json").write_text(
-        '{"name": "nanmodel", "version": 1, "file": "m.onnx", "sha256": "%s", "task": "t",'
-        ' "inputs": [{"name": "X", "shape": ["batch", 4], "dtype": "float32"}],'
-        ' "outputs": [{"name": "Y", "shape": ["batch", 4], "dtype": "float32"}],'
-        ' "metrics": {"ppv": NaN, "se": Infinity}}' % hashlib.sha256(blob).hexdigest())
+    card = json.dumps({"name": "nanmodel", "version": 1, "file": "m.onnx", "task": "t",
+                       "sha256": hashlib.sha256(blob).hexdigest(),
+                       "inputs": [{"name": "X", "shape": ["batch", 4], "dtype": "float32"}],
+                       "outputs": [{"name": "Y", "shape": ["batch", 4], "dtype": "float32"}],
+                       "metrics": {"ppv": float("nan"), "se": float("inf")}})  # allow_nan: writes NaN
+    assert "NaN" in card and "Infinity" in card
+    (d / "card.json").write_text(card)
 
 
 def test_models_list_survives_nan_in_a_card_over_http_and_zmq(tmp_path: Path) -> None:
@@ -82,3 +84,77 @@ def test_shipped_model_cards_are_strict_json() -> None:
 
         json.loads(card.read_text(encoding="utf-8"), parse_constant=bad)
     assert math.isnan(float("nan"))  # the helper above is what fails, not this line
+
+
+# ---------------------------------------------------------------- addresses without tcp://
+def test_addresses_host_port_means_tcp_and_garbage_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    """``--connect localhost:5555`` printed a raw ZMQError traceback."""
+    from telediag.cli import main
+    from telediag.errors import ConfigError
+    from telediag.transports.sockets import endpoint
+
+    assert endpoint("localhost:5555") == "tcp://localhost:5555"
+    assert endpoint(" tcp://127.0.0.1:* ") == "tcp://127.0.0.1:*"
+    for bad in ("localhost", "udp://h:1", "tcp://h", "tcp://h:99999", ""):
+        with pytest.raises(ConfigError, match="invalid address"):
+            endpoint(bad)
+    csv = tmp_path / "x.csv"
+    csv.write_text("time,I\n0,0\n0.01,1\n")
+    with pytest.raises(SystemExit) as ei:
+        main(["source", "ecg", "--csv", str(csv), "--connect", "localhost"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid address 'localhost'" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["tail", "nonsense"])
+    assert "invalid address 'nonsense'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a source without an engine
+def test_source_without_an_engine_fails_instead_of_reporting_success(tmp_path: Path) -> None:
+    """A replay to an absent engine printed "sent N chunks" after lingering 30 s, exit 0."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("time,I\n" + "".join(f"{i / 100},{i % 7}\n" for i in range(200)))
+    port = _closed_port()
+    t0 = time.monotonic()
+    r = subprocess.run(_cli("source", "ecg", "--csv", str(csv), "--speed", "max", "--connect",
+                            f"127.0.0.1:{port}", "--connect-timeout", "2"),
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode != 0, r.stdout
+    assert f"no engine reached at tcp://127.0.0.1:{port}" in r.stderr
+    assert "sent" not in r.stdout.split("\n", 1)[-1]  # no success line
+    assert time.monotonic() - t0 < 25  # not the 30 s linger of old (generous bound for a busy CI)
+
+
+def test_replay_reports_whether_an_engine_was_reached() -> None:
+    """The library call says ``reached=False`` (and a connect timeout raises) without an engine."""
+    import numpy as np
+
+    from telediag.errors import EngineError
+    from telediag.sources.readers import Recording
+    from telediag.sources.replay import replay
+
+    rec = Recording(np.zeros((100, 1)), 100.0, ("I",), ("mV",), "z")
+    addr = f"tcp://127.0.0.1:{_closed_port()}"
+    assert replay(rec, kind="ecg", stream="z/ecg", connect=addr, speed=float("inf"), linger_s=0.2).reached is False
+    with pytest.raises(EngineError, match="no engine reached"):
+        replay(rec, kind="ecg", stream="z/ecg", connect=addr, speed=1000.0, chunk_ms=10, linger_s=0.2,
+               connect_timeout_s=0.3, loop=True)
+
+
+# ---------------------------------------------------------------- infer --http to a closed port
+def test_http_client_to_a_closed_port_says_connection_refused() -> None:
+    """``telediag infer --http`` to a closed port said ``timeout``."""
+    from telediag.api.client import HttpInferenceClient
+    from telediag.api.schema import ApiError
+
+    port = _closed_port()
+    c = HttpInferenceClient(f"http://127.0.0.1:{port}", timeout_s=5, retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(ApiError) as ei:
+        c.health()
+    assert ei.value.code == "unreachable" and "connection refused" in ei.value.message
+    assert time.monotonic() - t0 < 4  # not retried: a refusal is final
+    r = subprocess.run(_cli("infer", "health", "--http", f"http://127.0.0.1:{port}"), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "connection refused" in r.stderr and "timeout" not in r.stderr

@@ -18,14 +18,20 @@ The factories return plain :class:`zmq.Socket` objects, which are context manage
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 
 import zmq
 
+from telediag.errors import ConfigError
 from telediag.transports.wire import Chunk, decode, encode
 
 __all__ = [
+    "ENDPOINT_SCHEMES",
+    "PeerWatch",
+    "endpoint",
+    "endpoint_arg",
     "DEFAULT_API",
     "DEFAULT_HWM",
     "DEFAULT_INGEST",
@@ -45,6 +51,57 @@ DEFAULT_API: Final = "tcp://127.0.0.1:5557"
 #: Default high-water mark, in messages (chunks). At 360-sample ECG chunks of 1 s this is
 #: almost three hours of one stream; for video frames it bounds memory to HWM x frame size.
 DEFAULT_HWM: Final = 10_000
+
+#: ZeroMQ transports telediag accepts in an address.
+ENDPOINT_SCHEMES: Final = ("tcp", "ipc", "inproc")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.*-]+):(\d{1,5}|\*)$")
+
+
+def endpoint(addr: str) -> str:
+    """Check a ZeroMQ address and return it in full; ``host:port`` means ``tcp://host:port``.
+
+    Raises
+    ------
+    telediag.errors.ConfigError
+        Not ``tcp://host:port``, ``ipc://path``, ``inproc://name`` or ``host:port``; the message
+        names the address and the accepted forms.
+
+    Examples
+    --------
+    >>> endpoint("localhost:5555")
+    'tcp://localhost:5555'
+    >>> endpoint("ipc:///tmp/telediag-ingest")
+    'ipc:///tmp/telediag-ingest'
+    >>> endpoint("localhost")
+    Traceback (most recent call last):
+    ...
+    telediag.errors.ConfigError: invalid address 'localhost': expected tcp://HOST:PORT, HOST:PORT (same as tcp://HOST:PORT), ipc://PATH or inproc://NAME
+    """
+    a = str(addr).strip()
+    forms = "tcp://HOST:PORT, HOST:PORT (same as tcp://HOST:PORT), ipc://PATH or inproc://NAME"
+    if "://" not in a:
+        if _HOST_PORT.match(a) and (a.endswith("*") or 0 <= int(a.rsplit(":", 1)[1]) < 65536):
+            return "tcp://" + a
+        raise ConfigError(f"invalid address {addr!r}: expected {forms}")
+    scheme, rest = a.split("://", 1)
+    if scheme not in ENDPOINT_SCHEMES or not rest:
+        raise ConfigError(f"invalid address {addr!r}: expected {forms}")
+    if scheme == "tcp":
+        m = _HOST_PORT.match(rest)
+        if not m or (not rest.endswith("*") and not 0 <= int(rest.rsplit(":", 1)[1]) < 65536):
+            raise ConfigError(f"invalid address {addr!r}: a tcp address needs a host and a port 0-65535 (or *) "
+                              f"(e.g. tcp://127.0.0.1:5555)")
+    return a
+
+
+def endpoint_arg(addr: str) -> str:
+    """:func:`endpoint` as an ``argparse`` ``type=``: a bad address is a usage error, not a traceback."""
+    import argparse
+
+    try:
+        return endpoint(addr)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def send_chunk(sock: zmq.Socket, chunk: Chunk, *, flags: int = 0) -> None:  # type: ignore[type-arg]
@@ -127,6 +184,7 @@ def recv_chunk(sock: zmq.Socket, *, flags: int = 0) -> Chunk:  # type: ignore[ty
 
 def _endpoint(sock: zmq.Socket, addr: str, bind: bool) -> None:  # type: ignore[type-arg]
     try:
+        addr = endpoint(addr)
         if bind:
             sock.bind(addr)
         else:
@@ -238,3 +296,38 @@ def puller(
     sock.setsockopt(zmq.LINGER, 0)
     _endpoint(sock, addr, bind)
     return sock
+
+
+class PeerWatch:
+    """Watch a connecting socket's ZMTP handshakes (a socket monitor), without blocking.
+
+    ``reached`` becomes true at the first completed handshake with a peer (after CurveZMQ
+    authentication when it is on), so a source can tell "sent" from "delivered to an engine".
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        self.reached = False
+        self.connected = 0
+        self._mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+
+    def poll(self, timeout_s: float = 0.0) -> bool:
+        """Drain pending monitor events (waiting up to ``timeout_s`` for one); return ``reached``."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        wait_ms = int(timeout_s * 1000)
+        while self._mon.poll(wait_ms):
+            ev = recv_monitor_message(self._mon)
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.reached = True
+                self.connected += 1
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = max(0, self.connected - 1)
+            wait_ms = 0
+        return self.reached
+
+    def close(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._mon.close(0)
