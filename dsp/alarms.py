@@ -3,10 +3,10 @@
 Alarm types and their rules (all thresholds are parameters of :class:`AlarmParams`):
 
 ``asystole``
-    No beat for ``asystole_s`` (default 4 s) while the signal is judged usable. Onset is the
-    last beat; it ends at the next beat. (ANSI/AAMI EC13 requires the asystole alarm within
-    10 s of onset.) An unusable signal raises no asystole (a technical ``leads_off``/noise
-    event is reported by the quality stage instead).
+    No beat for ``asystole_s`` (default 4 s) of **usable** signal. Onset is the last beat, or
+    the end of the latest unusable span after it; it ends at the next beat. (ANSI/AAMI EC13
+    requires the asystole alarm within 10 s of onset.) Unusable signal raises no asystole:
+    the interval is counted from where the signal became usable again.
 ``brady`` / ``tachy``
     Extreme bradycardia / tachycardia: the displayed heart rate below ``brady_bpm`` (40) or
     above ``tachy_bpm`` (150) for ``sustain_s`` (5 s); ends when it has been back inside the
@@ -16,11 +16,21 @@ Alarm types and their rules (all thresholds are parameters of :class:`AlarmParam
     V, end at the last V of the run (ventricular tachycardia when the run's rate exceeds
     100 bpm is noted in ``detail``).
 ``pause``
-    An RR interval longer than ``pause_s`` (2.5 s) between two beats; a momentary event with
+    An RR interval longer than ``pause_s`` (2.5 s) between two beats, over usable signal only
+    (an interval that spans an unusable span or a gap is not measured); a momentary event with
     onset at the first beat and end at the second (reported when the second beat arrives).
 ``ectopy``
     Frequent ectopy: more than ``ectopy_per_min`` (6) ectopic (``S`` or ``V``) beats in the
     last 60 s; ends when the count falls to ``ectopy_per_min`` or fewer.
+
+``brady``/``tachy`` are judged only on ticks whose signal is usable.
+
+Technical alarms supersede physiological ones (IEC 60601-2-27 separates the two): the
+caller reports every quality block (:meth:`RhythmAlarms.signal`) and every gap in the
+sample stream (:meth:`RhythmAlarms.gap`); unusable signal never raises asystole, bradycardia
+or pause. :class:`TechnicalAlarms` turns the blocks into the technical alarms ``leads_off``
+(NaN or exactly constant signal, or at the ADC rails) and ``signal_unusable`` (any other
+unusable block: noise, flat line under 10 uV, saturation).
 
 Each alarm is reported as an :class:`AlarmEvent` with ``state`` ``"on"`` (and its onset)
 and later ``"off"`` (with onset and end); ``pause`` is reported once, already ended.
@@ -87,6 +97,7 @@ class AlarmState:
     rate_out_since: dict[str, int] = field(default_factory=dict)
     rate_in_since: dict[str, int] = field(default_factory=dict)
     last_tick: int = -1
+    unusable: deque[tuple[int, int]] = field(default_factory=deque)  # recent unusable spans [a, b)
 
 
 class RhythmAlarms:
@@ -123,18 +134,49 @@ class RhythmAlarms:
         if onset is not None:
             out.append(AlarmEvent(kind, "off", onset, end, detail))
 
+    def signal(self, start: int, stop: int, usable: bool) -> None:
+        """Report that samples ``[start, stop)`` were judged usable or not (a quality block)."""
+        if usable or stop <= start:
+            return
+        spans = self.state.unusable
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], int(stop)))
+        else:
+            spans.append((int(start), int(stop)))
+
+    def gap(self, sample: int) -> None:
+        """Report samples lost just before ``sample`` (no interval across it is measured)."""
+        self.signal(sample, sample + 1, False)
+
+    def _usable_from(self, a: int, b: int) -> int:
+        """Start of the usable signal that ends at ``b`` and began after ``a``: the end of the
+        latest unusable span overlapping ``(a, b]``, else ``a``."""
+        spans = self.state.unusable
+        while len(spans) > 1 and spans[1][1] <= a:  # spans wholly before ``a`` are not needed
+            spans.popleft()
+        start = a
+        for lo, hi in spans:
+            if lo > b:
+                break
+            if hi > a and lo <= b:
+                start = max(start, hi)
+        return start
+
     def beats(self, samples: Any, labels: Any = None) -> list[AlarmEvent]:
         """Feed beats in time order (labels: beat codes or None); return alarm transitions."""
         st, p, fs = self.state, self.p, self.fs
         out: list[AlarmEvent] = []
         labels = list(labels) if labels is not None else [None] * len(samples)
         for s, lab in zip((int(x) for x in samples), labels, strict=True):
-            # a tick may not have seen this gap yet: asystole is judged on the gap itself
+            # a tick may not have seen this gap yet: asystole is judged on the gap itself,
+            # over its usable part only
             if st.last_beat is not None:
+                u0 = self._usable_from(st.last_beat, s)
                 rr = (s - st.last_beat) / fs
-                if rr >= p.asystole_s and "asystole" not in st.active:
-                    self._on("asystole", st.last_beat, {"rr_s": rr}, out)
-                if rr > p.pause_s:
+                if (s - u0) / fs >= p.asystole_s and "asystole" not in st.active:
+                    self._on("asystole", u0, {"rr_s": rr} if u0 == st.last_beat else
+                             {"rr_s": rr, "usable_s": round((s - u0) / fs, 3)}, out)
+                if rr > p.pause_s and u0 == st.last_beat:
                     out.append(AlarmEvent("pause", "off", st.last_beat, s, {"rr_s": round(rr, 3)}))
             self._off("asystole", s, {}, out)
             # ventricular runs
@@ -175,8 +217,10 @@ class RhythmAlarms:
         if sample <= st.last_tick:
             return out
         st.last_tick = sample
-        if st.last_beat is not None and signal_ok and (sample - st.last_beat) / fs >= p.asystole_s:
-            self._on("asystole", st.last_beat, {}, out)
+        if st.last_beat is not None and signal_ok:
+            u0 = self._usable_from(st.last_beat, sample)
+            if (sample - u0) / fs >= p.asystole_s:
+                self._on("asystole", u0, {}, out)
         self._ectopy(sample, out)
         sustain = int(p.sustain_s * fs)
         for kind, outside, inside in (
@@ -202,3 +246,85 @@ class RhythmAlarms:
     def active(self) -> dict[str, int]:
         """Alarms on now, with their onset samples."""
         return dict(self.state.active)
+
+
+TECHNICAL = ("leads_off", "signal_unusable")
+"""Technical alarm types (:class:`TechnicalAlarms`)."""
+
+_LEADS_OFF_BIT = 1  # bit 0 of SQIUpdate.flags: raw leads_off flag of the block
+
+
+@dataclass(slots=True)
+class TechnicalState:
+    active: str | None = None
+    onset: int = 0
+    bad_run: list[tuple[int, bool]] = field(default_factory=list)  # (block start, leads-off) of the run
+    good_since: int | None = None
+    good_blocks: int = 0
+    cause: set[str] = field(default_factory=set)
+
+
+class TechnicalAlarms:
+    """Technical ECG alarms from the quality verdicts of the detection lead.
+
+    ``leads_off`` when a run of unusable blocks contains a leads-off block (NaN, exactly
+    constant or railed signal), else ``signal_unusable`` (noise, flat line, saturation). An
+    alarm goes on once ``on_blocks`` consecutive blocks are unusable (onset: the first of
+    them) and off once ``off_blocks`` consecutive blocks are usable (end: the first of them);
+    a ``signal_unusable`` alarm becomes ``leads_off`` (off, then on at that block) when a
+    leads-off block follows. ``detail`` lists the causes seen (quality flags).
+
+    Examples
+    --------
+    >>> t = TechnicalAlarms(360)
+    >>> ev = t.blocks([0, 360, 720, 1080, 1440], [False, False, True, True, True], [1, 1, 0, 0, 0])
+    >>> [(e.type, e.state, e.onset, e.end) for e in ev]
+    [('leads_off', 'on', 0, None), ('leads_off', 'off', 0, 720)]
+    """
+
+    def __init__(self, hop: int, on_blocks: int = 2, off_blocks: int = 2) -> None:
+        if hop < 1 or on_blocks < 1 or off_blocks < 1:
+            raise DSPError(f"need hop, on_blocks, off_blocks >= 1, got {hop}, {on_blocks}, {off_blocks}")
+        self.hop, self.on_blocks, self.off_blocks = int(hop), int(on_blocks), int(off_blocks)
+        self.state = TechnicalState()
+
+    def blocks(self, starts: Any, usable: Any, flags: Any) -> list[AlarmEvent]:
+        """Feed quality blocks in order (start sample, usable, flag bits); return transitions."""
+        from telediag.dsp.quality import EVENT_KINDS
+
+        st = self.state
+        out: list[AlarmEvent] = []
+        for b0, ok, fl in zip((int(v) for v in starts), usable, (int(f) for f in flags), strict=True):
+            if ok:
+                st.bad_run = []
+                if st.active is not None:
+                    if st.good_since is None:
+                        st.good_since, st.good_blocks = b0, 0
+                    st.good_blocks += 1
+                    if st.good_blocks >= self.off_blocks:
+                        out.append(AlarmEvent(st.active, "off", st.onset, st.good_since, {"causes": sorted(st.cause)}))
+                        st.active, st.good_since, st.cause = None, None, set()
+                continue
+            st.good_since = None
+            off = bool(fl & _LEADS_OFF_BIT)
+            causes = {k for i, k in enumerate(EVENT_KINDS) if fl & (1 << i) or fl & (1 << (4 + i))} or {"low_sqi"}
+            if st.active is None:
+                st.bad_run.append((b0, off))
+                st.cause |= causes
+                if len(st.bad_run) >= self.on_blocks:
+                    kind = "leads_off" if any(o for _, o in st.bad_run) else "signal_unusable"
+                    st.active, st.onset = kind, st.bad_run[0][0]
+                    out.append(AlarmEvent(kind, "on", st.onset, None, {"causes": sorted(st.cause)}))
+                    st.bad_run = []
+            else:
+                if off and st.active == "signal_unusable":
+                    out.append(AlarmEvent("signal_unusable", "off", st.onset, b0, {"causes": sorted(st.cause)}))
+                    st.active, st.onset, st.cause = "leads_off", b0, set()
+                    out.append(AlarmEvent("leads_off", "on", b0, None, {"causes": sorted(causes)}))
+                st.cause |= causes
+        return out
+
+    @property
+    def active(self) -> str | None:
+        """The technical alarm on now, if any."""
+        return self.state.active

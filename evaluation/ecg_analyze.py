@@ -50,7 +50,9 @@ __all__ = [
     "build_pipeline",
     "collect",
     "delay_summary",
+    "rhythm_episodes",
     "run_pipeline",
+    "wfdb_annotation_rows",
     "write_json",
     "write_wfdb_annotations",
 ]
@@ -247,16 +249,20 @@ def analyze_recording(
                                       dtype="float64", session="offline"))
     flat = collect(run_pipeline(stages, chunks))
     fs = float(rec.fs)
+    episodes = rhythm_episodes(flat["alarms"], int(sig.shape[0]))
     beats = [
         {"sample": b["sample"], "time_s": b["sample"] / fs, "label": b["label"], "probs": b["probs"],
+         "usable": b.get("usable", True),
          "confirm_sample": b["confirm_sample"], "release_sample": b["release_sample"],
          "confirm_delay_s": b["confirm_delay_s"], "delay_s": b["delay_s"]}
         for b in flat["beats"]
     ]
+    _af_beats_are_normal(beats, episodes)
     from telediag.dsp.hrv import rr_series, time_domain
 
-    samples = np.array([b["sample"] for b in beats], dtype=np.int64)
-    labels = None if all(b["label"] is None for b in beats) else [b["label"] or "N" for b in beats]
+    good = [b for b in beats if b["usable"]]
+    samples = np.array([b["sample"] for b in good], dtype=np.int64)
+    labels = None if all(b["label"] is None for b in good) else [b["label"] or "N" for b in good]
     td = time_domain(rr_series(samples, fs, labels))
     blocks = flat["blocks"]
     per_lead: dict[str, Any] = {}
@@ -308,10 +314,55 @@ def analyze_recording(
             "blocks": blocks,
         },
         "alarms": flat["alarms"],
+        "rhythm": {"episodes": episodes,
+                   "af_s": sum((e["end_sample"] - e["onset_sample"]) / fs for e in episodes if e["rhythm"] == "AFIB")},
         "classes": {lab: sum(1 for b in beats if b.get("label") == lab) for lab in ("N", "S", "V", "F", "Q")},
         "delay": delay_summary(beats),
-        "counters": {"beats": len(beats), "suppressed": len(flat["suppressed"])},
+        "counters": {"beats": len(beats), "usable": len(good), "unusable": len(beats) - len(good),
+                     "suppressed": len(flat["suppressed"])},
     }
+
+
+_RHYTHM_OF_ALARM = {"afib": "AFIB", "aflutter": "AFL"}
+
+
+def rhythm_episodes(alarms: Sequence[dict[str, Any]], n_samples: int) -> list[dict[str, Any]]:
+    """Rhythm episodes (``AFIB``, ``AFL``) from the alarm bodies: one per on/off pair; an
+    episode still on at the end of the record runs to ``n_samples``.
+
+    Examples
+    --------
+    >>> rhythm_episodes([{"type": "afib", "state": "on", "onset_sample": 10, "end_sample": None},
+    ...                  {"type": "afib", "state": "off", "onset_sample": 10, "end_sample": 90}], 100)
+    [{'rhythm': 'AFIB', 'onset_sample': 10, 'end_sample': 90}]
+    """
+    out: list[dict[str, Any]] = []
+    open_: dict[str, dict[str, Any]] = {}
+    for a in alarms:
+        rh = _RHYTHM_OF_ALARM.get(a["type"])
+        if rh is None:
+            continue
+        if a["state"] == "on":
+            ep = {"rhythm": rh, "onset_sample": int(a["onset_sample"]), "end_sample": None}
+            open_[rh] = ep
+            out.append(ep)
+        elif rh in open_:
+            open_.pop(rh)["end_sample"] = int(a["end_sample"])
+    for ep in out:
+        if ep["end_sample"] is None:
+            ep["end_sample"] = int(n_samples)
+    return out
+
+
+def _af_beats_are_normal(beats: list[dict[str, Any]], episodes: Sequence[dict[str, Any]]) -> None:
+    """Offline, the whole AF episode is known: an ``S`` label anywhere inside it becomes ``N``
+    (live, the stage relabels from the AF decision on)."""
+    spans = [(e["onset_sample"], e["end_sample"]) for e in episodes if e["rhythm"] in ("AFIB", "AFL")]
+    if not spans:
+        return
+    for b in beats:
+        if b["label"] == "S" and any(a <= b["sample"] < e for a, e in spans):
+            b["label"] = "N"
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -352,11 +403,52 @@ def write_json(result: dict[str, Any], out_dir: str | Path) -> Path:
     return path
 
 
-def write_wfdb_annotations(result: dict[str, Any], out_dir: str | Path, extension: str) -> Path:
-    """Write the beats as a WFDB annotation file ``out_dir/<record>.<extension>``.
+def wfdb_annotation_rows(result: dict[str, Any]) -> list[tuple[int, str, int, str]]:
+    """The annotations :func:`write_wfdb_annotations` writes: ``(sample, symbol, subtype, aux)``.
 
-    Each beat gets its label as symbol, ``"N"`` while beats are not classified.  The file is
-    readable with ``wfdb.rdann(str(out_dir / record), extension)``.
+    * every detected beat, usable or not, with its label as symbol (``N`` when unlabelled);
+    * noise annotations ``~`` as PhysioNet writes them: at each change of the set of unusable
+      leads, subtype = bit mask of the unusable leads (bit ``c``: lead ``c``), and a ``~``
+      with subtype 0 where every lead is usable again;
+    * rhythm annotations ``+`` with aux ``(AFIB`` at each AF onset and ``(N`` at its end and at
+      the first beat of a record that starts outside AF (PhysioNet's rhythm labels).
+
+    Examples
+    --------
+    >>> res = {"fs": 360.0, "beats": [{"sample": 100, "label": None}, {"sample": 400, "label": "V"}],
+    ...        "quality": {"hop_s": 1.0, "blocks": [{"sample": 0, "usable": [True, True]},
+    ...                                             {"sample": 360, "usable": [False, True]},
+    ...                                             {"sample": 720, "usable": [True, True]}]},
+    ...        "rhythm": {"episodes": []}}
+    >>> wfdb_annotation_rows(res)
+    [(100, '+', 0, '(N'), (100, 'N', 0, ''), (360, '~', 1, ''), (400, 'V', 0, ''), (720, '~', 0, '')]
+    """
+    rows: list[tuple[int, str, int, str]] = []
+    for b in result["beats"]:
+        rows.append((int(b["sample"]), b["label"] or "N", 0, ""))
+    mask = 0
+    for blk in result.get("quality", {}).get("blocks", []):
+        m = sum(1 << c for c, u in enumerate(blk["usable"]) if not u)
+        if m != mask:
+            rows.append((int(blk["sample"]), "~", m, ""))
+            mask = m
+    episodes = result.get("rhythm", {}).get("episodes", [])
+    first = min((r[0] for r in rows if r[1] != "~"), default=None)
+    if first is not None and not any(e["onset_sample"] <= first < e["end_sample"] for e in episodes):
+        rows.append((first, "+", 0, "(N"))
+    for e in episodes:
+        rows.append((int(e["onset_sample"]), "+", 0, f"({e['rhythm']}"))
+        rows.append((int(e["end_sample"]), "+", 0, "(N"))
+    order = {"+": 0, "~": 1}
+    rows.sort(key=lambda r: (r[0], order.get(r[1], 2)))
+    return rows
+
+
+def write_wfdb_annotations(result: dict[str, Any], out_dir: str | Path, extension: str) -> Path:
+    """Write beats, noise and rhythm annotations as WFDB file ``out_dir/<record>.<extension>``.
+
+    See :func:`wfdb_annotation_rows`. The file is readable with
+    ``wfdb.rdann(str(out_dir / record), extension)``; ``telediag score`` reads only its beats.
     """
     import wfdb
 
@@ -364,13 +456,15 @@ def write_wfdb_annotations(result: dict[str, Any], out_dir: str | Path, extensio
         raise DataError(f"--wfdb-ann extension must be letters/digits, got {extension!r}")
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    beats = result["beats"]
-    samples = np.array([b["sample"] for b in beats], dtype=np.int64)
-    symbols = [b["label"] or "N" for b in beats]
-    if samples.size == 0:
+    rows = wfdb_annotation_rows(result)
+    if not rows:
         # wrann cannot write an empty file; one "~" (noise/no beats) annotation keeps the file
         # readable and contains no beat
-        samples = np.array([0], dtype=np.int64)
-        symbols = ["~"]
-    wfdb.wrann(result["record"], extension, samples, symbol=symbols, fs=result["fs"], write_dir=str(d))
+        rows = [(0, "~", 0, "")]
+    n_max = int(result.get("n_samples", 0))
+    if n_max:  # an episode running to the end is closed on the last sample
+        rows = [(min(r[0], n_max - 1), *r[1:]) for r in rows]
+    wfdb.wrann(result["record"], extension, np.array([r[0] for r in rows], dtype=np.int64),
+               symbol=[r[1] for r in rows], subtype=np.array([r[2] for r in rows], dtype=np.int64),
+               aux_note=[r[3] for r in rows], fs=result["fs"], write_dir=str(d))
     return d / f"{result['record']}.{extension}"

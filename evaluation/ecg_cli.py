@@ -10,8 +10,10 @@ file or a ``.csv`` table (``--fs`` when it has no time column).  Every input is 
 the engine's own ``ecg`` pipeline (the built-in configuration or ``--config FILE``), fed in
 ``--chunk-s`` chunks, so the results equal what the engine publishes live
 (:mod:`telediag.evaluation.ecg_analyze`).  Writes ``DIR/<record>.json`` and, with
-``--wfdb-ann EXT``, ``DIR/<record>.<EXT>`` (``wfdb.wrann``; symbol ``N`` for every beat until
-beats are classified), which ``telediag score`` compares with the reference::
+``--wfdb-ann EXT``, ``DIR/<record>.<EXT>`` (``wfdb.wrann``: every detected beat with its
+label as symbol, ``N`` when unclassified; ``~`` noise annotations over unusable spans, subtype
+= bit mask of the unusable leads; ``+`` rhythm annotations ``(AFIB``/``(N``), which
+``telediag score`` compares with the reference (beats only)::
 
     telediag analyze ecg ../shared/data/mitdb/119 --out-dir out --wfdb-ann qrs
     telediag score ../shared/data/mitdb/119 --test-ext qrs --test-dir out
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         d = res["delay"]["end_to_end"]
         print(
             f"{res['record']}: {len(res['beats'])} beats on lead {res['lead']['name']} "
-            f"({len(res['suppressed'])} suppressed), {len(res['quality']['events'])} quality "
+            f"({res['counters']['unusable']} in unusable signal), {len(res['rhythm']['episodes'])} AF "
+            f"episode(s), {len(res['quality']['events'])} quality "
             f"event(s), median HR {sorted(hr)[len(hr) // 2] if hr else float('nan'):.1f} bpm, "
             f"decision delay p50 {d['p50'] or 0:.3f} s max {d['max'] or 0:.3f} s -> {out}"
             + (f", {ann}" if ann else "")

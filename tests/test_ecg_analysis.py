@@ -87,13 +87,14 @@ def test_beats_equal_detect_on_raw_signal_and_records_are_complete() -> None:
     recs = feed(stage_for(), x, [1000, 5000, 5001, 9000])
     flat = collect(recs)
     ref = detect(x[:, 0], FS)
-    got = sorted(samples(flat["beats"]) + samples(flat["suppressed"]))
+    got = samples(flat["beats"])  # every detected beat is published (usable or not)
     assert got == ref.tolist()
     assert np.max(np.abs(ref - true[: ref.size])) <= 3  # the detector finds the true peaks
-    assert not flat["suppressed"]  # clean signal: nothing suppressed
+    assert not flat["suppressed"]  # clean signal: nothing flagged unusable
     b = flat["beats"][10]
     assert set(b) == {"sample", "t_ns", "confirm_sample", "release_sample", "confirm_delay_s",
-                      "delay_s", "label", "probs"}
+                      "delay_s", "label", "probs", "usable"}
+    assert all(b["usable"] is True for b in flat["beats"])
     assert b["t_ns"] == round(b["sample"] * 1e9 / FS) and b["label"] is None and b["probs"] is None
     # every record body is msgpack-able (re-encode through the wire) and of the expected kinds
     for r in recs:
@@ -101,7 +102,7 @@ def test_beats_equal_detect_on_raw_signal_and_records_are_complete() -> None:
     kinds = {r.kind for r in recs}
     assert kinds == {"beats", "hr", "hrv", "quality"}
     beat_bodies = [r.body for r in recs if r.kind == "beats"]
-    assert beat_bodies[-1]["counters"] == {"beats": len(flat["beats"]), "suppressed": 0}
+    assert beat_bodies[-1]["counters"] == {"beats": len(flat["beats"]), "unusable": 0, "suppressed": 0}
     assert all(body["beats"] for body in beat_bodies)  # only published when there are beats
     # HR: one reading per beat, one per second; 75 bpm
     ticks = [h for h in flat["hr"] if not h["on_beat"]]
@@ -127,7 +128,7 @@ def test_outputs_do_not_depend_on_chunking() -> None:
         assert o == outs[0]
 
 
-def test_unusable_signal_gives_no_beats_but_events_and_suppressed_reports() -> None:
+def test_unusable_signal_flags_its_beats_and_reports_events() -> None:
     x, _ = synth(80.0)
     rng = np.random.default_rng(1)
     noise = (int(20 * FS), int(35 * FS))
@@ -136,15 +137,20 @@ def test_unusable_signal_gives_no_beats_but_events_and_suppressed_reports() -> N
     x[gap[0]: gap[1]] = np.nan
     recs = feed(stage_for(), x, list(range(360, x.shape[0], 360)))
     flat = collect(recs)
-    b = np.array(samples(flat["beats"]))
+    assert samples(flat["beats"]) == sorted(samples(flat["beats"]))
+    b = np.array([x["sample"] for x in flat["beats"] if x["usable"]])
     assert not np.any((b >= noise[0]) & (b < noise[1])), "phantom beats from noise"
     assert not np.any((b >= gap[0]) & (b < gap[1]))
     assert np.sum(b >= 60 * FS) >= 20  # detection resumes after the unusable stretches
-    # the detector did fire in the noise; those beats are reported as suppressed
-    s = np.array(samples(flat["suppressed"]))
+    # the detector did fire in the noise; those beats are published with usable false (and
+    # listed in the quality records' "suppressed"), never dropped
+    s = np.array([x["sample"] for x in flat["beats"] if not x["usable"]])
     assert np.sum((s >= noise[0]) & (s < noise[1])) > 10
+    assert s.tolist() == samples(flat["suppressed"])
     last_counters = [r.body["counters"] for r in recs if r.kind == "quality"][-1]
-    assert last_counters == {"beats": len(b), "suppressed": len(s)}
+    assert last_counters == {"beats": len(b), "unusable": len(s), "suppressed": len(s)}
+    # heart rate and HRV ignore them: one on-beat reading per usable beat
+    assert sum(h["on_beat"] for h in flat["hr"]) == len(b)
     kinds = {(e["event"], e["state"]) for e in flat["events"]}
     assert {("heavy_noise", "start"), ("heavy_noise", "end"), ("leads_off", "start"), ("leads_off", "end")} <= kinds
     lo = [e for e in flat["events"] if e["event"] == "leads_off" and e["state"] == "end" and e["channel"] == 0][0]
@@ -162,7 +168,7 @@ def test_asystole_decays_heart_rate_to_zero() -> None:
     x, _ = synth(40.0)
     x[int(20 * FS):, :] = np.random.default_rng(2).normal(0.0, 0.01, (x.shape[0] - int(20 * FS), 2))
     flat = collect(feed(stage_for(), x, list(range(36, x.shape[0], 36))))
-    last_beat = samples(flat["beats"])[-1]
+    last_beat = [b["sample"] for b in flat["beats"] if b["usable"]][-1]
     ticks = [h for h in flat["hr"] if not h["on_beat"]]
     before = [h["hr_bpm"] for h in ticks if h["sample"] < last_beat]
     after = [h["hr_bpm"] for h in ticks if h["sample"] >= last_beat + 4 * FS]
@@ -232,9 +238,13 @@ def test_timestamps_follow_chunk_time_across_gaps() -> None:
     for seq, (part, t0) in enumerate(((x[:half], 10**9), (x[half:], 10**9 + 60 * 10**9))):
         recs += st.process(Chunk.signal("ecg", "t/ecg", seq, t0, part, FS, ("I", "II"), ("mV", "mV"))).records
     recs += st.close().records
-    for b in collect(recs)["beats"]:
-        offset = 10**9 if b["sample"] < half else 10**9 + 60 * 10**9 - round(half * 1e9 / FS)
-        assert b["t_ns"] == offset + round(b["sample"] * 1e9 / FS)
+    beats = collect(recs)["beats"]
+    # sample = index in the source's stream: after the gap it skips the samples lost, so
+    # sample and time agree on both sides of it
+    assert any(b["sample"] >= 60 * FS for b in beats) and any(b["sample"] < half for b in beats)
+    assert not any(half <= b["sample"] < 60 * FS for b in beats)
+    for b in beats:
+        assert b["t_ns"] == 10**9 + round(b["sample"] * 1e9 / FS)
     tl = Timeline(FS)
     tl.observe(0, 0)
     tl.observe(360, 10**9 + 1000)  # jitter below half a sample: same timeline

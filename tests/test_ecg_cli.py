@@ -43,12 +43,16 @@ def test_analyze_wrann_then_score_against_reference(mitdb: Path, tmp_path: Path,
     assert res["record"] == "119" and res["fs"] == 360.0 and res["lead"] == {"index": 0, "name": "MLII"}
     assert {"version", "detector", "config", "beats", "heart_rate", "hrv", "quality", "delay"} <= set(res)
     ann = wfdb.rdann(str(tmp_path / "119"), "qrs")
-    assert ann.sample.tolist() == [b["sample"] for b in res["beats"]]
-    assert set(ann.symbol) == {"N"}
-    # the published beats plus the suppressed ones are exactly the detector's on the raw lead
+    beat_rows = [(smp, sym) for smp, sym in zip(ann.sample.tolist(), ann.symbol, strict=True) if sym not in "+~"]
+    assert [smp for smp, _ in beat_rows] == [b["sample"] for b in res["beats"]]
+    assert {sym for _, sym in beat_rows} <= {"N", "S", "V", "F", "Q"}
+    assert [b["label"] or "N" for b in res["beats"]] == [sym for _, sym in beat_rows]
+    # every beat the detector found on the raw lead is published (usable or not), never dropped
     sig = read_wfdb(rec).signal[:, 0]
-    both = sorted([b["sample"] for b in res["beats"]] + [b["sample"] for b in res["suppressed"]])
-    assert both == detect(sig, 360.0).tolist()
+    assert [b["sample"] for b in res["beats"]] == detect(sig, 360.0).tolist()
+    assert [b["sample"] for b in res["suppressed"]] == [b["sample"] for b in res["beats"] if not b["usable"]]
+    # PhysioNet rhythm annotation at the start; noise annotations mark unusable spans
+    assert ann.symbol[0] == "+" and ann.aux_note[0] == "(N"
     capsys.readouterr()
     assert main(["score", str(rec), "--test-ext", "qrs", "--test-dir", str(tmp_path)]) == 0
     table = capsys.readouterr().out
@@ -56,7 +60,7 @@ def test_analyze_wrann_then_score_against_reference(mitdb: Path, tmp_path: Path,
     se, ppv = (float(v) for v in re.split(r"\s*\|\s*", row)[5:7])
     assert se >= 99.5 and ppv >= 99.5
     ref = reference_beats(wfdb.rdann(str(rec), "atr"))
-    s = match_beats(ref, ann.sample, 360.0)
+    s = match_beats(ref, reference_beats(ann), 360.0)
     assert s.se == pytest.approx(se / 100, abs=1e-4) and s.ppv == pytest.approx(ppv / 100, abs=1e-4)
     # chunk length does not change the result
     out2 = tmp_path / "c"
@@ -97,6 +101,7 @@ def test_nan_runs_and_constant_signal_give_quality_events_not_phantom_beats(tmp_
     assert main(["analyze", "ecg", str(path), "--fs", "360", "--out-dir", str(tmp_path), "--wfdb-ann", "qrs"]) == 0
     res = json.loads((tmp_path / "rec.json").read_text())
     b = np.array([q["sample"] for q in res["beats"]])
+    assert all(q["usable"] for q in res["beats"] if q["sample"] < 19 * FS)
     assert 15 <= np.sum(b < 20 * FS) <= 25
     assert not np.any((b >= 20 * FS) & (b < 30 * FS)) and not np.any(b >= 40 * FS)
     off = [(e["onset_sample"], e["end_sample"]) for e in res["quality"]["events"]
@@ -106,7 +111,13 @@ def test_nan_runs_and_constant_signal_give_quality_events_not_phantom_beats(tmp_
                for e in res["quality"]["events"])
     late = [r for r in res["heart_rate"]["readings"] if r["sample"] > 50 * FS]
     assert late and all(r["hr_bpm"] in (0.0, None) and r["signal_ok"] is False for r in late)
-    assert wfdb.rdann(str(tmp_path / "rec"), "qrs").sample.tolist() == b.tolist()
+    ann = wfdb.rdann(str(tmp_path / "rec"), "qrs")
+    assert reference_beats(ann).tolist() == b.tolist()
+    # the unusable spans carry PhysioNet noise annotations: "~" with the unusable-lead mask, 0 at the end
+    noise = [(int(smp), int(sub)) for smp, sym, sub in zip(ann.sample, ann.symbol, ann.subtype, strict=True)
+             if sym == "~"]
+    assert noise and noise[0][1] != 0 and 19 * FS <= noise[0][0] <= 20 * FS
+    assert any(sub == 0 and 30 * FS <= smp <= 33 * FS for smp, sub in noise)
 
 
 def test_record_without_beats_writes_a_readable_annotation_file(tmp_path: Path) -> None:

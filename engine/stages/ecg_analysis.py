@@ -1,15 +1,23 @@
-"""ECG analysis stage: beats, heart rate, HRV and signal quality, published live.
+"""ECG analysis stage: beats, heart rate, HRV, rhythm, signal quality and alarms, published live.
 
-``ecg_analysis`` (kind ``ecg``) runs, on the **raw** signal, the streaming building blocks
-of :mod:`telediag.dsp`:
+``ecg_analysis`` (kind ``ecg``) is a thin composition of components that each own their
+state (:mod:`telediag.engine.stages.ecg_parts`): detector, quality gate, beat labeller,
+rhythm (AF) monitor, rate/HRV monitor and alarms. It runs, on the **raw** signal, the
+streaming building blocks of :mod:`telediag.dsp`:
 
 * :class:`~telediag.dsp.qrs.QRSDetector` on lead ``lead`` (R peaks and the sample that
   confirmed each one);
 * :class:`~telediag.dsp.quality.SignalQuality` on every lead (per-lead SQI per block of
   ``quality_hop_s``, quality events, a usable verdict per block);
 * :class:`~telediag.dsp.hr.HeartRateMeter` (ANSI/AAMI EC13 display rule) and
-  :class:`~telediag.dsp.hrv.HRVMeter` (Task Force 1996 time-domain HRV) on the beats that
-  survive the quality verdict;
+  :class:`~telediag.dsp.hrv.HRVMeter` (Task Force 1996 time-domain HRV) on the beats whose
+  block is usable (every detected beat is published; those in unusable blocks carry
+  ``usable: false`` and are ignored by HR, HRV, rhythm and alarms);
+* :class:`~telediag.dsp.af.AFDetector`: atrial fibrillation episodes from RR irregularity
+  (``alarm`` type ``afib``; an ``S`` label inside AF becomes ``N``);
+* :class:`~telediag.dsp.alarms.RhythmAlarms` and :class:`~telediag.dsp.alarms.TechnicalAlarms`:
+  technical alarms (``leads_off``, ``signal_unusable``) supersede physiological ones
+  (IEC 60601-2-27): unusable signal or a gap never raises asystole, bradycardia or pause;
 * *beat hooks* (:meth:`EcgAnalysis.add_beat_hook`), called on every accepted beat before it
   is published, fed to the HR and HRV meters: the place where a beat classifier fills
   ``label``/``probs`` (the HRV meter then uses only normal beats).
@@ -32,12 +40,13 @@ A beat is *confirmed* by the detector ``confirm_sample - sample`` samples after 
 beats of the 2 s learning period).  With ``quality_hold = "verdict"`` (default) it is then
 held until the quality verdict of the block holding its R peak exists, i.e. until sample
 ``(block + 1) * hop - 1`` has arrived, and dropped (``suppressed``) when that block is not
-usable on the detection lead and ``suppress_unusable`` is true; no beat from unusable signal
-is ever published, at the cost of up to one block (``quality_hop_s``) of extra delay.  With
+usable on the detection lead and ``suppress_unusable`` is true: it is then published with
+``usable: false`` (never dropped; HR, HRV, rhythm and alarms ignore it), at the cost of up
+to one block (``quality_hop_s``) of extra delay.  With
 ``quality_hold = "none"`` a beat is decided at its confirmation, on the most recent verdict
 then available (its own block when already assessed, otherwise the previous complete block):
-the delay is the detector's alone, but beats of the first block of a noisy stretch get
-through and those of the first block after it are suppressed.  Every beat carries
+the delay is the detector's alone, but beats of the first block of a noisy stretch are
+judged usable and those of the first block after it unusable.  Every beat carries
 ``release_sample`` (the sample whose arrival decided it) and ``delay_s = (release_sample -
 sample) / fs``; these are properties of the sample stream, identical for any chunking.  At
 the end of the stream (:meth:`EcgAnalysis.close`) the beats still pending are decided on the
@@ -46,9 +55,10 @@ latest verdict.
 Published records (topic ``<kind>/<stream>``; ``stream`` is the input stream's id)
 ------------------------------------------------------------------------------------
 ``beats``   ``{"beats": [{"sample", "t_ns", "confirm_sample", "release_sample",
-            "confirm_delay_s", "delay_s", "label", "probs"}], "lead", "channel", "fs",
-            "quality_hold", "counters": {"beats", "suppressed"}}`` - only when a beat is
-            accepted.
+            "confirm_delay_s", "delay_s", "label", "probs", "usable"}], "lead", "channel",
+            "fs", "quality_hold", "counters": {"beats", "unusable", "suppressed"}}`` - when
+            beats are released (``usable`` false: the beat's quality block is unusable;
+            ``counters.beats`` counts usable beats, ``unusable``/``suppressed`` the others).
 ``hr``      ``{"readings": [{"sample", "t_ns", "hr_bpm", "on_beat", "signal_ok"}], "rule",
             "n_intervals", "min_rr_s", "asystole_s", "every_s"}``: one reading per accepted
             beat and one at every multiple of ``hr_every_s`` (the EC13 displayed rate: held,
@@ -64,15 +74,24 @@ Published records (topic ``<kind>/<stream>``; ``stream`` is the input stream's i
 ``quality`` ``{"hop_s", "channels", "blocks": [{"sample", "t_ns", "sqi", "usable", "flags",
             "features"}], "events": [...], "suppressed": [{"sample", "t_ns",
             "confirm_sample", "release_sample"}], "counters"}`` when a block completes, an
-            event starts or ends, or a beat is suppressed.
+            event starts or ends, or beats flagged unusable are released (``suppressed``
+            lists them again; they are in ``beats`` too, with ``usable: false``).
 ``event``   ``{"type": "quality", "event": kind, "state": "start"|"end", "stream", "lead",
             "channel", "onset_sample", "onset_ns", "end_sample", "end_ns"}`` for every quality
             event (``leads_off``, ``flat_line``, ``saturation``, ``heavy_noise``).
 
-Sample ``k`` is the ``k``-th sample the stage received; its source time ``t_ns`` is taken
-from the chunk timestamps (a chunk whose ``t0_ns`` does not continue the previous timeline by
-more than half a sample period, e.g. after a gap, starts a new anchor), so annotations line up
-with the signal exactly.  NaN becomes ``null`` in every body.
+``alarm``   ``{"type", "state": "on"|"off", "category": "technical"|"physiological",
+            "onset_sample", "onset_ns", "end_sample", "end_ns", "detail", "lead"}``: asystole,
+            brady, tachy, vrun, pause, ectopy, afib, and the technical ``leads_off`` and
+            ``signal_unusable`` (``detail.causes``: the quality flags seen).
+
+Every ``*sample`` field is the index in the **source's** sample stream since the stream
+opened: after a gap it skips the samples lost, read from the chunk timestamps (a chunk whose
+``t0_ns`` is later than the continuation of the previous one by more than half a sample
+period starts after ``round(dt * fs)`` lost samples; see
+:class:`~telediag.engine.stages.ecg_parts.clock.Timeline`); ``t_ns`` is its source time.
+Internally the components run on the received (contiguous) samples; an interval across a
+gap is not measured by the alarms or the AF detector.  NaN becomes ``null`` in every body.
 
 Chunk invariance: every output (beats, readings, HRV ticks, quality rows, events, suppressed
 beats, delays) is a function of the sample stream only; only their grouping into records
@@ -95,7 +114,6 @@ Examples
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -104,12 +122,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from telediag.dsp.alarms import AlarmEvent, AlarmParams, RhythmAlarms
+from telediag.dsp.af import AFParams
+from telediag.dsp.alarms import TECHNICAL, AlarmEvent, AlarmParams, RhythmAlarms, TechnicalAlarms
 from telediag.dsp.hr import HeartRateMeter
-from telediag.dsp.hrv import NORMAL_SYMBOLS, HRVMeter
+from telediag.dsp.hrv import HRVMeter
 from telediag.dsp.qrs import QRSDetector, QRSParams
 from telediag.dsp.quality import EVENT_KINDS, FEATURE_NAMES, QualityEvent, SignalQuality, SQIUpdate
 from telediag.engine.stage import Deferred, Outputs, Stage, StageParams, StreamSpec, register
+from telediag.engine.stages.ecg_parts.clock import SignalHistory, Timeline
+from telediag.engine.stages.ecg_parts.gate import Decided, QualityGate
+from telediag.engine.stages.ecg_parts.labeller import (
+    BeatLabeller,
+    Labelled,
+    classifier,
+    classify_batch,
+)
+from telediag.engine.stages.ecg_parts.rate import RateMonitor, num
+from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
 from telediag.errors import ConfigError, DSPError
 from telediag.transports.wire import Chunk
 
@@ -159,7 +188,8 @@ class EcgAnalysisParams(StageParams):
     flat_mv, noise_on, noise_off, usable_sqi : float
         Quality thresholds (see :mod:`telediag.dsp.quality`).
     suppress_unusable : bool
-        Drop (and report) beats in blocks judged unusable on the detection lead.
+        Flag beats in blocks judged unusable on the detection lead (``usable: false``; they are
+        published but ignored by HR, HRV, rhythm and alarms); false: every beat is usable.
     quality_hold : str
         ``"verdict"`` (hold beats until their block is assessed) or ``"none"`` (decide at
         confirmation on the latest verdict); see the module docstring.
@@ -178,7 +208,13 @@ class EcgAnalysisParams(StageParams):
         ``alarm_asystole_s``, ``alarm_brady_bpm``, ``alarm_tachy_bpm``, ``alarm_sustain_s``,
         ``alarm_vrun_beats``, ``alarm_pause_s``, ``alarm_ectopy_per_min``. Body: ``{"type",
         "state": "on"|"off", "onset_sample", "onset_ns", "end_sample", "end_ns", "detail", "lead"}``.
-        Label-based alarms (run, ectopy) need the beat classifier's labels.
+        Label-based alarms (run, ectopy) need the beat classifier's labels. Technical alarms
+        ``leads_off``/``signal_unusable`` go on after ``alarm_technical_s`` (2 s) of unusable
+        blocks and off after as long usable.
+    rhythm : bool
+        AF detection (:mod:`telediag.dsp.af`, default on): ``afib`` alarms; ``S`` labels inside
+        AF become ``N``. ``af_window`` (RR intervals), ``af_on``/``af_off`` (normalised RMSSD
+        hysteresis), ``af_cv_min`` (minimum CV of the absolute successive differences).
     history_s : float
         Raw signal kept for beat hooks (:class:`SignalHistory`), seconds.
     """
@@ -216,6 +252,20 @@ class EcgAnalysisParams(StageParams):
     alarm_vrun_beats: int = 3
     alarm_pause_s: float = 2.5
     alarm_ectopy_per_min: float = 6.0
+    alarm_technical_s: float = 2.0
+    rhythm: bool = True
+    af_window: int = 32
+    af_on: float = 0.10
+    af_off: float = 0.07
+    af_cv_min: float = 0.55
+
+    def af_params(self) -> AFParams:
+        """The ``af_*`` keys as :class:`telediag.dsp.af.AFParams`."""
+        try:
+            return AFParams(window=self.af_window, min_valid=max(2, (3 * self.af_window) // 4), on=self.af_on,
+                            off=self.af_off, cv_min=self.af_cv_min, back=self.af_window // 2)
+        except DSPError as e:
+            raise ValueError(str(e)) from e
 
     def alarm_params(self) -> AlarmParams:
         """The ``alarm_*`` keys as :class:`telediag.dsp.alarms.AlarmParams`."""
@@ -254,94 +304,17 @@ class EcgAnalysisParams(StageParams):
             raise ValueError(f"units_per_mv must be >= 0 (0: from the stream's units), got {self.units_per_mv}")
         if math.isnan(self.adc_min) or math.isnan(self.adc_max) or self.adc_min >= self.adc_max:
             raise ValueError(f"need adc_min < adc_max, got adc_min={self.adc_min}, adc_max={self.adc_max}")
+        if not (math.isfinite(self.alarm_technical_s) and 0 < self.alarm_technical_s <= 60):
+            raise ValueError(f"alarm_technical_s must be in (0, 60] s, got {self.alarm_technical_s!r}")
+        self.af_params()
 
 
 # --------------------------------------------------------------------------------------
-# Helpers: timeline, signal history, beat hooks
+# Beat hooks
 # --------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Timeline:
-    """Maps absolute sample indices to source time (ns) from the chunk timestamps.
-
-    An anchor ``(sample, t0_ns)`` is added when a chunk's ``t0_ns`` departs from the
-    current timeline by more than half a sample period (start, gap, clock step); sample
-    ``k`` is at ``t0 + round((k - sample) * 1e9 / fs)`` of the last anchor at or before it.
-    Anchors older than ``keep`` samples are dropped (the oldest kept one extrapolates).
-
-    Examples
-    --------
-    >>> tl = Timeline(1000.0)
-    >>> tl.observe(0, 5_000)
-    >>> tl.observe(1000, 10**9 + 5_000)      # continues: no new anchor
-    >>> tl.observe(2000, 5 * 10**9)          # gap: new anchor
-    >>> tl.t_ns(1500), tl.t_ns(2001)
-    (1500005000, 5001000000)
-    """
-
-    fs: float
-    keep: int = 1 << 62
-    starts: list[int] = field(default_factory=list)
-    t0s: list[int] = field(default_factory=list)
-
-    def t_ns(self, sample: int) -> int:
-        """Source time of absolute sample ``sample`` (ns)."""
-        if not self.starts:
-            return round(sample * 1e9 / self.fs)
-        i = max(bisect.bisect_right(self.starts, sample) - 1, 0)
-        return self.t0s[i] + round((sample - self.starts[i]) * 1e9 / self.fs)
-
-    def observe(self, start: int, t0_ns: int) -> None:
-        """Register that sample ``start`` was stamped ``t0_ns``."""
-        if self.starts and abs(self.t_ns(start) - t0_ns) * self.fs <= 0.5e9:
-            return
-        self.starts.append(start)
-        self.t0s.append(int(t0_ns))
-        while len(self.starts) > 1 and self.starts[1] <= start - self.keep:
-            del self.starts[0]
-            del self.t0s[0]
-
-
-@dataclass(slots=True)
-class SignalHistory:
-    """The last ``capacity`` raw samples of every lead (a ring buffer) for beat hooks.
-
-    Examples
-    --------
-    >>> h = SignalHistory(np.zeros((4, 1)))
-    >>> h.push(np.arange(6.0)[:, None])
-    >>> h.window(3, 6)[:, 0].tolist(), h.window(0, 3) is None
-    ([3.0, 4.0, 5.0], True)
-    """
-
-    buf: NDArray[np.float64]
-    end: int = 0  # absolute index one past the newest sample
-
-    def push(self, x: NDArray[np.float64]) -> None:
-        """Append samples ``x`` (n, n_channels)."""
-        cap = self.buf.shape[0]
-        n = x.shape[0]
-        if n >= cap:
-            self.buf[:] = x[n - cap :]
-            self.buf[:] = np.roll(self.buf, (self.end + n) % cap, axis=0)
-        else:
-            i = self.end % cap
-            k = min(n, cap - i)
-            self.buf[i : i + k] = x[:k]
-            self.buf[: n - k] = x[k:]
-        self.end += n
-
-    def window(self, start: int, stop: int) -> NDArray[np.float64] | None:
-        """Samples ``[start, stop)`` (a copy), or ``None`` when not all of them are held."""
-        cap = self.buf.shape[0]
-        if start < max(0, self.end - cap) or stop > self.end or stop < start:
-            return None
-        idx = np.arange(start, stop) % cap
-        return self.buf[idx]
-
-
 @dataclass(slots=True)
 class BeatBatch:
-    """Accepted beats handed to the beat hooks before they are published.
+    """Beats handed to the beat hooks before they are published.
 
     A hook may set ``labels[i]`` (a beat code such as ``"N"``, ``"V"``) and ``probs[i]``
     (a dict class -> probability); labels outside ``N``/``L``/``R`` exclude the beat's
@@ -350,7 +323,7 @@ class BeatBatch:
     Attributes
     ----------
     samples : numpy.ndarray of int64
-        R-peak sample indices.
+        R-peak sample indices (received-sample indices, those of ``history``).
     labels : list of str or None
     probs : list of dict or None
     fs : float
@@ -359,6 +332,9 @@ class BeatBatch:
         Detection lead.
     history : SignalHistory
         Recent raw signal (all leads); ``history.end`` is the number of samples received.
+    usable : list of bool
+        The quality verdict of each beat (``False``: published with ``usable: false``,
+        ignored by HR, HRV and alarms).
     """
 
     samples: IntArray
@@ -368,43 +344,11 @@ class BeatBatch:
     channels: tuple[str, ...]
     lead: int
     history: SignalHistory
-
-
-_CLASSIFIERS: dict[tuple[str, int], Any] = {}
-
-
-def _classifier(variant: str, threads: int = 1) -> Any:
-    """The shipped beat classifier: one ONNX session per (variant, threads) per process, shared by streams."""
-    key = (variant, threads)
-    if key not in _CLASSIFIERS:
-        from telediag.models.ecg_beats import BeatClassifier
-
-        _CLASSIFIERS[key] = BeatClassifier.load(variant, intra_op_threads=threads)  # type: ignore[arg-type]
-    return _CLASSIFIERS[key]
-
-
-def _classify_batch(items: list[tuple[Any, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One model call for the beat features of several streams (``Deferred.run``)."""
-    clf = items[0][0]
-    feats = [f for _, f in items]
-    idx, probs = clf.classify(type(feats[0]).concat(feats))
-    out = []
-    k = 0
-    for f in feats:
-        n = len(f)
-        out.append((idx[k:k + n], probs[k:k + n]))
-        k += n
-    return out
+    usable: list[bool] = field(default_factory=list)
 
 
 BeatHook = Callable[[BeatBatch], None]
 """A callable filling ``labels``/``probs`` of a :class:`BeatBatch` in place."""
-
-
-def _num(v: float) -> float | None:
-    """A msgpack/JSON-safe float: NaN and inf become ``None``."""
-    f = float(v)
-    return f if math.isfinite(f) else None
 
 
 # --------------------------------------------------------------------------------------
@@ -412,52 +356,55 @@ def _num(v: float) -> float | None:
 # --------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class EcgAnalysisState:
-    """Streaming state of :class:`EcgAnalysis` (one stream).
+    """Streaming state of :class:`EcgAnalysis` (one stream): its components.
 
     Attributes
     ----------
-    detector, quality, hr, hrv
-        The streaming DSP objects (each holds its own explicit state).
+    detector : QRSDetector
+    gate : QualityGate
+        Signal quality and beat verdicts (``gate.quality`` is the SignalQuality).
+    rate : RateMonitor
+        Heart rate and HRV (``rate.hr``, ``rate.hrv``).
+    rhythm : RhythmMonitor
+        Atrial fibrillation episodes.
+    alarms : RhythmAlarms or None
+    technical : TechnicalAlarms or None
+    labeller : BeatLabeller or None
+        The beat classifier (``None``: ``classify = "off"`` or the model did not load).
     timeline : Timeline
     history : SignalHistory
     n_seen : int
         Samples received.
-    pending : list of (sample, confirm_sample)
-        Confirmed beats waiting for their quality verdict.
-    verdicts : dict
-        Block index -> usable on the detection lead, for the recent blocks.
-    blocks_done : int
-        Blocks whose verdict exists.
-    next_hr_tick, next_hrv_tick : int
-        Sample indices of the next periodic readings.
-    hrv_last : dict or None
-        Latest HRV row (msgpack-safe).
-    n_beats, n_suppressed : int
-        Counters of accepted and suppressed beats.
+    n_beats, n_unusable : int
+        Counters of published usable and unusable beats.
     closed : bool
     """
 
     detector: QRSDetector
-    quality: SignalQuality
-    hr: HeartRateMeter
-    hrv: HRVMeter
+    gate: QualityGate
+    rate: RateMonitor
+    rhythm: RhythmMonitor
+    alarms: RhythmAlarms | None
+    technical: TechnicalAlarms | None
+    labeller: BeatLabeller | None
     timeline: Timeline
     history: SignalHistory
     n_seen: int = 0
-    pending: list[tuple[int, int]] = field(default_factory=list)
-    verdicts: dict[int, bool] = field(default_factory=dict)
-    blocks_done: int = 0
-    next_hr_tick: int = 0
-    next_hrv_tick: int = 0
-    hrv_last: dict[str, Any] | None = None
     n_beats: int = 0
-    n_suppressed: int = 0
+    n_unusable: int = 0
     closed: bool = False
+
+    @property
+    def quality(self) -> SignalQuality:
+        """The signal-quality assessor."""
+        return self.gate.quality
 
 
 @register
 class EcgAnalysis(Stage):
-    """Beats, heart rate, HRV and signal quality of an ECG stream (see the module docstring).
+    """Beats, heart rate, HRV, rhythm, signal quality and alarms of an ECG stream (see the
+    module docstring): a thin composition of the components of
+    :mod:`telediag.engine.stages.ecg_parts`.
 
     The input chunk is passed on unchanged as the ``signal`` output, so the stage can sit
     anywhere before stages that need the raw signal.
@@ -470,11 +417,9 @@ class EcgAnalysis(Stage):
     def __init__(self, params: StageParams, name: str | None = None) -> None:
         super().__init__(params, name)
         self.beat_hooks: list[BeatHook] = []
-        self._alarms: RhythmAlarms | None = None
-        self._alarm_events: list[AlarmEvent] = []
 
     def add_beat_hook(self, hook: BeatHook) -> None:
-        """Call ``hook`` on every batch of accepted beats before they are published."""
+        """Call ``hook`` on every batch of beats before they are published."""
         self.beat_hooks.append(hook)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -500,6 +445,8 @@ class EcgAnalysis(Stage):
         else:
             units = spec.units if len(spec.units) == n_ch else ("mV",) * n_ch
             upm = [_UNITS_PER_MV.get(u.strip().lower(), 1.0) for u in units]
+        keep = round(max(60.0, 2 * p.history_s) * fs)
+        timeline = Timeline(fs, keep=keep)
         try:
             detector = QRSDetector(fs, **dict(p.qrs))
             quality = SignalQuality(
@@ -512,39 +459,37 @@ class EcgAnalysis(Stage):
             hr = HeartRateMeter(fs, n_intervals=p.hr_intervals, rule=p.hr_rule,  # type: ignore[arg-type]
                                 min_rr_s=p.hr_min_rr_s, asystole_s=p.hr_asystole_s)
             hrv = HRVMeter(fs, window_s=p.hrv_window_s)
-            self._alarms = RhythmAlarms(fs, p.alarm_params()) if p.alarms else None
+            alarms = RhythmAlarms(fs, p.alarm_params()) if p.alarms else None
+            hop = quality.hop
+            n_tech = max(1, math.ceil(p.alarm_technical_s * fs / hop - 1e-9))
+            technical = TechnicalAlarms(hop, n_tech, n_tech) if p.alarms else None
+            rhythm = RhythmMonitor(fs, p.af_params(), enabled=p.rhythm)
         except DSPError as e:
             raise ConfigError(f"[{self.name}]: {e}") from e
-        self._clf = None
-        self._clf_stream = None
-        self._clf_release: dict[int, tuple[int, int]] = {}
-        self._clf_last = 0.0
-        self._clf_error = ""
+        labeller = None
         self._clf_key = ""
         if p.classify != "off":
             try:
-                from telediag.models.ecg_beats import BeatClassifier
-
-                self._clf = _classifier(p.classifier_variant, p.classifier_threads)
+                labeller = BeatLabeller(classifier(p.classifier_variant, p.classifier_threads), fs)
                 self._clf_key = f"{p.classifier_variant}/{p.classifier_threads}"
-                self._clf_stream = BeatClassifier.stream(fs)
             except Exception as e:  # noqa: BLE001 - optional model: reported or raised per `classify`
                 if p.classify == "on":
                     raise ConfigError(f"[{self.name}].classify = 'on' but the beat classifier cannot load: {e}") from e
-                self._clf = None
+                labeller = None
+
+        def stamp(k: int) -> tuple[int, int]:
+            return timeline.source(k), timeline.t_ns(k)
 
         self._fs = fs
-        self._hop = quality.hop
-        self._hr_step = max(1, round(p.hr_every_s * fs))
-        self._hrv_step = max(1, round(p.hrv_every_s * fs))
-        self._verdict_hold = p.quality_hold == "verdict"
-        keep = round(max(60.0, 2 * p.history_s) * fs)
+        self._stamp = stamp
         cap = max(1, round(p.history_s * fs))
         self.state = EcgAnalysisState(
-            detector=detector, quality=quality, hr=hr, hrv=hrv,
-            timeline=Timeline(fs, keep=keep),
-            history=SignalHistory(np.zeros((cap, n_ch))),
-            next_hr_tick=self._hr_step, next_hrv_tick=self._hrv_step,
+            detector=detector,
+            gate=QualityGate(quality, hold=p.quality_hold == "verdict", suppress=p.suppress_unusable, lead=p.lead),
+            rate=RateMonitor(hr, hrv, max(1, round(p.hr_every_s * fs)), max(1, round(p.hrv_every_s * fs)),
+                             p.hrv_window_s, stamp),
+            rhythm=rhythm, alarms=alarms, technical=technical, labeller=labeller,
+            timeline=timeline, history=SignalHistory(np.zeros((cap, n_ch))),
         )
         self.spec = spec
         self._stream = spec.stream
@@ -555,6 +500,12 @@ class EcgAnalysis(Stage):
     def detection_delay_s(self) -> float:
         """Design bound of the detector's confirmation delay (s); see the module docstring."""
         return self.state.detector.detection_delay_s
+
+    @property
+    def classifier_error(self) -> str:
+        """Why the beat classifier stopped labelling (empty while it works or is off)."""
+        lab = self.state.labeller
+        return lab.error if lab is not None else ""
 
     def process(self, chunk: Chunk) -> Outputs:
         st = self.state
@@ -570,36 +521,37 @@ class EcgAnalysis(Stage):
             )
         n = x.shape[0]
         start = st.n_seen
-        if n:
-            st.timeline.observe(start, chunk.t0_ns)
+        lost = st.timeline.observe(start, chunk.t0_ns) if n else 0
+        if lost:  # no interval across a gap is measured (pause, asystole, AF)
+            if st.alarms is not None:
+                st.alarms.gap(start)
+            st.rhythm.gap(start)
         st.history.push(x)
-        beats, confirm = st.detector.process_with_confirm(x[:, self.params.lead])  # type: ignore[attr-defined]
-        rows, events = st.quality.process(x)
+        lead = self.params.lead  # type: ignore[attr-defined]
+        beats, confirm = st.detector.process_with_confirm(x[:, lead])
+        rows, events = st.gate.assess(x)
         st.n_seen = start + n
-        self._verdicts(rows)
-        accepted, suppressed = self._decide(beats, confirm, final=False)
-        labels = None
-        hr_beats = None
-        if self._clf is not None:
-            hr_beats = accepted  # the heart rate does not wait for the labels
-            feats = self._clf_push(x[:, self.params.lead], accepted, final=False)  # type: ignore[attr-defined]
-            if self.batching and feats is not None and len(feats):
-                # hand the model call to the worker (batched with other streams), finish later
-                end = st.n_seen
+        decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=False)
+        lab = st.labeller
+        if lab is None or not lab.active:
+            out = Outputs(signal=chunk)
+            self._emit(out, decided, [(*d, None, None) for d in decided], rows, events, end=st.n_seen, final=False)
+            return out
+        feats = lab.push(x[:, lead], decided, final=False)
+        end = st.n_seen
+        if self.batching and feats is not None and len(feats):
+            # hand the model call to the worker (batched with other streams), finish later
+            def resume(result: Any) -> Outputs:
+                rest = Outputs()
+                self._emit(rest, decided, lab.finish(feats, result, n_seen=end, final=False), rows, events,
+                           end=end, final=False)
+                return rest
 
-                def resume(result: Any) -> Outputs:
-                    acc, labs = self._clf_finish(feats, result, final=False)
-                    rest = Outputs()
-                    self._emit(rest, acc, suppressed, rows, events, end=end, final=False, clf_labels=labs,
-                               hr_beats=hr_beats)
-                    return rest
-
-                return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), _classify_batch,
-                                                                (self._clf, feats), resume))
-            accepted, labels = self._clf_finish(feats, None, final=False)
+            return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), classify_batch,
+                                                            (lab.clf, feats), resume))
         out = Outputs(signal=chunk)
-        self._emit(out, accepted, suppressed, rows, events, end=st.n_seen, final=False, clf_labels=labels,
-                   hr_beats=hr_beats)
+        self._emit(out, decided, lab.finish(feats, None, n_seen=end, final=False), rows, events, end=end,
+                   final=False)
         return out
 
     def close(self) -> Outputs:
@@ -609,225 +561,108 @@ class EcgAnalysis(Stage):
             return out
         st.closed = True
         beats, confirm = st.detector.flush_with_confirm()
-        accepted, suppressed = self._decide(beats, confirm, final=True)
-        labels = None
-        hr_beats = None
-        if self._clf is not None:
-            hr_beats = accepted
-            feats = self._clf_push(np.empty(0), accepted, final=True)
-            accepted, labels = self._clf_finish(feats, None, final=True)
+        decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=True)
+        lab = st.labeller
+        if lab is None or not lab.active:
+            labelled: list[Labelled] = [(*d, None, None) for d in decided]
+        else:
+            labelled = lab.finish(lab.push(np.empty(0), decided, final=True), None, n_seen=st.n_seen, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
-        self._emit(out, accepted, suppressed, empty, [], end=st.n_seen, final=True, clf_labels=labels,
-                   hr_beats=hr_beats)
+        self._emit(out, decided, labelled, empty, [], end=st.n_seen, final=True)
         return out
 
-    def _clf_push(self, lead: np.ndarray, accepted: list[tuple[int, int, int]], *, final: bool) -> Any:
-        """Feed the classifier's feature stream; the features of the beats now classifiable.
-
-        ``None`` when the feature builder failed (the stage then degrades to unlabelled beats).
-        """
-        fs_stream = self._clf_stream
-        assert fs_stream is not None and self._clf is not None
-        x = np.asarray(lead, dtype=np.float64)
-        if x.size:
-            bad = ~np.isfinite(x)
-            if bad.any():  # the feature builder needs finite samples: hold the last finite value
-                x = x.copy()
-                for i in np.flatnonzero(bad):
-                    x[i] = x[i - 1] if i > 0 else self._clf_last
-            self._clf_last = float(x[-1])
-        new = np.fromiter((a[0] for a in accepted), np.int64, len(accepted))
-        for s_, c, r in accepted:
-            self._clf_release[s_] = (c, r)
-        try:
-            feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
-            if final:
-                feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
-        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
-            self._clf_error = f"{type(e).__name__}: {e}"
-            return None
-        return feats
-
-    def _clf_finish(
-        self, feats: Any, result: Any, *, final: bool
-    ) -> tuple[list[tuple[int, int, int]], list[tuple[str, dict[str, float]]] | None]:
-        """Label the beats of ``feats`` (``result``: batched model output, or ``None`` to run
-        the model now, or the exception a batched run raised) and say when each is released.
-
-        A beat is released (published) when the beat after it is accepted, at that beat's
-        release sample, so the result does not depend on the chunking.
-        """
-        from telediag.models.ecg_beats import AAMI_CLASSES
-
-        try:
-            if feats is None:
-                raise RuntimeError(self._clf_error)
-            if isinstance(result, BaseException):
-                raise result
-            idx, probs = result if result is not None else self._clf.classify(feats)  # type: ignore[union-attr]
-        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
-            self._clf = None  # from now on beats go out unlabelled, as with classify = "off"
-            flushed = [(s_, c, r) for s_, (c, r) in sorted(self._clf_release.items())]
-            self._clf_release.clear()
-            self._clf_error = f"{type(e).__name__}: {e}"
-            return flushed, None
-        out: list[tuple[int, int, int]] = []
-        labels: list[tuple[str, dict[str, float]]] = []
-        beats_done = feats.beats.tolist()
-        # release each labelled beat when the next accepted beat was released
-        next_release = {b: self._clf_release[nb][1] for b, nb in zip(beats_done, beats_done[1:], strict=False)}
-        for k, b in enumerate(beats_done):
-            c, r = self._clf_release.pop(b)
-            rel = next_release.get(b)
-            if rel is None:  # the newest labelled beat: its successor is in this batch or pending
-                succ = [s_ for s_ in self._clf_release if s_ > b]
-                rel = self._clf_release[min(succ)][1] if succ else (self.state.n_seen - 1 if final else r)
-            out.append((b, c, max(r, rel)))
-            labels.append((AAMI_CLASSES[int(idx[k])],
-                           {cls: round(float(p_), 4) for cls, p_ in zip(AAMI_CLASSES, probs[k].tolist(), strict=True)}))
-        return out, labels
-
-    # -- decisions ------------------------------------------------------------------------
-    def _verdicts(self, rows: SQIUpdate) -> None:
-        st = self.state
-        if rows.block_start.size == 0:
-            return
-        lead = self.params.lead  # type: ignore[attr-defined]
-        for b, ok in zip((rows.block_start // self._hop).tolist(), rows.usable[:, lead].tolist(), strict=True):
-            st.verdicts[b] = ok
-        st.blocks_done = int(rows.block_start[-1]) // self._hop + 1
-        if len(st.verdicts) > 256:  # keep the recent ones only
-            oldest = st.blocks_done - 128
-            for b in [b for b in st.verdicts if b < oldest]:
-                del st.verdicts[b]
-
-    def _verdict(self, block: int) -> bool:
-        """Usable verdict of ``block``, or of the latest assessed block before it."""
-        if not self.params.suppress_unusable:  # type: ignore[attr-defined]
-            return True
-        b = min(block, self.state.blocks_done - 1)
-        if b < 0:
-            return True  # nothing assessed yet (only reachable with quality_hold="none")
-        return self.state.verdicts.get(b, True)
-
-    def _decide(
-        self, beats: IntArray, confirm: IntArray, *, final: bool
-    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """Accepted and suppressed beats as ``(sample, confirm, release)``, in order."""
-        st = self.state
-        hop = self._hop
-        acc: list[tuple[int, int, int]] = []
-        sup: list[tuple[int, int, int]] = []
-        last = st.n_seen - 1
-        if not self._verdict_hold:
-            for s, c in zip(beats.tolist(), confirm.tolist(), strict=True):
-                # latest verdict available when sample c arrived
-                usable = self._verdict(min(s // hop, (c + 1) // hop - 1))
-                (acc if usable else sup).append((s, c, c))
-            return acc, sup
-        if beats.size:
-            st.pending.extend(zip(beats.tolist(), confirm.tolist(), strict=True))
-        done = st.blocks_done
-        k = 0
-        for s, c in st.pending:
-            b = s // hop
-            if b < done:
-                rel = max(c, (b + 1) * hop - 1)
-            elif final:
-                rel = last
-            else:
-                break
-            (acc if self._verdict(b) else sup).append((s, c, rel))
-            k += 1
-        if k:
-            del st.pending[:k]
-        return acc, sup
-
     # -- outputs --------------------------------------------------------------------------
-    def _emit(
-        self,
-        out: Outputs,
-        accepted: list[tuple[int, int, int]],
-        suppressed: list[tuple[int, int, int]],
-        rows: SQIUpdate,
-        events: list[QualityEvent],
-        *,
-        end: int,
-        final: bool,
-        clf_labels: list[tuple[str, dict[str, float]]] | None = None,
-        hr_beats: list[tuple[int, int, int]] | None = None,
-    ) -> None:
-        """Publish this chunk's beats, heart rate, HRV, quality and alarms.
+    def _emit(self, out: Outputs, decided: list[Decided], labelled: list[Labelled], rows: SQIUpdate,
+              events: list[QualityEvent], *, end: int, final: bool) -> None:
+        """Publish this chunk's beats, heart rate, HRV, quality, rhythm and alarms.
 
-        ``accepted`` are the beats to publish (labelled, released one RR later, when the
-        classifier runs); ``hr_beats``, when given, are the same beats as accepted by the
-        detector and quality gate, released without waiting for labels: they feed the heart
-        rate meter (so HR and the rate alarms do not wait for the classifier), while the
-        labelled beats feed HRV and the label-based alarms.
+        ``decided`` are the beats as the quality gate released them: the usable ones feed the
+        heart-rate meter at once (HR and the rate alarms never wait for labels);
+        ``labelled`` are the beats to publish (released one or more beats later when the
+        classifier runs): the usable ones feed the rhythm monitor, HRV and the beat alarms.
         """
         st = self.state
         p = self.params
         assert isinstance(p, EcgAnalysisParams)
         fs = self._fs
-        t_ns = st.timeline.t_ns
-        st.n_suppressed += len(suppressed)
+        stamp = self._stamp
+        alarm_events: list[AlarmEvent] = []
+        hop = st.gate.hop
+        if rows.block_start.size:
+            usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * rows.block_start.size
+            starts = rows.block_start.tolist()
+            for b0, ok in zip(starts, usable, strict=True):
+                if st.alarms is not None:
+                    st.alarms.signal(b0, b0 + hop, ok)
+                st.rhythm.signal(b0, b0 + hop, ok)
+            if st.technical is not None:
+                alarm_events += st.technical.blocks(starts, usable, rows.flags[:, p.lead].tolist())
+        hr_beats = [d for d in decided if d[3]]
+        good = [b for b in labelled if b[3]]
+        labels = [b[4] for b in good]
+        if good:  # rhythm: AF episodes; an S beat inside AF is an AF beat (label N)
+            labels, rhythm_events = st.rhythm.beats([b[0] for b in good], labels)
+            alarm_events += rhythm_events
         beat_dicts: list[dict[str, Any]] = []
-        hr_readings: list[dict[str, Any]] = []
-        hrv_ticks: list[dict[str, Any]] = []
-        labels: list[str | None] = []
-        if accepted:
-            samples = np.fromiter((a[0] for a in accepted), np.int64, len(accepted))
-            batch = BeatBatch(samples, [lab[0] for lab in clf_labels] if clf_labels else [None] * len(accepted),
-                              [lab[1] for lab in clf_labels] if clf_labels else [None] * len(accepted), fs,
-                              self.spec.channels if self.spec else (), p.lead, st.history)
+        unusable: list[dict[str, Any]] = []
+        if labelled:
+            it = iter(labels)
+            all_labels = [next(it) if b[3] else b[4] for b in labelled]
+            batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
+                              [b[5] for b in labelled], fs, self.spec.channels if self.spec else (), p.lead,
+                              st.history, [b[3] for b in labelled])
             for hook in self.beat_hooks:
                 hook(batch)
-            labels = batch.labels
-            st.n_beats += len(accepted)
-            for (s, c, r), lab, pr in zip(accepted, batch.labels, batch.probs, strict=True):
+            labels = [lab for lab, b in zip(batch.labels, labelled, strict=True) if b[3]]
+            for (s, c, r, u, _, _), lab, pr in zip(labelled, batch.labels, batch.probs, strict=True):
+                src, t = stamp(s)
                 beat_dicts.append({
-                    "sample": s, "t_ns": t_ns(s), "confirm_sample": c, "release_sample": r,
+                    "sample": src, "t_ns": t, "confirm_sample": stamp(c)[0], "release_sample": stamp(r)[0],
                     "confirm_delay_s": (c - s) / fs, "delay_s": (r - s) / fs,
-                    "label": lab, "probs": pr,
+                    "label": lab, "probs": pr, "usable": u,
                 })
-        # interleave beat releases and periodic ticks in sample order (a beat released at
-        # a tick's sample is fed before the tick)
-        last_sample = end - 1
-        i = 0
-        h = 0
-        while True:
-            next_tick = min(st.next_hr_tick, st.next_hrv_tick)
-            if next_tick > last_sample:
-                break
-            if hr_beats is not None:
-                k = h
-                while k < len(hr_beats) and hr_beats[k][2] <= next_tick:
-                    k += 1
-                if k > h:
-                    self._feed_hr(hr_beats[h:k], hr_readings)
-                    h = k
+                if not u:
+                    unusable.append({"sample": src, "t_ns": t, "confirm_sample": stamp(c)[0],
+                                     "release_sample": stamp(r)[0]})
+            st.n_beats += len(good)
+            st.n_unusable += len(unusable)
+        hr_readings: list[dict[str, Any]] = []
+        hrv_ticks: list[dict[str, Any]] = []
+        rate, alarms = st.rate, st.alarms
+        h = i = 0  # hr_beats[:h] and good[:i] fed
+
+        def feed(upto: int) -> None:
+            nonlocal h, i
+            k = h
+            while k < len(hr_beats) and hr_beats[k][2] <= upto:
+                k += 1
+            if k > h:
+                hr_readings.extend(rate.beats_hr([b[0] for b in hr_beats[h:k]]))
+                h = k
             j = i
-            while j < len(accepted) and accepted[j][2] <= next_tick:
+            while j < len(good) and good[j][2] <= upto:
                 j += 1
             if j > i:
-                self._feed(accepted[i:j], labels[i:j], hr_readings, hr=hr_beats is None)
+                samples = [b[0] for b in good[i:j]]
+                if alarms is not None:
+                    alarm_events.extend(alarms.beats(samples, labels[i:j]))
+                rate.beats_hrv(samples, labels[i:j])
                 i = j
-            if st.next_hr_tick == next_tick:
-                reading = {"sample": next_tick, "t_ns": t_ns(next_tick),
-                           "hr_bpm": _num(st.hr.at(next_tick)), "on_beat": False,
-                           "signal_ok": self._verdict((next_tick + 1) // self._hop - 1)}
+
+        # interleave beat releases and periodic ticks in sample order (a beat released at
+        # a tick's sample is fed before the tick)
+        while rate.next_tick <= end - 1:
+            tick = rate.next_tick
+            feed(tick)
+            if rate.next_hr_tick == tick:
+                reading = rate.hr_reading(tick, st.gate.signal_ok(tick))
                 hr_readings.append(reading)
-                if self._alarms is not None:
-                    self._alarm_events += self._alarms.tick(next_tick, reading["hr_bpm"], bool(reading["signal_ok"]))
-                st.next_hr_tick += self._hr_step
-            if st.next_hrv_tick == next_tick:
-                hrv_ticks.append(self._hrv_tick(next_tick))
-                st.next_hrv_tick += self._hrv_step
-        if hr_beats is not None and h < len(hr_beats):  # releases after the last tick of this chunk
-            self._feed_hr(hr_beats[h:], hr_readings)
-        if i < len(accepted):
-            self._feed(accepted[i:], labels[i:], hr_readings, hr=hr_beats is None)
-        counters = {"beats": st.n_beats, "suppressed": st.n_suppressed}
+                if alarms is not None:
+                    alarm_events += alarms.tick(tick, reading["hr_bpm"], bool(reading["signal_ok"]))
+            if rate.next_hrv_tick == tick:
+                hrv_ticks.append(rate.hrv_reading(tick))
+        feed(1 << 62)  # releases after the last tick of this chunk
+        counters = {"beats": st.n_beats, "unusable": st.n_unusable, "suppressed": st.n_unusable}
         if beat_dicts:
             out.records.append(Chunk.record("beats", self._stream, 0, beat_dicts[0]["t_ns"], {
                 "beats": beat_dicts, "lead": self._lead_name, "channel": p.lead, "fs": fs,
@@ -838,93 +673,53 @@ class EcgAnalysis(Stage):
                 "readings": hr_readings, "rule": p.hr_rule, "n_intervals": p.hr_intervals,
                 "min_rr_s": p.hr_min_rr_s, "asystole_s": p.hr_asystole_s, "every_s": p.hr_every_s,
             }))
-        for tick in hrv_ticks:
-            out.records.append(Chunk.record("hrv", self._stream, 0, tick["t_ns"], tick))
-        for a in self._alarm_events:
-            body = {"type": a.type, "state": a.state, "onset_sample": a.onset, "onset_ns": t_ns(a.onset),
-                    "end_sample": a.end, "end_ns": None if a.end is None else t_ns(a.end),
-                    "detail": a.detail, "lead": self._lead_name}
-            out.records.append(Chunk.record("alarm", self._stream, 0, body["onset_ns"], body))
-        self._alarm_events = []
+        for tick_body in hrv_ticks:
+            out.records.append(Chunk.record("hrv", self._stream, 0, tick_body["t_ns"], tick_body))
+        for a in alarm_events:
+            on_src, on_t = stamp(a.onset)
+            body = {"type": a.type, "state": a.state, "onset_sample": on_src, "onset_ns": on_t,
+                    "end_sample": None if a.end is None else stamp(a.end)[0],
+                    "end_ns": None if a.end is None else stamp(a.end)[1],
+                    "detail": a.detail, "lead": self._lead_name,
+                    "category": "technical" if a.type in TECHNICAL else "physiological"}
+            out.records.append(Chunk.record("alarm", self._stream, 0, on_t, body))
         ev_bodies = [self._event_body(e) for e in events]
-        if rows.block_start.size or ev_bodies or suppressed or final:
+        if rows.block_start.size or ev_bodies or unusable or final:
             blocks = []
             for k, b0 in enumerate(rows.block_start.tolist()):
+                src, t = stamp(b0)
                 blocks.append({
-                    "sample": b0, "t_ns": t_ns(b0),
-                    "sqi": [_num(v) for v in rows.sqi[k].tolist()],
+                    "sample": src, "t_ns": t,
+                    "sqi": [num(v) for v in rows.sqi[k].tolist()],
                     "usable": rows.usable[k].tolist(),
                     "flags": rows.flags[k].tolist(),
-                    "features": {name: [_num(v) for v in rows.features[k, :, f].tolist()]
+                    "features": {name: [num(v) for v in rows.features[k, :, f].tolist()]
                                  for f, name in enumerate(FEATURE_NAMES)},
                 })
             body = {
-                "hop_s": self._hop / fs,
+                "hop_s": hop / fs,
                 "channels": list(self.spec.channels) if self.spec else [],
                 "blocks": blocks,
                 "events": ev_bodies,
-                "suppressed": [{"sample": s, "t_ns": t_ns(s), "confirm_sample": c, "release_sample": r}
-                               for s, c, r in suppressed],
+                "suppressed": unusable,
                 "counters": counters,
                 "final": final,
             }
-            t0 = blocks[0]["t_ns"] if blocks else t_ns(max(end - 1, 0))
+            t0 = blocks[0]["t_ns"] if blocks else stamp(max(end - 1, 0))[1]
             out.records.append(Chunk.record("quality", self._stream, 0, t0, body))
         for ev in ev_bodies:
             out.records.append(Chunk.record("event", self._stream, 0, ev["onset_ns"], ev))
 
-    def _feed_hr(self, beats: list[tuple[int, int, int]], readings: list[dict[str, Any]]) -> None:
-        """Feed accepted beats to the heart-rate meter (in order); one reading per beat."""
-        st = self.state
-        samples = np.fromiter((b[0] for b in beats), np.int64, len(beats))
-        rows = st.hr.update(samples)
-        t_ns = st.timeline.t_ns
-        for s, h in zip(rows["sample"].tolist(), rows["hr_bpm"].tolist(), strict=True):
-            readings.append({"sample": s, "t_ns": t_ns(s), "hr_bpm": _num(h), "on_beat": True,
-                             "signal_ok": True})
-
-    def _feed(self, beats: list[tuple[int, int, int]], labels: list[str | None],
-              readings: list[dict[str, Any]], *, hr: bool = True) -> None:
-        """Feed accepted beats to the HR meter (unless ``hr`` is false), the alarms and HRV."""
-        st = self.state
-        if hr:
-            self._feed_hr(beats, readings)
-        samples = np.fromiter((b[0] for b in beats), np.int64, len(beats))
-        if self._alarms is not None:
-            self._alarm_events += self._alarms.beats(samples, labels)
-        if all(lab is None for lab in labels):
-            hrv_rows = st.hrv.update(samples)
-        else:
-            normal = np.array([lab is None or lab in NORMAL_SYMBOLS for lab in labels], np.bool_)
-            hrv_rows = st.hrv.update(samples, normal)
-        if hrv_rows.size:
-            r = hrv_rows[-1]
-            st.hrv_last = {
-                "as_of_sample": int(r["sample"]), "n_nn": int(r["n_nn"]), "n_diff": int(r["n_diff"]),
-                "mean_nn_ms": _num(r["mean_nn_ms"]), "sdnn_ms": _num(r["sdnn_ms"]),
-                "rmssd_ms": _num(r["rmssd_ms"]), "pnn50": _num(r["pnn50"]),
-                "mean_hr_bpm": _num(r["mean_hr_bpm"]),
-            }
-
-    def _hrv_tick(self, sample: int) -> dict[str, Any]:
-        st = self.state
-        body: dict[str, Any] = {"sample": sample, "t_ns": st.timeline.t_ns(sample),
-                                "window_s": self.params.hrv_window_s}  # type: ignore[attr-defined]
-        if st.hrv_last is None:
-            body.update({"as_of_sample": None, "n_nn": 0, "n_diff": 0, "mean_nn_ms": None,
-                         "sdnn_ms": None, "rmssd_ms": None, "pnn50": None, "mean_hr_bpm": None})
-        else:
-            body.update(st.hrv_last)
-        return body
-
     def _event_body(self, ev: QualityEvent) -> dict[str, Any]:
-        t_ns = self.state.timeline.t_ns
+        stamp = self._stamp
         ch = self.spec.channels if self.spec else ()
+        on_src, on_t = stamp(ev.onset)
         return {
             "type": "quality", "event": ev.kind, "state": "start" if ev.end is None else "end",
             "stream": self._stream, "lead": ch[ev.channel] if ev.channel < len(ch) else str(ev.channel),
-            "channel": ev.channel, "onset_sample": ev.onset, "onset_ns": t_ns(ev.onset),
-            "end_sample": ev.end, "end_ns": None if ev.end is None else t_ns(ev.end),
+            "channel": ev.channel, "onset_sample": on_src, "onset_ns": on_t,
+            "end_sample": None if ev.end is None else stamp(ev.end)[0],
+            "end_ns": None if ev.end is None else stamp(ev.end)[1],
         }
 
 

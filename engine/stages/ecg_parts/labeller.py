@@ -1,0 +1,133 @@
+"""Beat labeller: the shipped beat classifier's feature stream, labels and beat release.
+
+The classifier (:mod:`telediag.models.ecg_beats`) is used through its public API only:
+``BeatClassifier.load()``, ``.stream(fs)`` -> a feature stream whose ``push(x, beats)``
+returns the features of the beats now classifiable (possibly several beats late, for
+look-ahead features) and ``finish()`` those of the rest, and ``.classify(features)``.
+A labelled beat is released (published) when the beat after it was released, at that
+beat's release sample, so the result does not depend on the chunking. A model failure never
+stops detection: from then on beats go out unlabelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from telediag.engine.stages.ecg_parts.gate import Decided
+
+__all__ = ["BeatLabeller", "Labelled", "classifier", "classify_batch"]
+
+Labelled = tuple[int, int, int, bool, str | None, dict[str, float] | None]
+"""``(sample, confirm, release, usable, label, probs)`` (received indices)."""
+
+_CLASSIFIERS: dict[tuple[str, int], Any] = {}
+
+
+def classifier(variant: str, threads: int = 1) -> Any:
+    """The shipped beat classifier: one ONNX session per (variant, threads) per process, shared by streams."""
+    key = (variant, threads)
+    if key not in _CLASSIFIERS:
+        from telediag.models.ecg_beats import BeatClassifier
+
+        _CLASSIFIERS[key] = BeatClassifier.load(variant, intra_op_threads=threads)  # type: ignore[arg-type]
+    return _CLASSIFIERS[key]
+
+
+def classify_batch(items: list[tuple[Any, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One model call for the beat features of several streams (``Deferred.run``)."""
+    clf = items[0][0]
+    feats = [f for _, f in items]
+    idx, probs = clf.classify(type(feats[0]).concat(feats))
+    out = []
+    k = 0
+    for f in feats:
+        n = len(f)
+        out.append((idx[k:k + n], probs[k:k + n]))
+        k += n
+    return out
+
+
+class BeatLabeller:
+    """Labels every decided beat (usable or not) with the beat classifier.
+
+    Parameters
+    ----------
+    clf : object
+        A loaded ``BeatClassifier``.
+    fs : float
+        Sample rate of the stream.
+    """
+
+    def __init__(self, clf: Any, fs: float) -> None:
+        from telediag.models.ecg_beats import BeatClassifier
+
+        self.clf: Any | None = clf
+        self.stream = BeatClassifier.stream(fs)
+        self.release: dict[int, tuple[int, int, bool]] = {}
+        self.last = 0.0
+        self.error = ""
+
+    @property
+    def active(self) -> bool:
+        """False once the model failed (beats then go out unlabelled)."""
+        return self.clf is not None
+
+    def push(self, lead: NDArray[np.float64], decided: list[Decided], *, final: bool) -> Any:
+        """Feed the feature stream; the features of the beats now classifiable.
+
+        ``None`` when the feature builder failed (the caller then degrades to unlabelled beats).
+        """
+        fs_stream = self.stream
+        x = np.asarray(lead, dtype=np.float64)
+        if x.size:
+            bad = ~np.isfinite(x)
+            if bad.any():  # the feature builder needs finite samples: hold the last finite value
+                x = x.copy()
+                for i in np.flatnonzero(bad):
+                    x[i] = x[i - 1] if i > 0 else self.last
+            self.last = float(x[-1])
+        new = np.fromiter((a[0] for a in decided), np.int64, len(decided))
+        for s_, c, r, u in decided:
+            self.release[s_] = (c, r, u)
+        try:
+            feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
+            if final:
+                feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
+        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
+            self.error = f"{type(e).__name__}: {e}"
+            return None
+        return feats
+
+    def finish(self, feats: Any, result: Any, *, n_seen: int, final: bool) -> list[Labelled]:
+        """Label the beats of ``feats`` (``result``: batched model output, ``None`` to run the
+        model now, or the exception a batched run raised) and say when each is released."""
+        from telediag.models.ecg_beats import AAMI_CLASSES
+
+        try:
+            if feats is None:
+                raise RuntimeError(self.error)
+            if isinstance(result, BaseException):
+                raise result
+            idx, probs = result if result is not None else self.clf.classify(feats)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
+            self.clf = None  # from now on beats go out unlabelled, as with classify = "off"
+            flushed: list[Labelled] = [(s_, c, r, u, None, None) for s_, (c, r, u) in sorted(self.release.items())]
+            self.release.clear()
+            self.error = f"{type(e).__name__}: {e}"
+            return flushed
+        out: list[Labelled] = []
+        beats_done = feats.beats.tolist()
+        # release each labelled beat when the next decided beat was released
+        next_release = {b: self.release[nb][1] for b, nb in zip(beats_done, beats_done[1:], strict=False)}
+        for k, b in enumerate(beats_done):
+            c, r, u = self.release.pop(b)
+            rel = next_release.get(b)
+            if rel is None:  # the newest labelled beat: its successor is in this batch or pending
+                succ = [s_ for s_ in self.release if s_ > b]
+                rel = self.release[min(succ)][1] if succ else (n_seen - 1 if final else r)
+            out.append((b, c, max(r, rel), u, AAMI_CLASSES[int(idx[k])],
+                        {cls: round(float(p_), 4) for cls, p_ in zip(AAMI_CLASSES, probs[k].tolist(), strict=True)}))
+        return out

@@ -1,0 +1,82 @@
+"""Rhythm monitor: atrial fibrillation episodes of a stream (:mod:`telediag.dsp.af`).
+
+Fed with the usable beats (and their labels, when classified), it publishes ``afib``
+alarm transitions (onset dated back to the window's start, see
+:class:`telediag.dsp.af.AFParams`) and relabels an ``S`` beat as ``N`` while AF is on: in AF
+every beat is conducted from a fibrillating atrium, so "premature supraventricular" has no
+meaning (AAMI EC57 counts AF beats as N). Intervals that span unusable signal or a gap are
+not measured.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from telediag.dsp.af import AFDetector, AFParams
+from telediag.dsp.alarms import AlarmEvent
+
+__all__ = ["RhythmMonitor"]
+
+
+class RhythmMonitor:
+    """AF episodes and the rhythm-aware beat labels of one stream.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = RhythmMonitor(360.0)
+    >>> rng = np.random.default_rng(0)
+    >>> beats = np.cumsum(np.r_[0, np.full(40, 0.8), rng.uniform(0.4, 1.0, 80)] * 360).astype(int)
+    >>> labels, ev = m.beats(beats.tolist(), ["S"] * beats.size)
+    >>> [(e.type, e.state) for e in ev], labels[0], labels[-1]
+    ([('afib', 'on')], 'S', 'N')
+    """
+
+    def __init__(self, fs: float, params: AFParams | None = None, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.det = AFDetector(fs, params)
+        self.spans: deque[tuple[int, int]] = deque()
+        self.onset: int | None = None
+        self.last: int | None = None
+
+    def signal(self, start: int, stop: int, usable: bool) -> None:
+        """Report a quality block ``[start, stop)``."""
+        if usable or stop <= start:
+            return
+        if self.spans and start <= self.spans[-1][1]:
+            self.spans[-1] = (self.spans[-1][0], max(self.spans[-1][1], stop))
+        else:
+            self.spans.append((start, stop))
+
+    def gap(self, sample: int) -> None:
+        """Samples were lost just before ``sample``."""
+        self.signal(sample, sample + 1, False)
+
+    @property
+    def in_af(self) -> bool:
+        """AF is on now."""
+        return self.det.on
+
+    def beats(self, samples: list[int], labels: list[str | None]) -> tuple[list[str | None], list[AlarmEvent]]:
+        """Feed usable beats (in order); their rhythm-aware labels and the AF alarm transitions."""
+        if not self.enabled or not samples:
+            return labels, []
+        broken = []
+        for s in samples:
+            a = self.last
+            while len(self.spans) > 0 and a is not None and self.spans[0][1] <= a:
+                self.spans.popleft()
+            broken.append(a is not None and any(lo <= s and hi > a for lo, hi in self.spans))
+            self.last = s
+        trans, state = self.det.beats(samples, labels, broken)
+        events = []
+        for t in trans:
+            if t.state == "on":
+                self.onset = t.beat
+                events.append(AlarmEvent("afib", "on", t.beat, None, t.detail))
+            else:
+                events.append(AlarmEvent("afib", "off", self.onset if self.onset is not None else t.beat,
+                                         t.beat, t.detail))
+                self.onset = None
+        out = [("N" if (on and lab == "S") else lab) for lab, on in zip(labels, state.tolist(), strict=True)]
+        return out, events
