@@ -281,12 +281,17 @@ def ecg_strip(fig: Any, rect_mm: tuple[float, float, float, float], x: np.ndarra
     lo = math.floor((mid - span_mv / 2) * 10) / 10
     ax.set_xlim(0, span_s)
     ax.set_ylim(lo, lo + span_mv)
-    for v in np.arange(0, span_s + 1e-9, 0.04):
-        major = abs(v / 0.2 - round(v / 0.2)) < 1e-6
-        ax.axvline(v, color=GRID_MAJOR if major else GRID_MINOR, lw=0.6 if major else 0.3, zorder=0)
-    for v in np.arange(lo, lo + span_mv + 1e-9, 0.1):
-        major = abs(v / 0.5 - round(v / 0.5)) < 1e-6
-        ax.axhline(v, color=GRID_MAJOR if major else GRID_MINOR, lw=0.6 if major else 0.3, zorder=0)
+    from matplotlib.collections import LineCollection
+
+    vx = np.round(np.arange(0, span_s + 1e-9, 0.04), 6)  # 1 mm = 0.04 s
+    hy = np.round(np.arange(lo, lo + span_mv + 1e-9, 0.1), 6)  # 1 mm = 0.1 mV
+    top = lo + span_mv
+    for major in (False, True):
+        sx = vx[(np.abs(vx / 0.2 - np.round(vx / 0.2)) < 1e-6) == major]
+        sy = hy[(np.abs(hy / 0.5 - np.round(hy / 0.5)) < 1e-6) == major]
+        segs = [((v, lo), (v, top)) for v in sx] + [((0.0, v), (span_s, v)) for v in sy]
+        ax.add_collection(LineCollection(segs, colors=GRID_MAJOR if major else GRID_MINOR,
+                                         linewidths=0.6 if major else 0.3, zorder=0.5 if major else 0))
     for a, b, col in shade:
         ax.axvspan(max(0, a), min(span_s, b), color=col, alpha=0.18, lw=0, zorder=1)
     n = min(len(x), int(round(span_s * fs)))
@@ -442,7 +447,7 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
                 ecg_strip(fig, (15, ybot, 250, h_mm), _sig_slice(sig, start, 10.0, lead), sig.fs, mv_span=h_mm / 10,
                           title=f"alarm {b.get('type')} at {_utc(on)[11:19]} (onset 3 s into the strip)"
                                 + (" - still on at end" if b.get("open_at_end") else ""),
-                          marks=marks_for(start, 10.0), shade=[(3.0, 3.05, "#c53030")])
+                          marks=marks_for(start, 10.0), shade=[(2.98, 3.02, "#c53030")])
             figs.append((f"ECG {e.stream}: alarm strips", fig, []))
         mi = most_irregular_minute(e.beats, sig.t0_ns, sig.t_ns(sig.signal.shape[0]))
         if mi is not None:
