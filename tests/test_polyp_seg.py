@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from telediag.errors import DataError, ModelError
 from telediag.evaluation.seg_metrics import (
@@ -20,7 +21,13 @@ from telediag.evaluation.seg_metrics import (
     read_rgb,
     sweep_thresholds,
 )
-from telediag.models.polyp_seg import CARD_PATH, MODEL_PATH, PolypResult, PolypSegmenter
+from telediag.models.polyp_seg import (
+    CARD_PATH,
+    MODEL_PATH,
+    PolypResult,
+    PolypSegmenter,
+    region_boxes,
+)
 from telediag.models.polyp_seg._resize import resize, taps
 
 # Regression guard on the first 10 validation images (sorted names). The shipped model scores
@@ -117,13 +124,58 @@ def test_blank_frame_low_probability(seg: PolypSegmenter, value: int) -> None:
     assert r.boxes == []
 
 
-def test_boxes_follow_mask(seg: PolypSegmenter) -> None:
-    prob = np.zeros((100, 200), np.float32)
-    prob[10:30, 20:60] = 0.9
-    prob[50:52, 100:101] = 0.8  # 2 pixels: below min_box_area_frac, no box
-    prob[60:90, 150:190] = 0.7
-    boxes = seg._boxes(prob, prob > 0.5)
+def test_boxes_follow_mask() -> None:
+    low = np.zeros((50, 100), np.float32)
+    low[5:15, 10:30] = 0.9
+    low[25:26, 50:51] = 0.8  # 4 frame pixels: below min_box_area_frac, no box
+    low[30:45, 75:95] = 0.7
+    prob = np.repeat(np.repeat(low, 2, axis=0), 2, axis=1)  # nearest x2: exact frame mask
+    boxes = region_boxes(low, prob, prob > 0.5, 0.5)
     assert boxes == [(20, 10, 60, 30, pytest.approx(0.9)), (150, 60, 190, 90, pytest.approx(0.7))]
+
+
+def _fragmented_blob_map() -> np.ndarray:
+    """A 128x128 network map: one polyp split into fragments, one far polyp, one speckle."""
+    yy, xx = np.mgrid[:128, :128]
+    low = np.full((128, 128), 0.05, np.float32)
+    disc = (yy - 50) ** 2 + (xx - 45) ** 2 <= 22**2
+    low[disc] = 0.95
+    low[50, :] = np.where(disc[50], 0.2, low[50])  # a one-cell crack across the blob
+    low[:, 45] = np.where(disc[:, 45], 0.2, low[:, 45])  # and another: four fragments
+    low[67:71, 62:66] = 0.9  # a piece one cell off the rim (at 45 degrees)
+    low[100:115, 100:120] = 0.85  # a second polyp, far away
+    low[10, 120] = 0.99  # a one-cell speckle: too small for a box
+    return low
+
+
+def test_one_box_per_blob_fragments_merged(seg: PolypSegmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: a fragmented blob gave up to 12 boxes. Now: one box per region, none huge."""
+    low = _fragmented_blob_map()
+    monkeypatch.setattr(seg, "network_prob", lambda x: low)
+    r = seg.predict(np.zeros((480, 640, 3), np.uint8))
+    assert len(r.boxes) == 2, r.boxes
+    labels, n = ndimage.label(r.mask, structure=np.ones((3, 3)))
+    assert n >= 5  # the mask itself keeps the fragments (and the speckle)
+    (x0, y0, x1, y1, s0), (u0, v0, u1, v1, s1) = r.boxes
+    assert s0 == pytest.approx(0.95, abs=1e-3) and s1 == pytest.approx(0.85, abs=1e-3)
+    # the first box is exactly the extent of the blob's mask pixels (all four fragments + piece)
+    ys, xs = np.nonzero(r.mask[: 90 * 480 // 128, : 90 * 640 // 128])
+    assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    # the second box is the far polyp alone
+    ys, xs = np.nonzero(r.mask[95 * 480 // 128:, 95 * 640 // 128:])
+    assert (u0, v0) == (xs.min() + 95 * 640 // 128, ys.min() + 95 * 480 // 128)
+    for b in r.boxes:  # never a whole-frame box for a blob
+        assert (b[2] - b[0]) * (b[3] - b[1]) < 0.25 * 480 * 640
+
+
+def test_far_apart_blobs_are_not_merged_into_a_frame_box() -> None:
+    low = np.zeros((64, 64), np.float32)
+    low[2:8, 2:8] = 0.9
+    low[56:62, 56:62] = 0.8
+    prob = resize(low, 480, 640)
+    boxes = region_boxes(low, prob, prob > 0.5, 0.5)
+    assert len(boxes) == 2
+    assert all((b[2] - b[0]) * (b[3] - b[1]) < 0.05 * 480 * 640 for b in boxes)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,9 @@ class Segmenter(Protocol):
 
     The result has ``prob_map`` (float array), ``mask`` (bool/uint8 array; any size, scaled to
     the frame), ``polyp_probability`` (float in [0, 1]) and ``boxes`` (``(n, 4)`` or
-    ``(n, 5)``: ``x0, y0, x1, y1[, score]`` in frame pixels).
+    ``(n, 5)``: ``x0, y0, x1, y1[, score]`` in frame pixels). A segmenter that can run at
+    several network input sizes says so with ``input_sizes`` (largest first) and accepts
+    ``predict(rgb, input_size=s)``; :class:`PolypSegment` then lowers the size when behind.
     """
 
     def predict(self, rgb: NDArray[np.uint8]) -> Any: ...
@@ -92,8 +94,12 @@ def register_segmenter(name: str, factory: Callable[[], Segmenter]) -> None:
     _SEGMENTERS[name] = factory
 
 
-def load_segmenter(name: str = "polyp_seg") -> Segmenter:
-    """Load the segmenter called ``name``; raise :class:`ModelError` when it is unavailable."""
+def load_segmenter(name: str = "polyp_seg", variant: str = "") -> Segmenter:
+    """Load the segmenter called ``name``; raise :class:`ModelError` when it is unavailable.
+
+    ``variant`` picks one of the shipped model's variants (``"fp32"``, ``"int8"``, ...; empty:
+    the model card's default); other segmenters take no variant.
+    """
     if name == "polyp_seg":
         try:
             from telediag.models.polyp_seg import PolypSegmenter
@@ -104,11 +110,13 @@ def load_segmenter(name: str = "polyp_seg") -> Segmenter:
                 "[pipeline.video.polyp] model to a registered segmenter") from e
         try:
             # one intra-op thread: the other core stays free for biosignals (2-core target)
-            return PolypSegmenter(threads=1).load()  # type: ignore[no-any-return]
+            return PolypSegmenter(threads=1, variant=variant or None).load()  # type: ignore[no-any-return]
         except ModelError:
             raise
         except Exception as e:
             raise ModelError(f"cannot load telediag.models.polyp_seg.PolypSegmenter: {type(e).__name__}: {e}") from e
+    if variant:
+        raise ModelError(f"segmenter {name!r} has no variants (variant={variant!r})")
     factory = _SEGMENTERS.get(name)
     if factory is None:
         raise ModelError(f"unknown polyp segmenter {name!r}; known: {sorted(['polyp_seg', *_SEGMENTERS])}")
@@ -382,9 +390,37 @@ class PolypSegment(Stage):
 
     Runs the segmenter named by ``model`` on the RGB frame (the model owns its resizing and
     normalisation, identical to training), publishes :func:`polyp_body` plus ``t0_ns``,
-    ``seq`` (source frame), ``proc_ms`` (model + overlay time) and ``model``; its signal
-    output is the frame with the overlay drawn, on stream ``<stream>/annotated`` (``draw =
-    true``), for :class:`VideoEncode`.
+    ``seq`` (source frame), ``proc_ms`` (this stage's time for the frame), ``model`` and the
+    adaptation keys below; its signal output is the frame with the overlay drawn, on stream
+    ``<stream>/annotated`` (``draw = true``), for :class:`VideoEncode`.
+
+    **Graceful when behind** (``adapt = true``): the stage keeps, per input size, a moving
+    average of the model's wall-clock time and of its own other work (overlay, body), and
+    compares the expected time per *source* frame with ``budget`` x the frame interval
+    (``1 / target_fps``; ``target_fps = 0``: the source's rate). Over budget, or when frames
+    were dropped before reaching it (a ``seq`` gap), it steps down a ladder of operating
+    points, cheapest last::
+
+        (largest input size, every frame), (smaller sizes..., every frame),
+        (largest size, every 2nd frame), (smaller sizes..., every 2nd frame)
+
+    (input sizes: the segmenter's ``input_sizes`` down to ``min_input_size``; a model with one
+    size goes straight to every second frame). After ``recover_frames`` frames with
+    headroom (the better point's expected time within 80 % of the budget) it steps back up.
+    A ``target_fps`` below the source's rate analyses every ``round(source / target)``-th
+    frame at least.
+
+    A frame that is **not analysed** still gets a ``polyp`` record and an annotated frame:
+    the last analysis (mask outline, boxes, probability bar) is drawn on the new frame, so
+    the annotated stream never stutters, and the record says so. Keys added to every body:
+
+    * ``analysed_at``: source ``t0_ns`` of the frame the model actually analysed for this
+      record (equal to ``t0_ns`` when this frame was analysed), ``analysed_seq`` its ``seq``;
+    * ``reused``: ``true`` when the result is the previous analysis re-used;
+    * ``input_size``: the network input side of that analysis (e.g. 256, 224, 192);
+    * ``analyse_every``: 1 or 2, the current operating point's frame step;
+    * ``model_ms``: the model's wall-clock time for that analysis;
+    * ``target_fps``: the analysed-frame rate aimed at.
     """
 
     type_name: ClassVar[str] = "polyp_seg"
@@ -393,10 +429,16 @@ class PolypSegment(Stage):
     @dataclass(frozen=True, slots=True)
     class Params(StageParams):
         model: str = "polyp_seg"
+        variant: str = ""  # polyp_seg variant ("fp32", "int8", ...); empty: the card's default
         draw: bool = True
         suffix: str = "annotated"
         mask_max_side: int = 96
         bar_threshold: float = 0.5
+        target_fps: float = 0.0  # analysed frames per second wanted; 0 = the source's rate
+        adapt: bool = True  # lower the input size / analyse every 2nd frame when behind
+        budget: float = 0.8  # fraction of the frame interval the stage may use per frame
+        min_input_size: int = 192  # smallest network input the adaptation may choose
+        recover_frames: int = 30  # frames with headroom before stepping back up
 
         def __post_init__(self) -> None:
             if not 8 <= self.mask_max_side <= 1024:
@@ -405,33 +447,119 @@ class PolypSegment(Stage):
                 raise ConfigError(f"polyp_seg suffix must be a plain name like 'annotated', got {self.suffix!r}")
             if not 0.0 <= self.bar_threshold <= 1.0:
                 raise ConfigError(f"polyp_seg bar_threshold must be in [0, 1], got {self.bar_threshold}")
+            if not (self.target_fps == 0.0 or 0.5 <= self.target_fps <= 240.0):
+                raise ConfigError(f"polyp_seg target_fps must be 0 (source rate) or in 0.5..240, "
+                                  f"got {self.target_fps}")
+            if not 0.05 <= self.budget <= 1.0:
+                raise ConfigError(f"polyp_seg budget must be in 0.05..1 of the frame interval, got {self.budget}")
+            if not 32 <= self.min_input_size <= 1024:
+                raise ConfigError(f"polyp_seg min_input_size must be in 32..1024, got {self.min_input_size}")
+            if not 1 <= self.recover_frames <= 10_000:
+                raise ConfigError(f"polyp_seg recover_frames must be in 1..10000, got {self.recover_frames}")
 
     params: Params
 
     def open(self, spec: StreamSpec) -> StreamSpec:
         self.spec = spec
-        self._model = load_segmenter(self.params.model)
+        self._model = load_segmenter(self.params.model, self.params.variant)
         self._out_stream = f"{spec.stream}/{self.params.suffix}"
         self.frames = 0
+        self.analysed = 0
+        self._clock: Callable[[], float] = time.perf_counter
+        sizes = tuple(int(x) for x in getattr(self._model, "input_sizes", ()) or ())
+        self._native = sizes[0] if sizes else int(getattr(self._model, "input_size", 0) or 0)
+        usable = [x for x in sizes if x >= self.params.min_input_size] or list(sizes[:1])
+        self._sized = len(sizes) > 1
+        sz = usable if (self._sized and self.params.adapt) else [self._native]
+        self.ladder: list[tuple[int, int]] = [(x, 1) for x in sz] + [(x, 2) for x in sz]
+        if not self.params.adapt:
+            self.ladder = self.ladder[:1]
+        self.level = 0
+        self._norm_ms: float | None = None  # model ms, normalised to the largest input size
+        self._other_ms = 0.0
+        self._calm = 0
+        self._prev_seq: int | None = None
+        self._last: dict[str, Any] | None = None  # the last analysis, for re-use
         return StreamSpec(stream=self._out_stream, kind="video", rate_hz=spec.rate_hz)
+
+    # -- adaptation ----------------------------------------------------------------------
+    def _expected_ms(self, level: int) -> float | None:
+        """Expected stage time per source frame at ``level`` (None before any measurement).
+
+        The model's time is tracked as one moving average normalised to the largest input
+        size (a network's cost grows with the pixel count), so the estimate for every size
+        follows the current load of the machine, not a stale measurement.
+        """
+        if self._norm_ms is None:
+            return None
+        size, every = self.ladder[level]
+        scale = (size / self._native) ** 2 if self._native and size else 1.0
+        return self._norm_ms * scale / every + self._other_ms
+
+    def _adapt(self, interval_ms: float, dropped: int) -> None:
+        if not self.params.adapt or len(self.ladder) == 1:
+            return
+        budget = self.params.budget * interval_ms
+        now = self._expected_ms(self.level)
+        if (dropped > 0 or (now is not None and now > budget)) and self.level < len(self.ladder) - 1:
+            self.level += 1
+            self._calm = 0
+            return
+        self._calm += 1
+        if self.level > 0 and self._calm >= self.params.recover_frames:
+            better = self._expected_ms(self.level - 1)
+            if better is not None and better <= 0.8 * budget:
+                self.level -= 1
+                self._calm = 0
 
     def process(self, chunk: Chunk) -> Outputs:
         if chunk.data is None or chunk.video is None or chunk.data.ndim != 3:
             raise ModelError("polyp_seg needs decoded RGB frames (put video_decode before it)")
-        t = time.perf_counter()
+        t = self._clock()
         rgb = np.asarray(chunk.data)
         h, w = rgb.shape[:2]
-        result = self._model.predict(rgb)
-        body = polyp_body(result, w, h, mask_max_side=self.params.mask_max_side)
+        src_fps = float(chunk.video.fps) if chunk.video.fps and chunk.video.fps > 0 else 30.0
+        target = self.params.target_fps or src_fps
+        min_every = max(1, int(round(src_fps / target)))
+        dropped = 0 if self._prev_seq is None else max(0, int(chunk.seq) - self._prev_seq - 1)
+        self._prev_seq = int(chunk.seq)
+        size, every = self.ladder[self.level]
+        every = max(every, min_every)
+        last = self._last
+        analyse = (last is None or every == 1 or (last["h"], last["w"]) != (h, w)
+                   or int(chunk.seq) - int(last["seq"]) >= every)
+        model_t = 0.0
+        if analyse:
+            t_model = self._clock()
+            model: Any = self._model
+            result = model.predict(rgb, input_size=size) if self._sized else model.predict(rgb)
+            model_t = (self._clock() - t_model) * 1e3
+            used = int(getattr(result, "input_size", 0) or size or 0)
+            body0 = polyp_body(result, w, h, mask_max_side=self.params.mask_max_side)
+            last = self._last = {"body": body0, "mask": result.mask, "seq": int(chunk.seq),
+                                 "t0_ns": int(chunk.t0_ns), "input_size": used, "h": h, "w": w,
+                                 "model_ms": round(model_t, 3)}
+            self.analysed += 1
+            norm = model_t / ((used / self._native) ** 2 if self._native and used else 1.0)
+            self._norm_ms = norm if self._norm_ms is None else 0.7 * self._norm_ms + 0.3 * norm
+        assert last is not None
+        body = dict(last["body"])
         signal = None
         if self.params.draw:
-            over = draw_overlay(rgb, result.mask, body["boxes"], body["polyp_probability"],
+            over = draw_overlay(rgb, last["mask"], body["boxes"], body["polyp_probability"],
                                 self.params.bar_threshold)
             signal = _raw_frame_chunk(self._out_stream, chunk.seq, chunk.t0_ns, over, chunk.video.fps,
                                       {"source_seq": chunk.seq})
+        total = (self._clock() - t) * 1e3
+        other = max(0.0, total - model_t)
+        self._other_ms = other if self.frames == 0 else 0.8 * self._other_ms + 0.2 * other
         body.update({"t0_ns": int(chunk.t0_ns), "seq": int(chunk.seq), "frame": self.frames,
-                     "proc_ms": round((time.perf_counter() - t) * 1e3, 3), "model": self.params.model})
+                     "proc_ms": round(total, 3), "model": self.params.model,
+                     "analysed_at": last["t0_ns"], "analysed_seq": last["seq"], "reused": not analyse,
+                     "input_size": last["input_size"], "analyse_every": every,
+                     "model_ms": last["model_ms"], "target_fps": round(target, 3)})
         self.frames += 1
+        self._adapt(1e3 / src_fps, dropped)
         rec = Chunk.record("polyp", chunk.stream, 0, chunk.t0_ns, body)
         return Outputs(signal=signal, records=[rec])
 
