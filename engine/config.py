@@ -36,6 +36,7 @@ class EngineSettings:
     ingest: str = "tcp://127.0.0.1:5555"
     publish: str = "tcp://127.0.0.1:5556"
     workers: int = 1
+    worker_mode: str = "thread"  # "thread" (workers share this process) or "process" (one OS process each)
     stats_interval_s: float = 1.0
     ingest_hwm: int = 10000
     publish_hwm: int = 200000
@@ -52,6 +53,8 @@ class EngineSettings:
                 raise ConfigError(f"[engine].{name} must be a tcp://, ipc:// or inproc:// address, got {addr!r}")
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"[engine].workers must be in 1..64, got {self.workers}")
+        if self.worker_mode not in ("thread", "process"):
+            raise ConfigError(f"[engine].worker_mode must be 'thread' or 'process', got {self.worker_mode!r}")
         if not 0.05 <= self.stats_interval_s <= 3600:
             raise ConfigError(f"[engine].stats_interval_s must be in 0.05..3600, got {self.stats_interval_s}")
         if self.metrics:
@@ -136,17 +139,35 @@ def _section(cls: Any, section: str, values: Mapping[str, Any], source: str) -> 
         raise ConfigError(f"{source}: {e}") from e
 
 
-def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageConfig, ...]:
+def _pipeline(kind: str, table: Mapping[str, Any], source: str,
+              base: tuple[StageConfig, ...] = ()) -> tuple[StageConfig, ...]:
+    """The stages of ``[pipeline.<kind>]``, merged into ``base`` (the pipeline it overrides).
+
+    Merge rule: a section named like a stage of ``base`` changes only the keys it gives (its
+    ``stage`` key may be omitted) and keeps that stage's place; a section with a new name adds a
+    stage after them, in file order. ``replace = true`` in ``[pipeline.<kind>]`` makes the file's
+    sections the whole pipeline (``base`` is dropped).
+    """
     if kind not in KINDS:
         raise ConfigError(f"{source}: [pipeline.{kind}] names unknown stream kind {kind!r}; expected one of {sorted(KINDS)}")
     types = stage_types()
-    stages = []
+    table = dict(table)
+    replace = table.pop("replace", False)
+    if not isinstance(replace, bool):
+        raise ConfigError(f"{source}: [pipeline.{kind}].replace must be true or false, got {replace!r}")
+    merged: dict[str, StageConfig] = {} if replace else {s.name: s for s in base}
     for name, section in table.items():
         where = f"pipeline.{kind}.{name}"
         if not isinstance(section, dict):
             raise ConfigError(f"{source}: [{where}] must be a table (one section per stage), got {section!r}")
         values = dict(section)
         type_name = values.pop("stage", None)
+        old = merged.get(name)
+        if old is not None and type_name in (None, old.stage_type.type_name):
+            values = {**{f.name: getattr(old.params, f.name) for f in dataclasses.fields(old.params)}, **values}
+            merged[name] = StageConfig(name=name, kind=kind, stage_type=old.stage_type,
+                                       params=build_params(old.stage_type, f"{source}: {where}", values))
+            continue
         if type_name is None:
             raise ConfigError(f"{source}: [{where}] needs a 'stage' key naming its type; known: {sorted(types)}")
         if type_name not in types:
@@ -155,8 +176,8 @@ def _pipeline(kind: str, table: Mapping[str, Any], source: str) -> tuple[StageCo
         if cls.kinds and kind not in cls.kinds:
             raise ConfigError(f"{source}: stage {type_name!r} handles {sorted(cls.kinds)}, not {kind!r} ([{where}])")
         params = build_params(cls, f"{source}: {where}", values)
-        stages.append(StageConfig(name=name, kind=kind, stage_type=cls, params=params))
-    return tuple(stages)
+        merged[name] = StageConfig(name=name, kind=kind, stage_type=cls, params=params)
+    return tuple(merged.values())
 
 
 def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | None = None) -> Config:
@@ -190,7 +211,7 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
     for kind, table in pipe_doc.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [pipeline.{kind}] must be a table")
-        pipelines[kind] = _pipeline(kind, table, source)
+        pipelines[kind] = _pipeline(kind, table, source, pipelines.get(kind, ()))
     return Config(engine=engine, security=security, pipelines=pipelines, source=source)
 
 

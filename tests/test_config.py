@@ -31,11 +31,26 @@ def test_user_file_overrides_engine_keys_and_keeps_pipelines(tmp_path: Path) -> 
     assert "ecg" in cfg.pipelines
 
 
-def test_pipeline_section_replaces_kind(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, '[pipeline.ecg.bp]\nstage = "ecg_filter"\nlow_hz = 1\nhigh_hz = 30.0\nnotch_hz = 60.0\n'))
+def test_pipeline_section_merges_into_the_default(tmp_path: Path) -> None:
+    """A named stage changes only its keys; a new name adds a stage after the built-in ones."""
+    cfg = load_config(_write(tmp_path, '[pipeline.ecg.filter]\nnotch_hz = 60.0\n'
+                                       '[pipeline.ecg.bp]\nstage = "ecg_filter"\nlow_hz = 1\nhigh_hz = 30.0\n'))
+    names = [s.name for s in cfg.pipelines["ecg"]]
+    assert names == [s.name for s in default_config().pipelines["ecg"]] + ["bp"]
+    flt = next(s for s in cfg.pipelines["ecg"] if s.name == "filter")
+    assert flt.params.notch_hz == 60.0 and flt.params.high_hz == 40.0  # type: ignore[attr-defined]
+    bp = cfg.pipelines["ecg"][-1]
+    assert bp.params.low_hz == 1.0 and bp.params.high_hz == 30.0  # type: ignore[attr-defined]
+
+
+def test_pipeline_replace_true_makes_the_file_the_whole_pipeline(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[pipeline.ecg]\nreplace = true\n'
+                                       '[pipeline.ecg.bp]\nstage = "ecg_filter"\nlow_hz = 1\nhigh_hz = 30.0\nnotch_hz = 60.0\n'))
     (stage,) = cfg.pipelines["ecg"]
     assert stage.name == "bp"
     assert stage.params.low_hz == 1.0 and stage.params.notch_hz == 60.0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="replace must be true or false"):
+        load_config(_write(tmp_path, '[pipeline.ecg]\nreplace = "yes"\n'))
 
 
 @pytest.mark.parametrize(

@@ -158,3 +158,23 @@ def test_http_client_to_a_closed_port_says_connection_refused() -> None:
     r = subprocess.run(_cli("infer", "health", "--http", f"http://127.0.0.1:{port}"), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "connection refused" in r.stderr and "timeout" not in r.stderr
+
+
+# ---------------------------------------------------------------- the README's TOML example
+def test_readme_toml_example_keeps_the_ecg_analysis(tmp_path: Path) -> None:
+    """Saved as a config, the README's example replaced the whole ECG pipeline (no beats, no HR)."""
+    import re
+
+    from telediag.engine.config import default_config, load_config
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert blocks, "README has no TOML example"
+    for i, block in enumerate(blocks):
+        cfg_path = tmp_path / f"readme{i}.toml"
+        cfg_path.write_text(block)
+        cfg = load_config(cfg_path)
+        for kind, stages in default_config().pipelines.items():
+            kept = [s.name for s in cfg.pipelines[kind]]
+            missing = [s.name for s in stages if s.name not in kept]
+            assert not missing, f"README TOML block {i} drops the built-in {kind} stage(s) {missing}"
