@@ -13,6 +13,11 @@ operations, limits, deadlines, worker pool and error codes (each code has one HT
     POST /v1/image/segment    {"params": {"mask": "png"}, "image": {"format": "png", "b64": ...}}
     POST /v1/model/infer      {"params": {"model": "ecg_beats"}, "inputs": {"morph": <array>, ...}}
 
+Security (:mod:`telediag.transports.webauth`, shared with the viewer): with ``tls_cert``/
+``tls_key`` the gateway speaks HTTPS only; with ``access`` every request needs
+``Authorization: Bearer <token>`` or ``Basic <user:password>`` (401 otherwise) and each call is
+written to the ``audit`` log (who, what, when); a non-loopback ``host`` needs both.
+
 ``<array>`` is nested JSON lists of numbers or ``{"b64", "dtype", "shape"}`` (little-endian
 raw bytes).  Every reply is ``{"v", "id", "ok", "result" | "error", "timing"}``; binary outputs
 are ``{"format"/"dtype", "shape", "b64"}`` objects.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -256,6 +262,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # quiet: counters are in /v1/health
 
+    def setup(self) -> None:
+        self._tls_failed = False
+        if isinstance(self.request, ssl.SSLSocket):  # TLS handshake in this thread, not the accept loop
+            self.request.settimeout(10.0)
+            try:
+                self.request.do_handshake()
+            except (OSError, ssl.SSLError):
+                self._tls_failed = True  # e.g. plain HTTP to the HTTPS port: drop the connection
+        super().setup()
+
+    def handle(self) -> None:
+        if not self._tls_failed:
+            super().handle()
+
+    def _authorized(self) -> bool:
+        """With an access file: a valid Bearer/Basic header (else 401), and an audit line."""
+        gw = self.server.gateway
+        if gw.auth is None:
+            return True
+        user = gw.auth.check_header(self.headers.get("Authorization"))
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        path = self.path.split("?", 1)[0]
+        gw.audit.write(user.name if user else None, "api" if user else "refused", what=f"{self.command} {path[:80]}",
+                       peer=peer, ok=user is not None, **({} if user else {"reason": "no login"}))
+        if user is None:
+            self.close_connection = True
+            self._send(401, {"v": API_VERSION, "id": None, "ok": False, "result": None,
+                             "error": {"code": "unauthorized", "message": "login required: Authorization: Bearer "
+                                                                         "<token> or Basic <user:password>"}})
+        return user is not None
+
     def _send(self, status: int, doc: dict[str, Any]) -> None:
         try:
             body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
@@ -283,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, doc)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        if not self._authorized():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/openapi.json":
             self._send(200, self.server.gateway.openapi)
@@ -295,6 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._run(Call(op, str(uuid.uuid4()), None, None))
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        if not self._authorized():
+            return
         gw = self.server.gateway
         path = self.path.split("?", 1)[0]
         length_s = self.headers.get("Content-Length")
@@ -371,15 +412,31 @@ class HttpGateway:
         Bind address (port 0 picks one; see :attr:`url`).
     """
 
-    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT) -> None:
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT, *,
+                 tls_cert: str | None = None, tls_key: str | None = None, access: str | None = None,
+                 audit: str | None = None) -> None:
+        from telediag.transports.webauth import (
+            AccessConfig,
+            AuditLog,
+            Authenticator,
+            check_bind,
+            server_ssl_context,
+        )
+
+        check_bind(host, tls=bool(tls_cert and tls_key), auth=access is not None)
+        self.auth = Authenticator(AccessConfig.load(access)) if access is not None else None
+        self.audit = AuditLog(audit)
         self.service = service
         self.routes = {_path_of(op): op for op in _POST_OPS if op in service.ops}
         self.openapi = openapi_document(service)
         self._httpd = _Server((host, port), _Handler)
         self._httpd.gateway = self
+        if tls_cert and tls_key:
+            self._httpd.socket = server_ssl_context(tls_cert, tls_key).wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
         h, p = self._httpd.server_address[:2]
-        self.url = f"http://{h if isinstance(h, str) else h.decode()}:{p}"
+        self.url = f"{'https' if tls_cert else 'http'}://{h if isinstance(h, str) else h.decode()}:{p}"
         self.started = time.monotonic()
 
     def start(self) -> HttpGateway:

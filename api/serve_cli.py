@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-zmq", action="store_true", help="do not serve ZeroMQ")
     p.add_argument("--http-host", default="127.0.0.1", help="HTTP bind host (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, help=f"HTTP port (default {DEFAULT_HTTP_PORT})")
+    p.add_argument("--tls-cert", metavar="PEM", help="HTTPS for the gateway with this certificate (telediag keys tls)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--access", metavar="TOML", help="users/tokens (telediag keys user): every HTTP call needs a login")
+    p.add_argument("--audit", metavar="FILE", help="append who called what over HTTP, as JSON lines")
     p.add_argument("--no-http", action="store_true", help="do not serve HTTP")
     p.add_argument("--workers", type=int, default=0, help="worker threads (default: CPU count, at least 2)")
     p.add_argument("--max-pending", type=int, default=256, help="queued+running requests before 'busy' (default 256)")
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)
     secret, allow_dir = security_of(args, cfg)
-    if secret is not None and not args.no_http and args.http_host not in _LOOPBACK:
+    if secret is not None and not args.no_http and args.http_host not in _LOOPBACK \
+            and not (args.tls_cert and args.access):
         raise ConfigError(f"with CurveZMQ on, the plaintext HTTP gateway may only listen on loopback "
                           f"(--http-host 127.0.0.1), got --http-host {args.http_host!r}; or pass --no-http")
     payload = int(args.max_payload_mb * (1 << 20))
@@ -117,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:  # not the main thread (tests)
             pass
     zsrv = None if args.no_zmq else ApiServer(service, args.zmq, server_secret=secret, allow_dir=allow_dir).start()
-    gw = None if args.no_http else HttpGateway(service, args.http_host, args.http_port).start()
+    gw = None if args.no_http else HttpGateway(service, args.http_host, args.http_port, tls_cert=args.tls_cert,
+                                                 tls_key=args.tls_key, access=args.access, audit=args.audit).start()
     if args.watch_s > 0:
         registry.start_watching(args.watch_s)
     avail = [op for op, why in service.available().items() if why is None]

@@ -207,3 +207,36 @@ def test_audit_log_lines_are_json_with_who_what_when(tmp_path: Path) -> None:
     log.write("dr-a", "listen", patient="bed-1", what="bed-1/pcg", peer="127.0.0.1:5")
     (doc,) = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert doc["user"] == "dr-a" and doc["action"] == "listen" and doc["what"] == "bed-1/pcg"
+
+
+def test_http_gateway_https_login_and_audit(tls: tuple[Path, Path], access: Path, tmp_path: Path) -> None:
+    """The inference API's HTTP gateway uses the same module: HTTPS, 401 without a login, audit."""
+    import urllib.error
+    import urllib.request
+
+    from telediag.api.http import HttpGateway
+    from telediag.api.service import Service
+
+    with pytest.raises(ConfigError, match="plain HTTP on 0.0.0.0"):
+        HttpGateway(Service(workers=1), "0.0.0.0", 0)
+    svc = Service(workers=1)
+    gw = HttpGateway(svc, "127.0.0.1", 0, tls_cert=str(tls[0]), tls_key=str(tls[1]), access=str(access),
+                     audit=str(tmp_path / "api_audit.jsonl")).start()
+    ctx = ssl.create_default_context(cafile=str(tls[0]))
+    try:
+        assert gw.url.startswith("https://")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(gw.url + "/v1/health", context=ctx, timeout=10)
+        assert e.value.code == 401
+        req = urllib.request.Request(gw.url + "/v1/health", headers={"Authorization": "Bearer token-a"})
+        doc = json.loads(urllib.request.urlopen(req, context=ctx, timeout=10).read())
+        assert doc["ok"] and doc["result"]["status"] == "ok"
+        req = urllib.request.Request(gw.url + "/v1/models", headers=_basic("chief", "pw-c"))
+        assert urllib.request.urlopen(req, context=ctx, timeout=10).status == 200
+        with pytest.raises(OSError):   # plain HTTP to the TLS port: dropped
+            urllib.request.urlopen(gw.url.replace("https", "http") + "/v1/health", timeout=5)
+    finally:
+        gw.stop()
+    lines = [json.loads(x) for x in (tmp_path / "api_audit.jsonl").read_text().splitlines()]
+    assert [(x["user"], x["action"]) for x in lines[:3]] == [(None, "refused"), ("dr-a", "api"), ("chief", "api")]
+    assert lines[1]["what"] == "GET /v1/health"
