@@ -178,3 +178,14 @@ def test_readme_toml_example_keeps_the_ecg_analysis(tmp_path: Path) -> None:
             kept = [s.name for s in cfg.pipelines[kind]]
             missing = [s.name for s in stages if s.name not in kept]
             assert not missing, f"README TOML block {i} drops the built-in {kind} stage(s) {missing}"
+
+
+# ---------------------------------------------------------------- packaging metadata
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """setuptools warned that ``project.license`` as a table is deprecated (PEP 639)."""
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert doc["project"]["license"] == "MIT"
+    req = [r for r in doc["build-system"]["requires"] if r.startswith("setuptools")]
+    assert req == ["setuptools>=77"]  # the first setuptools that reads a license string (PEP 639)
