@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(BIN)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[report]'
 	touch $@
 
 # System packages the tests need: PortAudio (PyAudio builds against it), Debian's chromium

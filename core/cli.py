@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ingest", type=endpoint_arg, default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
     d.add_argument("--publish", type=endpoint_arg, default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
     d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
+    d.add_argument("--record-dir", default="demo-recording", metavar="DIR",
+                   help="record the demo here and write EDF+, a FHIR bundle and the report at the end "
+                        "(default demo-recording; '' to not record)")
     d.set_defaults(func=_cmd_demo)
 
     _add_optional(sub, {"source": ss})

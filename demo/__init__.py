@@ -1,9 +1,11 @@
 """``telediag demo``: the main job on built-in defaults and bundled data.
 
-Starts the engine (built-in config) in this process, replays the bundled real
-recordings through it as a live source would, serves the live web viewer (port 8080, or
-any free port when it is taken; the URL is printed) and prints a live per-stream summary.
-Modalities that are not built yet are simply absent.
+Starts the engine (built-in config, beat classification on) in this process on its own ports
+(ingest ``tcp://127.0.0.1:5565``, publish ``tcp://127.0.0.1:5566``, so it does not clash with a
+``telediag run`` on the defaults), replays the bundled real recordings through it as live
+sources would (ECG: MIT-BIH 119; heart sounds with simultaneous ECG: PhysioNet 2016 a0020;
+video: a synthetic endoscopy clip), serves the live web viewer (``--viewer-port``, default 8080,
+or any free port when that one is taken; the URL is printed) and prints a live per-stream summary.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from telediag.client import Subscriber, TailSummary
 from telediag.engine.config import load_config
 from telediag.engine.runtime import Engine
+from telediag.errors import EngineError
 from telediag.sources.readers import read_wfdb
 from telediag.sources.replay import install_stop_signals, parse_speed, replay
 
@@ -67,6 +70,21 @@ def _video_source(args: argparse.Namespace, stop: threading.Event, speed: float)
     return threading.Thread(target=run, daemon=True)
 
 
+def _bind_hint(e: EngineError, args: argparse.Namespace) -> str:
+    """One clear line for an engine that could not start (e.g. a port taken by another demo)."""
+    import errno
+
+    import zmq
+
+    cause = e.__cause__
+    if isinstance(cause, zmq.ZMQError) and cause.errno == errno.EADDRINUSE:
+        which = "--ingest" if "ingest" in str(e) else "--publish"
+        addr = args.ingest if which == "--ingest" else args.publish
+        return (f"demo engine cannot start: {addr} is already in use (another `telediag demo` or "
+                f"`telediag run` on it?); stop it or choose another address with {which}")
+    return f"demo engine cannot start: {e}"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -77,7 +95,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 if sc.stage_type.type_name == "ecg_analysis" else sc for sc in cfg.pipelines.get("ecg", ()))
     cfg = dataclasses.replace(cfg, pipelines={**cfg.pipelines, "ecg": ecg})
     engine = Engine(cfg)
-    engine.start()
+    try:
+        engine.start()
+    except EngineError as e:
+        raise EngineError(_bind_hint(e, args)) from None
     stop = threading.Event()
     install_stop_signals(stop)
     speed = parse_speed(args.speed)
@@ -88,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  ECG      MIT-BIH record 119 (first 5 min, looped), 2 leads at {rec.fs:g} Hz -> ecg/bed-1/ecg")
     print(f"  PCG+ECG  PhysioNet 2016 a0020 (heart sounds with simultaneous ECG, looped), {heart.fs:g} Hz"
           " -> pcg/bed-2/pcg, ecg/bed-2/ecg")
-    viewer = _start_viewer(args.publish, getattr(args, "viewer_port", 8080))
+    viewer = _start_viewer(args.publish, getattr(args, "viewer_port", 8080)) if getattr(args, "viewer", True) else None
     if viewer is not None:
         print(f"  viewer   {viewer.url}   (live web viewer: open it in a browser)")
     print(f"  watch    telediag tail {args.publish}     or     telediag status {args.publish}")
@@ -107,6 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if video is not None:
         sources.append(video)
     summary = TailSummary()
+    recorder = _demo_recorder(getattr(args, "record_dir", "demo-recording"))
     with Subscriber(args.publish, topics=[""]) as sub:
         for s in sources:
             s.start()
@@ -116,6 +138,8 @@ def run_demo(args: argparse.Namespace) -> int:
             c = sub.recv(timeout_s=max(0.0, next_report - time.monotonic()))
             if c is not None:
                 summary.add(c)
+                if recorder is not None:
+                    recorder.add(c)
             if time.monotonic() >= next_report:
                 stamp = time.strftime("%H:%M:%S")
                 for line in summary.lines(1.0):
@@ -128,5 +152,50 @@ def run_demo(args: argparse.Namespace) -> int:
         viewer.stop()
     engine.stop()
     engine.join(10)
+    if recorder is not None:
+        _finish_recording(recorder)
     print("telediag demo: stopped cleanly")
     return 0
+
+
+def _demo_recorder(path: str | None):  # noqa: ANN202 - Recorder or None
+    """The demo's recording folder (replaced on every run), or ``None`` with ``--record-dir ''``."""
+    if not path:
+        return None
+    import shutil
+
+    from telediag.recorder import Recorder
+
+    out = Path(path)
+    if (out / "session.json").exists():  # a previous demo's recording: start afresh
+        shutil.rmtree(out)
+    print(f"  record   {out}/  (WFDB + JSON lines + MP4; EDF+, FHIR bundle and report written at the end)")
+    return Recorder(out)
+
+
+def _finish_recording(recorder) -> None:  # noqa: ANN001 - Recorder
+    """Close the recording and write its EDF+ files, FHIR bundle and teleconsultation report."""
+    import json
+
+    from telediag.errors import TelediagError
+
+    recorder.close()
+    out = recorder.out
+    try:
+        from telediag.exports.edf import session_to_edf
+        from telediag.exports.fhir import session_bundle
+        from telediag.exports.session import load_session
+
+        session = load_session(out)
+        edfs = session_to_edf(session, out)
+        (out / "bundle.json").write_text(json.dumps(session_bundle(session), indent=1) + "\n")
+        print(f"  saved    {out}/: {len(edfs)} EDF+ file(s), bundle.json (FHIR R4)")
+        from telediag.report.build import build_report, write_html, write_pdf
+
+        rep = build_report(session)
+        write_pdf(rep, out / "report.pdf")
+        links = [(p.name, p.name) for p in [*sorted(out.glob("*.edf")), out / "bundle.json", out / "report.pdf"]]
+        write_html(rep, out / "report.html", links=links)
+        print(f"  report   {(out / 'report.pdf').resolve()}  and  {(out / 'report.html').resolve()}")
+    except TelediagError as e:  # e.g. the report extra is missing: say how to get it
+        print(f"  report   not written: {e}")
