@@ -129,6 +129,8 @@ def run_demo(args: argparse.Namespace) -> int:
         sources.append(video)
     summary = TailSummary()
     recorder = _demo_recorder(getattr(args, "record_dir", "demo-recording"))
+    if recorder is not None and viewer is not None and hasattr(viewer, "set_recording_dir"):
+        viewer.set_recording_dir(recorder.out)  # the viewer links to the live report and FHIR bundle
     with Subscriber(args.publish, topics=[""]) as sub:
         for s in sources:
             s.start()
