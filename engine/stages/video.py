@@ -94,11 +94,12 @@ def register_segmenter(name: str, factory: Callable[[], Segmenter]) -> None:
     _SEGMENTERS[name] = factory
 
 
-def load_segmenter(name: str = "polyp_seg", variant: str = "") -> Segmenter:
+def load_segmenter(name: str = "polyp_seg", variant: str = "", threads: int = 1) -> Segmenter:
     """Load the segmenter called ``name``; raise :class:`ModelError` when it is unavailable.
 
     ``variant`` picks one of the shipped model's variants (``"fp32"``, ``"int8"``, ...; empty:
-    the model card's default); other segmenters take no variant.
+    the model card's default) and ``threads`` its ONNX Runtime intra-op threads (1 keeps the
+    other core of a 2-core machine for biosignals); other segmenters take neither.
     """
     if name == "polyp_seg":
         try:
@@ -109,8 +110,8 @@ def load_segmenter(name: str = "polyp_seg", variant: str = "") -> Segmenter:
                 f"telediag.models.polyp_seg: {e}); train/ship models/polyp_seg or set "
                 "[pipeline.video.polyp] model to a registered segmenter") from e
         try:
-            # one intra-op thread: the other core stays free for biosignals (2-core target)
-            return PolypSegmenter(threads=1, variant=variant or None).load()  # type: ignore[no-any-return]
+            seg = PolypSegmenter(threads=threads, variant=variant or None)
+            return seg.load()  # type: ignore[no-any-return]
         except ModelError:
             raise
         except Exception as e:
@@ -430,6 +431,7 @@ class PolypSegment(Stage):
     class Params(StageParams):
         model: str = "polyp_seg"
         variant: str = ""  # polyp_seg variant ("fp32", "int8", ...); empty: the card's default
+        threads: int = 1  # ONNX Runtime intra-op threads (1: the other core stays for biosignals)
         draw: bool = True
         suffix: str = "annotated"
         mask_max_side: int = 96
@@ -454,6 +456,8 @@ class PolypSegment(Stage):
                 raise ConfigError(f"polyp_seg budget must be in 0.05..1 of the frame interval, got {self.budget}")
             if not 32 <= self.min_input_size <= 1024:
                 raise ConfigError(f"polyp_seg min_input_size must be in 32..1024, got {self.min_input_size}")
+            if not 1 <= self.threads <= 16:
+                raise ConfigError(f"polyp_seg threads must be in 1..16, got {self.threads}")
             if not 1 <= self.recover_frames <= 10_000:
                 raise ConfigError(f"polyp_seg recover_frames must be in 1..10000, got {self.recover_frames}")
 
@@ -461,7 +465,7 @@ class PolypSegment(Stage):
 
     def open(self, spec: StreamSpec) -> StreamSpec:
         self.spec = spec
-        self._model = load_segmenter(self.params.model, self.params.variant)
+        self._model = load_segmenter(self.params.model, self.params.variant, self.params.threads)
         self._out_stream = f"{spec.stream}/{self.params.suffix}"
         self.frames = 0
         self.analysed = 0
