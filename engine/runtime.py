@@ -15,16 +15,20 @@ input, drain what is queued, flush every pipeline, publish final stats and exit.
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import zlib
 from types import FrameType
+from typing import Any
 
 import zmq
 
 from telediag.engine.config import Config, load_config
 from telediag.engine.metrics import SocketMonitor
+from telediag.engine.procs import ProcessPool
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
 from telediag.errors import EngineError
@@ -32,10 +36,34 @@ from telediag.errors import EngineError
 _ids = itertools.count()
 
 
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a cheap, well-spread 64-bit hash of a 64-bit integer."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
+    return x ^ (x >> 31)
+
+
 def owner_of(stream: bytes | str, n_workers: int) -> int:
-    """The worker that owns ``stream`` (stable across processes and machines)."""
+    """The worker that owns ``stream``: rendezvous (highest-random-weight) hashing.
+
+    Every worker ``i`` gets the weight ``mix64(crc32(stream) << 8 | i)`` and the highest wins,
+    so the choice is stable across processes and machines, spreads evenly, and changing the
+    number of workers from ``n`` to ``n + 1`` moves only the streams the new worker wins (about
+    ``1 / (n + 1)`` of them); every other stream keeps its owner (Thaler & Ravishankar 1998).
+    """
+    if n_workers <= 1:
+        return 0
     b = stream.encode() if isinstance(stream, str) else stream
-    return zlib.crc32(b) % n_workers
+    h = zlib.crc32(b) << 8
+    best, best_w = 0, -1
+    for i in range(n_workers):
+        w = _mix64(h | i)
+        if w > best_w:
+            best, best_w = i, w
+    return best
 
 
 class Engine:
@@ -62,10 +90,20 @@ class Engine:
         self.ctx = zmq.Context()
         uid = f"{id(self)}-{next(_ids)}"
         self._out_addr = f"inproc://telediag-out-{uid}"
-        self._inbox_addrs = [f"inproc://telediag-w{i}-{uid}" for i in range(self.config.engine.workers)]
-        self.workers = [
-            Worker(i, self.config, self.ctx, addr, self._out_addr) for i, addr in enumerate(self._inbox_addrs)
-        ]
+        self.process_mode = self.config.engine.worker_mode == "process"
+        self.pool: ProcessPool | None = None
+        self._run_dir: str | None = None
+        self._proc_stats: dict[int, dict[str, Any]] = {}  # process mode: last stats body per worker
+        if self.process_mode:  # worker processes, started in start() (engine/procs.py)
+            self._run_dir = tempfile.mkdtemp(prefix="telediag-")
+            self._inbox_addrs = [f"ipc://{self._run_dir}/w{i}" for i in range(self.config.engine.workers)]
+            self.workers: list[Worker] = []
+        else:
+            self._inbox_addrs = [f"inproc://telediag-w{i}-{uid}" for i in range(self.config.engine.workers)]
+            self.workers = [
+                Worker(i, self.config, self.ctx, addr, self._out_addr) for i, addr in enumerate(self._inbox_addrs)
+            ]
+        self._owners: dict[bytes, int] = {}
         # Video: one dedicated worker with its own small inbox, fed with NOBLOCK by the router
         # (latest-frame-wins; video never delays ECG/PCG). See engine/video_worker.py.
         self._video_addr = f"inproc://telediag-video-{uid}"
@@ -151,7 +189,19 @@ class Engine:
             raise EngineError(f"cannot bind ingest address {e.ingest!r}: {err}") from err
         self.ingest_endpoint = self._ingest.getsockopt_string(zmq.LAST_ENDPOINT)
         self.monitors.append(SocketMonitor(self._ingest, "ingest"))  # before the router thread owns it
-        self.workers[0].extra_stats = self.socket_stats  # connected subscribers etc. on stats/engine/w0
+        if self.process_mode:
+            assert self._run_dir is not None
+            n = e.workers
+            self.pool = ProcessPool(self.config, self.ctx, self._out_addr, self._run_dir,
+                                    owner=lambda s: owner_of(s, n), on_stats=self._proc_stats.__setitem__,
+                                    decorate_stats=self._decorate_w0)
+            try:
+                self.pool.start(300)  # warm-up may compile Numba kernels on a cold cache
+            except RuntimeError as err:
+                self.pool.stop(0)
+                raise EngineError(str(err)) from err
+        else:
+            self.workers[0].extra_stats = self.socket_stats  # connected subscribers etc. on stats/engine/w0
         for w in self.workers:
             t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
             t.start()
@@ -169,17 +219,26 @@ class Engine:
         if e.metrics:
             from telediag.engine.metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(lambda: [w.last_stats for w in self.workers], e.metrics,
+            self.metrics = MetricsExporter(self.worker_stats, e.metrics,
                                            sockets=self.socket_stats)
             self.metrics.start()
         self.started.set()
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """The last stats body of every biosignal worker (threads or processes)."""
+        if self.process_mode:
+            return [self._proc_stats[i] for i in sorted(self._proc_stats)]
+        return [w.last_stats for w in self.workers]
+
+    def _decorate_w0(self, body: dict[str, Any]) -> None:
+        body["sockets"] = self.socket_stats()
 
     def socket_stats(self) -> dict[str, dict[str, int]]:
         """Connected peers and refused handshakes per bound socket (``publish``, ``ingest``)."""
         return {m.name: m.snapshot() for m in getattr(self, "monitors", [])}
 
     def _route(self) -> None:
-        n = len(self.workers)
+        n = len(self._inbox_addrs)
         outs = []
         for addr in self._inbox_addrs:
             s = self.ctx.socket(zmq.PUSH)
@@ -252,7 +311,15 @@ class Engine:
                 self.video_dropped[key] = self.video_dropped.get(key, 0) + 1
             self.routed += 1
             return
-        outs[owner_of(stream, n) if n > 1 else 0].send_multipart([DATA, *frames], copy=False)
+        if n > 1:
+            i = self._owners.get(stream)
+            if i is None:
+                i = self._owners[stream] = owner_of(stream, n)
+                if len(self._owners) > 100_000:  # bounded: ids come from the network
+                    self._owners.clear()
+        else:
+            i = 0
+        outs[i].send_multipart([DATA, *frames], copy=False)
         self.routed += 1
 
     def stop(self) -> None:
@@ -266,6 +333,8 @@ class Engine:
 
     def dead_worker(self) -> str | None:
         """A description of the first worker that ended abnormally, or None if all are well."""
+        if self.pool is not None and self.pool.error is not None:
+            return self.pool.error
         for w in [*self.workers, self.video_worker]:
             if w.dead.is_set():
                 return f"worker {getattr(w, 'stats_stream', w.index)} died: {type(w.error).__name__}: {w.error}"
@@ -300,7 +369,15 @@ class Engine:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         threads = ([self._router_thread] if self._router_thread is not None else []) + self._threads
-        if not self._join_threads(threads, deadline):
+        ok = self._join_threads(threads, deadline)
+        if ok and self.pool is not None:  # the router has sent STOP: the processes drain and exit
+            left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            ok = self.pool.stop(left)
+            if not ok and self.error is None:
+                self.error = EngineError("a worker process did not stop in time and was killed")
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        if not ok and self.pool is None:
             self.finished.set()
             stuck = [t.name for t in threads if t.is_alive()]
             raise EngineError(f"engine did not stop in time (still running: {stuck})") from self.error

@@ -83,6 +83,7 @@ class VideoWorker(Worker):
         self._last_rx: dict[str, float] = {}
         self._stalled: dict[str, float] = {}
         self.analysed = 0
+        self.warming = False  # no kernel warm-up here (the decoder and model load on the first stream)
 
     # -- reporting ----------------------------------------------------------------------
     def event(self, stream: str, body: dict[str, Any], *, limit_key: str | None = None) -> None:

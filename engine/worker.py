@@ -9,6 +9,7 @@ stop" (sent after the last data message, so everything queued is processed first
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ import zmq
 from telediag.engine.config import Config
 from telediag.engine.stage import Deferred, Outputs, Stage, StreamSpec
 from telediag.engine.stats import LatencyHistogram, StreamStats
+from telediag.engine.warmup import warm_pipelines
 from telediag.errors import EngineError, ProtocolError, TelediagError
 from telediag.transports.wire import (
     MAX_HEADER_BYTES,
@@ -34,6 +36,8 @@ from telediag.transports.wire import (
 
 DATA = b"D"
 STOP = b"S"
+#: First frame of a progress marker (never a topic: topics start with a kind name).
+PROGRESS = b"\x00P"
 
 _I64_MAX = (1 << 63) - 1
 _SHAPE_SLACK = 8  # the probe's shape (1, n) packs smaller than a real chunk's (n_samples, n)
@@ -119,6 +123,20 @@ class Worker:
         self.error: BaseException | None = None  # what ended run() abnormally (the engine exits or restarts)
         self.dead = threading.Event()  # set when run() ended abnormally
         self._current: str | None = None  # the stream being handled (for containment)
+        # process mode (engine/procs.py): outputs go to the engine's collector on a PUSH socket,
+        # followed by progress markers; a replacement worker resumes the dead one's streams
+        self.out_type = zmq.PUB
+        self.progress = False
+        self._done: dict[str, int] = {}
+        self.resume: dict[str, int] = {}  # stream -> last seq fully published by the previous worker
+        self.before_serve: Callable[[], None] | None = None
+        # cold start: warm-up time, and latency of what queued meanwhile, reported apart
+        self.parallel_warmup = config.engine.warmup_parallel
+        self.warmup_s = 0.0
+        self.warmup_kinds_s: dict[str, float] = {}
+        self.latency_warmup = LatencyHistogram()
+        self.warming = True  # until the inbox is first found empty after the warm-up (caught up)
+        self.caught_up_s: float | None = None
         self._limit = _RateLimit(config.engine.max_events_per_s)
         self._started = time.time()
         self.ready = threading.Event()
@@ -197,6 +215,10 @@ class Worker:
             "rejects": dict(self.rejects),
             "errors": dict(self.errors),
             "latency_ms": self.latency.summary_ms(),
+            # warm-up apart: its seconds, and the latency of chunks handled before the worker caught up
+            "warmup": {"s": round(self.warmup_s, 3), "kinds_s": {k: round(v, 3) for k, v in self.warmup_kinds_s.items()},
+                       "warming": self.warming, "caught_up_s": self.caught_up_s,
+                       "latency_ms": self.latency_warmup.summary_ms()},
             "batches": {"runs": self.batches_run, "items": self.batch_items, "largest": self.batch_largest},
             **({"sockets": self.extra_stats()} if self.extra_stats is not None else {}),
         }
@@ -316,8 +338,11 @@ class Worker:
             st.stats.chunks_out += 1
             if sent_ref is not None:
                 lat = (pub_ns - sent_ref) * 1e-9
-                st.stats.latency.record(lat)
-                self.latency.record(lat)
+                if self.warming:  # queued behind the warm-up: reported apart, not in the run's percentiles
+                    self.latency_warmup.record(lat)
+                else:
+                    st.stats.latency.record(lat)
+                    self.latency.record(lat)
 
     def handle(self, frames: Sequence[Any]) -> None:
         """Process one wire message; never raises (per-stream containment).
@@ -369,6 +394,13 @@ class Worker:
             if restarts is not None:
                 st.stats.restarts = restarts
             self.streams[sid] = st
+            resumed = self.resume.pop(sid, None)
+            if resumed is not None:  # this worker replaces one that died: the stream goes on from there
+                st.stats.restarts += 1
+                st.stats.last_seq = resumed
+                st.session = session if session is not None else st.session
+                self.event(sid, {"type": "stream_restarted", "stream": sid, "reason": "worker_restarted",
+                                 "last_seq": resumed})
         stats = st.stats
         if st.refused:
             stats.errors += 1
@@ -391,6 +423,8 @@ class Worker:
                              "last_missing_seq": chunk.seq - 1, "missing_chunks": missing,
                              "resumed_t0_ns": chunk.t0_ns})
         stats.last_seq = chunk.seq
+        if self.progress:
+            self._done[sid] = chunk.seq
         stats.chunks_in += 1
         stats.samples_in += chunk.n_samples
         sent_ref = self._source_ref_ns(chunk)
@@ -461,41 +495,15 @@ class Worker:
         return t_end
 
     # -- loop ---------------------------------------------------------------------------
-    WARMUP_SPECS = {"ecg": (360.0, ("I", "II"), ("mV", "mV")), "pcg": (4000.0, ("stetho",), ("adu",))}
-
     def warmup(self) -> None:
-        """Run a few seconds of synthetic signal through every pipeline before serving.
+        """Load (or, on a cold cache, compile in parallel) every pipeline's kernels before serving.
 
-        Loads the Numba kernels (compiled or from cache) and model sessions so the first
-        real chunk of every stream is not charged the start-up cost. Best effort: a
-        stage that fails here fails again, and is reported, on real data.
+        So the first real chunk of every stream is not charged the start-up cost; see
+        :mod:`telediag.engine.warmup`. The seconds spent are reported in stats (``warmup``).
         """
-        rng = np.random.default_rng(0)
-        for kind, (fs, channels, units) in self.WARMUP_SPECS.items():
-            configs = self.config.pipelines.get(kind, ())
-            if not configs:
-                continue
-            try:
-                stages = [sc.build() for sc in configs]
-                spec = StreamSpec("warmup", kind, fs, channels, units)
-                for stage in stages:
-                    spec = stage.open(spec)
-                n = int(fs)
-                for seq in range(6):  # float32 (what agents send) and float64
-                    dtype = np.float32 if seq % 2 else np.float64
-                    c = Chunk.signal(kind, "warmup", seq, seq * 10**9,
-                                     (rng.standard_normal((n, len(channels))) * 0.1).astype(dtype), fs,
-                                     channels, units)
-                    # through the wire, so kernels see read-only arrays exactly as real chunks
-                    x: Chunk | None = decode(encode(c))
-                    for stage in stages:
-                        if x is None:
-                            break
-                        x = stage.process(x).signal
-                for stage in stages:
-                    stage.close()
-            except Exception:  # noqa: BLE001 - warm-up is best effort
-                continue
+        t = time.perf_counter()
+        self.warmup_kinds_s = warm_pipelines(self.config, parallel=self.parallel_warmup)
+        self.warmup_s = time.perf_counter() - t
 
     def run(self) -> None:
         """Serve the inbox until STOP; on an abnormal end set :attr:`error` and :attr:`dead`.
@@ -514,15 +522,17 @@ class Worker:
             raise
 
     def _serve(self) -> None:
-        inbox = self.ctx.socket(zmq.PULL)
-        inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
-        inbox.bind(self.inbox_addr)
-        out = self.ctx.socket(zmq.PUB)
+        out = self.ctx.socket(self.out_type)
         out.setsockopt(zmq.SNDHWM, self.config.engine.publish_hwm)
         out.setsockopt(zmq.LINGER, 2000)
         out.connect(self.out_addr)
         self.out = out
         self.warmup()
+        if self.before_serve is not None:
+            self.before_serve()
+        inbox = self.ctx.socket(zmq.PULL)
+        inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
+        inbox.bind(self.inbox_addr)
         self.ready.set()
         interval = self.config.engine.stats_interval_s
         batch_max = self.config.engine.batch_max
@@ -540,6 +550,11 @@ class Worker:
                     if tag == STOP:
                         break
                     self.handle(msg[1:])
+                    if self.progress and not self._pending:
+                        self._send_progress()
+                if self.warming and not inbox.poll(0):  # nothing queued any more: caught up
+                    self.warming = False
+                    self.caught_up_s = round(time.time() - self._started, 3)
                 if self._pending and (len(self._pending) >= batch_max
                                       or time.monotonic() >= self._pending_since + batch_wait):
                     self._safe_flush()
@@ -564,6 +579,20 @@ class Worker:
             self.flush()
         except Exception as e:  # noqa: BLE001 - containment (flush already guards each stage)
             self._contain_stream(None, e)
+        if self.progress:
+            self._send_progress()
+
+    def _send_progress(self) -> None:
+        """Tell the engine which source chunks are fully published (process mode).
+
+        Sent on the same socket, after those chunks' outputs, so when the engine reads it
+        it has forwarded every output of every chunk it lists: after a crash the restarted
+        worker reports exactly the chunks after these as lost (see ``engine/procs.py``).
+        """
+        if not self._done or self.out is None:
+            return
+        done, self._done = self._done, {}
+        self.out.send_multipart([PROGRESS, json.dumps(done).encode()])
 
     def _contain_stream(self, sid: str | None, e: BaseException) -> None:
         self._current = sid

@@ -1,0 +1,134 @@
+"""Cold start: load or compile every pipeline's Numba kernels before serving, in parallel.
+
+With a warm Numba cache (``cache=True`` kernels, stored in ``__pycache__`` beside the
+package or in ``$NUMBA_CACHE_DIR``) a worker's warm-up only loads machine code: about a
+second. With an empty cache every kernel compiles first, and Numba compiles on one core
+(the ECG kernels alone take tens of seconds). :func:`warm_pipelines` therefore warms the
+first pipeline kind (ECG) in the calling thread and, if that has not finished after
+:data:`SPAWN_AFTER_S` (the sign of a cold cache), compiles the other kinds' kernels in
+child processes at the same time, on the other cores; the caller then loads their
+kernels from the cache the children wrote. A warm start spawns nothing.
+
+Children only compile: they run the same synthetic warm-up through the same stages
+(:func:`warm_kind`) and exit; they open no socket and see no patient data.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from telediag.engine.config import Config
+from telediag.engine.stage import StreamSpec
+from telediag.transports.wire import Chunk, decode, encode
+
+#: Synthetic stream used to warm each signal kind: (rate, channels, units).
+WARMUP_SPECS: dict[str, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
+    "ecg": (360.0, ("I", "II"), ("mV", "mV")),
+    "pcg": (4000.0, ("stetho",), ("adu",)),
+}
+
+#: A first kind still warming after this long means a cold cache: compile the rest in parallel.
+SPAWN_AFTER_S = 1.0
+
+
+def warm_kind(config: Config, kind: str) -> None:
+    """Run six seconds of synthetic signal through the ``kind`` pipeline (best effort).
+
+    Float32 and float64 chunks, through the wire codec so kernels see read-only arrays
+    exactly as with real chunks. A stage that fails here fails again, and is reported,
+    on real data.
+    """
+    configs = config.pipelines.get(kind, ())
+    if not configs or kind not in WARMUP_SPECS:
+        return
+    fs, channels, units = WARMUP_SPECS[kind]
+    rng = np.random.default_rng(0)
+    try:
+        stages = [sc.build() for sc in configs]
+        spec = StreamSpec("warmup", kind, fs, channels, units)
+        for stage in stages:
+            spec = stage.open(spec)
+        n = int(fs)
+        for seq in range(6):  # float32 (what agents send) and float64
+            dtype = np.float32 if seq % 2 else np.float64
+            c = Chunk.signal(kind, "warmup", seq, seq * 10**9,
+                             (rng.standard_normal((n, len(channels))) * 0.1).astype(dtype), fs, channels, units)
+            x: Chunk | None = decode(encode(c))
+            for stage in stages:
+                if x is None:
+                    break
+                x = stage.process(x).signal
+        for stage in stages:
+            stage.close()
+    except Exception:  # noqa: BLE001 - warm-up is best effort
+        return
+
+
+def _child(config: Config, kind: str) -> None:  # pragma: no cover - runs in a child process
+    warm_kind(config, kind)
+
+
+def warm_pipelines(config: Config, *, parallel: bool = True,
+                   on_kind: Callable[[str, float], None] | None = None) -> dict[str, float]:
+    """Warm every signal pipeline of ``config``; return seconds spent per kind.
+
+    Parameters
+    ----------
+    config : Config
+        The engine configuration (its pipelines are warmed).
+    parallel : bool
+        Allow compiling the other kinds in child processes on a cold cache.
+    on_kind : callable, optional
+        Called with ``(kind, seconds)`` as each kind becomes warm.
+    """
+    kinds: Sequence[str] = [k for k in WARMUP_SPECS if config.pipelines.get(k)]
+    spent: dict[str, float] = {}
+    if not kinds:
+        return spent
+    first, rest = kinds[0], list(kinds[1:])
+    children: dict[str, Any] = {}
+    lock = threading.Lock()
+    first_done = threading.Event()
+
+    def spawn() -> None:
+        with lock:
+            if first_done.is_set():
+                return
+            ctx = mp.get_context("spawn")
+            for k in rest:
+                p = ctx.Process(target=_child, args=(config, k), name=f"telediag-precompile-{k}", daemon=True)
+                try:
+                    p.start()
+                except Exception:  # noqa: BLE001 - no child: the kind warms (compiles) here instead
+                    continue
+                children[k] = p
+
+    timer = threading.Timer(SPAWN_AFTER_S, spawn) if parallel and rest else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    t = time.perf_counter()
+    warm_kind(config, first)
+    with lock:
+        first_done.set()
+    if timer is not None:
+        timer.cancel()
+    spent[first] = time.perf_counter() - t
+    if on_kind is not None:
+        on_kind(first, spent[first])
+    for k in rest:
+        t = time.perf_counter()
+        p = children.get(k)
+        if p is not None:
+            p.join()  # its kernels are in the cache now: the warm-up below only loads them
+        warm_kind(config, k)
+        spent[k] = time.perf_counter() - t
+        if on_kind is not None:
+            on_kind(k, spent[k])
+    return spent
