@@ -10,11 +10,12 @@ rank  layer
 2     ``models`` (runtime inference)
 3     ``engine``
 4     ``sources``
-5     ``evaluation`` (offline analysis and scoring) and the training scripts
-      ``models/*/train.py``, ``models/pcg_abnormal/cnn_cv.py`` (offline tools that
-      live next to the model they produce; no runtime module may import them)
-6     ``api``, ``client``, ``recorder``, ``viewer`` (services and consumers)
-7     ``demo`` and the command line ``telediag.cli`` / ``telediag.__main__``
+5     applications of the runtime, peers of each other: ``evaluation`` (offline analysis and
+      scoring), the offline model tools inside ``models`` (:data:`TRAINING_MODULES`:
+      ``train.py``, ``distill.py``, ``variants.py``, ``cnn_cv.py``: they live next to the model
+      they produce, and no runtime module may import them), ``api``, ``client``, ``recorder``,
+      ``viewer``, ``exports``, ``report``
+6     ``demo`` and the command line ``telediag.cli`` / ``telediag.__main__``
 ====  ===============================================================================
 
 Every ``import``/``from ... import`` counts, also the lazy ones inside functions: a lazy upward
@@ -31,21 +32,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# package directory -> dotted package (pyproject.toml [tool.setuptools] package-dir)
-PACKAGE_DIRS = {
-    "core": "telediag",
-    "dsp": "telediag.dsp",
-    "transports": "telediag.transports",
-    "models": "telediag.models",
-    "engine": "telediag.engine",
-    "sources": "telediag.sources",
-    "evaluation": "telediag.evaluation",
-    "api": "telediag.api",
-    "client": "telediag.client",
-    "recorder": "telediag.recorder",
-    "viewer": "telediag.viewer",
-    "demo": "telediag.demo",
-}
+def _package_dirs() -> dict[str, str]:
+    """Top-level source directory -> dotted package, from pyproject.toml's package-dir."""
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    mapping = doc["tool"]["setuptools"]["package-dir"]
+    return {d: pkg for pkg, d in mapping.items() if "/" not in d}
+
+
+PACKAGE_DIRS = _package_dirs()
 
 LAYERS: dict[str, int] = {
     "telediag": 0,
@@ -56,18 +52,20 @@ LAYERS: dict[str, int] = {
     "telediag.engine": 3,
     "telediag.sources": 4,
     "telediag.evaluation": 5,
-    "telediag.training": 5,  # pseudo-layer: see _layer_of
-    "telediag.api": 6,
-    "telediag.client": 6,
-    "telediag.recorder": 6,
-    "telediag.viewer": 6,
-    "telediag.demo": 7,
-    "telediag.cli": 7,
-    "telediag.__main__": 7,
+    "telediag.training": 5,  # pseudo-layer: see _layer_key
+    "telediag.api": 5,
+    "telediag.client": 5,
+    "telediag.recorder": 5,
+    "telediag.viewer": 5,
+    "telediag.exports": 5,
+    "telediag.report": 5,
+    "telediag.demo": 6,
+    "telediag.cli": 6,
+    "telediag.__main__": 6,
 }
 
-#: Offline training tools inside the models package (rank of evaluation).
-TRAINING_MODULES = ("train", "cnn_cv")
+#: Offline tools inside the models package (training, distillation, variant measurement): rank 5.
+TRAINING_MODULES = ("train", "cnn_cv", "distill", "variants")
 
 #: Temporary exceptions: (importing module, imported module) -> reason. Keep empty.
 ALLOWED: dict[tuple[str, str], str] = {}
@@ -119,6 +117,11 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
                     sub = "telediag"  # from telediag import __version__
                 out.append((node.lineno, sub))
     return out
+
+
+def test_every_package_has_a_layer() -> None:
+    missing = sorted({pkg for pkg in PACKAGE_DIRS.values() if _layer_key(pkg) not in LAYERS})
+    assert not missing
 
 
 def _sources() -> list[Path]:
