@@ -106,24 +106,42 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     from telediag.client import Subscriber, TailSummary
+    from telediag.transports.sockets import PeerWatch
 
     summary = TailSummary()
     deadline = time.monotonic() + args.duration if args.duration else None
     with Subscriber(args.addr, topics=[args.topic], curve_secret=args.curve_secret, server_key=args.server_key) as sub:
+        watch = PeerWatch(sub.sock)  # the engine's (dis)connections: tail ends when the engine stops
         next_report = time.monotonic() + args.period
+        last_msg = time.monotonic()
+        seen = False
         try:
             while deadline is None or time.monotonic() < deadline:
-                c = sub.recv(timeout_s=max(0.0, next_report - time.monotonic()))
+                c = sub.recv(timeout_s=max(0.0, min(next_report - time.monotonic(), 0.25)))
+                now = time.monotonic()
                 if c is not None:
                     summary.add(c)
-                if time.monotonic() >= next_report:
+                    last_msg, seen = now, True
+                if watch.poll():
+                    seen = True
+                if now >= next_report:
                     lines = summary.lines(args.period)
                     stamp = time.strftime("%H:%M:%S")
                     for line in lines or ["(no messages)"]:
                         print(f"{stamp} {line}", flush=True)
                     next_report += args.period
+                if watch.up is False and now - watch.changed_at >= args.gone_s:
+                    print(f"telediag tail: the engine at {args.addr} went away (disconnected for "
+                          f"{args.gone_s:g} s); exiting", file=sys.stderr, flush=True)
+                    return 0
+                if args.idle_timeout and now - last_msg >= args.idle_timeout:
+                    print(f"telediag tail: no message for {args.idle_timeout:g} s from {args.addr}"
+                          f"{'' if seen else ' (no engine reached)'}; exiting", file=sys.stderr, flush=True)
+                    return 0 if seen else 1
         except KeyboardInterrupt:
             pass
+        finally:
+            watch.close(sub.sock)
     return 0
 
 
@@ -223,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("topic", nargs="?", default="", help="topic prefix (default: everything)")
     t.add_argument("--period", type=float, default=1.0, help="seconds between summaries")
     t.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
+    t.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="exit when nothing arrives for S seconds (default 30; 0: never)")
+    t.add_argument("--gone-s", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
     add_curve_arguments(t)
     t.set_defaults(func=_cmd_tail)
 

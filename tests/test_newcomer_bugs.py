@@ -189,3 +189,37 @@ def test_pyproject_license_is_an_spdx_string() -> None:
     assert doc["project"]["license"] == "MIT"
     req = [r for r in doc["build-system"]["requires"] if r.startswith("setuptools")]
     assert req == ["setuptools>=77"]  # the first setuptools that reads a license string (PEP 639)
+
+
+# ---------------------------------------------------------------- tail exits when the engine stops
+def test_tail_exits_when_the_engine_stops() -> None:
+    """``telediag tail`` kept printing "(no messages)" forever after the engine stopped."""
+    from telediag.engine.config import parse_config
+    from telediag.engine.runtime import Engine
+
+    pub = f"tcp://127.0.0.1:{_closed_port()}"
+    eng = Engine(parse_config({"engine": {"ingest": f"tcp://127.0.0.1:{_closed_port()}", "publish": pub,
+                                          "stats_interval_s": 0.2}}), drain_idle_s=0.1)
+    eng.start()
+    tail = subprocess.Popen(_cli("tail", pub, "--period", "0.5", "--idle-timeout", "0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert tail.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "stats/engine" not in tail.stdout.readline():
+            pass  # tail is up and sees the engine
+        eng.stop()
+        eng.join(30)
+        out, err = tail.communicate(timeout=30)  # before: never returned
+        assert tail.returncode == 0
+        assert "went away" in err
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+
+
+def test_tail_without_an_engine_gives_up_after_its_idle_timeout() -> None:
+    r = subprocess.run(_cli("tail", f"tcp://127.0.0.1:{_closed_port()}", "--idle-timeout", "1.5"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no engine reached" in r.stderr

@@ -19,6 +19,7 @@ The factories return plain :class:`zmq.Socket` objects, which are context manage
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from typing import Final
 
@@ -308,6 +309,8 @@ class PeerWatch:
     def __init__(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
         self.reached = False
         self.connected = 0
+        self.up: bool | None = None  # the last event: True handshake, False disconnect, None none yet
+        self.changed_at = time.monotonic()
         self._mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
     def poll(self, timeout_s: float = 0.0) -> bool:
@@ -320,8 +323,10 @@ class PeerWatch:
             if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.reached = True
                 self.connected += 1
+                self.up, self.changed_at = True, time.monotonic()
             elif ev["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = max(0, self.connected - 1)
+                self.up, self.changed_at = False, time.monotonic()
             wait_ms = 0
         return self.reached
 
