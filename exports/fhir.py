@@ -288,7 +288,7 @@ def build_bundle(
             hrv = [b for b in s.bodies.get("hrv", []) if isinstance(b.get("sdnn_ms"), (int, float))]
             if hrv:
                 last = hrv[-1]
-                t = last.get("t_ns") if isinstance(last.get("t_ns"), int) else s.end_ns
+                t: int = last["t_ns"] if isinstance(last.get("t_ns"), int) else s.end_ns
                 t0 = t - int(float(last.get("window_s") or 0) * 1e9)
                 obs(f"{tag}/sdnn", _cc(LOINC, "80404-7", "R-R interval.standard deviation (Heart rate variability)"),
                     max(t0, s.start_ns), t, valueQuantity=_q(last["sdnn_ms"], "ms"),

@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         Path(args.out).write_text(text)
         kinds: dict[str, int] = {}
-        for e in bundle["entry"]:
-            kinds[e["resource"]["resourceType"]] = kinds.get(e["resource"]["resourceType"], 0) + 1
+        for entry in bundle["entry"]:
+            rt = entry["resource"]["resourceType"]
+            kinds[rt] = kinds.get(rt, 0) + 1
         print(f"telediag fhir: {args.out}: Bundle ({bundle['type']}) with "
               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     return 0

@@ -138,7 +138,9 @@ def _read_signal(hea: Path, streams: dict[str, dict[str, Any]]) -> SignalRecord:
     head = lines[0].split()
     name, nsig, fs, n = head[0], int(head[1]), float(head[2]), int(head[3])
     t0_ns = None
-    channels, units, gains = [], [], []
+    channels: list[str] = []
+    units: list[str] = []
+    gains: list[float] = []
     for ln in lines[1:]:
         if ln.startswith("#"):
             m = re.search(r"t0_ns=(-?\d+)", ln)

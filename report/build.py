@@ -165,9 +165,11 @@ def build_report(session: Any, *, max_alarm_strips: int = 12) -> Report:
         elif kind == "pcg":
             segs = [s for _, b in _bodies(kinds.get("segments", [])) for s in b.get("segments") or []]
             res = [b for _, b in _bodies(kinds.get("quality", [])) if b.get("type") == "pcg_abnormal" or "abnormal_prob" in b]
-            hr = [float(b["heart_rate_bpm"]) for _, b in _bodies(kinds.get("hr", [])) if isinstance(b.get("heart_rate_bpm"), (int, float))]
+            prate = [float(b["heart_rate_bpm"]) for _, b in _bodies(kinds.get("hr", []))
+                     if isinstance(b.get("heart_rate_bpm"), (int, float))]
             ql = [float(b["quality"]) for _, b in _bodies(kinds.get("hr", [])) if isinstance(b.get("quality"), (int, float))]
-            rep.pcg.append(PcgSummary(src, sig if sig and sig.kind == "pcg" else session.signal_of(src, "pcg"), segs, res, hr, ql))
+            rep.pcg.append(PcgSummary(src, sig if sig and sig.kind == "pcg" else session.signal_of(src, "pcg"), segs, res,
+                                      prate, ql))
         elif kind == "video":
             pol = _bodies(kinds.get("polyp", []))
             ts = [t for t, _ in pol]
@@ -455,9 +457,9 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
                         f"{_utc(mi[0])[11:19]} to {_utc(mi[0] + 60 * 10**9)[11:19]}; {sig.channels[lead]}, 25 mm/s, "
                         "10 mm/mV, six 10-s rows; beat classes above the trace")
             row_h = min(h_mm, 24.0)
-            for r in range(6):
-                start = mi[0] + r * 10 * 10**9
-                ecg_strip(fig, (15, 210 - 30 - (r + 1) * (row_h + 4.5), 250, row_h), _sig_slice(sig, start, 10.0, lead),
+            for row in range(6):
+                start = mi[0] + row * 10 * 10**9
+                ecg_strip(fig, (15, 210 - 30 - (row + 1) * (row_h + 4.5), 250, row_h), _sig_slice(sig, start, 10.0, lead),
                           sig.fs, mv_span=row_h / 10, marks=marks_for(start, 10.0))
             figs.append((f"ECG {e.stream}: most irregular minute", fig, []))
 
@@ -473,13 +475,13 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
             x = _sig_slice(sig, t_start, 4.0)
             tt = np.arange(x.size) / sig.fs
             ax.plot(tt, x, color=TRACE, lw=0.4)
-            for s in p.segments:
-                a, b = s.get("start_ns"), s.get("end_ns")
-                if isinstance(a, int) and isinstance(b, int) and b > t_start and a < t_start + 4 * 10**9:
-                    st = str(s.get("state"))
-                    ax.axvspan((a - t_start) / 1e9, (b - t_start) / 1e9, color=colors.get(st, "#e2e8f0"), alpha=0.35, lw=0)
+            for seg in p.segments:
+                sa, sb = seg.get("start_ns"), seg.get("end_ns")
+                if isinstance(sa, int) and isinstance(sb, int) and sb > t_start and sa < t_start + 4 * 10**9:
+                    st = str(seg.get("state"))
+                    ax.axvspan((sa - t_start) / 1e9, (sb - t_start) / 1e9, color=colors.get(st, "#e2e8f0"), alpha=0.35, lw=0)
                     if st in ("S1", "S2"):
-                        ax.text(((a + b) / 2 - t_start) / 1e9, np.nanmax(np.abs(x)) if np.isfinite(x).any() else 1,
+                        ax.text(((sa + sb) / 2 - t_start) / 1e9, np.nanmax(np.abs(x)) if np.isfinite(x).any() else 1,
                                 st, ha="center", va="bottom", fontsize=7, color=colors[st])
             ax.set_xlim(0, 4)
             ax.set_xlabel("seconds")
@@ -504,19 +506,19 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
         if v.t_ns:
             t0 = v.t_ns[0]
             ax.plot([(t - t0) / 1e9 for t in v.t_ns], v.prob, color="#2b6cb0", lw=0.8)
-            for a, b, _, _ in v.episodes:
-                ax.axvspan((a - t0) / 1e9, max((b - t0) / 1e9, (a - t0) / 1e9 + 0.2), color="#c53030", alpha=0.2, lw=0)
+            for ea, eb, _, _ in v.episodes:
+                ax.axvspan((ea - t0) / 1e9, max((eb - t0) / 1e9, (ea - t0) / 1e9 + 0.2), color="#c53030", alpha=0.2, lw=0)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("seconds from the first analysed frame")
         ax.set_ylabel("polyp probability")
         ax.set_title(f"Polyp probability per analysed frame; {len(v.episodes)} detection episode(s) shaded", fontsize=9)
         thumbs = _thumbnails(v, 8)
-        for i, (t, p, img) in enumerate(thumbs):
+        for i, (t, pr, img) in enumerate(thumbs):
             axi = fig.add_axes((0.04 + (i % 4) * 0.235, 0.30 - (i // 4) * 0.24, 0.21, 0.21))
             axi.imshow(img)
             axi.set_xticks([])
             axi.set_yticks([])
-            axi.set_title(f"{_utc(t)[11:19]}  p={p:.2f}", fontsize=7)
+            axi.set_title(f"{_utc(t)[11:19]}  p={pr:.2f}", fontsize=7)
         if not thumbs:
             fig.text(0.06, 0.40, "No thumbnails: no detection, or no recorded video to take them from.", fontsize=9)
         figs.append((f"Endoscopy {v.stream}", fig, video_numbers(v)))
@@ -532,9 +534,9 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
     y = 32.0
     import textwrap
 
-    for k, val in rows:
+    for key, val in rows:
         wrapped = textwrap.fill(val, 150)
-        fig.text(12 * MM / PAGE[0], 1 - y * MM / PAGE[1], k, fontsize=9, weight="bold", va="top")
+        fig.text(12 * MM / PAGE[0], 1 - y * MM / PAGE[1], key, fontsize=9, weight="bold", va="top")
         fig.text(50 * MM / PAGE[0], 1 - y * MM / PAGE[1], wrapped, fontsize=7.5, va="top")
         y += 6 + 3.5 * wrapped.count("\n")
     fig.text(12 * MM / PAGE[0], 1 - (y + 4) * MM / PAGE[1], textwrap.fill(STATEMENT, 140), fontsize=10, weight="bold",

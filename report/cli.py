@@ -8,6 +8,7 @@ both); see :mod:`telediag.report.build` for what it shows. Needs the ``report`` 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from telediag.errors import TelediagError
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             n = write_pdf(rep, o)
             print(f"telediag report: {o} ({n} pages)")
         else:
-            links = [(f.name, str(Path(f).resolve().relative_to(o.parent.resolve(), walk_up=True)))
+            links = [(f.name, os.path.relpath(f.resolve(), o.parent.resolve()))
                      for f in sorted(rec.glob("*.edf")) + sorted(rec.glob("*bundle*.json")) + sorted(rec.glob("report.pdf"))]
             n = write_html(rep, o, links=links)
             print(f"telediag report: {o} ({n} sections)")

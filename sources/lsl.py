@@ -173,7 +173,8 @@ class LslChunker:
 
 
 def _channels(info: Any, n: int, default_unit: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    labels, units = [], []
+    labels: list[str] = []
+    units: list[str] = []
     try:
         ch = info.desc().child("channels").child("channel")
         while not ch.empty() and len(labels) < n:
