@@ -257,12 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_curve_arguments(st)
     st.set_defaults(func=_cmd_status)
 
-    d = sub.add_parser("demo", help="the main job: engine + sources on bundled data + live summary",
-                       description="Start the engine and replay bundled real recordings through it; "
-                                   "prints where to watch. Modalities not built yet are simply absent.")
+    d = sub.add_parser("demo", help="the main job: engine + ECG, heart-sound and video sources + web viewer",
+                       description=(
+                           "Start the engine (beat classification on) and replay bundled real recordings "
+                           "through it as live sources: ECG (MIT-BIH 119 -> ecg/bed-1/ecg), heart sounds with "
+                           "simultaneous ECG (PhysioNet 2016 a0020 -> pcg/bed-2/pcg, ecg/bed-2/ecg) and a "
+                           "synthetic endoscopy clip (video/room-3/endo, polyp segmentation). Serves the live web "
+                           "viewer, prints a per-stream summary every second and records the session. Its own "
+                           "ports (ingest 5565, publish 5566, viewer 8080) leave the defaults of `telediag run` "
+                           "(5555/5556) free."))
     d.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0: until Ctrl-C)")
-    d.add_argument("--ingest", type=endpoint_arg, default="tcp://127.0.0.1:5565", help="engine ingest address for the demo")
-    d.add_argument("--publish", type=endpoint_arg, default="tcp://127.0.0.1:5566", help="engine publish address for the demo")
+    d.add_argument("--ingest", type=endpoint_arg, default="tcp://127.0.0.1:5565",
+                   help="engine ingest address for the demo (default tcp://127.0.0.1:5565)")
+    d.add_argument("--publish", type=endpoint_arg, default="tcp://127.0.0.1:5566",
+                   help="engine publish address for the demo (default tcp://127.0.0.1:5566)")
+    d.add_argument("--viewer-port", type=int, default=8080, metavar="PORT",
+                   help="web viewer port on 127.0.0.1 (default 8080; any free port when it is taken; 0: any)")
+    d.add_argument("--no-viewer", dest="viewer", action="store_false", help="do not start the web viewer")
     d.add_argument("--speed", default="1", help="replay speed (1, N or max)")
     d.add_argument("--record-dir", default="demo-recording", metavar="DIR",
                    help="record the demo here and write EDF+, a FHIR bundle and the report at the end "

@@ -223,3 +223,42 @@ def test_tail_without_an_engine_gives_up_after_its_idle_timeout() -> None:
     r = subprocess.run(_cli("tail", f"tcp://127.0.0.1:{_closed_port()}", "--idle-timeout", "1.5"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no engine reached" in r.stderr
+
+
+# ---------------------------------------------------------------- telediag demo
+def test_demo_help_is_current_and_has_a_viewer_port(capsys) -> None:
+    """``telediag demo --help`` said "modalities not built yet" and had no viewer-port option."""
+    from telediag.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "not built yet" not in out
+    for needle in ("--viewer-port", "5565", "5566", "8080", "endoscopy", "heart sounds"):
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize("which", ["--ingest", "--publish"])
+def test_demo_bind_error_is_one_clear_line(which: str, capsys) -> None:
+    """A taken demo port printed its error twice (the address repeated, no hint)."""
+    import zmq
+
+    from telediag.cli import main
+
+    ctx = zmq.Context()
+    squat = ctx.socket(zmq.PULL)
+    port = squat.bind_to_random_port("tcp://127.0.0.1")
+    addr = f"tcp://127.0.0.1:{port}"
+    other = f"tcp://127.0.0.1:{_closed_port()}"
+    args = {"--ingest": other, "--publish": other, which: addr}
+    try:
+        rc = main(["demo", "--duration", "1", "--no-viewer", "--record-dir", "",
+                   "--ingest", args["--ingest"], "--publish", args["--publish"]])
+    finally:
+        squat.close(0)
+        ctx.term()
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].count(addr) == 1 and "already in use" in lines[0] and which in lines[0]
