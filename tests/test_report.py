@@ -11,13 +11,11 @@ import pytest
 
 from telediag.cli import main
 from telediag.demo import data_path
-from telediag.exports.session import load_session
 from telediag.recorder import Recorder
 from telediag.report.build import (
     MM,
     PAGE,
     STATEMENT,
-    build_report,
     ecg_strip,
     most_irregular_minute,
 )
@@ -161,10 +159,16 @@ def test_html_renders_in_headless_chromium(recording: Path, tmp_path: Path) -> N
         pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium (make sysdeps)")
     from playwright.sync_api import sync_playwright
 
-    from telediag.report.build import write_html
-
     out = tmp_path / "report.html"
-    n = write_html(build_report(load_session(recording)), out, links=[("bundle.json", "bundle.json")])
+    bundle = tmp_path / "bundle" / "bundle.json"  # the report links the session's bundle and EDF+ files
+    bundle.parent.mkdir()
+    assert main(["fhir", str(recording), "--out", str(bundle)]) == 0
+    shutil.copy(bundle, recording / "bundle.json")
+    try:
+        assert main(["report", str(recording), "--out", str(out)]) == 0
+    finally:
+        (recording / "bundle.json").unlink()
+    n = 7  # summary, ECG trends, alarm strips, irregular minute, heart sounds, endoscopy, models
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, timeout=30_000,
                                      args=["--headless", "--no-sandbox", "--disable-gpu"])
@@ -178,6 +182,7 @@ def test_html_renders_in_headless_chromium(recording: Path, tmp_path: Path) -> N
             body = page.locator("body").inner_text()
             assert "MRN-0042" in page.locator("section#s0 img").get_attribute("alt") or "Summary" in body
             assert "ECG bed-4/ecg: AF burden" in body and "33.3 %" in body
-            assert page.locator("a[href='bundle.json']").count() == 1
+            link = page.locator("a", has_text="bundle.json")
+            assert link.count() == 1 and (out.parent / link.get_attribute("href")).resolve() == (recording / "bundle.json")
         finally:
             browser.close()
