@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = ss.add_parser("ecg", help="replay an ECG recording (WFDB, EDF or CSV)", description=(
         "Replay an ECG recording to the engine at real time (--speed 1), N x real time, or as fast as "
         "the engine accepts (--speed max; lossless: the agent blocks when the engine's queue is full)."))
-    e.add_argument("--wfdb", metavar="RECORD", help="WFDB record path without extension (e.g. ../shared/data/mitdb/100)")
+    e.add_argument("--wfdb", metavar="RECORD", help="WFDB record path without extension (e.g. ../shared/data/mitdb/101)")
     e.add_argument("--edf", metavar="FILE", help="EDF/EDF+ file")
     e.add_argument("--csv", metavar="FILE", help="CSV with a header row; first column 'time' (s) or give --fs")
     e.add_argument("--fs", type=float, help="sample rate for CSV input without a time column")

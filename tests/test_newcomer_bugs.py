@@ -262,3 +262,43 @@ def test_demo_bind_error_is_one_clear_line(which: str, capsys) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert lines[0].count(addr) == 1 and "already in use" in lines[0] and which in lines[0]
+
+
+# ---------------------------------------------------------------- documented paths and examples
+def test_data_paths_in_docs_and_help_exist(shared_data: Path) -> None:
+    """API.md's example read ``mitdb/100``, a record that is not in the data."""
+    import re
+
+    files = [ROOT / "README.md", ROOT / "api" / "API.md", ROOT / "core" / "cli.py",
+             *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "transports").glob("*.md"))]
+    missing = []
+    for f in files:
+        for m in re.finditer(r"\.\./shared/data/([\w.-]+(?:/[\w.-]+)*)", f.read_text(encoding="utf-8")):
+            rel = m.group(1).rstrip(".")
+            p = shared_data / rel
+            if not (p.exists() or p.with_suffix(".hea").exists() or any(p.parent.glob(p.name + ".*"))):
+                missing.append(f"{f.relative_to(ROOT)}: ../shared/data/{rel}")
+    assert not missing, missing
+
+
+def test_api_md_python_example_runs_verbatim(shared_data: Path) -> None:
+    """The first Python example of API.md, with only the data folder and server address substituted."""
+    import contextlib
+    import io
+    import re
+
+    from telediag.api import ApiServer, ModelRegistry, Service
+
+    text = (ROOT / "api" / "API.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    svc = Service(ModelRegistry(roots=[]), workers=1)
+    srv = ApiServer(svc, f"tcp://127.0.0.1:{_closed_port()}").start()
+    try:
+        code = code.replace("../shared/data", str(shared_data)).replace("tcp://127.0.0.1:5557", srv.addr)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "API.md", "exec"), {})  # noqa: S102 - our own documentation
+        assert out.getvalue().strip()
+    finally:
+        srv.stop()
+        svc.close()
