@@ -302,3 +302,28 @@ def test_api_md_python_example_runs_verbatim(shared_data: Path) -> None:
     finally:
         srv.stop()
         svc.close()
+
+
+# ---------------------------------------------------------------- the README's command table
+def test_readme_command_table_lists_every_command() -> None:
+    """The README's table lacked ``source video``, ``analyze image|video`` and the demo's ports."""
+    import argparse
+
+    from telediag.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = "\n".join(ln for ln in readme.splitlines() if ln.startswith("|"))
+
+    def leaves(p: argparse.ArgumentParser, prefix: list[str]) -> list[str]:
+        out: list[str] = []
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    sub = [x for x in sp._actions if isinstance(x, argparse._SubParsersAction)]
+                    out += leaves(sp, [*prefix, name]) if sub and name != "keys" else [" ".join([*prefix, name])]
+        return out
+
+    missing = [c for c in leaves(build_parser(), []) if f"telediag {c}" not in table]
+    assert not missing, f"commands missing from README's table: {missing}"
+    for port in ("5565", "5566", "8080"):
+        assert port in table
