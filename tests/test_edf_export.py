@@ -170,3 +170,51 @@ def test_discontinuous_option_leaves_out_lost_records(tmp_path: Path) -> None:
     onsets = [raw[768 + k * rec_bytes + 200: 768 + k * rec_bytes + rec_bytes].split(b"\x14")[0]
               for k in range(8)]
     assert [float(o) for o in onsets] == [0.25 + s for s in (0, 1, 2, 5, 6, 7, 8, 9)]
+
+
+def test_record_format_edf_writes_edf_when_the_recording_stops(tmp_path: Path) -> None:
+    import socket
+    import threading
+    import time
+
+    import zmq
+
+    from telediag.cli import main
+    from telediag.transports.wire import encode
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)  # XPUB: we see the recorder's subscription before sending
+    pub.bind(addr)
+    x = np.random.default_rng(7).normal(0, 0.5, (1000, 1)).astype(np.float32)
+
+    def publish() -> None:
+        if not pub.poll(20_000):  # the recorder's SUB subscribed
+            return
+        pub.recv()
+        time.sleep(0.1)
+        for k in range(10):
+            pub.send_multipart(encode(Chunk.signal("ecg", "bed-2/ecg/filtered", k, T0 + k * 400_000_000,
+                                                   x[k * 100:(k + 1) * 100], 250.0, ["II"], ["mV"])))
+        pub.send_multipart(encode(Chunk.record("beats", "bed-2/ecg", 0, T0 + S_ONE, {"beats": [
+            {"sample": 250, "t_ns": T0 + S_ONE, "label": "V", "probs": {"V": 0.97}}]})))
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        assert main(["record", addr, "--out-dir", str(tmp_path), "--duration", "2.5", "--format", "edf"]) == 0
+    finally:
+        t.join()
+        pub.close(0)
+    f, got = _read(tmp_path / "bed-2_ecg_filtered.edf")
+    try:
+        y = f.readSignal(0)
+        assert y.shape == (1000,) and np.max(np.abs(y - x[:, 0])) < 1e-4
+    finally:
+        f.close()
+    assert [(pytest.approx(o, abs=2e-6), t) for o, _, t in got] == [(1.0, "beat V p=0.97")]
+
+
+S_ONE = 1_000_000_000
