@@ -296,7 +296,9 @@ def build_bundle(
                 if isinstance(last.get("rmssd_ms"), (int, float)):
                     obs(f"{tag}/rmssd", _cc(LOCAL, "rmssd", "RMSSD of NN intervals (heart rate variability)"),
                         max(t0, s.start_ns), t, valueQuantity=_q(last["rmssd_ms"], "ms"))
-            labels = [bt.get("label") for b in s.bodies.get("beats", []) for bt in b.get("beats") or []]
+            allbeats = [bt for b in s.bodies.get("beats", []) for bt in b.get("beats") or []]
+            labels = [bt.get("label") for bt in allbeats if bt.get("usable") is not False]
+            n_unusable = len(allbeats) - len(labels)  # beats on unusable signal: counted apart
             if labels:
                 n = len(labels)
                 v, sv = labels.count("V"), labels.count("S")
@@ -310,7 +312,9 @@ def build_bundle(
                          "valueQuantity": _q(sv, "{beats}")},
                         {"code": _cc(LOCAL, "beats-total", "Beats detected"), "valueQuantity": _q(n, "{beats}")},
                         {"code": _cc(LOCAL, "beats-unclassified", "Beats without a class"),
-                         "valueQuantity": _q(sum(1 for x in labels if not x), "{beats}")}])
+                         "valueQuantity": _q(sum(1 for x in labels if not x), "{beats}")},
+                        {"code": _cc(LOCAL, "beats-unusable", "Beats on unusable signal (not counted above)"),
+                         "valueQuantity": _q(n_unusable, "{beats}")}])
             eps = [(on, off) for on, off, b in _alarm_episodes(s.bodies.get("alarm", []), s.end_ns)
                    if str(b.get("type", "")).lower() in ("afib", "af", "atrial_fibrillation")]
             mon = s.monitored_s if s.monitored_s else (s.end_ns - s.start_ns) / 1e9

@@ -87,7 +87,8 @@ class EcgSummary:
 
     @property
     def classes(self) -> Counter[str]:
-        return Counter((b.get("label") or "unclassified") for b in self.beats)
+        """Beat classes of the beats on usable signal (``usable: false`` beats are counted apart)."""
+        return Counter((b.get("label") or "unclassified") for b in self.beats if b.get("usable") is not False)
 
 
 @dataclass

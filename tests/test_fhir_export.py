@@ -144,6 +144,8 @@ def _recording(out: Path) -> dict[str, Any]:
     for i, lab in enumerate(labels):
         rec.add(Chunk.record("beats", "bed-4/ecg", i, T0 + i * S, {"beats": [
             {"sample": i * 250, "t_ns": T0 + i * S, "label": lab, "probs": {lab: 0.9}}]}, meta=meta))
+    rec.add(Chunk.record("beats", "bed-4/ecg", len(labels), T0 + 55 * S, {"beats": [  # on unusable signal
+        {"sample": 55 * 250, "t_ns": T0 + 55 * S, "label": "V", "probs": {"V": 0.6}, "usable": False}]}, meta=meta))
     rec.add(Chunk.record("hrv", "bed-4/ecg", 0, T0 + 50 * S, {"t_ns": T0 + 50 * S, "window_s": 300.0, "n_nn": 40,
                                                               "sdnn_ms": 42.5, "rmssd_ms": 30.25}, meta=meta))
     alarms = [{"type": "afib", "state": "on", "onset_ns": T0 + 10 * S},
@@ -196,6 +198,7 @@ def test_session_bundle_valid_and_faithful(tmp_path: Path) -> None:
     ect = find("ectopic-beats")[0]
     comp = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in ect["component"]}
     assert comp["17338001"] == 6 and comp["supraventricular-ectopic-beats"] == 4 and comp["beats-total"] == 50
+    assert comp["beats-unusable"] == 1  # a beat on unusable signal is reported apart, not as a V
     assert ect["valueQuantity"]["value"] == pytest.approx(20.0)
     af = find("af-burden")[0]
     assert af["valueQuantity"]["value"] == pytest.approx(100 * 15 / 60)  # 15 s of AF in 60 s monitored
