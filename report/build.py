@@ -492,7 +492,7 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
         rows = pcg_numbers(p)
         y = _table(fig, rows, 118)
         res_lines = [f"{_utc(r['start_ns'])[11:19] if isinstance(r.get('start_ns'), int) else '?'}  "
-                     f"{str(r.get('label') or '?'):<16} P(abnormal) "
+                     f"{str(r.get('verdict') or r.get('label') or '?'):<16} P(abnormal) "
                      f"{r['abnormal_prob']:.2f}" if isinstance(r.get("abnormal_prob"), (int, float)) else str(r.get("label"))
                      for r in p.results[:14]]
         if res_lines:
