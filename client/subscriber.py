@@ -133,6 +133,11 @@ class Subscriber:
         With CurveZMQ on: this client's ``.key_secret`` file and the engine's ``.key``.
     sockopts : mapping of int to int, optional
         Extra socket options set before connecting (e.g. ``{zmq.RCVBUF: 65536}``).
+    physical : bool
+        Deliver integer signal chunks that carry ``meta.gain`` (and ``meta.baseline``) in
+        physical units: float64 ``(adu - baseline) / gain`` (:func:`telediag.transports.wire.physical`),
+        with ``gain``/``baseline`` removed from ``meta``. A chunk whose gain is malformed is
+        counted in ``bad`` (reason ``bad_field``) and skipped.
 
     Messages that fail to decode are counted in ``bad`` (never raised). Every decoded
     message goes through a :class:`SeqTracker` (:attr:`seq`): :meth:`stats` gives the
@@ -155,8 +160,10 @@ class Subscriber:
         curve_secret: str | None = None,
         server_key: str | None = None,
         sockopts: Mapping[int, int] | None = None,
+        physical: bool = False,
     ) -> None:
         self._own_ctx = ctx is None
+        self.physical = physical
         from telediag.transports.sockets import endpoint
 
         addr = endpoint(addr)  # "host:port" = tcp://host:port; anything else unclear is a ConfigError
@@ -201,6 +208,12 @@ class Subscriber:
                 continue
             self.received += 1
             self.seq.observe(chunk.topic, chunk.seq)
+            if self.physical and chunk.data is not None and "gain" in chunk.meta and chunk.kind in ("ecg", "pcg"):
+                try:
+                    chunk = _to_physical(chunk)
+                except ProtocolError as e:
+                    self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
+                    continue
             return chunk
 
     @property
@@ -377,3 +390,16 @@ def _short(body: Any, limit: int = 90) -> str:
         body = described
     text = str(body)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _to_physical(chunk: Chunk) -> Chunk:
+    """``chunk`` with its integer samples in physical units (float64) and no gain/baseline in meta."""
+    from telediag.transports.wire import physical
+
+    x = physical(chunk)
+    if x is chunk.data:
+        return chunk
+    meta = {k: v for k, v in chunk.meta.items() if k not in ("gain", "baseline")}
+    assert chunk.rate_hz is not None
+    return Chunk.signal(chunk.kind, chunk.stream, chunk.seq, chunk.t0_ns, x, chunk.rate_hz,
+                        chunk.channels, chunk.units, meta=meta)

@@ -58,6 +58,7 @@ __all__ = [
     "VideoSpec",
     "decode",
     "encode",
+    "physical",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -1160,3 +1161,46 @@ def _peek_ids(frames: object) -> tuple[str | None, int | None]:
         return stream, seq
     except Exception:  # noqa: BLE001 - best effort only
         return None, None
+
+
+def physical(chunk: Chunk) -> np.ndarray:
+    """The samples of a signal chunk in physical units (float64), per PROTOCOL.md section 6.1.
+
+    An integer stream MAY carry ``meta.gain`` and ``meta.baseline`` (one number per channel,
+    WFDB's convention): ``physical = (adu - baseline) / gain``, in the unit ``units[j]`` names.
+    Without ``gain`` the samples are returned as they are (as float64); ``baseline`` defaults
+    to 0. Float streams are returned as they are (their ``gain`` would be ignored).
+
+    Raises
+    ------
+    ProtocolError
+        ``bad_field`` when ``gain``/``baseline`` is not a list of ``len(channels)`` finite
+        numbers, or a gain is 0; ``invalid_chunk`` when ``chunk`` is not a signal.
+
+    Examples
+    --------
+    >>> c = Chunk.signal("ecg", "s", 0, 0, np.array([[1224], [1024]], "<i2"), 360.0, ["II"], ["mV"],
+    ...                  meta={"gain": [200.0], "baseline": [1024]})
+    >>> physical(c).ravel().tolist()
+    [1.0, 0.0]
+    """
+    if chunk.kind not in SIGNAL_KINDS or chunk.data is None:
+        raise ProtocolError("invalid_chunk", f"physical() needs a signal chunk, got kind {chunk.kind!r}")
+    x = np.asarray(chunk.data)
+    if x.dtype.kind == "f" or "gain" not in chunk.meta:
+        return x.astype(np.float64)
+    n = len(chunk.channels)
+
+    def per_channel(key: str, default: float) -> np.ndarray:
+        v = chunk.meta.get(key, [default] * n)
+        ok = (isinstance(v, list) and len(v) == n
+              and all(type(g) in (int, float) and math.isfinite(g) for g in v))
+        if not ok:
+            raise ProtocolError("bad_field", f"meta.{key} must be a list of {n} finite numbers (one per "
+                                             f"channel), got {_short(v)}")
+        return np.asarray(v, np.float64)
+
+    gain, base = per_channel("gain", 1.0), per_channel("baseline", 0.0)
+    if np.any(gain == 0):
+        raise ProtocolError("bad_field", f"meta.gain must not contain 0, got {gain.tolist()}")
+    return (x.astype(np.float64) - base) / gain

@@ -1,0 +1,109 @@
+"""Contract pieces that need no engine: integer streams with gain/baseline (PROTOCOL.md 6.1),
+the output schemas themselves, and the documents that name them."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from telediag.client import Subscriber
+from telediag.errors import ProtocolError
+from telediag.transports.outputs import EVENT_TYPES, SCHEMA_KINDS, check_body, schema
+from telediag.transports.wire import ANNOTATION_KINDS, REASONS, Chunk, encode, physical
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _int_chunk(meta: dict) -> Chunk:
+    x = np.array([[1224, -500], [1024, 0], [824, 500]], "<i2")
+    return Chunk.signal("ecg", "bed/ecg", 0, 0, x, 360.0, ["II", "V1"], ["mV", "mV"], meta=meta)
+
+
+def test_physical_applies_gain_and_baseline_per_channel() -> None:
+    c = _int_chunk({"gain": [200.0, 1000], "baseline": [1024, 0]})
+    np.testing.assert_allclose(physical(c), [[1.0, -0.5], [0.0, 0.0], [-1.0, 0.5]])
+    np.testing.assert_array_equal(physical(_int_chunk({})), _int_chunk({}).data.astype(float))
+    np.testing.assert_allclose(physical(_int_chunk({"gain": [2, 4]})), _int_chunk({}).data / [2, 4])
+    for bad in ({"gain": [200.0]}, {"gain": [0, 1]}, {"gain": "x"}, {"gain": [1, 1], "baseline": [True, 0]},
+                {"gain": [float("nan"), 1]}):
+        with pytest.raises(ProtocolError, match="bad_field"):
+            physical(_int_chunk(bad))
+
+
+def test_subscriber_delivers_physical_units_on_request() -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Subscriber(f"tcp://127.0.0.1:{port}", ["ecg/"], physical=True) as sub, \
+                Subscriber(f"tcp://127.0.0.1:{port}", ["ecg/"]) as raw:
+            time.sleep(0.3)  # slow joiner
+            pub.send_multipart(encode(_int_chunk({"gain": [200.0, 1000.0], "baseline": [1024, 0], "k": 1})))
+            pub.send_multipart(encode(_int_chunk({"gain": [1.0]})))  # malformed: skipped, counted
+            c = sub.recv(timeout_s=5)
+            r = raw.recv(timeout_s=5)
+            assert c is not None and r is not None
+            assert c.data.dtype == np.float64 and c.meta == {"k": 1}
+            np.testing.assert_allclose(c.data, [[1.0, -0.5], [0.0, 0.0], [-1.0, 0.5]])
+            assert r.data.dtype == np.int16 and r.meta["gain"] == [200.0, 1000.0]
+            assert sub.recv(timeout_s=0.5) is None and sub.bad == {"bad_field": 1}
+    finally:
+        pub.close(0)
+        ctx.term()
+
+
+def test_every_schema_is_valid_json_schema() -> None:
+    import jsonschema
+
+    for kind in sorted(SCHEMA_KINDS):
+        jsonschema.Draft202012Validator.check_schema(schema(kind))
+    assert SCHEMA_KINDS == ANNOTATION_KINDS  # every annotation kind has a body schema
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    ("beats", {"beats": [], "lead": "II", "channel": 0, "fs": 360.0, "quality_hold": "verdict", "counters": {}}),
+    ("event", {"type": "no_such_event"}),
+    ("event", {"type": "gap", "stream": "s"}),  # fields missing
+    ("hr", {"readings": [{"sample": -1, "t_ns": 0, "hr_bpm": 60, "on_beat": True, "signal_ok": True}],
+            "rule": "median", "n_intervals": 8, "min_rr_s": 0.2, "asystole_s": 4.0, "every_s": 1.0}),
+    ("alarm", {"type": "vtach?", "state": "on", "onset_sample": 0, "onset_ns": 0, "end_sample": None,
+               "end_ns": None, "detail": None, "lead": "II"}),
+    ("polyp", {"polyp_probability": 1.5}),
+])
+def test_schemas_catch_drift(kind: str, body: dict) -> None:
+    """The schemas are not vacuous: renamed/missing fields, bad values and unknown types fail."""
+    with pytest.raises(ProtocolError, match="body_malformed"):
+        check_body(kind, body)
+
+
+def test_outputs_md_names_every_event_type_reason_and_kind() -> None:
+    text = (ROOT / "transports" / "OUTPUTS.md").read_text(encoding="utf-8")
+    from telediag.transports.outputs import ENGINE_REASONS
+
+    for name in [*EVENT_TYPES, *REASONS, *ENGINE_REASONS]:
+        assert f"`{name}`" in text, f"OUTPUTS.md does not mention `{name}`"
+    for kind in SCHEMA_KINDS:
+        assert f"`{kind}/" in text and f"{kind}.schema.json" in text, kind
+
+
+def test_protocol_md_reason_table_lists_every_engine_reason() -> None:
+    text = (ROOT / "transports" / "PROTOCOL.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([a-z_]+)`", text, re.M))
+    from telediag.transports.outputs import ENGINE_REASONS
+
+    assert set(REASONS) | set(ENGINE_REASONS) <= rows, sorted(set(REASONS) | set(ENGINE_REASONS) - rows)
+
+
+def test_schema_files_are_shipped_as_package_data() -> None:
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "schemas/*.json" in doc["tool"]["setuptools"]["package-data"]["telediag.transports"]
+    for f in (ROOT / "transports" / "schemas").glob("*.json"):
+        json.loads(f.read_text(encoding="utf-8"))
