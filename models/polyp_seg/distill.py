@@ -121,6 +121,10 @@ def build_student_onnx(teacher: Path, head: Any, out: Path) -> None:
     m = onnx.load(str(teacher))
     d = m.graph.input[0].type.tensor_type.shape.dim
     d[2].dim_param, d[3].dim_param = "height", "width"
+    o = m.graph.output[0].type.tensor_type.shape.dim
+    o[2].dim_param, o[3].dim_param = "prob_height", "prob_width"
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
     ex = onnx.utils.Extractor(m)
     sub = ex.extract_model(["image"], [TRUNK_OUT, SKIP_OUT])
     g = sub.graph
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
         vd = val_dice()
         curve.append({"epoch": ep, "loss": round(tot / n, 4), "val_dice": round(vd, 4)})
         print(f"epoch {ep} loss {tot / n:.4f} val Dice {vd:.4f} ({time.time() - t_start:.0f} s)",
@@ -255,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if vd > best[0]:
             best = (vd, ep, {k: v.clone() for k, v in head.state_dict().items()})
     head.load_state_dict(best[2])
+    torch.save(best[2], a.out.with_suffix(".pt"))  # the head's weights, kept if export fails
     build_student_onnx(a.teacher, head, a.out)
     summary = {"best_epoch": best[1], "val_dice_352": round(best[0], 4), "epochs": a.epochs,
                "lr": a.lr, "batch": a.batch, "alpha": a.alpha, "seed": a.seed,
