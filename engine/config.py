@@ -37,6 +37,7 @@ class EngineSettings:
     publish: str = "tcp://127.0.0.1:5556"
     workers: int = 1
     worker_mode: str = "thread"  # "thread" (workers share this process) or "process" (one OS process each)
+    spare_workers: int = 1  # process mode: warm spare processes that take over a dead worker at once
     stats_interval_s: float = 1.0
     ingest_hwm: int = 10000
     publish_hwm: int = 200000
@@ -53,6 +54,8 @@ class EngineSettings:
                 raise ConfigError(f"[engine].{name} must be a tcp://, ipc:// or inproc:// address, got {addr!r}")
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"[engine].workers must be in 1..64, got {self.workers}")
+        if not 0 <= self.spare_workers <= 8:
+            raise ConfigError(f"[engine].spare_workers must be in 0..8, got {self.spare_workers}")
         if self.worker_mode not in ("thread", "process"):
             raise ConfigError(f"[engine].worker_mode must be 'thread' or 'process', got {self.worker_mode!r}")
         if not 0.05 <= self.stats_interval_s <= 3600:

@@ -62,15 +62,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(index: int, config: Config, inbox_addr: str, out_addr: str, ctrl_addr: str,
+def worker_main(config: Config, inbox_addrs: list[str], out_addr: str, ctrl_addr: str,
                 parent_pid: int, parallel_warmup: bool) -> None:  # pragma: no cover - runs in a child
-    """Entry point of a worker process (see the module doc)."""
+    """Entry point of a worker process (see the module doc).
+
+    The process warms up first, then says hello on the control socket and waits for its
+    assignment: a worker index (hence its inbox address) and the progress of the streams it
+    takes over. A process that is not needed yet waits there as a warm *spare*.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent_pid:
         return
     ctx = zmq.Context()
-    w = Worker(index, config, ctx, inbox_addr, out_addr)
+    w = Worker(-1, config, ctx, "", out_addr)
     w.out_type = zmq.PUSH
     w.progress = True
     w.parallel_warmup = parallel_warmup
@@ -79,12 +84,15 @@ def worker_main(index: int, config: Config, inbox_addr: str, out_addr: str, ctrl
         req = ctx.socket(zmq.DEALER)
         req.setsockopt(zmq.LINGER, 0)
         req.connect(ctrl_addr)
-        req.send_multipart([HELLO, str(index).encode()])
-        if not req.poll(60_000):
-            raise RuntimeError(f"worker {index}: no answer from the engine's control socket")
-        reply = req.recv_multipart()
+        req.send_multipart([HELLO, str(os.getpid()).encode()])
+        while not req.poll(1000):  # a spare waits here until a worker dies
+            if os.getppid() != parent_pid:
+                raise SystemExit(0)
+        reply = json.loads(req.recv_multipart()[-1])
         req.close()
-        w.resume = {str(k): int(v) for k, v in json.loads(reply[-1]).items()}
+        w.index = int(reply["index"])
+        w.inbox_addr = inbox_addrs[w.index]
+        w.resume = {str(k): int(v) for k, v in reply["resume"].items()}
 
     w.before_serve = hello
     try:
@@ -99,7 +107,7 @@ class ProcessPool:
     Parameters
     ----------
     config : Config
-        Engine configuration (``[engine].workers`` processes).
+        Engine configuration (``[engine].workers`` processes, ``[engine].spare_workers`` spares).
     ctx : zmq.Context
         The engine's context (collector and control sockets live in it).
     proxy_in : str
@@ -117,6 +125,8 @@ class ProcessPool:
     #: More restarts than this within :data:`RESTART_WINDOW_S` ends the engine (a crash loop).
     MAX_RESTARTS = 10
     RESTART_WINDOW_S = 60.0
+    #: The collector answers a replacement only after the dead worker's pipe was quiet this long.
+    QUIET_S = 0.05
 
     def __init__(self, config: Config, ctx: zmq.Context, proxy_in: str, run_dir: str,
                  owner: Callable[[str], int], on_stats: Callable[[int, dict[str, Any]], None],
@@ -124,6 +134,7 @@ class ProcessPool:
         self.config = config
         self.ctx = ctx
         self.n = config.engine.workers
+        self.spares = config.engine.spare_workers
         self.inbox_addrs = [f"ipc://{run_dir}/w{i}" for i in range(self.n)]
         self.out_addr = f"ipc://{run_dir}/out"
         self.ctrl_addr = f"ipc://{run_dir}/ctrl"
@@ -131,11 +142,14 @@ class ProcessPool:
         self.owner = owner
         self.on_stats = on_stats
         self.decorate_stats = decorate_stats
-        self.procs: list[Any] = [None] * self.n
+        self.procs: list[Any] = []  # every live process (assigned or spare)
+        self.index_of: dict[int, int] = {}  # pid -> worker index (assigned processes)
+        self.assigned_at: dict[int, float] = {}  # worker index -> monotonic time of its last assignment
         self.progress: dict[str, int] = {}  # stream -> last seq whose outputs were all forwarded
         self.restarts: list[tuple[float, int, int | None]] = []  # (time, worker, exit code)
         self.error: str | None = None
-        self.hello = [threading.Event() for _ in range(self.n)]
+        self._unassigned: list[int] = list(range(self.n))  # worker indices waiting for a process
+        self._died_at: dict[int, float] = {}
         self._stopping = threading.Event()
         self._collector_done = threading.Event()
         self._mp = mp.get_context("spawn")
@@ -144,60 +158,87 @@ class ProcessPool:
         self._events: list[dict[str, Any]] = []
 
     # -- processes -----------------------------------------------------------------------
-    def _spawn(self, i: int, parallel_warmup: bool) -> None:
-        self.hello[i].clear()
-        p = self._mp.Process(target=worker_main, name=f"telediag-w{i}", daemon=True,
-                             args=(i, self.config, self.inbox_addrs[i], self.out_addr, self.ctrl_addr, os.getpid(),
+    def _spawn(self, parallel_warmup: bool) -> None:
+        p = self._mp.Process(target=worker_main, name="telediag-worker", daemon=True,
+                             args=(self.config, self.inbox_addrs, self.out_addr, self.ctrl_addr, os.getpid(),
                                    parallel_warmup))
         p.start()
-        self.procs[i] = p
+        with self._lock:
+            self.procs.append(p)
 
     def start(self, timeout_s: float = 300.0) -> None:
-        """Bind the collector and control sockets, start every worker, wait until all said hello."""
+        """Bind the collector and control sockets, start the processes, wait until every index is served."""
         self._collector = threading.Thread(target=self._collect, name="telediag-collector", daemon=True)
         self._bound = threading.Event()
         self._collector.start()
         if not self._bound.wait(10):
             raise RuntimeError("collector did not start")
-        # worker 0 may compile kernels in parallel (cold cache); the others load what it leaves
-        for i in range(self.n):
-            self._spawn(i, parallel_warmup=i == 0)
+        # the first may compile kernels in parallel (cold cache); the others load what it leaves
+        for k in range(self.n + self.spares):
+            self._spawn(parallel_warmup=k == 0)
         deadline = time.monotonic() + timeout_s
-        for i in range(self.n):
-            while not self.hello[i].wait(0.2):
-                p = self.procs[i]
-                if p is not None and not p.is_alive():
-                    raise RuntimeError(f"worker process {i} exited during start-up (code {p.exitcode})")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker process {i} did not start within {timeout_s} s")
+        while len(self.assigned_at) < self.n:
+            time.sleep(0.05)
+            dead = [p for p in self.procs if not p.is_alive()]
+            if dead:
+                raise RuntimeError(f"a worker process exited during start-up (code {dead[0].exitcode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker processes did not start within {timeout_s} s")
         self._supervisor = threading.Thread(target=self._supervise, name="telediag-supervisor", daemon=True)
         self._supervisor.start()
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            sentinels = {p.sentinel: i for i, p in enumerate(self.procs) if p is not None}
+            with self._lock:
+                sentinels = {p.sentinel: p for p in self.procs}
             ready = mp.connection.wait(list(sentinels), timeout=0.2)
             if self._stopping.is_set():
                 return
             for s in ready:
-                i = sentinels[s]  # type: ignore[index]
-                p = self.procs[i]
-                now = time.monotonic()
-                self.restarts.append((now, i, p.exitcode))
-                recent = [r for r in self.restarts if now - r[0] < self.RESTART_WINDOW_S]
-                if len(recent) > self.MAX_RESTARTS:
-                    self.error = (f"worker processes died {len(recent)} times in {self.RESTART_WINDOW_S:g} s "
-                                  f"(last: worker {i}, exit code {p.exitcode}); giving up")
-                    return
+                p = sentinels[s]  # type: ignore[index]
                 with self._lock:
-                    self._events.append({"type": "worker_restarted", "worker": i, "exitcode": p.exitcode,
-                                         "restarts": len(recent)})
-                self._spawn(i, parallel_warmup=False)
+                    self.procs.remove(p)
+                    i = self.index_of.pop(p.pid, None)
+                now = time.monotonic()
+                if i is not None:
+                    self.restarts.append((now, i, p.exitcode))
+                    recent = [r for r in self.restarts if now - r[0] < self.RESTART_WINDOW_S]
+                    if len(recent) > self.MAX_RESTARTS:
+                        self.error = (f"worker processes died {len(recent)} times in {self.RESTART_WINDOW_S:g} s "
+                                      f"(last: worker {i}, exit code {p.exitcode}); giving up")
+                        return
+                    with self._lock:
+                        self._died_at[i] = now
+                        self._unassigned.append(i)
+                        self._events.append({"type": "worker_restarted", "worker": i, "exitcode": p.exitcode,
+                                             "restarts": len(recent)})
+                self._spawn(parallel_warmup=False)  # the next spare (or this index's replacement)
 
     def alive(self) -> bool:
         return self.error is None
 
     # -- collector -----------------------------------------------------------------------
+    def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, int]], last_rx: float) -> None:
+        """Give each unassigned worker index to a waiting process, with its streams' progress."""
+        while waiting:
+            with self._lock:
+                if not self._unassigned:
+                    return
+                i = self._unassigned[0]
+                died = self._died_at.get(i)
+            now = time.monotonic()
+            if died is not None and (now - died < self.QUIET_S or now - last_rx < self.QUIET_S):
+                return  # let the dead worker's last messages through first: progress must be complete
+            ident, pid = waiting.pop(0)
+            if not any(p.pid == pid and p.is_alive() for p in self.procs):
+                continue  # that spare is gone
+            with self._lock:
+                self._unassigned.pop(0)
+                self.index_of[pid] = i
+                self.assigned_at[i] = now
+            mine = {s: q for s, q in self.progress.items() if self.owner(s) == i}
+            ctrl.send_multipart([ident, json.dumps({"index": i, "resume": mine}).encode()])
+
     def _collect(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.RCVHWM, self.config.engine.publish_hwm)
@@ -213,10 +254,12 @@ class ProcessPool:
         poller.register(pull, zmq.POLLIN)
         poller.register(ctrl, zmq.POLLIN)
         progress = self.progress
+        waiting: list[tuple[bytes, int]] = []  # (routing id, pid) of processes waiting for an index
         idle_since: float | None = None
+        last_rx = 0.0
         try:
             while True:
-                events = dict(poller.poll(100))
+                events = dict(poller.poll(20 if self._unassigned else 100))
                 if self._events:
                     with self._lock:
                         evs, self._events = self._events, []
@@ -225,12 +268,10 @@ class ProcessPool:
                 if ctrl in events:
                     ident, tag, payload = ctrl.recv_multipart()
                     if tag == HELLO:
-                        i = int(payload)
-                        mine = {s: q for s, q in progress.items() if self.owner(s) == i}
-                        ctrl.send_multipart([ident, json.dumps(mine).encode()])
-                        self.hello[i].set()
+                        waiting.append((ident, int(payload)))
                 if pull in events:
                     idle_since = None
+                    last_rx = time.monotonic()
                     for _ in range(1000):
                         try:
                             msg = pull.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -241,15 +282,17 @@ class ProcessPool:
                             progress.update(json.loads(msg[1].bytes))
                             continue
                         if first.startswith(b"stats/engine/w"):
-                            msg = self._stats(msg, first)
+                            msg = self._stats(msg)
                         pub.send_multipart(msg, copy=False)
                         self.forwarded += 1
                 elif self._stopping.is_set():
                     # stop once every worker process has exited and their last messages are read
-                    if all(p is None or not p.is_alive() for p in self.procs):
+                    if all(not p.is_alive() for p in list(self.procs)):
                         idle_since = idle_since or time.monotonic()
                         if time.monotonic() - idle_since > 0.2:
                             break
+                if waiting and self._unassigned and not self._stopping.is_set():
+                    self._assign(ctrl, waiting, last_rx)
         finally:
             pull.close(0)
             ctrl.close(0)
@@ -259,40 +302,44 @@ class ProcessPool:
     def _publish_event(self, pub: zmq.Socket, body: dict[str, Any]) -> None:
         from telediag.transports.wire import Chunk, encode
 
-        body = {**body, "pub_ns": time.time_ns()}
-        pub.send_multipart(encode(Chunk.record("event", "engine", 0, time.time_ns(), body)))
+        pub.send_multipart(encode(Chunk.record("event", "engine", 0, time.time_ns(), body),
+                                  meta={"pub_ns": time.time_ns()}))
 
-    def _stats(self, msg: list[Any], topic: bytes) -> list[Any]:
+    def _stats(self, msg: list[Any]) -> list[Any]:
         try:
             chunk = decode(msg)
             body = dict(chunk.body)
             i = int(body.get("worker", -1))
         except Exception:  # noqa: BLE001 - forward as is; metrics just miss one snapshot
             return msg
+        body["process_restarts"] = sum(1 for r in self.restarts if r[1] == i)
         if self.decorate_stats is not None and i == 0:
             self.decorate_stats(body)
             from telediag.transports.wire import Chunk, encode
 
             msg = list(encode(Chunk.record("stats", chunk.stream, chunk.seq, chunk.t0_ns, body, meta=chunk.meta)))
-        body["restarts"] = sum(1 for r in self.restarts if r[1] == i)
         self.on_stats(i, body)
         return msg
 
     # -- stop ----------------------------------------------------------------------------
     def stop(self, timeout_s: float) -> bool:
-        """After the router has sent STOP: wait for the processes to exit (kill stragglers).
+        """After the router has sent STOP: wait for the assigned processes to exit, end the spares.
 
-        Returns True when every process ended by itself.
+        Returns True when every assigned process ended by itself.
         """
         self._stopping.set()
         deadline = time.monotonic() + timeout_s
         clean = True
-        for p in self.procs:
-            if p is None:
-                continue
+        with self._lock:
+            procs = list(self.procs)
+            assigned = set(self.index_of)
+        for p in procs:
+            if p.pid not in assigned:  # a spare: nothing to drain
+                p.terminate()
+        for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
-                clean = False
+                clean = clean and p.pid not in assigned
                 p.kill()
                 p.join(5)
         self._collector_done.wait(max(1.0, deadline - time.monotonic()))
