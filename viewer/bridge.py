@@ -915,6 +915,7 @@ class Bridge:
         c.put(_dumps({"kind": "_hello", "endpoints": self.endpoints, "t_ns": time.time_ns(),
                       "history_s": self.history_ns / 1e9, "client": c.id, "user": user}), "_hello")
         snap = self.snapshot_topics()
+        c.maxlen = max(c.maxlen, len(snap) + self.queue_max // 2)  # the snapshot alone never overflows
         c.put(_dumps({"kind": "_snapshot", "state": "begin", "count": len(snap)}), "_snapshot")
         for topic, msg in snap:
             c.put(msg, topic)

@@ -59,6 +59,7 @@ function drawBeatLegend(ctx, x, y) {
 }
 const patientOf = (stream) => stream.split("/")[0];
 const baseOf = (stream) => stream.replace(/\/filtered$/, "");
+const natCmp = (a, b) => a.localeCompare(b, undefined, { numeric: true });
 const isEngine = (stream) => stream === "engine" || stream.startsWith("engine/");
 
 // ------------------------------------------------------------------ state
@@ -73,6 +74,7 @@ const S = {
   alarms: new Map(),       // key -> alarm view (active only)
   acks: new Map(),         // alarm key -> {acked_by, acked_at_ns, silenced_by, silenced_until_ns}
   refused: [], user: null, focused: "", overlay: true, alarmSound: null, alarmSoundPlayed: 0,
+  msgMs: 0, msgMsPerS: 0,   // time spent handling WebSocket messages
   frameWork: new Float32Array(1200), frameGap: new Float32Array(1200), frameN: 0,
   selected: "",
   inSnapshot: false,
@@ -176,7 +178,8 @@ function drawTrace(ctx, tr, c, t0, t1, x0, w, yOf, color, width = 1.5) {
   const k1 = Math.min(Math.floor((t1 - tr.anchor) / tr.period), tr.total - 1);
   if (k1 < k0) return 0;
   const pxPerMs = w / (t1 - t0);
-  ctx.strokeStyle = color; ctx.lineWidth = width; ctx.lineJoin = "round";
+  // hairlines (width <= 1, bevel joins) rasterise several times faster in software: used in the grid
+  ctx.strokeStyle = color; ctx.lineWidth = S.grid ? 1 : width; ctx.lineJoin = S.grid ? "bevel" : "round";
   ctx.beginPath();
   let pen = false, col = -1, mn = 0, mx = 0, first = 0, last = 0, count = 0;
   const flush = () => {
@@ -265,14 +268,16 @@ class Patient {
     on(".avol", "input", (e) => AU.setVolume(Number(e.target.value) / 100));
     on(".b-mute", "click", () => AU.setMuted(!AU.muted));
     this.el.addEventListener("focus", () => { S.focused = this.id; });
-    $("#cards").appendChild(this.el);
+    // cards and list entries in natural order (bed-2 before bed-10)
+    const after = [...S.patients.values()].filter((p) => natCmp(p.id, id) > 0).sort((p, q) => natCmp(p.id, q.id))[0];
+    $("#cards").insertBefore(this.el, after ? after.el : null);
     this.li = document.createElement("li");
     this.li.className = "pitem";
     this.li.dataset.id = id;
     this.li.innerHTML = `<span class="pname"></span><span class="php">--</span>`;
     $(".pname", this.li).textContent = id;
     this.li.addEventListener("click", () => select(id));
-    $("#plist").appendChild(this.li);
+    $("#plist").insertBefore(this.li, after ? after.li : null);
     $("#empty-hint").classList.add("hidden");
     applySelection();
   }
@@ -515,8 +520,10 @@ class EcgPanel extends SignalPanel {
         ctx.beginPath(); ctx.moveTo(x, top + 14); ctx.lineTo(x, h); ctx.stroke();
         ctx.globalAlpha = 1;
         drawBeatShape(ctx, x, 7, m.label, m.usable);
-        ctx.fillStyle = col;
-        ctx.fillText(m.label == null ? "\u2022" : (m.usable === false ? `${m.label}?` : m.label), x, top + 10);
+        if (!S.grid) {   // the grid keeps shape + colour (text is costly to rasterise 16 times over)
+          ctx.fillStyle = col;
+          ctx.fillText(m.label == null ? "\u2022" : (m.usable === false ? `${m.label}?` : m.label), x, top + 10);
+        }
       }
       ctx.textAlign = "left";
     }
@@ -1093,6 +1100,7 @@ document.addEventListener("keydown", (e) => {
 function toggleGrid() {
   const on = !document.body.classList.contains("grid");
   document.body.classList.toggle("grid", on);
+  S.grid = on;
   $("#b-layout").setAttribute("aria-pressed", String(on));
 }
 $("#b-layout").addEventListener("click", toggleGrid);
@@ -1111,11 +1119,13 @@ function connect() {
     setText($("#conn"), "live"); $("#conn").className = "conn up";
   };
   ws.onmessage = (ev) => {
-    S.messages++; S.rateCount++; S.lastMsgWall = now();
+    const tm = now();
+    S.messages++; S.rateCount++; S.lastMsgWall = tm;
     try {
       if (typeof ev.data === "string") { S.bytes += ev.data.length; onJson(JSON.parse(ev.data)); }
       else { S.bytes += ev.data.byteLength; onBinary(ev.data); }
     } catch (e) { console.error("telediag viewer: bad message", e); }
+    S.msgMs += now() - tm;
   };
   ws.onclose = () => {
     if (S.ws !== ws) return;
@@ -1138,6 +1148,7 @@ setInterval(() => {
   if (S.ws && S.connected && now() - S.lastMsgWall > 5000) { try { S.ws.close(); } catch (e) { /* closing */ } }
   S.rate = S.rateCount; S.rateCount = 0;
   S.fps = S.fpsCount; S.fpsCount = 0;
+  S.msgMsPerS = S.msgMs; S.msgMs = 0;
 }, 1000);
 
 // ------------------------------------------------------------------ render loop
@@ -1149,7 +1160,7 @@ function frame() {
   for (const tr of S.tracks.values()) tr.advance(dt);
   for (const pat of S.patients.values()) {
     if (pat.el.classList.contains("hidden")) continue;
-    for (const p of pat.panels.values()) p.draw();
+    if (!S.noDraw) for (const p of pat.panels.values()) p.draw();
   }
   if (alarmsDirty) renderAlarms();
   if (t - lastSlow > 250) {   // numbers, badges and event lines at 4 Hz
@@ -1224,9 +1235,11 @@ window.telediag = {
     const n = Math.min(S.frameN, S.frameWork.length);
     const pct = (arr, p) => { const a = Array.from(arr.slice(0, n)).sort((x, y) => x - y); return a.length ? a[Math.min(a.length - 1, Math.floor(p * a.length))] : null; };
     return { n, work_p50: pct(S.frameWork, 0.5), work_p95: pct(S.frameWork, 0.95), work_max: pct(S.frameWork, 1),
-      gap_p50: pct(S.frameGap, 0.5), gap_p95: pct(S.frameGap, 0.95), gap_max: pct(S.frameGap, 1) };
+      gap_p50: pct(S.frameGap, 0.5), gap_p95: pct(S.frameGap, 0.95), gap_max: pct(S.frameGap, 1),
+      msg_ms_per_s: S.msgMsPerS };
   },
   resetFrameStats() { S.frameN = 0; },
+  setDraw(on) { S.noDraw = !on; },   // profiling: message handling without drawing
   review(id) {
     const p = S.patients.get(id);
     if (!p) return null;

@@ -1,0 +1,202 @@
+"""The physician's console in headless Chromium: frame time under load, bridge CPU per viewer, listening delay.
+
+Run::
+
+    pytest benchmarks/bench_viewer_page.py --benchmark-only -s    # figures (30 s load, 120 s listening)
+    pytest benchmarks/bench_viewer_page.py --benchmark-disable    # smoke (CI: a few seconds each)
+
+Scenarios (a synthetic real-time publisher of what the engine publishes, ``tests/viewer_feed.py``,
+loopback only, the viewer's bridge in this process, Debian ``chromium`` headless):
+
+* **load**: 16 patients, each a 2-lead ECG (250 Hz, beats, HR) and heart sounds (2 kHz, shown
+  min/max-decimated at 500 Hz), plus one endoscopy video (10 fps, the engine's overlay stream and
+  polyp records), in ONE page in the grid layout (1920x1080, every strip on screen).
+  ``extra_info``: ``work_p50/p95/max`` = JavaScript time per animation frame (draw + bookkeeping),
+  ``gap_p50/p95`` = interval between frames (what the eye sees; 16.7 ms at 60 Hz),
+  ``chromium_cpu_ms_per_frame`` = CPU time of every Chromium process (renderer, GPU/raster,
+  audio, network) per frame drawn: the cost of a frame independent of how busy the machine is
+  (on a shared 2-core machine the page may simply not get the CPU). Target: p95 frame time
+  <= 20 ms.
+* **bridge CPU per viewer**: CPU seconds per wall second of the bridge's threads (the viewer
+  thread and its video transcoders, from ``/proc/self/task``) with 0, 1 and 3 pages open on
+  the load scenario; ``per_viewer`` = (3 pages - 0 pages) / 3.
+* **listening**: one patient's heart sounds (50 ms chunks sent when complete, as a capture
+  agent does) played by the page (AudioWorklet jitter buffer, diaphragm mode):
+  ``delay_p50/p95_ms`` = source time of a sample -> its play time (AudioContext output
+  timestamp), ``underruns``, ``skips``, ``concealed_ms``. Target: p95 <= 300 ms, zero
+  underruns over 2 minutes.
+
+Set ``BENCH_VIEWER_LOAD_S`` / ``BENCH_VIEWER_LISTEN_S`` to change the durations.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import free_port  # noqa: E402
+from viewer_feed import Feed  # noqa: E402
+
+from telediag.viewer.server import ViewerThread  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        "--autoplay-policy=no-user-gesture-required"]
+
+
+def _chromium_cpu_s() -> float:
+    """CPU seconds (user + system) of every Chromium process started under this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        procs[int(d.name)] = (int(f[1]), comm, (int(f[11]) + int(f[12])) / tick)
+    me, total = os.getpid(), 0.0
+    for pid, (_, comm, cpu) in procs.items():
+        if "chrom" not in comm:
+            continue
+        p, seen = pid, 0
+        while p in procs and p != me and seen < 50:
+            p, seen = procs[p][0], seen + 1
+        if p == me:
+            total += cpu
+    return total
+
+
+def _bridge_cpu_s() -> float:
+    """CPU seconds (user + system) of the viewer's threads so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name == "telediag-viewer" or t.name.startswith("viewer-video"):
+            try:
+                fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000, chromium_sandbox=False)
+        yield b
+        b.close()
+
+
+def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
+    feed = Feed(f"tcp://127.0.0.1:{free_port()}", patients=16, pcg_patients=tuple(range(1, 17)), video=True).start()
+    viewer = ViewerThread(feed.endpoint, port=0)
+    url = viewer.start()
+    out: dict[str, Any] = {"patients": 16, "seconds": seconds}
+    contexts: list[Any] = []
+    try:
+        time.sleep(1.0)
+        cpu: dict[int, float] = {}
+        for n in pages:
+            while len(contexts) < n:
+                ctx = browser.new_context(viewport={"width": 1920, "height": 1080})
+                page = ctx.new_page()
+                page.goto(url + "?layout=grid")
+                page.wait_for_function("() => window.telediag.state().patients.length >= 17", timeout=30_000)
+                contexts.append((ctx, page))
+            time.sleep(2.0)  # settle (snapshots sent)
+            if n == 1:
+                page = contexts[0][1]
+                page.evaluate("() => window.telediag.resetFrameStats()")
+            c0, w0, cc0 = _bridge_cpu_s(), time.monotonic(), _chromium_cpu_s()
+            f0 = contexts[0][1].evaluate("() => window.telediag.state().frames") if n == 1 else 0
+            time.sleep(seconds if n == 1 else max(2.0, seconds / 3))
+            cpu[n] = (_bridge_cpu_s() - c0) / (time.monotonic() - w0)
+            if n == 1:
+                frames = contexts[0][1].evaluate("() => window.telediag.state().frames") - f0
+                out["chromium_cpu_ms_per_frame"] = round((_chromium_cpu_s() - cc0) * 1000 / max(1, frames), 2)
+                out["chromium_cpu_cores"] = round((_chromium_cpu_s() - cc0) / (time.monotonic() - w0), 2)
+                out["load_avg_1min"] = os.getloadavg()[0]
+                fs = contexts[0][1].evaluate("() => window.telediag.frameStats()")
+                st = contexts[0][1].evaluate("() => window.telediag.state()")
+                out.update({k: round(v, 2) if isinstance(v, float) else v for k, v in fs.items()})
+                out["streams"] = len(st["streams"])
+                out["video_frames"] = sum(v["frames"] for v in st["video"].values())
+                out["dropped"] = st["dropped"]
+                shot = Path(os.environ.get("TELEDIAG_ARTIFACTS", "/tmp/viewer_screens"))
+                shot.mkdir(parents=True, exist_ok=True)
+                contexts[0][1].screenshot(path=str(shot / "console_load16.png"))
+        out["bridge_cpu"] = {str(k): round(v, 3) for k, v in cpu.items()}
+        if 0 in cpu and pages[-1] > 0:
+            out["bridge_cpu_per_viewer"] = round((cpu[pages[-1]] - cpu[0]) / pages[-1], 3)
+    finally:
+        for ctx, _ in contexts:
+            ctx.close()
+        viewer.stop()
+        feed.stop()
+    return out
+
+
+def run_listen(browser: Any, seconds: float) -> dict[str, Any]:
+    feed = Feed(f"tcp://127.0.0.1:{free_port()}", patients=1, pcg_patients=(1,), video=False).start()
+    viewer = ViewerThread(feed.endpoint, port=0)
+    url = viewer.start()
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = ctx.new_page()
+        page.goto(url)
+        page.wait_for_function("() => document.querySelector('section.patient[data-id=\"bed-1\"] .b-listen')",
+                               timeout=30_000)
+        time.sleep(1.0)
+        page.locator('section.patient[data-id="bed-1"] .b-listen').click()
+        t_end = time.monotonic() + seconds + 1.0
+        while time.monotonic() < t_end:
+            time.sleep(0.5)
+        a = page.evaluate("() => window.telediag.state().audio")
+    finally:
+        ctx.close()
+        viewer.stop()
+        feed.stop()
+    keys = ("delays", "delay_p50_ms", "delay_p95_ms", "delay_max_ms", "underruns", "skips", "gaps", "concealed_ms",
+            "arrival_p50_ms", "arrival_p95_ms", "margin_ms", "sample_rate", "state")
+    return {"seconds": seconds, **{k: (round(a[k], 2) if isinstance(a[k], float) else a[k]) for k in keys}}
+
+
+def test_page_frame_time_16_patients_and_video(benchmark: Any, browser: Any) -> None:
+    smoke = bool(getattr(benchmark, "disabled", False))
+    seconds = 4.0 if smoke else float(os.environ.get("BENCH_VIEWER_LOAD_S", 30))
+    res: dict[str, Any] = {}
+    benchmark.pedantic(lambda: res.update(run_load(browser, seconds, (1,) if smoke else (0, 1, 3))),
+                       rounds=1, iterations=1)
+    benchmark.extra_info.update(res)
+    print(f"\nviewer load: {res}")
+    assert res["n"] > 10 and res["streams"] >= 32, res
+
+
+def test_listening_delay_and_underruns(benchmark: Any, browser: Any) -> None:
+    smoke = bool(getattr(benchmark, "disabled", False))
+    seconds = 4.0 if smoke else float(os.environ.get("BENCH_VIEWER_LISTEN_S", 120))
+    res: dict[str, Any] = {}
+    benchmark.pedantic(lambda: res.update(run_listen(browser, seconds)), rounds=1, iterations=1)
+    benchmark.extra_info.update(res)
+    print(f"\nviewer listening: {res}")
+    assert res["state"] == "running" and res["delays"] > 10, res
