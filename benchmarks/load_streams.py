@@ -9,6 +9,7 @@ fails, then bisects.
 
     python benchmarks/load_streams.py --streams 100 --seconds 20
     python benchmarks/load_streams.py --sweep --seconds 15
+    python benchmarks/load_streams.py --sweep --worker-mode process --workers 2
 
 With ``$TELEDIAG_BENCH_LATENCY_DIR`` set (``telediag bench`` does), a second subscriber also
 receives the filtered ECG of the first 8 streams and their per-chunk latencies (publish time -
@@ -141,14 +142,34 @@ class _LatencySampler:
                             "engine in its own process")
 
 
+def _rss_kb_tree(pid: int) -> int | None:
+    """Resident memory of ``pid`` and its children (worker processes), in kB (Linux)."""
+    total, found = 0, False
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if d.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
+            rss = fields.get("VmRSS", "").split()
+            if rss:
+                total += int(rss[0])
+                found = True
+    return total if found else None
+
+
 def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
              record: str | None = None, verbose: bool = True, classify: str = "on",
-             stagger: bool = True, workers: int = 1) -> dict:
+             stagger: bool = True, workers: int = 1, worker_mode: str = "thread") -> dict:
     ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     cfg_path = Path(f"/tmp/telediag-load-{os.getpid()}.toml")
     extra = Path(config).read_text() if config else CLASSIFY_PIPELINE.format(classify=classify)
     cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 1.0\n'
-                        f"publish_hwm = 1000000\nworkers = {workers}\n" + extra.replace("[engine]", "#[engine]"))
+                        f"publish_hwm = 1000000\nworkers = {workers}\nworker_mode = \"{worker_mode}\"\n"
+                        + extra.replace("[engine]", "#[engine]"))
     eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from telediag.client import Subscriber
@@ -178,12 +199,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
             if len(streams) == n_streams and all(v["samples_in"] >= sent["samples_per_stream"] for v in streams.values()):
                 break
         sampler.drain()
-        rss_kb = None
-        try:
-            with open(f"/proc/{eng.pid}/status") as f:
-                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-        except OSError:
-            pass
+        rss_kb = _rss_kb_tree(eng.pid)
     finally:
         sub.close()
         sampler.close()
@@ -203,7 +219,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     p50 = float(np.median([v["latency_ms"]["p50"] for v in streams.values()])) if streams else float("nan")
     errors = sum(v["errors"] + v["gaps"] for v in streams.values())
     res = {"streams": n_streams, "seconds": seconds, "chunk_ms": chunk_ms, "classify": classify,
-           "stagger": stagger, "workers": workers, "lost_samples": int(lost),
+           "stagger": stagger, "workers": workers, "worker_mode": worker_mode, "lost_samples": int(lost),
            "errors_or_gaps": errors, "p50_ms": pooled["p50"], "p99_ms": pooled["p99"], "max_ms": pooled["max"],
            "median_stream_p50_ms": p50, "worst_stream_p99_ms": p99,
            "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
@@ -227,16 +243,18 @@ def main() -> None:
     ap.add_argument("--burst", action="store_true",
                     help="send every stream's chunk at the same instant (worst case) instead of staggered")
     ap.add_argument("--workers", type=int, default=1, help="engine workers")
+    ap.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
+                    help="workers as threads of the engine process or as their own processes")
     a = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     if not a.sweep:
         run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
-                 stagger=not a.burst, workers=a.workers)
+                 stagger=not a.burst, workers=a.workers, worker_mode=a.worker_mode)
         return
     lo, hi, n = 0, None, max(1, a.streams)
     while hi is None or hi - lo > max(1, lo // 10):
         r = run_load(n, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify, stagger=not a.burst,
-                     workers=a.workers)
+                     workers=a.workers, worker_mode=a.worker_mode)
         if r["ok"]:
             lo = n
             n = n * 2 if hi is None else (lo + hi) // 2
