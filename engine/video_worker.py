@@ -131,12 +131,12 @@ class VideoWorker(Worker):
         try:
             chunk = decode(frames)
         except ProtocolError as e:
-            self.reject(e.reason, e.detail)
+            self.reject(e.reason, e.detail, e.stream, e.seq)
             return
         sid = chunk.stream
         self._current = sid
         if chunk.kind != "video":
-            self.reject("misrouted", f"video worker got a {chunk.kind!r} chunk", sid)
+            self.reject("misrouted", f"video worker got a {chunk.kind!r} chunk", sid, chunk.seq, topic_stream=sid)
             return
         now = time.monotonic()
         st = self.streams.get(sid)

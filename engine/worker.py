@@ -29,10 +29,14 @@ from telediag.transports.wire import (
     MAX_HEADER_BYTES,
     MAX_STREAM_CHARS,
     SIGNAL_KINDS,
+    VIDEO_KINDS,
     Chunk,
     decode,
     encode,
 )
+
+#: Kinds the ingest socket accepts (PROTOCOL.md section 5); others are rejected ``not_ingestible``.
+INGEST_KINDS = SIGNAL_KINDS | VIDEO_KINDS
 
 DATA = b"D"
 STOP = b"S"
@@ -198,11 +202,18 @@ class Worker:
         body.setdefault("worker", self.index)
         self.publish(Chunk.record("event", stream, 0, time.time_ns(), body))
 
-    def reject(self, reason: str, detail: str, stream: str = "engine") -> None:
+    def reject(self, reason: str, detail: str, stream: str | None = None, seq: int | None = None,
+               *, topic_stream: str = "engine") -> None:
+        """Count a refused message and publish a ``rejected`` event (transports/OUTPUTS.md 5.2).
+
+        ``stream``/``seq`` are the message's when known (else null in the body); the event goes
+        to ``event/<topic_stream>``: ``engine`` for messages that did not decode, the stream's
+        own id for valid chunks refused (``spec_changed``, ``not_ingestible``).
+        """
         self.rejects[reason] = self.rejects.get(reason, 0) + 1
         self.event(
-            "engine",
-            {"type": "rejected", "reason": reason, "detail": detail[:500], "stream": stream,
+            topic_stream,
+            {"type": "rejected", "reason": reason, "detail": detail[:500], "stream": stream, "seq": seq,
              "count": self.rejects[reason]},
             limit_key=f"reject:{reason}",
         )
@@ -280,7 +291,7 @@ class Worker:
             self._pending = [p for p in self._pending if p[0] != sid]
             self._pending_streams.discard(sid)
         if st is None:
-            self.reject("internal_error", f"{type(e).__name__}: {e}", sid)
+            self.reject("internal_error", f"{type(e).__name__}: {e}", sid, topic_stream=sid)
             return
         st.stats.errors += 1
         self.event(sid, {"type": "stream_reset", "stream": sid, "reason": "internal_error",
@@ -373,10 +384,15 @@ class Worker:
         try:
             chunk = decode(frames)
         except ProtocolError as e:
-            self.reject(e.reason, e.detail)
+            self.reject(e.reason, e.detail, e.stream, e.seq)
             return
         sid = chunk.stream
         self._current = sid
+        if chunk.kind not in INGEST_KINDS:  # annotation kinds are outputs: never open a stream for one
+            self.reject("not_ingestible", f"kind {chunk.kind!r} is not ingestible (the engine ingests "
+                        f"{sorted(INGEST_KINDS)}; annotation kinds are its outputs)", sid, chunk.seq,
+                        topic_stream=sid)
+            return
         if sid in self._pending_streams:  # a stage sees a stream's chunks strictly one after another
             self.flush()
         st = self.streams.get(sid)
@@ -407,7 +423,8 @@ class Worker:
             return
         if StreamSpec.of(chunk) != st.spec:
             stats.errors += 1
-            self.reject("spec_changed", f"stream {sid!r} opened as {st.spec}, chunk declares {StreamSpec.of(chunk)}", sid)
+            self.reject("spec_changed", f"stream {sid!r} opened as {st.spec}, chunk declares {StreamSpec.of(chunk)}",
+                        sid, chunk.seq, topic_stream=sid)
             return
         last = stats.last_seq
         if last >= 0 and chunk.seq != last + 1:
