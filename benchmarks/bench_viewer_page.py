@@ -17,9 +17,10 @@ loopback only, the viewer's bridge in this process, Debian ``chromium`` headless
   audio, network) per frame drawn: the cost of a frame independent of how busy the machine is
   (on a shared 2-core machine the page may simply not get the CPU). Target: p95 frame time
   <= 20 ms.
-* **bridge CPU per viewer**: CPU seconds per wall second of the bridge's threads (the viewer
-  thread and its video transcoders, from ``/proc/self/task``) with 0, 1 and 3 pages open on
-  the load scenario; ``per_viewer`` = (3 pages - 0 pages) / 3.
+* **bridge CPU per viewer**: CPU seconds per wall second of the ``telediag viewer`` process
+  (bridge, HTTP/WebSocket, video transcoding) with 0, 1 and 3 pages open on the load scenario;
+  ``bridge_cpu_per_viewer`` = (3 pages - 0 pages) / 3. The feed and the viewer run as separate
+  processes, as a source, the bridge and a browser do in use.
 * **listening**: one patient's heart sounds (50 ms chunks sent when complete, as a capture
   agent does) played by the page (AudioWorklet jitter buffer, diaphragm mode):
   ``delay_p50/p95_ms`` = source time of a sample -> its play time (AudioContext output
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import free_port  # noqa: E402
-from viewer_feed import Feed  # noqa: E402
-
-from telediag.viewer.server import ViewerThread  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -81,20 +78,6 @@ def _chromium_cpu_s() -> float:
     return total
 
 
-def _bridge_cpu_s() -> float:
-    """CPU seconds (user + system) of the viewer's threads so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for t in threading.enumerate():
-        if t.name == "telediag-viewer" or t.name.startswith("viewer-video"):
-            try:
-                fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
@@ -107,10 +90,47 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+class Procs:
+    """The feed and the viewer as separate processes (as source, bridge and browser are in use)."""
+
+    def __init__(self, patients: int, pcg: str, video: bool, seconds: float) -> None:
+        import subprocess
+
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        self.feed = subprocess.Popen([sys.executable, str(ROOT / "tests" / "viewer_feed.py"), "--endpoint", self.endpoint,
+                                      "--patients", str(patients), "--pcg", pcg, "--seconds", str(seconds)]
+                                     + ([] if video else ["--no-video"]))
+        self.viewer = subprocess.Popen([sys.executable, "-m", "telediag", "viewer", "--engine", self.endpoint,
+                                        "--port", str(self.port)], stdout=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        import urllib.request
+
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(self.url + "healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+
+    def viewer_cpu_s(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        f = Path(f"/proc/{self.viewer.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / tick
+
+    def close(self) -> None:
+        for p in (self.viewer, self.feed):
+            p.terminate()
+        for p in (self.viewer, self.feed):
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+
+
 def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
-    feed = Feed(f"tcp://127.0.0.1:{free_port()}", patients=16, pcg_patients=tuple(range(1, 17)), video=True).start()
-    viewer = ViewerThread(feed.endpoint, port=0)
-    url = viewer.start()
+    procs = Procs(16, "1-16", True, seconds * 3 + 60)
+    url = procs.url
     out: dict[str, Any] = {"patients": 16, "seconds": seconds}
     contexts: list[Any] = []
     try:
@@ -127,10 +147,10 @@ def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -
             if n == 1:
                 page = contexts[0][1]
                 page.evaluate("() => window.telediag.resetFrameStats()")
-            c0, w0, cc0 = _bridge_cpu_s(), time.monotonic(), _chromium_cpu_s()
+            c0, w0, cc0 = procs.viewer_cpu_s(), time.monotonic(), _chromium_cpu_s()
             f0 = contexts[0][1].evaluate("() => window.telediag.state().frames") if n == 1 else 0
             time.sleep(seconds if n == 1 else max(2.0, seconds / 3))
-            cpu[n] = (_bridge_cpu_s() - c0) / (time.monotonic() - w0)
+            cpu[n] = (procs.viewer_cpu_s() - c0) / (time.monotonic() - w0)
             if n == 1:
                 frames = contexts[0][1].evaluate("() => window.telediag.state().frames") - f0
                 out["chromium_cpu_ms_per_frame"] = round((_chromium_cpu_s() - cc0) * 1000 / max(1, frames), 2)
@@ -145,25 +165,22 @@ def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -
                 shot = Path(os.environ.get("TELEDIAG_ARTIFACTS", "/tmp/viewer_screens"))
                 shot.mkdir(parents=True, exist_ok=True)
                 contexts[0][1].screenshot(path=str(shot / "console_load16.png"))
-        out["bridge_cpu"] = {str(k): round(v, 3) for k, v in cpu.items()}
+        out["bridge_cpu_cores"] = {str(k): round(v, 3) for k, v in cpu.items()}
         if 0 in cpu and pages[-1] > 0:
             out["bridge_cpu_per_viewer"] = round((cpu[pages[-1]] - cpu[0]) / pages[-1], 3)
     finally:
         for ctx, _ in contexts:
             ctx.close()
-        viewer.stop()
-        feed.stop()
+        procs.close()
     return out
 
 
 def run_listen(browser: Any, seconds: float) -> dict[str, Any]:
-    feed = Feed(f"tcp://127.0.0.1:{free_port()}", patients=1, pcg_patients=(1,), video=False).start()
-    viewer = ViewerThread(feed.endpoint, port=0)
-    url = viewer.start()
+    procs = Procs(1, "1", False, seconds + 60)
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         page = ctx.new_page()
-        page.goto(url)
+        page.goto(procs.url)
         page.wait_for_function("() => document.querySelector('section.patient[data-id=\"bed-1\"] .b-listen')",
                                timeout=30_000)
         time.sleep(1.0)
@@ -174,11 +191,11 @@ def run_listen(browser: Any, seconds: float) -> dict[str, Any]:
         a = page.evaluate("() => window.telediag.state().audio")
     finally:
         ctx.close()
-        viewer.stop()
-        feed.stop()
+        procs.close()
     keys = ("delays", "delay_p50_ms", "delay_p95_ms", "delay_max_ms", "underruns", "skips", "gaps", "concealed_ms",
             "arrival_p50_ms", "arrival_p95_ms", "margin_ms", "sample_rate", "state")
-    return {"seconds": seconds, **{k: (round(a[k], 2) if isinstance(a[k], float) else a[k]) for k in keys}}
+    return {"seconds": seconds, "load_avg_1min": os.getloadavg()[0],
+            **{k: (round(a[k], 2) if isinstance(a[k], float) else a[k]) for k in keys}}
 
 
 def test_page_frame_time_16_patients_and_video(benchmark: Any, browser: Any) -> None:

@@ -182,3 +182,30 @@ class Feed:
                             video=VideoSpec("raw", w, h, "rgb24", 10.0, keyframe=True), meta={}))
             self.send(Chunk.record("polyp", "room-3/endo", 0, t, {**body, "t0_ns": t}))
             i += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/viewer_feed.py --endpoint tcp://127.0.0.1:PORT --patients 16 --pcg 1-16 --seconds 60``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="synthetic real-time publisher for viewer benchmarks (loopback)")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--patients", type=int, default=2)
+    p.add_argument("--pcg", default="", help="patients with heart sounds: '1-16' or '2,5'")
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--seconds", type=float, default=60.0)
+    a = p.parse_args(argv)
+    pcg: list[int] = []
+    for part in filter(None, a.pcg.split(",")):
+        lo, _, hi = part.partition("-")
+        pcg += list(range(int(lo), int(hi or lo) + 1))
+    feed = Feed(a.endpoint, patients=a.patients, pcg_patients=tuple(pcg), video=not a.no_video).start()
+    try:
+        time.sleep(a.seconds)
+    finally:
+        feed.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -371,7 +371,7 @@ function reviewInput(panel) {
     const dx = e.clientX - down.x;
     if (Math.abs(dx) > 4 || down.moved) {
       const pat = panel.patient;
-      if (!pat.frozen) pat.freeze();
+      if (!pat.frozen) { pat.freeze(); pat.viewEnd = panel.view.t1; }   // freeze what was on screen
       pat.viewEnd -= dx / panel.view.pxPerMs; pat.clamp();
       down = { x: e.clientX, moved: true };
     }
@@ -380,7 +380,7 @@ function reviewInput(panel) {
     if (down && !down.moved && panel.view) {
       const pat = panel.patient, r = cv.getBoundingClientRect();
       const t = panel.view.t0 + (e.clientX - r.left) / panel.view.pxPerMs;
-      if (!pat.frozen) pat.freeze();
+      if (!pat.frozen) { pat.freeze(); pat.viewEnd = panel.view.t1; }   // freeze exactly what was clicked on
       pat.caliper(t);
     }
     down = null;
