@@ -7,7 +7,7 @@ One stage does the whole PCG chain on one channel of a ``pcg`` stream:
   ``segments/<stream>``: body ``{"segments": [{"start_ns", "end_ns", "start_s", "end_s",
   "start_sample", "end_sample", "state"}, ...], "rate_hz"}``, ``start_ns``/``end_ns`` in
   source time, ``start_s``/``end_s`` seconds from the stream's first sample,
-  ``*_sample`` indices into the input stream; segments are final (never revised) and come
+  ``*_sample`` source sample indices (gap-aware: a gap in ``t0_ns`` skips the samples lost); segments are final (never revised) and come
   in time order, a fixed lag (``segmenter.latency_s``, about 4 s) behind the audio;
 * **heart rate** on ``hr/<stream>`` once per ``hop_s``: body ``{"t_ns", "heart_rate_bpm",
   "systolic_interval_s", "diastolic_interval_s", "quality", "window_s", "source"}`` (the
@@ -285,6 +285,7 @@ class PcgSegment(Stage):
         self.out_stream = f"{spec.stream}/{p.suffix}"
         self.run: _Run | None = None
         self.n_total = 0  # input samples over all runs
+        self.n_lost = 0  # source samples never received (gaps read from t0_ns): indices are the source's
         self.first_t0_ns: int | None = None
         self.counters: dict[str, int] = {}
         self.reported: dict[str, int] = {}
@@ -306,7 +307,7 @@ class PcgSegment(Stage):
             rs = PolyphaseResampler(self.fs, self.fout)
             drop = rs.delay if not (rs.up == 1 and rs.down == 1) else 0
             bp = SosFilter(self.sos, 1)
-        return _Run(anchor_ns, self.n_total, seg, rs, bp, to_drop=drop)
+        return _Run(anchor_ns, self.n_total + self.n_lost, seg, rs, bp, to_drop=drop)
 
     def _ns(self, run: _Run, t_s: float) -> int:
         return run.anchor_ns + int(round(t_s * 1e9))
@@ -456,6 +457,8 @@ class PcgSegment(Stage):
             expected = run.anchor_ns + (run.n * 1_000_000_000) // self.fs
             if abs(chunk.t0_ns - expected) * self.fs > 500_000_000:  # more than half a sample off
                 out.extend(self._finish(run))
+                if chunk.t0_ns > expected:  # samples lost in a gap: source indices skip them (OUTPUTS.md 3)
+                    self.n_lost += int(round((chunk.t0_ns - expected) * self.fs / 1e9))
                 out.append(self._event(chunk.t0_ns, {
                     "type": "pcg_discontinuity", "expected_t0_ns": int(expected), "t0_ns": int(chunk.t0_ns),
                     "gap_ns": int(chunk.t0_ns - expected), "seq": int(chunk.seq)}))
