@@ -166,8 +166,11 @@ class ProcessPool:
         with self._lock:
             self.procs.append(p)
 
-    def start(self, timeout_s: float = 300.0) -> None:
-        """Bind the collector and control sockets, start the processes, wait until every index is served."""
+    def start(self, timeout_s: float = 300.0, cancel: threading.Event | None = None) -> None:
+        """Bind the collector and control sockets, start the processes, wait until every index is served.
+
+        Raises RuntimeError on failure, timeout or when ``cancel`` is set meanwhile.
+        """
         self._collector = threading.Thread(target=self._collect, name="telediag-collector", daemon=True)
         self._bound = threading.Event()
         self._collector.start()
@@ -184,6 +187,8 @@ class ProcessPool:
                 raise RuntimeError(f"a worker process exited during start-up (code {dead[0].exitcode})")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker processes did not start within {timeout_s} s")
+            if cancel is not None and cancel.is_set():
+                raise RuntimeError("start-up cancelled")
         self._supervisor = threading.Thread(target=self._supervise, name="telediag-supervisor", daemon=True)
         self._supervisor.start()
 

@@ -39,6 +39,10 @@ _ids = itertools.count()
 _M64 = (1 << 64) - 1
 
 
+class StartCancelled(EngineError):
+    """:meth:`Engine.stop` (a signal) arrived while :meth:`Engine.start` was still warming up."""
+
+
 def _mix64(x: int) -> int:
     """splitmix64's finaliser: a cheap, well-spread 64-bit hash of a 64-bit integer."""
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
@@ -196,9 +200,11 @@ class Engine:
                                     owner=lambda s: owner_of(s, n), on_stats=self._proc_stats.__setitem__,
                                     decorate_stats=self._decorate_w0)
             try:
-                self.pool.start(300)  # warm-up may compile Numba kernels on a cold cache
+                self.pool.start(300, cancel=self._stop)  # warm-up may compile Numba kernels on a cold cache
             except RuntimeError as err:
                 self.pool.stop(0)
+                if self._stop.is_set():
+                    raise StartCancelled("stop requested during start-up") from err
                 raise EngineError(str(err)) from err
         else:
             self.workers[0].extra_stats = self.socket_stats  # connected subscribers etc. on stats/engine/w0
@@ -206,8 +212,12 @@ class Engine:
             t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
             t.start()
             self._threads.append(t)
-            if not w.ready.wait(300):  # warm-up may compile Numba kernels on a cold cache
-                raise EngineError(f"worker {w.index} did not start")
+            deadline = time.monotonic() + 300  # warm-up may compile Numba kernels on a cold cache
+            while not w.ready.wait(0.2):
+                if self._stop.is_set():
+                    raise StartCancelled("stop requested during start-up")
+                if time.monotonic() > deadline:
+                    raise EngineError(f"worker {w.index} did not start")
         vt = threading.Thread(target=self.video_worker.run, name="telediag-video", daemon=True)
         vt.start()
         self._threads.append(vt)
@@ -418,7 +428,10 @@ class Engine:
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.start()
+            try:
+                self.start()
+            except StartCancelled:  # SIGTERM while warming up: nothing was served yet; daemon threads die with us
+                return
             self.wait()
             self.join(self.drain_max_s + self.JOIN_GRACE_S)
         finally:

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,3 +183,47 @@ def test_kill_9_of_a_worker_process_mid_stream(proc_engine: Engine) -> None:
         assert sorted(seen[s] + lost) == everything, (s, last_ok, gaps)
         assert seen[s] == sorted(seen[s]) and not set(seen[s]) & set(lost)
         assert all(q <= last_ok for q in seen[s] if q < (lost[0] if lost else n_chunks))
+
+
+def test_sigterm_during_start_up_ends_the_engine_and_its_processes(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'[engine]\ningest = "tcp://127.0.0.1:{free_port()}"\npublish = "tcp://127.0.0.1:{free_port()}"\n'
+                   'worker_mode = "process"\nworkers = 2\n')
+    proc = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        children: set[int] = set()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and len(children) < 3:  # 2 workers + 1 spare being started
+            time.sleep(0.2)
+            children = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == proc.pid}
+        assert len(children) >= 1, "no worker process was started"
+        proc.send_signal(signal.SIGTERM)  # still warming up
+        rc = proc.wait(30)
+        assert rc == 0, proc.stdout.read().decode() if proc.stdout else ""
+        time.sleep(0.5)
+        assert not [c for c in children if Path(f"/proc/{c}").exists() and _state(c) != "Z"], "orphan workers"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _ppid(p: Any) -> int:
+    try:
+        return int(next(ln for ln in (p / "status").read_text().splitlines() if ln.startswith("PPid:")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return -1
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if ln.startswith("State:")).split()[1]
+    except (OSError, StopIteration):
+        return "?"
