@@ -166,6 +166,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(seen, indent=2, default=str))
         return 0
+    workers = [b for n, b in seen.items() if n.startswith("engine/w")]
+    if len(workers) > 1:  # worker threads or processes: one line for the whole engine
+        from telediag.engine.stats import aggregate
+
+        agg = aggregate(workers)
+        lat = agg["latency_ms"]
+        print(f"engine (all {agg['workers']} workers): {agg['streams']} streams, latency p50 {lat['p50']:.2f} ms "
+              f"p99 {lat['p99']:.2f} ms max {lat['max']:.2f} ms (n={lat['count']})"
+              f"{', worker process restarts ' + str(agg['process_restarts']) if agg['process_restarts'] else ''}")
     for name, body in sorted(seen.items()):
         lat = body.get("latency_ms", {})
         print(f"{name}: up {body.get('uptime_s', 0):.1f} s, latency p50 {lat.get('p50', 0):.2f} ms "

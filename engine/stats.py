@@ -139,3 +139,36 @@ class StreamStats:
                 "sum_s": self.latency.sum_s,
             },
         }
+
+
+def aggregate(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several workers' stats bodies (threads or processes of one engine).
+
+    Counters are summed, reject and error counts merged by key, and latency percentiles are
+    read from the *merged* per-stream histograms (not averaged percentiles), so ``p99`` is the
+    99th percentile over every measured chunk of every worker.
+    """
+    hist = LatencyHistogram()
+    streams = 0
+    chunks_in = 0
+    rejects: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    restarts = 0
+    for b in bodies:
+        for st in b.get("streams", {}).values():
+            streams += 1
+            chunks_in += int(st.get("chunks_in", 0))
+            h = st.get("latency_hist") or {}
+            for bin_, c in h.get("counts", []):
+                if 0 <= int(bin_) < _N_BINS:
+                    hist.counts[int(bin_)] += int(c)
+            hist.count += int(h.get("count", 0))
+            hist.sum_s += float(h.get("sum_s", 0.0))
+            hist.max_s = max(hist.max_s, float(st.get("latency_ms", {}).get("max", 0.0)) / 1e3)
+        for k, v in (b.get("rejects") or {}).items():
+            rejects[k] = rejects.get(k, 0) + int(v)
+        for k, v in (b.get("errors") or {}).items():
+            errors[k] = errors.get(k, 0) + int(v)
+        restarts += int(b.get("process_restarts", 0))
+    return {"workers": len(bodies), "streams": streams, "chunks_in": chunks_in, "rejects": rejects,
+            "errors": errors, "process_restarts": restarts, "latency_ms": hist.summary_ms()}

@@ -227,3 +227,24 @@ def _state(pid: int) -> str:
                     if ln.startswith("State:")).split()[1]
     except (OSError, StopIteration):
         return "?"
+
+
+def test_aggregate_pools_the_workers_histograms() -> None:
+    from telediag.engine.stats import LatencyHistogram, StreamStats, aggregate
+
+    rng = np.random.default_rng(0)
+    pooled = LatencyHistogram()
+    bodies = []
+    for w in range(3):
+        streams = {}
+        for k in range(4):
+            st = StreamStats(kind="ecg", chunks_in=10)
+            for v in rng.lognormal(-5 + w, 0.5, 200):  # workers with different latency levels
+                st.latency.record(float(v))
+                pooled.record(float(v))
+            streams[f"w{w}-s{k}"] = st.as_dict()
+        bodies.append({"worker": w, "streams": streams, "rejects": {"topic": w}, "process_restarts": w})
+    agg = aggregate(bodies)
+    assert agg["streams"] == 12 and agg["chunks_in"] == 120 and agg["rejects"] == {"topic": 3}
+    assert agg["process_restarts"] == 3
+    assert agg["latency_ms"] == pooled.summary_ms()
