@@ -55,3 +55,37 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _published_bodies_match_their_schemas(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """In end-to-end tests (marker ``e2e``), every annotation a ``Subscriber`` receives from the
+    engine must match its JSON Schema (``transports/schemas``, ``transports/OUTPUTS.md``); the
+    test fails at teardown naming the first offenders."""
+    if request.node.get_closest_marker("e2e") is None:
+        yield
+        return
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:  # pragma: no cover - in the dev extra
+        yield
+        return
+    from telediag.client import subscriber as sub_mod
+    from telediag.errors import ProtocolError
+    from telediag.transports.outputs import SCHEMA_KINDS, check_body
+
+    failures: list[str] = []
+    original = sub_mod.Subscriber.recv
+
+    def recv(self, timeout_s=None):  # noqa: ANN001, ANN202
+        c = original(self, timeout_s)
+        if c is not None and c.kind in SCHEMA_KINDS and c.body is not None and len(failures) < 20:
+            try:
+                check_body(c.kind, c.body, c.topic)
+            except ProtocolError as e:
+                failures.append(str(e)[:300])
+        return c
+
+    monkeypatch.setattr(sub_mod.Subscriber, "recv", recv)
+    yield
+    assert not failures, "published bodies that break their schema:\n" + "\n".join(failures)
