@@ -42,6 +42,8 @@ def _start_viewer(publish: str, port: int):  # noqa: ANN202 - ViewerThread, impo
         v = ViewerThread(publish, host="127.0.0.1", port=p)
         try:
             v.start()
+            if p != port:
+                print(f"  viewer   port {port} is taken; using a free one")
             return v
         except TelediagError:
             continue
