@@ -219,8 +219,16 @@ class ProcessPool:
                                              "restarts": len(recent)})
                 self._spawn(parallel_warmup=False)  # the next spare (or this index's replacement)
 
-    def alive(self) -> bool:
-        return self.error is None
+    def failure(self) -> str | None:
+        """Why the pool can no longer serve (a crash loop, its collector or supervisor gone), or None."""
+        if self.error is not None:
+            return self.error
+        if self._stopping.is_set():
+            return None
+        for t in (getattr(self, "_collector", None), getattr(self, "_supervisor", None)):
+            if t is not None and not t.is_alive():
+                return f"engine thread {t.name} died"
+        return None
 
     # -- collector -----------------------------------------------------------------------
     def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, int]], last_rx: float) -> None:

@@ -343,8 +343,8 @@ class Engine:
 
     def dead_worker(self) -> str | None:
         """A description of the first worker that ended abnormally, or None if all are well."""
-        if self.pool is not None and self.pool.error is not None:
-            return self.pool.error
+        if self.pool is not None and self.pool.failure() is not None:
+            return self.pool.failure()
         for w in [*self.workers, self.video_worker]:
             if w.dead.is_set():
                 return f"worker {getattr(w, 'stats_stream', w.index)} died: {type(w.error).__name__}: {w.error}"
