@@ -47,6 +47,7 @@ class Session:
     """What one session sent and what the engine published."""
 
     messages: list[tuple[str, dict[str, Any], Any]] = field(default_factory=list)  # topic, header, body
+    raw: list[list[bytes]] = field(default_factory=list)  # the frames as received, same order
     ecg_signal: np.ndarray | None = None  # the full source signal of ECG_STREAM (all chunks, sent or not)
     ecg_fs: float = 360.0
     pcg_fs: float = 2000.0
@@ -174,6 +175,7 @@ def run_session(data_dir: Path, *, ecg_seconds: int = 40, pcg_seconds: int = 12)
                 th.join(10)
             sub.close(0)
             ctx.term()
+    ses.raw = received
     for frames in received:
         c = decode(frames)
         ses.messages.append((c.topic, _header([zmq.Frame(f) for f in frames]),

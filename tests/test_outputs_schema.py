@@ -128,3 +128,57 @@ def test_sample_indices_count_source_samples_across_a_gap(session: Session) -> N
     assert segs
     for s in segs:
         assert abs(s["start_sample"] - (s["start_ns"] - t0) * pfs / 1e9) <= 1, s
+
+
+def _plain(x: Any) -> Any:
+    """A decoded value as the outside client prints it (ints past 2**53 as strings, bytes elided)."""
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return x if abs(x) <= 2**53 - 1 else str(x)
+    if isinstance(x, float):
+        return x
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return f"<{len(bytes(x))} bytes>"
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return [_plain(v) for v in x]
+
+
+def test_an_outside_client_written_from_the_specs_decodes_every_topic(session: Session, tmp_path: Path) -> None:
+    """The "Node.js client" check: tests/outside_client.mjs (plain Node, no npm package, written
+    from PROTOCOL.md and OUTPUTS.md only) decodes every published message to the same values as
+    the reference decoder and finds every key OUTPUTS.md documents."""
+    import json
+    import shutil
+    import subprocess
+
+    from telediag.transports.wire import decode
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("Node.js is not installed (apt-get install nodejs)")
+    src = tmp_path / "messages.json"
+    src.write_text(json.dumps([[bytes(f).hex() for f in frames] for frames in session.raw]))
+    out = subprocess.run([node, str(Path(__file__).with_name("outside_client.mjs")), str(src)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    assert len(out) == len(session.raw) > 100
+    topics = set()
+    for line, frames, (_, header, _) in zip(out, session.raw, session.messages, strict=True):
+        js = json.loads(line)
+        assert "error" not in js, js
+        c = decode(frames)
+        topics.add(c.topic.split("/")[0])
+        assert (js["topic"], js["kind"], js["stream"], js["seq"], js["enc"]) == (c.topic, c.kind, c.stream, c.seq,
+                                                                                 header["enc"])
+        assert js["t0_ns"] == _plain(c.t0_ns) and js["meta"] == _plain(c.meta)
+        if c.data is not None:
+            assert js["shape"] == list(c.data.shape) and js["n"] == c.data.size
+            assert js["sum"] == pytest.approx(float(np.sum(c.data, dtype=np.float64)), rel=1e-9, abs=1e-9)
+        elif c.body is not None:
+            assert js["body"] == _plain(c.body)
+            assert js["missing"] == [], (c.topic, js["missing"])
+        else:
+            assert js["bytes"] == len(c.packet or b"")
+    assert {"ecg", "pcg", "video", "beats", "hr", "hrv", "quality", "alarm", "segments", "polyp", "event",
+            "stats"} <= topics
