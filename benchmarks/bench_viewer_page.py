@@ -129,7 +129,7 @@ class Procs:
 
 
 def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
-    procs = Procs(16, "1-16", True, seconds * 3 + 60)
+    procs = Procs(16, "1-16", True, seconds * 10 + 600)  # ended by close()
     url = procs.url
     out: dict[str, Any] = {"patients": 16, "seconds": seconds}
     contexts: list[Any] = []

@@ -74,7 +74,7 @@ const S = {
   alarms: new Map(),       // key -> alarm view (active only)
   acks: new Map(),         // alarm key -> {acked_by, acked_at_ns, silenced_by, silenced_until_ns}
   refused: [], user: null, focused: "", overlay: true, alarmSound: null, alarmSoundPlayed: 0,
-  msgMs: 0, msgMsPerS: 0,   // time spent handling WebSocket messages
+  msgMs: 0, msgMsPerS: 0, skipped: 0,   // time spent handling WebSocket messages
   frameWork: new Float32Array(1200), frameGap: new Float32Array(1200), frameN: 0,
   selected: "",
   inSnapshot: false,
@@ -425,7 +425,7 @@ class SignalPanel {
     this.kind = kind; this.key = base; this.base = base; this.patient = pat;
     this.el = makeRow(kind, base);
     this.canvas = $("canvas", this.el);
-    this.view = null;
+    this.view = null; this.lastKey = "";
     reviewInput(this);
     this.num = $(".numerics", this.el);
     this.badgesEl = $(".badges", this.el);
@@ -449,6 +449,20 @@ class SignalPanel {
     if (html !== this.lastBadges) { this.badgesEl.innerHTML = html; this.lastBadges = html; }
   }
 }
+
+// Redraw a strip only when it moves by a whole pixel or something drawn on it changes: a strip
+// scrolling at 50 px/s skips ~1 frame in 6 at 60 Hz, and the skipped raster work is what a
+// software-rendered page with 16 patients is short of.
+SignalPanel.prototype.unchanged = function (tr, w, h, pxPerMs) {
+  const pat = this.patient, a = S.ann.get(this.base);
+  const stale = tr.lastWall && now() - tr.lastWall > 2000 ? Math.floor(now() / 1000) : 0;
+  const key = [Math.round(pat.t1(tr) * pxPerMs), w, h, pat.cal.join(), pat.mark, pat.frozen, S.grid,
+    a ? `${a.markers.length}:${a.segments.length}` : "",
+    this.kind === "pcg" && AU.patient === pat ? Math.round(AU.lastSrcMs * pxPerMs) : "", stale].join("|");
+  if (key === this.lastKey && !this.canvas._resized) { S.skipped++; return true; }
+  this.lastKey = key; this.canvas._resized = false;
+  return false;
+};
 
 class EcgPanel extends SignalPanel {
   constructor(pat, base) {
@@ -479,6 +493,7 @@ class EcgPanel extends SignalPanel {
     const tr = this.track;
     const pxmm = Math.max(2, w / (WINDOW_S * 25));
     const key = `${w}x${h}x${pxmm}`;
+    if (tr && tr.head !== null && this.unchanged(tr, w, h, (pxmm * 25) / 1000)) return;
     if (key !== this.gridKey) { this.grid = gridCanvas(w, h, pxmm); this.gridKey = key; }
     ctx.drawImage(this.grid, 0, 0, w, h);
     if (!tr || tr.head === null) {
@@ -564,8 +579,9 @@ class PcgPanel extends SignalPanel {
   }
   draw() {
     const { ctx, w, h } = fitCanvas(this.canvas);
-    ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
     const tr = this.track;
+    if (tr && tr.head !== null && this.unchanged(tr, w, h, w / (Math.max(WINDOW_S, 10) * 1000))) return;
+    ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
     if (!tr || tr.head === null) {
       ctx.fillStyle = "#4a5a66"; ctx.font = "14px sans-serif"; ctx.fillText("waiting for heart sounds…", 12, h / 2);
       return;
@@ -676,6 +692,10 @@ class VideoPanel {
   }
   draw() {
     const { ctx, w, h } = fitCanvas(this.canvas);
+    const a0 = S.ann.get(this.annStream());
+    const key = [this.frames, w, h, S.overlay, a0 ? a0.polypT : 0, now() - this.lastWall > 2000 ? Math.floor(now() / 1000) : 0].join("|");
+    if (this.bitmap && key === this.lastKey && !this.canvas._resized) return;   // nothing new to show
+    this.lastKey = key; this.canvas._resized = false;
     ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
     if (!this.bitmap) {
       ctx.fillStyle = "#4a5a66"; ctx.font = "14px sans-serif"; ctx.fillText("waiting for video…", 12, h / 2); return;
@@ -929,7 +949,7 @@ const MODES = {   // [high-pass Hz, low-pass Hz], two 2nd-order sections each (4
 const AU = {
   ctx: null, player: null, filters: [], gain: null, tap: null, ready: null,
   patient: null, stream: null, mode: "diaphragm", volume: 0.8, muted: false,
-  delays: [], arrivals: [], report: null, worker: null, lastSrcMs: 0, chunks: 0, tapBlocks: [], tapOn: false,
+  delays: [], arrivals: [], report: null, worker: null, delayLog: [], lastSrcMs: 0, chunks: 0, tapBlocks: [], tapOn: false,
   async ensure() {
     if (this.ready) return this.ready;
     this.ready = (async () => {
@@ -1015,9 +1035,11 @@ const AU = {
     this.report = r;
     if (!r.playing || !this.stream) return;
     this.lastSrcMs = r.srcMs;
-    const d = this.wallOf(r.ctxTime) - r.srcMs;   // source time -> time it leaves the speaker
+    const wall = this.wallOf(r.ctxTime), d = wall - r.srcMs;   // source time -> time it leaves the speaker
     this.delays.push(d);
     if (this.delays.length > 6000) this.delays.shift();
+    this.delayLog.push([wall, d]);
+    if (this.delayLog.length > 600) this.delayLog.shift();
   },
   stats() {
     const d = [...this.delays].sort((a, b) => a - b);
@@ -1031,6 +1053,8 @@ const AU = {
       buffered_ms: r.bufferedMs ?? null, ratio: r.ratio ?? null, margin_ms: r.marginMs ?? null,
       filters: this.filters.map((f) => [f.type, f.frequency.value]) };
   },
+  // the delay reported for audio played around wall time `wall` (ms since epoch)
+  delayNear(wall) { return pctl(this.delayLog.filter(([w]) => Math.abs(w - wall) < 300).map(([, d]) => d), 0.5); },
   tapArm(on) { this.tapBlocks = []; if (this.tap) this.tap.port.postMessage({ cmd: "arm", on }); },
   // first output sample louder than thr*peak after wall time afterMs: its wall time and the tone's frequency
   tapFind(thr, afterMs) {
@@ -1236,7 +1260,7 @@ window.telediag = {
     const pct = (arr, p) => { const a = Array.from(arr.slice(0, n)).sort((x, y) => x - y); return a.length ? a[Math.min(a.length - 1, Math.floor(p * a.length))] : null; };
     return { n, work_p50: pct(S.frameWork, 0.5), work_p95: pct(S.frameWork, 0.95), work_max: pct(S.frameWork, 1),
       gap_p50: pct(S.frameGap, 0.5), gap_p95: pct(S.frameGap, 0.95), gap_max: pct(S.frameGap, 1),
-      msg_ms_per_s: S.msgMsPerS };
+      msg_ms_per_s: S.msgMsPerS, strips_skipped: S.skipped };
   },
   resetFrameStats() { S.frameN = 0; },
   setDraw(on) { S.noDraw = !on; },   // profiling: message handling without drawing

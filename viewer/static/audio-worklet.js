@@ -12,7 +12,7 @@
 //     the output fades to zero in 5 ms; when data comes back it fades in again (counted in
 //     `underruns`, one per episode);
 //   * drift and jitter: the read rate is nudged within +/-0.5 % so that the low-water mark of
-//     the buffer over the last 6 s stays near `marginMs`; an excess of more than 80 ms over it
+//     the buffer over the last 3 s stays near `marginMs`; an excess of more than 40 ms over it
 //     (after a burst of late data, or a replay faster than real time) is skipped: fade out
 //     5 ms, jump, fade in (counted in `skips`). The margin itself adapts (classic adaptive
 //     jitter buffer): +40 ms after an underrun (at most 400 ms), -10 ms after each 10 s
@@ -138,18 +138,18 @@ class Player extends AudioWorkletProcessor {
     for (let i = 0; i < n; i++) out[i] *= gain;
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     this.rendered += n;
-    // drift / jitter control from the low-water mark of the last 2 s
+    // drift / jitter control from the low-water mark of the last 3 s (three 1-s windows)
     const buffered = (this.w - this.r) / this.rate * 1000;
     this.lowT += blockS;
-    if (this.lowT >= 2) {
+    if (this.lowT >= 1) {
       const low = this.low === Infinity ? buffered : this.low;
       this.lowWin.push(low); if (this.lowWin.length > 3) this.lowWin.shift();
       const lw = Math.min(...this.lowWin);
       const err = lw - this.marginMs;                        // > 0: more buffered than needed
       this.ratio = 1 + Math.max(-0.005, Math.min(0.005, err / 1000 * 0.05));
-      if (this.playing && err > 80 && !this.pendingJump) {  // far too much: skip the excess (faded)
-        this.pendingJump = (err - 20) * this.rate / 1000; this.skips++;
-        this.lowWin = this.lowWin.map((x) => x - (err - 20));
+      if (this.playing && err > 40 && !this.pendingJump) {  // far too much: skip the excess (faded)
+        this.pendingJump = (err - 10) * this.rate / 1000; this.skips++;
+        this.lowWin = this.lowWin.map((x) => x - (err - 10));
       }
       this.calm += this.lowT;
       if (this.calm >= 10) { this.marginMs = Math.max(this.minMarginMs, this.marginMs - 10); this.calm = 0; }
