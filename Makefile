@@ -15,9 +15,9 @@ $(BIN)/.installed-run: pyproject.toml
 # (browser tests; never `playwright install`), ffmpeg (live UDP video feed) and poppler-utils
 # (pdftoppm: the report's PDF rendered to PNG in tests), nodejs (tests/outside_client.mjs: a client
 # written from PROTOCOL.md + OUTPUTS.md alone decodes every topic). Needs root or sudo.
-SYSPKGS = portaudio19-dev chromium ffmpeg poppler-utils nodejs
+SYSPKGS = portaudio19-dev chromium ffmpeg poppler-utils nodejs openssl
 sysdeps:
-	@if ! [ -e /usr/include/portaudio.h ] || ! [ -x /usr/bin/chromium ] || ! command -v ffmpeg >/dev/null || ! command -v pdftoppm >/dev/null || ! command -v node >/dev/null; then \
+	@if ! [ -e /usr/include/portaudio.h ] || ! [ -x /usr/bin/chromium ] || ! command -v ffmpeg >/dev/null || ! command -v pdftoppm >/dev/null || ! command -v node >/dev/null || ! command -v openssl >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSPKGS); fi
 
