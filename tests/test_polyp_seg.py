@@ -43,7 +43,9 @@ def seg() -> PolypSegmenter:
 # ---------------------------------------------------------------- model file and card
 def test_sha256_matches_card() -> None:
     card = json.loads(CARD_PATH.read_text())
-    assert hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest() == card["sha256"]
+    top = CARD_PATH.with_name(card["file"])  # the default variant's file (registry, API)
+    assert hashlib.sha256(top.read_bytes()).hexdigest() == card["sha256"]
+    assert card["variants"]["fp32"]["file"] == MODEL_PATH.name  # 0.2.0 kept as a variant
 
 
 def test_card_documents_data_licence_and_metrics() -> None:
@@ -212,8 +214,8 @@ def test_defaults_come_from_the_card() -> None:
 
 
 def test_bad_card_postprocess_is_model_error(tmp_path: Path) -> None:
-    shutil.copy(MODEL_PATH, tmp_path / "m.onnx")
     card = json.loads(CARD_PATH.read_text())
+    shutil.copy(CARD_PATH.with_name(card["file"]), tmp_path / "m.onnx")
     card["postprocess"] = {"threshold": 0.5, "tta": "rot90"}
     (tmp_path / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="tta"):
@@ -250,6 +252,82 @@ def test_threshold_sets_the_mask(seg: PolypSegmenter) -> None:
     np.testing.assert_array_equal(low.prob_map, high.prob_map)
     np.testing.assert_array_equal(low.mask, low.prob_map > 0.2)
     np.testing.assert_array_equal(high.mask, high.prob_map > 0.8)
+
+
+# ---------------------------------------------------------------- variants (issue 21)
+CARD = json.loads(CARD_PATH.read_text())
+VARIANT_NAMES = sorted(CARD.get("variants", {}))
+
+
+def test_card_lists_every_variant_with_accuracy_and_speed() -> None:
+    assert "fp32" in CARD["variants"] and CARD["default_variant"] in CARD["variants"]
+    fp32 = CARD["variants"]["fp32"]
+    for name, v in CARD["variants"].items():
+        f = CARD_PATH.with_name(v["file"])
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == v["sha256"], name
+        assert 0.0 < v["validation_iou"] < v["validation_dice"] <= 1.0
+        assert v["speed_1_thread"]["predict_ratio_vs_fp32"] > 0.0
+        assert v["input_sizes"][0] == v["input_size"] == 256
+    assert fp32["speed_1_thread"]["predict_ratio_vs_fp32"] == 1.0
+    default = CARD["variants"][CARD["default_variant"]]
+    assert default["validation_dice"] >= fp32["validation_dice"] - 0.01  # the accuracy rule
+    assert CARD["file"] == default["file"] and CARD["sha256"] == default["sha256"]
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_every_variant_loads_and_segments(name: str) -> None:
+    seg = PolypSegmenter(variant=name).load()
+    assert seg.variant == name
+    r = seg.predict(np.zeros((480, 640, 3), np.uint8))
+    assert r.mask.shape == (480, 640) and r.input_size == 256 and r.polyp_probability < 0.5
+
+
+def test_default_variant_is_the_cards() -> None:
+    assert PolypSegmenter().load().variant == CARD["default_variant"]
+
+
+def test_unknown_variant_is_model_error() -> None:
+    with pytest.raises(ModelError, match="unknown polyp_seg variant"):
+        PolypSegmenter(variant="fp64").load()
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANT_NAMES if len(CARD["variants"][n]["input_sizes"]) > 1])
+def test_lower_input_sizes(name: str) -> None:
+    seg = PolypSegmenter(variant=name).load()
+    rgb = np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for size in seg.input_sizes:
+        assert seg.preprocess(rgb, size).shape == (1, 3, size, size)
+        r = seg.predict(rgb, size)
+        assert r.input_size == size and r.mask.shape == (480, 640)
+    with pytest.raises(ModelError, match="input_size must be one of"):
+        seg.predict(rgb, 200)
+
+
+def test_fixed_size_variant_refuses_other_sizes() -> None:
+    seg = PolypSegmenter(variant="fp32").load()
+    assert seg.input_sizes == (256,)
+    with pytest.raises(ModelError, match="input_size must be one of"):
+        seg.predict(np.zeros((64, 64, 3), np.uint8), 192)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_dice_floor_on_validation_images(name: str, kvasir_val: Path) -> None:
+    seg = PolypSegmenter(variant=name).load()
+    r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val, limit=10)
+    assert r["dice"] >= DICE_FLOOR_10, (name, r["dice"])
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_card_figures_reproduce(name: str, kvasir_val: Path) -> None:
+    """Each variant's card Dice/IoU (all 100 validation images) is what the runtime scores."""
+    seg = PolypSegmenter(variant=name, tta="none").load()
+    r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val)
+    v = CARD["variants"][name]
+    assert r["dice"] == pytest.approx(v["validation_dice"], abs=2e-3)
+    assert r["iou"] == pytest.approx(v["validation_iou"], abs=2e-3)
 
 
 # ---------------------------------------------------------------- accuracy guard (real data)

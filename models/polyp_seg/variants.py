@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "student": ("polyp_seg_student.onnx",
                 "distilled student: the 0.2.0 trunk up to the 1/4-resolution decoder level, a "
                 "light new head at 1/4 resolution (no 1/2-resolution level), float32",
-                "python -m telediag.models.polyp_seg.distill --epochs 8 --threads 1"),
+                "python -m telediag.models.polyp_seg.distill --data ../shared/data/kvasir-seg --out models/polyp_seg/polyp_seg_student.onnx --epochs 5 --threads 1"),
     "student_int8": ("polyp_seg_student_int8.onnx",
                      "the distilled student, int8 static quantisation (as 'int8')",
                      "python -m telediag.models.polyp_seg.quantize --model "
