@@ -240,3 +240,46 @@ def test_http_gateway_https_login_and_audit(tls: tuple[Path, Path], access: Path
     lines = [json.loads(x) for x in (tmp_path / "api_audit.jsonl").read_text().splitlines()]
     assert [(x["user"], x["action"]) for x in lines[:3]] == [(None, "refused"), ("dr-a", "api"), ("chief", "api")]
     assert lines[1]["what"] == "GET /v1/health"
+
+
+def test_recording_links_served_with_login(tmp_path: Path, access: Path) -> None:
+    """Issue 19 item 5: /recording lists the session's documents, /recording/<name> serves them,
+    behind the same login; names outside the index are 404 (no path traversal)."""
+    import numpy as np
+
+    from telediag.recorder import Recorder
+
+    rec = Recorder(tmp_path / "rec")
+    x = np.zeros((250, 1), np.float32)
+    for k in range(4):
+        rec.add(Chunk.signal("ecg", "bed-1/ecg/filtered", k, 10**18 + k * 10**9, x, 250.0, ["II"], ["mV"]))
+        rec.add(Chunk.record("beats", "bed-1/ecg", k, 10**18 + k * 10**9,
+                             {"beats": [{"sample": 10, "t_ns": 10**18 + k * 10**9, "label": "N"}]}))
+    rec.close()
+    v = ViewerThread("tcp://127.0.0.1:1", port=0, access=access)
+    url = v.start()
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        h = {"Authorization": "Bearer token-a"}
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "recording", headers=h) as r:
+                out["empty"] = await r.json()
+            v.set_recording_dir(tmp_path / "rec")
+            async with s.get(url + "recording") as r:
+                out["nologin"] = r.status
+            async with s.get(url + "recording", headers=h) as r:
+                out["index"] = await r.json()
+            async with s.get(url + "recording/bundle.json", headers=h) as r:
+                out["bundle"] = (r.status, (await r.json()).get("resourceType"))
+            async with s.get(url + "recording/..%2F..%2Fetc%2Fpasswd", headers=h) as r:
+                out["traversal"] = r.status
+        return out
+
+    try:
+        res = asyncio.run(main())
+    finally:
+        v.stop()
+    assert res["empty"] == {} and res["nologin"] == 401
+    assert res["index"]["bundle.json"] == "/recording/bundle.json" and "report.html" in res["index"]
+    assert res["bundle"] == (200, "Bundle") and res["traversal"] == 404

@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access", metavar="TOML",
                    help="users, password hashes and per-patient access lists (telediag keys user); login required")
     p.add_argument("--audit", metavar="FILE", help="append who viewed/listened/acknowledged what, as JSON lines")
+    p.add_argument("--recording", metavar="DIR", help="a telediag record folder: the page links to its report and FHIR bundle")
     from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     engines = args.engine or [DEFAULT_PUBLISH]
 
     def ready(srv: ViewerServer) -> None:
+        if args.recording:
+            srv.set_recording_dir(args.recording)
         print(f"telediag viewer: {srv.url}  (engine {', '.join(engines)}; per-browser drops at {srv.url}stats "
               f"and {srv.url}metrics; Ctrl-C stops)", flush=True)
 

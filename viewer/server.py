@@ -10,6 +10,9 @@ Routes
                      messages sent, dropped (total and per topic) and video frames replaced.
 ``GET /metrics``     the same counters as Prometheus text (``telediag_viewer_*``).
 ``GET|POST /login``  the login form (with an access file); ``GET /logout``.
+``GET /recording``   the session's recording documents (report HTML/PDF, FHIR bundle, EDF+) as
+                     ``{name: url}`` when a recording folder is set (``set_recording_dir``), else ``{}``.
+``GET /recording/{name}``  one of them (:mod:`telediag.report.live`, built off the event loop).
 ``GET /api/patients``                 patients this user may see (of those streaming).
 ``GET /api/patients/{id}/alarms``     that patient's active alarms and acknowledgements (403
                      for a patient outside the user's access list).
@@ -108,6 +111,7 @@ class ViewerServer:
         self.auth: Authenticator | None = Authenticator(access) if access is not None else None
         check_bind(host, tls=self.ssl is not None, auth=self.auth is not None)
         self.audit = AuditLog(audit)
+        self.recording_dir: Path | None = None
         self.bridge = Bridge(engine, **bridge_kw)
         self.host = host
         self.port = port
@@ -119,6 +123,10 @@ class ViewerServer:
     @property
     def url(self) -> str:
         return f"{'https' if self.ssl is not None else 'http'}://{self.host}:{self.port}/"
+
+    def set_recording_dir(self, path: str | Path | None) -> None:
+        """The folder of the session's recording: the page then links to its report and FHIR bundle."""
+        self.recording_dir = Path(path) if path is not None else None
 
     # -- authentication ------------------------------------------------------------------
     def _user(self, request: web.Request) -> User | None:
@@ -217,6 +225,30 @@ class ViewerServer:
             return web.json_response({"patient": pid, "alarms_on": on,
                                       "acks": {k: v for k, v in st["acks"].items() if k in on}})
 
+        async def recording(_: web.Request) -> web.Response:
+            if self.recording_dir is None:
+                return web.json_response({})
+            from telediag.report.live import recording_index
+
+            return web.json_response(recording_index(self.recording_dir))
+
+        async def recording_file(request: web.Request) -> web.Response:
+            from telediag.errors import DataError
+            from telediag.report.live import render
+
+            if self.recording_dir is None:
+                raise web.HTTPNotFound()
+            user: User | None = request.get(_USER)
+            name = request.match_info["name"]
+            try:
+                data, ctype = await asyncio.get_running_loop().run_in_executor(None, render, self.recording_dir, name)
+            except DataError as e:
+                raise web.HTTPNotFound(text=str(e)) from e
+            self.audit.write(user.name if user else None, "view", what=f"recording {name}", peer=self._peer(request))
+            return web.Response(body=data, content_type=ctype.split(";")[0])
+
+        app.router.add_get("/recording", recording)
+        app.router.add_get("/recording/{name}", recording_file)
         app.router.add_get("/login", self._login)
         app.router.add_post("/login", self._login)
         app.router.add_get("/logout", self._logout)
@@ -403,6 +435,10 @@ class ViewerThread:
             self._loop.call_soon_threadsafe(self._done.set)
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    def set_recording_dir(self, path: str | Path | None) -> None:
+        """See :meth:`ViewerServer.set_recording_dir`."""
+        self.server.set_recording_dir(path)
 
     def status(self) -> dict[str, Any]:
         """The bridge's status (read from another thread: a best-effort snapshot)."""

@@ -1278,5 +1278,26 @@ window.telediag = {
   alarmSound: () => ({ priority: S.alarmSound, played: S.alarmSoundPlayed }),
 };
 
+// The session's recording (telediag demo / --recording): links to its report and FHIR bundle.
+const REC_LABELS = { "report.html": "report (HTML)", "report.pdf": "PDF", "bundle.json": "FHIR bundle" };
+async function pollRecording() {
+  try {
+    const r = await fetch("/recording", { cache: "no-store" });
+    const idx = r.ok ? await r.json() : {};
+    const names = Object.keys(idx).filter((n) => REC_LABELS[n]);
+    const el = $("#recording");
+    el.classList.toggle("hidden", !names.length);
+    if (names.length && el.dataset.names !== names.join()) {
+      el.dataset.names = names.join();
+      el.replaceChildren("Recording: ", ...names.flatMap((n, i) => {
+        const a = document.createElement("a"); a.href = idx[n]; a.target = "_blank"; a.rel = "noopener"; a.textContent = REC_LABELS[n];
+        return i ? [" \u00b7 ", a] : [a];
+      }));
+    }
+  } catch (e) { /* the viewer restarts: try again later */ }
+}
+setInterval(pollRecording, 10000);
+pollRecording();
+
 connect();
 requestAnimationFrame(frame);
