@@ -146,6 +146,8 @@ ECG_PARAMS = (
     Param("source", "string", max_len=1024, doc="input path/description echoed in the result"),
     Param("chunk_s", "number", default=1.0, minimum=0.01, maximum=60.0,
           doc="chunk length fed to the engine stages; does not change beats/HR/HRV"),
+    Param("classify", "boolean", default=True,
+          doc="label every beat with the beat classifier (AAMI N/S/V/F/Q); false: labels are null"),
 )
 
 
@@ -182,9 +184,11 @@ def _run_ecg(ctx: Context, p: dict[str, Any], inp: Inputs) -> OpOutput:
         raise ApiError("bad_request", f"params.lead must be a column index in [0, {c - 1}], got {lead}")
     x = _as_float_signal(sig, "signal", allow_nan=True)
     rec = Recording(x, fs, tuple(channels), tuple(units), p["name"])
+    from telediag.evaluation.ecg_analyze import with_classify
+
     try:
-        res = analyze_recording(rec, config=ctx.engine_config, lead=lead, chunk_s=p["chunk_s"],
-                                source=p["source"])
+        res = analyze_recording(rec, config=with_classify(ctx.engine_config, "on" if p["classify"] else "off"),
+                                lead=lead, chunk_s=p["chunk_s"], source=p["source"])
     except TelediagError as e:
         raise ApiError("invalid_input", str(e)) from e
     return OpOutput(res)

@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from telediag.errors import DSPError
 
-__all__ = ["AFDetector", "AFParams", "af_features"]
+__all__ = ["N_FEATURES", "AFDetector", "AFParams", "af_features"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +57,28 @@ class AFParams:
         Beats by which onset and end are dated back (the window's delay), default window // 2.
     min_rr_s, max_rr_s : float
         RR intervals outside are not valid (detection errors, pauses).
+    trim : int
+        The largest ``trim`` ``|dRR|`` of the window are left out of ``nrmssd`` and ``cv_dd``
+        (at most a quarter of the window), so isolated ectopic beats do not look like AF
+        (after Dash et al. 2009, who drop the extreme RR of each window).
+    tpr_min : float
+        Minimum turning-point ratio to enter AF (random series: about 2/3).
+    lag_min : float
+        Minimum ``lag_irr`` to enter AF (rejects bigeminy and trigeminy whose ectopic beats
+        were not labelled: their RR repeats with period 2 or 3).
     """
 
     window: int = 32
     min_valid: int = 24
-    on: float = 0.10
-    off: float = 0.07
-    cv_min: float = 0.55
+    on: float = 0.12
+    off: float = 0.09
+    cv_min: float = 0.4
     back: int = 16
     min_rr_s: float = 0.25
     max_rr_s: float = 2.5
+    trim: int = 8
+    tpr_min: float = 0.6
+    lag_min: float = 0.16
 
     def __post_init__(self) -> None:
         if not 4 <= self.window <= 512:
@@ -81,55 +93,108 @@ class AFParams:
             raise DSPError(f"need 0 < min_rr_s < max_rr_s, got {self.min_rr_s}, {self.max_rr_s}")
 
 
+N_FEATURES = 7
+"""Columns of the window features: valid pairs, mean RR (s), ``nrmssd`` (trimmed),
+``cv_dd``, ``med_dd`` (median ``|dRR|`` / mean RR), ``tpr`` (turning-point ratio) and
+``lag_irr`` (the smaller of the trimmed RMS of ``RR[k] - RR[k-2]`` and ``RR[k] - RR[k-3]``
+/ mean RR: low for bigeminy and trigeminy, which repeat with period 2 or 3)."""
+
+
+@njit(cache=True)
+def _trimmed_rms(v: NDArray[np.float64], n: int, trim: int) -> float:
+    """RMS of ``|v[:n]|`` without its ``min(trim, n // 4)`` largest values (NaN when n < 2)."""
+    if n < 2:
+        return np.nan
+    a = np.abs(v[:n])
+    a.sort()
+    k = n - min(trim, n // 4)
+    s2 = 0.0
+    for j in range(k):
+        s2 += a[j] * a[j]
+    return np.sqrt(s2 / k)
+
+
+@njit(cache=True)
+def _window_features(w: NDArray[np.float64], n_rows: int, trim: int, out: NDArray[np.float64]) -> None:
+    """Features of the first ``n_rows`` ring rows ``(rr, rr_1, rr_2, rr_3)``; see :data:`N_FEATURES`."""
+    d1 = np.empty(n_rows)
+    d2 = np.empty(n_rows)
+    d3 = np.empty(n_rows)
+    n = 0
+    n2 = 0
+    n3 = 0
+    s = 0.0
+    tp = 0
+    nt = 0
+    for j in range(n_rows):
+        if np.isnan(w[j, 1]):
+            continue
+        s += w[j, 0]
+        d = w[j, 0] - w[j, 1]
+        d1[n] = d
+        n += 1
+        if not np.isnan(w[j, 2]):
+            d2[n2] = w[j, 0] - w[j, 2]
+            n2 += 1
+            nt += 1
+            if d * (w[j, 1] - w[j, 2]) < 0:
+                tp += 1
+        if not np.isnan(w[j, 3]):
+            d3[n3] = w[j, 0] - w[j, 3]
+            n3 += 1
+    out[0] = n
+    if n < 2:
+        for j in range(1, N_FEATURES):
+            out[j] = np.nan
+        return
+    m = s / n
+    ad = np.abs(d1[:n])
+    ad.sort()
+    k = n - min(trim, n // 4)  # drop the largest |dRR| (isolated ectopic beats)
+    sad = 0.0
+    sad2 = 0.0
+    for j in range(k):
+        sad += ad[j]
+        sad2 += ad[j] * ad[j]
+    mad = sad / k
+    var = sad2 / k - mad * mad
+    out[1] = m
+    out[2] = np.sqrt(sad2 / k) / m
+    out[3] = np.sqrt(max(var, 0.0)) / mad if mad > 0 else 0.0
+    out[4] = (ad[(n - 1) // 2] + ad[n // 2]) / 2.0 / m
+    out[5] = tp / nt if nt > 0 else np.nan
+    l2 = _trimmed_rms(d2, n2, trim)
+    l3 = _trimmed_rms(d3, n3, trim)
+    out[6] = np.nan if (np.isnan(l2) or np.isnan(l3)) else min(l2, l3) / m
+
+
 @njit(cache=True)
 def _af_kernel(rr: NDArray[np.float64], ok: NDArray[np.bool_], ring: NDArray[np.float64],
-               pos: NDArray[np.int64], window: int, out: NDArray[np.float64]) -> None:
-    """Per interval: push it (when ``ok``) into the ring of valid consecutive pairs and
-    write ``(n_valid, mean_rr, nrmssd, cv_dd)`` of the window to ``out[k]``.
+               pos: NDArray[np.int64], window: int, trim: int, out: NDArray[np.float64]) -> None:
+    """Per interval: push it (when ``ok``) into the ring of the last ``window`` valid
+    intervals and write the window's features (:data:`N_FEATURES`) to ``out[k]``.
 
-    ``ring[j] = (rr_prev, rr)``: a *pair* of consecutive valid intervals; a pair exists only
-    when both intervals are valid and adjacent (``pos[1]`` holds the previous valid interval,
-    or -1). ``pos[0]`` counts pairs pushed.
+    ``ring[j] = (rr, rr_1, rr_2, rr_3)``: a valid interval and the 1, 2, 3 intervals before
+    it when those were valid and contiguous (else NaN); ``ring[window, :3]`` holds the last
+    three contiguous valid intervals (newest first, NaN when broken); ``pos[0]`` counts
+    intervals pushed.
     """
     for k in range(rr.size):
         if ok[k]:
-            prev = ring[window, 0]
-            if pos[1] == 1:
-                j = pos[0] % window
-                ring[j, 0] = prev
-                ring[j, 1] = rr[k]
-                pos[0] += 1
+            j = pos[0] % window
+            ring[j, 0] = rr[k]
+            ring[j, 1] = ring[window, 0]
+            ring[j, 2] = ring[window, 1] if not np.isnan(ring[window, 0]) else np.nan
+            ring[j, 3] = ring[window, 2] if not np.isnan(ring[j, 2]) else np.nan
+            ring[window, 2] = ring[j, 2]
+            ring[window, 1] = ring[j, 1]
             ring[window, 0] = rr[k]
-            pos[1] = 1
+            pos[0] += 1
         else:
-            pos[1] = 0
-        n = min(pos[0], window)
-        if n < 2:
-            out[k, 0] = n
-            out[k, 1] = np.nan
-            out[k, 2] = np.nan
-            out[k, 3] = np.nan
-            continue
-        s = 0.0
-        sd2 = 0.0
-        sad = 0.0
-        sad2 = 0.0
-        for j in range(n):
-            a = ring[j, 0]
-            b = ring[j, 1]
-            s += b
-            d = b - a
-            sd2 += d * d
-            ad = abs(d)
-            sad += ad
-            sad2 += ad * ad
-        m = s / n
-        mad = sad / n
-        var = sad2 / n - mad * mad
-        out[k, 0] = n
-        out[k, 1] = m
-        out[k, 2] = np.sqrt(sd2 / n) / m
-        out[k, 3] = np.sqrt(max(var, 0.0)) / mad if mad > 0 else 0.0
+            ring[window, 0] = np.nan
+            ring[window, 1] = np.nan
+            ring[window, 2] = np.nan
+        _window_features(ring, min(pos[0], window), trim, out[k])
 
 
 def _validity(rr: NDArray[np.float64], ok: NDArray[np.bool_], p: AFParams) -> NDArray[np.bool_]:
@@ -139,36 +204,55 @@ def _validity(rr: NDArray[np.float64], ok: NDArray[np.bool_], p: AFParams) -> ND
 def af_features(rr_s: ArrayLike, ok: ArrayLike | None = None, params: AFParams | None = None) -> NDArray[np.float64]:
     """Window features of every interval, offline, in plain NumPy (the kernel's oracle).
 
-    Returns ``(n, 4)``: valid pairs in the window, mean RR (s), ``nrmssd``, ``cv_dd``.
+    Returns ``(n, 7)``: valid pairs in the window, mean RR (s), ``nrmssd`` (RMS of ``|dRR|``
+    / mean RR without the ``trim`` largest), ``cv_dd`` (of the same), ``med_dd``, ``tpr`` and
+    ``lag_irr`` (see :data:`N_FEATURES`).
 
     Examples
     --------
     >>> f = af_features([0.8] * 40)
-    >>> f[-1].round(3).tolist()
-    [32.0, 0.8, 0.0, 0.0]
+    >>> f[-1, :5].round(3).tolist()
+    [32.0, 0.8, 0.0, 0.0, 0.0]
     """
     p = params or AFParams()
     rr = np.asarray(rr_s, dtype=np.float64)
     okv = _validity(rr, np.ones(rr.size, bool) if ok is None else np.asarray(ok, bool), p)
-    pairs: list[tuple[float, float]] = []
-    out = np.full((rr.size, 4), np.nan)
-    prev_ok = False
+    rows: list[tuple[float, float, float, float]] = []
+    out = np.full((rr.size, N_FEATURES), np.nan)
+    run: list[float] = []  # the current run of contiguous valid intervals
     for k in range(rr.size):
         if okv[k]:
-            if prev_ok:
-                pairs.append((float(rr[k - 1]), float(rr[k])))
-            prev_ok = True
+            prev = run[-3:][::-1] + [np.nan] * 3
+            rows.append((float(rr[k]), prev[0], prev[1], prev[2]))
+            run.append(float(rr[k]))
         else:
-            prev_ok = False
-        w = np.array(pairs[-p.window:], dtype=np.float64).reshape(-1, 2)
+            run = []
+        w = np.array(rows[-p.window:], dtype=np.float64).reshape(-1, 4)
+        w = w[~np.isnan(w[:, 1])]
         n = w.shape[0]
         out[k, 0] = n
         if n >= 2:
-            m = w[:, 1].mean()
-            d = np.abs(w[:, 1] - w[:, 0])
+            m = w[:, 0].mean()
+            d = w[:, 0] - w[:, 1]
+            ad = np.sort(np.abs(d))
+            kept = ad[: n - min(p.trim, n // 4)]
             out[k, 1] = m
-            out[k, 2] = np.sqrt(np.mean(d**2)) / m
-            out[k, 3] = d.std() / d.mean() if d.mean() > 0 else 0.0
+            out[k, 2] = np.sqrt(np.mean(kept**2)) / m
+            out[k, 3] = kept.std() / kept.mean() if kept.mean() > 0 else 0.0
+            out[k, 4] = np.median(ad) / m
+            has = ~np.isnan(w[:, 2])
+            out[k, 5] = np.mean(d[has] * (w[has, 1] - w[has, 2]) < 0) if has.any() else np.nan
+
+            def trms(v: NDArray[np.float64]) -> float:
+                if v.size < 2:
+                    return np.nan
+                a = np.sort(np.abs(v))[: v.size - min(p.trim, v.size // 4)]
+                return float(np.sqrt(np.mean(a**2)))
+
+            l2 = trms(w[has, 0] - w[has, 2])
+            h3 = ~np.isnan(w[:, 3])
+            l3 = trms(w[h3, 0] - w[h3, 3])
+            out[k, 6] = min(l2, l3) / m if not (np.isnan(l2) or np.isnan(l3)) else np.nan
     return out
 
 
@@ -197,7 +281,7 @@ class AFDetector:
     >>> det = AFDetector(360.0)
     >>> tr, state = det.beats(beats)
     >>> [(t.state, round(t.beat / 360)) for t in tr]
-    [('on', 39), ('off', 148)]
+    [('on', 46), ('off', 144)]
     """
 
     _ECTOPIC = frozenset({"V", "F", "Q", "E", "!", "/", "f"})
@@ -207,8 +291,8 @@ class AFDetector:
             raise DSPError(f"fs must be positive, got {fs}")
         self.fs = float(fs)
         self.p = params or AFParams()
-        self.ring = np.zeros((self.p.window + 1, 2))
-        self.pos = np.zeros(2, np.int64)
+        self.ring = np.full((self.p.window + 1, 4), np.nan)
+        self.pos = np.zeros(1, np.int64)
         self.last_beat: int | None = None
         self.last_ectopic = False
         self.broken = False
@@ -240,8 +324,8 @@ class AFDetector:
                 ok[k] = not (self.broken or brk[k] or ect or self.last_ectopic)
             self.last_beat, self.last_ectopic, self.broken = int(s[k]), ect, False
         ok = _validity(np.nan_to_num(rr), ok, self.p)
-        feats = np.empty((n, 4))
-        _af_kernel(np.nan_to_num(rr), ok, self.ring, self.pos, self.p.window, feats)
+        feats = np.empty((n, N_FEATURES))
+        _af_kernel(np.nan_to_num(rr), ok, self.ring, self.pos, self.p.window, self.p.trim, feats)
         out: list[AFTransition] = []
         state = np.zeros(n, np.bool_)
         p = self.p
@@ -249,15 +333,17 @@ class AFDetector:
             self.recent.append(int(s[k]))
             if len(self.recent) > p.back + 1:
                 del self.recent[0]
-            nv, _, irr, cvd = feats[k]
-            if nv >= p.min_valid:
-                if not self.on and irr >= p.on and cvd >= p.cv_min:
+            nv, _, irr, cvd, _, tpr, lag = feats[k]
+            detail = {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+            if not self.on:
+                if nv >= p.min_valid and irr >= p.on and cvd >= p.cv_min and tpr >= p.tpr_min \
+                        and not lag < p.lag_min:
                     self.on = True
-                    out.append(AFTransition("on", self.recent[0], {"nrmssd": round(float(irr), 4),
-                                                                   "cv_dd": round(float(cvd), 4)}))
-                elif self.on and irr < p.off:
-                    self.on = False
-                    out.append(AFTransition("off", self.recent[0], {"nrmssd": round(float(irr), 4),
-                                                                    "cv_dd": round(float(cvd), 4)}))
+                    out.append(AFTransition("on", self.recent[0], detail))
+            elif nv < p.min_valid // 2 or irr < p.off:
+                # regular again, or too few measurable intervals left (e.g. a run of ectopic
+                # beats) to go on calling AF
+                self.on = False
+                out.append(AFTransition("off", self.recent[0], detail))
             state[k] = self.on
         return out, state

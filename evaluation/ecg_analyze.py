@@ -54,6 +54,7 @@ __all__ = [
     "run_pipeline",
     "wfdb_annotation_rows",
     "write_json",
+    "with_classify",
     "write_wfdb_annotations",
 ]
 
@@ -96,6 +97,23 @@ def build_pipeline(config: Config, spec: StreamSpec, lead: int | None = None) ->
         s = stage.open(s)
         stages.append(stage)
     return stages
+
+
+def with_classify(config: Config | None, mode: str) -> Config:
+    """``config`` (default: the built-in one) with ``classify = mode`` in every ``ecg_analysis`` stage.
+
+    Examples
+    --------
+    >>> cfg = with_classify(None, "off")
+    >>> [sc.params.classify for sc in cfg.pipelines["ecg"] if sc.stage_type is EcgAnalysis]
+    ['off']
+    """
+    cfg = config if config is not None else load_config()
+    if mode not in ("on", "off", "auto"):
+        raise ConfigError(f"classify must be 'on', 'off' or 'auto', got {mode!r}")
+    ecg = tuple(dataclasses.replace(sc, params=dataclasses.replace(sc.params, classify=mode))
+                if sc.stage_type is EcgAnalysis else sc for sc in cfg.pipelines.get("ecg", ()))
+    return dataclasses.replace(cfg, pipelines={**cfg.pipelines, "ecg": ecg})
 
 
 def run_pipeline(stages: Sequence[Stage], chunks: Iterable[Chunk]) -> list[Chunk]:

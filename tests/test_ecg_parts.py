@@ -81,15 +81,15 @@ def test_af_kernel_equals_its_numpy_oracle_for_any_grouping() -> None:
     ref = af_features(rr, ok)
     p = AFParams()
     for groups in ([rr.size], [1] * rr.size, [7, 100, 3, 200]):
-        ring = np.zeros((p.window + 1, 2))
-        pos = np.zeros(2, np.int64)
+        ring = np.full((p.window + 1, 4), np.nan)
+        pos = np.zeros(1, np.int64)
         out = []
         k = 0
         for g in groups:
             if k >= rr.size:
                 break
-            o = np.empty((min(g, rr.size - k), 4))
-            af_mod._af_kernel(rr[k:k + g], af_mod._validity(rr[k:k + g], ok[k:k + g], p), ring, pos, p.window, o)
+            o = np.empty((min(g, rr.size - k), af_mod.N_FEATURES))
+            af_mod._af_kernel(rr[k:k + g], af_mod._validity(rr[k:k + g], ok[k:k + g], p), ring, pos, p.window, p.trim, o)
             out.append(o)
             k += g
         np.testing.assert_allclose(np.concatenate(out), ref, rtol=1e-12, equal_nan=True)

@@ -214,7 +214,9 @@ class EcgAnalysisParams(StageParams):
     rhythm : bool
         AF detection (:mod:`telediag.dsp.af`, default on): ``afib`` alarms; ``S`` labels inside
         AF become ``N``. ``af_window`` (RR intervals), ``af_on``/``af_off`` (normalised RMSSD
-        hysteresis), ``af_cv_min`` (minimum CV of the absolute successive differences).
+        hysteresis), ``af_cv_min`` (minimum CV of the absolute successive differences),
+        ``af_tpr_min`` (minimum turning-point ratio), ``af_lag_min`` (minimum lag-2/3
+        irregularity: rejects bigeminy/trigeminy); see :class:`telediag.dsp.af.AFParams`.
     history_s : float
         Raw signal kept for beat hooks (:class:`SignalHistory`), seconds.
     """
@@ -255,15 +257,18 @@ class EcgAnalysisParams(StageParams):
     alarm_technical_s: float = 2.0
     rhythm: bool = True
     af_window: int = 32
-    af_on: float = 0.10
-    af_off: float = 0.07
-    af_cv_min: float = 0.55
+    af_on: float = 0.12
+    af_off: float = 0.09
+    af_cv_min: float = 0.4
+    af_tpr_min: float = 0.6
+    af_lag_min: float = 0.16
 
     def af_params(self) -> AFParams:
         """The ``af_*`` keys as :class:`telediag.dsp.af.AFParams`."""
         try:
             return AFParams(window=self.af_window, min_valid=max(2, (3 * self.af_window) // 4), on=self.af_on,
-                            off=self.af_off, cv_min=self.af_cv_min, back=self.af_window // 2)
+                            off=self.af_off, cv_min=self.af_cv_min, back=self.af_window // 2,
+                            tpr_min=self.af_tpr_min, lag_min=self.af_lag_min)
         except DSPError as e:
             raise ValueError(str(e)) from e
 

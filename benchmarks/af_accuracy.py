@@ -1,0 +1,333 @@
+"""Atrial-fibrillation episode detection scored with the EC57 AF conventions.
+
+The engine's own ``ecg`` analysis (:func:`telediag.evaluation.ecg_analyze.analyze_recording`,
+beat classifier on, so ventricular beats can be left out of the RR irregularity) is run on
+every record that has a PhysioNet rhythm reference here, and its ``afib`` episodes are
+compared with the reference rhythm annotations (``+`` with aux ``(AFIB``; any other rhythm
+label ends an episode):
+
+* **episode Se**: reference AF episodes overlapped by a detected episode / all reference
+  episodes; **episode +P**: detected episodes overlapping a reference episode / all detected;
+* **duration Se**: AF time both call AF / reference AF time; **duration +P**: the same /
+  detected AF time (ANSI/AAMI EC57:2012, section 4.2.4, AF episode and duration statistics),
+
+gross (summed over records). Records: MIT-BIH (``mitdb``: AF in 201, 203 and the paced 217;
+every other record is a negative) and the noise-stress records ``nstdb/118e*`` (record 118
+with noise, no AF: negatives). The MIT-BIH Supraventricular Arrhythmia Database has no
+rhythm annotations (one ``(N``), so its AF calls are counted but cannot be scored.
+
+Protocols
+---------
+``--protocol fixed`` (default): the shipped parameters (:class:`telediag.dsp.af.AFParams`
+defaults), every record.
+``--protocol lro``: leave-record-out over the MIT-BIH records: for each record, the
+parameters are chosen on the other records (grid below, best gross duration F1) and the
+record is scored with them; then pooled. nstdb is scored with the parameters chosen on all
+of MIT-BIH (cross-database).
+
+Run::
+
+    python benchmarks/af_accuracy.py [--data DIR] [--protocol fixed|lro] [--json OUT]
+
+``pytest benchmarks/af_accuracy.py`` runs a smoke test on two records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from telediag.dsp.af import AFDetector, AFParams
+
+GRID = {"on": (0.10, 0.12, 0.14), "tpr_min": (0.55, 0.6), "lag_min": (0.12, 0.16, 0.2)}
+"""Leave-record-out grid (around the shipped values, which were chosen on all MIT-BIH records)."""
+
+
+def data_dir() -> Path:
+    env = os.environ.get("TELEDIAG_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def reference_episodes(ann: Any, n_samples: int, rhythm: str = "(AFIB") -> list[tuple[int, int]]:
+    """``[start, end)`` sample spans of ``rhythm`` from a wfdb annotation's rhythm labels.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> a = SimpleNamespace(sample=[0, 5, 10, 20, 30], symbol=["+", "N", "+", "N", "+"],
+    ...                     aux_note=["(N", "", "(AFIB", "", "(N"])
+    >>> reference_episodes(a, 40)
+    [(10, 30)]
+    """
+    out: list[tuple[int, int]] = []
+    start: int | None = None
+    for smp, sym, aux in zip(ann.sample, ann.symbol, ann.aux_note, strict=True):
+        if sym != "+":
+            continue
+        aux = aux.strip("\x00").strip()
+        if aux == rhythm and start is None:
+            start = int(smp)
+        elif aux != rhythm and start is not None:
+            out.append((start, int(smp)))
+            start = None
+    if start is not None:
+        out.append((start, n_samples))
+    return out
+
+
+def _overlap(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> int:
+    return sum(max(0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
+
+
+@dataclasses.dataclass
+class AFScore:
+    """Counts for EC57 AF statistics (summable across records)."""
+
+    ref_eps: int = 0
+    ref_eps_hit: int = 0
+    test_eps: int = 0
+    test_eps_true: int = 0
+    ref_dur: int = 0
+    test_dur: int = 0
+    both_dur: int = 0
+
+    def __add__(self, o: AFScore) -> AFScore:
+        return AFScore(*(x + y for x, y in zip(dataclasses.astuple(self), dataclasses.astuple(o), strict=True)))
+
+    @property
+    def table(self) -> dict[str, float | None]:
+        def r(n: int, d: int) -> float | None:
+            return round(100.0 * n / d, 2) if d else None
+
+        return {"episode_se": r(self.ref_eps_hit, self.ref_eps), "episode_ppv": r(self.test_eps_true, self.test_eps),
+                "duration_se": r(self.both_dur, self.ref_dur), "duration_ppv": r(self.both_dur, self.test_dur)}
+
+    @property
+    def duration_f1(self) -> float:
+        d = self.ref_dur + self.test_dur
+        return 2.0 * self.both_dur / d if d else 1.0
+
+
+def score_episodes(ref: Sequence[tuple[int, int]], test: Sequence[tuple[int, int]]) -> AFScore:
+    """EC57 AF counts of one record.
+
+    Examples
+    --------
+    >>> s = score_episodes([(100, 200)], [(150, 260), (400, 500)])
+    >>> s.table
+    {'episode_se': 100.0, 'episode_ppv': 50.0, 'duration_se': 50.0, 'duration_ppv': 23.81}
+    """
+    return AFScore(
+        ref_eps=len(ref), ref_eps_hit=sum(1 for r in ref if _overlap([r], test) > 0),
+        test_eps=len(test), test_eps_true=sum(1 for t in test if _overlap([t], ref) > 0),
+        ref_dur=sum(e - s for s, e in ref), test_dur=sum(e - s for s, e in test), both_dur=_overlap(ref, test),
+    )
+
+
+@dataclasses.dataclass
+class RecordBeats:
+    name: str
+    fs: float
+    n: int
+    samples: np.ndarray
+    labels: list[str | None]
+    broken: np.ndarray
+    ref: list[tuple[int, int]]
+    engine_eps: list[tuple[int, int]]
+
+
+def analyse(path: Path, classify: str = "on") -> RecordBeats:
+    """Run the engine's ecg analysis on a record; keep its usable beats, labels and AF episodes."""
+    import wfdb
+
+    from telediag.engine.config import load_config, parse_config
+    from telediag.evaluation.ecg_analyze import analyze_recording
+    from telediag.sources.readers import read_wfdb
+
+    rec = read_wfdb(path)
+    cfg = load_config()
+    if classify != "auto":
+        import tomllib
+
+        from telediag import engine as engine_pkg
+
+        doc = tomllib.loads((Path(engine_pkg.__file__).parent / "default.toml").read_text())
+        doc["pipeline"]["ecg"]["analysis"]["classify"] = classify
+        cfg = parse_config(doc, f"default.toml + classify={classify}")
+    res = analyze_recording(rec, config=cfg, lead=0)
+    good = [b for b in res["beats"] if b["usable"]]
+    samples = np.array([b["sample"] for b in good], np.int64)
+    # an interval is broken when an unusable block lies between its beats
+    bad = [b["sample"] for b in res["quality"]["blocks"] if not b["usable"][0]]
+    hop = int(round(res["quality"]["hop_s"] * rec.fs))
+    broken = np.zeros(samples.size, bool)
+    if bad and samples.size > 1:
+        bad_a = np.array(bad)
+        idx = np.searchsorted(bad_a + hop, samples[:-1], side="right")
+        nxt = np.where(idx < bad_a.size, bad_a[np.minimum(idx, bad_a.size - 1)], np.iinfo(np.int64).max)
+        broken[1:] = nxt < samples[1:]
+    ann = wfdb.rdann(str(path), "atr")
+    n = int(rec.signal.shape[0])
+    eps = [(e["onset_sample"], e["end_sample"]) for e in res["rhythm"]["episodes"] if e["rhythm"] == "AFIB"]
+    # the labels as the live stage saw them (the analyze result relabels S inside AF; AF uses V only)
+    return RecordBeats(path.name, rec.fs, n, samples, [b["label"] for b in good], broken,
+                       reference_episodes(ann, n), eps)
+
+
+def detect_episodes(rb: RecordBeats, params: AFParams) -> list[tuple[int, int]]:
+    """AF episodes of a record's beats with ``params`` (same detector as the stage)."""
+    det = AFDetector(rb.fs, params)
+    tr, _ = det.beats(rb.samples, rb.labels, rb.broken)
+    eps: list[tuple[int, int]] = []
+    onset: int | None = None
+    for t in tr:
+        if t.state == "on":
+            onset = t.beat
+        elif onset is not None:
+            eps.append((onset, t.beat))
+            onset = None
+    if onset is not None:
+        eps.append((onset, rb.n))
+    return eps
+
+
+def param_grid() -> list[AFParams]:
+    return [dataclasses.replace(AFParams(), on=on, off=0.75 * on, tpr_min=t, lag_min=lag)
+            for on, t, lag in itertools.product(GRID["on"], GRID["tpr_min"], GRID["lag_min"])]
+
+
+def score_matrix(rbs: Sequence[RecordBeats], grid: Sequence[AFParams]) -> list[list[AFScore]]:
+    """``m[i][j]``: score of record ``j`` with parameters ``grid[i]``."""
+    return [[score_episodes(rb.ref, detect_episodes(rb, p)) for rb in rbs] for p in grid]
+
+
+def best_index(m: list[list[AFScore]], train: Sequence[int]) -> int:
+    """Grid row with the best gross duration F1 over the records ``train``."""
+    f1 = []
+    for row in m:
+        tot = AFScore()
+        for j in train:
+            tot = tot + row[j]
+        f1.append(tot.duration_f1)
+    return int(np.argmax(f1))
+
+
+def records(base: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    mit = sorted(p.with_suffix("") for p in (base / "mitdb").glob("*.hea"))
+    nst = sorted(p.with_suffix("") for p in (base / "nstdb").glob("118e*.hea"))
+    sv = sorted(p.with_suffix("") for p in (base / "svdb").glob("*.hea"))
+    return mit, nst, sv
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=data_dir())
+    ap.add_argument("--protocol", choices=("fixed", "lro"), default="fixed")
+    ap.add_argument("--svdb", action="store_true", help="also count AF calls on svdb (unscored)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="pickle of the analysed beats (written when absent, read when present)")
+    ap.add_argument("--afl", action="store_true",
+                    help="count reference atrial flutter (AFL) as AF too (the detector cannot tell them apart)")
+    a = ap.parse_args(argv)
+    mit, nst, sv = records(a.data)
+    if not mit:
+        print(f"no MIT-BIH records under {a.data}", file=sys.stderr)
+        return 2
+    if a.cache is not None and a.cache.exists():
+        import pickle
+
+        mrb, nrb = pickle.loads(a.cache.read_bytes())  # noqa: S301 - our own cache file
+    else:
+        mrb = [analyse(p) for p in mit]
+        nrb = [analyse(p) for p in nst]
+        if a.cache is not None:
+            import pickle
+
+            a.cache.write_bytes(pickle.dumps((mrb, nrb)))
+    if a.afl:  # reference AF = AFIB or AFL
+        import wfdb
+
+        for rb in mrb + nrb:
+            db = "nstdb" if rb.name.startswith("118e") else "mitdb"
+            ann = wfdb.rdann(str(a.data / db / rb.name), "atr")
+            spans = sorted(rb.ref + reference_episodes(ann, rb.n, "(AFL"))
+            merged: list[tuple[int, int]] = []
+            for s0, e0 in spans:
+                if merged and s0 <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], e0))
+                else:
+                    merged.append((s0, e0))
+            rb.ref = merged
+    out: dict[str, Any] = {"protocol": a.protocol, "reference": "AFIB+AFL" if a.afl else "AFIB",
+                           "per_record": {}}
+    tot, ntot = AFScore(), AFScore()
+    if a.protocol == "fixed":
+        for rb in mrb:  # exactly what the engine published (default parameters)
+            s = score_episodes(rb.ref, rb.engine_eps)
+            out["per_record"][rb.name] = {**s.table, "ref_s": s.ref_dur / rb.fs, "test_s": s.test_dur / rb.fs}
+            tot = tot + s
+        for rb in nrb:
+            ntot = ntot + score_episodes(rb.ref, rb.engine_eps)
+        out["params"] = dataclasses.asdict(AFParams())
+    else:
+        grid = param_grid()
+        m = score_matrix(mrb, grid)
+        chosen = {}
+        for i, rb in enumerate(mrb):
+            k = best_index(m, [j for j in range(len(mrb)) if j != i])
+            chosen[rb.name] = {f: getattr(grid[k], f) for f in ("on", "off", "tpr_min", "lag_min")}
+            s = m[k][i]
+            out["per_record"][rb.name] = {**s.table, "ref_s": s.ref_dur / rb.fs, "test_s": s.test_dur / rb.fs}
+            tot = tot + s
+        p_all = grid[best_index(m, range(len(mrb)))]
+        for rb in nrb:
+            ntot = ntot + score_episodes(rb.ref, detect_episodes(rb, p_all))
+        out["params_per_fold"] = chosen
+        out["params_all_mitdb"] = dataclasses.asdict(p_all)
+    out["mitdb_gross"] = {**tot.table, "ref_af_min": round(tot.ref_dur / 360 / 60, 1),
+                          "detected_af_min": round(tot.test_dur / 360 / 60, 1)}
+    out["nstdb_118e_false_af_s"] = round(ntot.test_dur / 360, 1)
+    print(json.dumps(out["mitdb_gross"]), "nstdb false AF s:", out["nstdb_118e_false_af_s"])
+    for name, row in out["per_record"].items():
+        if row["ref_s"] or row["test_s"]:
+            print(name, row)
+    if a.svdb:
+        n_af = {}
+        for p in sv:
+            rb = analyse(p)
+            n_af[rb.name] = round(sum(e - s for s, e in rb.engine_eps) / rb.fs, 1)
+        out["svdb_af_s_unscored"] = n_af
+        print("svdb AF seconds called (no reference):", sum(n_af.values()), "in",
+              sum(1 for v in n_af.values() if v), "records")
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def test_af_scoring_smoke() -> None:
+    import pytest
+
+    base = data_dir()
+    if not (base / "mitdb" / "201.hea").exists():
+        pytest.skip("MIT-BIH records not found")
+    import wfdb
+
+    ann = wfdb.rdann(str(base / "mitdb" / "201"), "atr")
+    ref = reference_episodes(ann, 650000)
+    assert ref and all(e > s for s, e in ref)
+    assert score_episodes(ref, ref).table == {"episode_se": 100.0, "episode_ppv": 100.0,
+                                              "duration_se": 100.0, "duration_ppv": 100.0}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
