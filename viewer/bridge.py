@@ -392,6 +392,12 @@ def polyp_view(body: Any, frame_wh: tuple[int, int] | None = None,
         scores = [b[4] for b in boxes if b[4] >= 0]
         prob = max(scores) if scores else None
     out["prob"] = prob
+    for k in ("analysed_at", "input_size", "analyse_every", "t0_ns"):  # the engine's operating point
+        v = _int(body.get(k))
+        if v is not None:
+            out[k] = v
+    if isinstance(body.get("reused"), bool):
+        out["reused"] = body["reused"]
     m = body.get("mask")
     if out["mask"] is None and isinstance(m, Mapping) and "rle" in m:  # the engine's polyp_body
         with contextlib.suppress(ValueError, TypeError):

@@ -675,6 +675,13 @@ class VideoPanel {
     const list = [];
     if (st && st.latency_ms) list.push([`lat ${st.latency_ms.p50.toFixed(1)}/${st.latency_ms.p99.toFixed(1)} ms`, "", "engine latency p50/p99"]);
     if (st) list.push([`drops ${st.drops || 0}`, st.drops ? "warn" : "", "frames dropped at the engine (latest-frame-wins)"]);
+    const a = S.ann.get(this.annStream()), p = a && a.polyp;
+    if (p) {   // the engine's operating point when it is behind (polyp body: analyse_every, input_size, analysed_at)
+      if (p.analyse_every === 2) list.push(["every 2nd frame", "warn", "the model analyses every second frame; the others re-use its result"]);
+      if (p.input_size && p.input_size < 256) list.push([`input ${p.input_size}`, "warn", "reduced network input size (the stage is behind)"]);
+      if (p.reused && p.analysed_at && p.t0_ns && p.t0_ns - p.analysed_at > 1e9)
+        list.push([`overlay ${((p.t0_ns - p.analysed_at) / 1e9).toFixed(1)} s old`, "bad", "the overlay is from an older analysed frame"]);
+    }
     const html = badgeHTML(list);
     if (html !== this.lastBadges) { this.badgesEl.innerHTML = html; this.lastBadges = html; }
   }
