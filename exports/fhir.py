@@ -212,11 +212,22 @@ def build_bundle(
     ids = _Ids(seed)
     entries: list[dict[str, Any]] = []
 
-    def add(key: str, res: dict[str, Any]) -> str:
+    def add(key: str, res: dict[str, Any], *, upsert: bool = False) -> str:
+        """Add a resource; in a transaction, one with an identifier is created only once
+        (``ifNoneExist``) or, with ``upsert``, updated in place (conditional update), so a live
+        exporter does not duplicate the patient, the devices or an alarm still on."""
         url = ids(key)
         e: dict[str, Any] = {"fullUrl": url, "resource": res}
         if bundle_type == "transaction":
-            e["request"] = {"method": "POST", "url": res["resourceType"]}
+            rt = res["resourceType"]
+            ident = (res.get("identifier") or [None])[0]
+            query = f"identifier={ident['system']}|{ident['value']}" if ident else None
+            if query and upsert:
+                e["request"] = {"method": "PUT", "url": f"{rt}?{query}"}
+            elif query:
+                e["request"] = {"method": "POST", "url": rt, "ifNoneExist": query}
+            else:
+                e["request"] = {"method": "POST", "url": rt}
         entries.append(e)
         return url
 
@@ -242,9 +253,10 @@ def build_bundle(
                "class": {"system": V3_ACT, "code": "VR", "display": "virtual"},
                "identifier": [{"system": "urn:telediag:encounter", "value": str(meta["encounter"])}],
                "subject": patient_ref, "period": {"start": _iso(start), "end": _iso(end)}}
-        enc_ref = {"reference": add("encounter", enc)}
+        enc_ref = {"reference": add("encounter", enc, upsert=bundle_type == "collection")}
 
     engine = {"resourceType": "Device", "status": "active", "manufacturer": "telediag project",
+              "identifier": [{"system": "urn:telediag:device", "value": f"telediag-{__version__}"}],
               "deviceName": [{"name": "telediag", "type": "model-name"}],
               "type": {"text": "telediagnosis signal-processing engine (decision support software)"},
               "version": [{"value": __version__}],
@@ -253,6 +265,8 @@ def build_bundle(
     model_refs: dict[str, dict[str, str]] = {}
     for name, card in sorted(model_cards().items()):
         dev = {"resourceType": "Device", "status": "active", "deviceName": [{"name": name, "type": "model-name"}],
+               "identifier": [{"system": "urn:telediag:device",
+                               "value": f"{name}-{card.get('version', '?')}-{str(card.get('sha256', ''))[:12]}"}],
                "type": {"text": str(card.get("task") or "model")},
                "version": [{"value": str(card.get("version", "?"))}],
                "parent": engine_ref,
@@ -364,7 +378,8 @@ def build_bundle(
             coding = [{"system": LOCAL, "code": f"alarm-{typ}", "display": f"telediag alarm {typ}"}]
             if sn and sn[0] and not tech:
                 coding.insert(0, {"system": SNOMED, "code": sn[0], "display": sn[1]})
-            det = {"resourceType": "DetectedIssue", "status": "final",
+            det = {"resourceType": "DetectedIssue", "status": "preliminary" if b.get("open_at_end") else "final",
+                   "identifier": [{"system": "urn:telediag:alarm", "value": f"{tag}/{typ}/{on}"}],
                    "code": {"coding": coding, "text": ("technical alarm " if tech else "alarm ") + typ},
                    "severity": "low" if tech else (sn[2] if sn else "moderate"),
                    "patient": patient_ref, "author": engine_ref,
@@ -373,7 +388,7 @@ def build_bundle(
                              + (f" lead {b['lead']}" if b.get("lead") else "")
                              + (f" ({b['detail']})" if b.get("detail") else "")
                              + ("; still on when the recording ended" if b.get("open_at_end") else "")}
-            add(f"{tag}/alarm/{j}", det)
+            add(f"{tag}/alarm/{j}", det, upsert=True)  # an alarm still on is updated, not duplicated
     return {"resourceType": "Bundle", "type": bundle_type, "timestamp": _iso(time.time_ns()), "entry": entries}
 
 

@@ -330,8 +330,15 @@ def test_live_exporter_retries_and_never_blocks_the_engine(tmp_path: Path, mitdb
         rx.close()
     assert exp.stats["failed_attempts"] >= 3 and rx.attempts >= 4  # a timeout and 503s, retried
     assert rx.bundles and exp.stats["posted"] == len(rx.bundles) and exp.stats["dropped"] == 0
-    assert all(b["type"] == "transaction" and all(e["request"]["method"] == "POST" for e in b["entry"])
-               for b in rx.bundles)
+    assert all(b["type"] == "transaction" for b in rx.bundles)
+    for e in (e for b in rx.bundles for e in b["entry"]):
+        rt = e["resource"]["resourceType"]
+        if rt in ("Patient", "Device"):  # created once on the server, not once per interval
+            assert e["request"]["method"] == "POST" and e["request"]["ifNoneExist"].startswith("identifier=urn:telediag:")
+        elif rt == "DetectedIssue":  # an alarm still on is updated in place
+            assert e["request"]["method"] == "PUT" and e["request"]["url"].startswith("DetectedIssue?identifier=")
+        else:
+            assert e["request"] == {"method": "POST", "url": rt}
     for bundle in rx.bundles:
         validate(bundle)
     hr = [e["resource"] for bb in rx.bundles for e in bb["entry"]
@@ -354,3 +361,21 @@ def test_settings_from_toml_reject_bad_keys(tmp_path: Path) -> None:
     f.write_text('[export.fhir]\nurl = "ftp://x"\n')
     with pytest.raises(Exception, match="http"):
         FhirSettings.from_toml(f)
+
+
+def test_transaction_bundle_does_not_duplicate_on_a_server() -> None:
+    from telediag.exports.fhir import StreamData, build_bundle
+
+    sd = StreamData("bed-1/ecg", "ecg", T0, T0 + 60 * S)
+    sd.bodies["alarm"] = [{"type": "tachy", "state": "on", "onset_ns": T0 + 5 * S, "category": "physiological"}]
+    sd.bodies["hr"] = [{"readings": [{"t_ns": T0, "hr_bpm": 155.0}]}]
+    b1 = build_bundle([sd], patient={"patient": "P-9"}, bundle_type="transaction", seed="a")
+    b2 = build_bundle([sd], patient={"patient": "P-9"}, bundle_type="transaction", seed="b")
+    validate(b1)
+    (d1,) = [e for e in b1["entry"] if e["resource"]["resourceType"] == "DetectedIssue"]
+    (d2,) = [e for e in b2["entry"] if e["resource"]["resourceType"] == "DetectedIssue"]
+    assert d1["resource"]["status"] == "preliminary" and d1["resource"]["severity"] == "high"
+    assert d1["request"] == d2["request"] == {"method": "PUT", "url": (
+        f"DetectedIssue?identifier=urn:telediag:alarm|bed-1/ecg/tachy/{T0 + 5 * S}")}
+    (p1,) = [e for e in b1["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert p1["request"]["ifNoneExist"] == "identifier=urn:telediag:patient|P-9"
