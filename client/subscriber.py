@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from telediag.errors import ProtocolError
-from telediag.transports.wire import Chunk, decode
+from telediag.transports.wire import Chunk, decode, to_physical
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 
@@ -210,7 +210,7 @@ class Subscriber:
             self.seq.observe(chunk.topic, chunk.seq)
             if self.physical and chunk.data is not None and "gain" in chunk.meta and chunk.kind in ("ecg", "pcg"):
                 try:
-                    chunk = _to_physical(chunk)
+                    chunk = to_physical(chunk)
                 except ProtocolError as e:
                     self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
                     continue
@@ -391,15 +391,3 @@ def _short(body: Any, limit: int = 90) -> str:
     text = str(body)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-def _to_physical(chunk: Chunk) -> Chunk:
-    """``chunk`` with its integer samples in physical units (float64) and no gain/baseline in meta."""
-    from telediag.transports.wire import physical
-
-    x = physical(chunk)
-    if x is chunk.data:
-        return chunk
-    meta = {k: v for k, v in chunk.meta.items() if k not in ("gain", "baseline")}
-    assert chunk.rate_hz is not None
-    return Chunk.signal(chunk.kind, chunk.stream, chunk.seq, chunk.t0_ns, x, chunk.rate_hz,
-                        chunk.channels, chunk.units, meta=meta)

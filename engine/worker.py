@@ -33,6 +33,7 @@ from telediag.transports.wire import (
     Chunk,
     decode,
     encode,
+    to_physical,
 )
 
 #: Kinds the ingest socket accepts (PROTOCOL.md section 5); others are rejected ``not_ingestible``.
@@ -426,6 +427,14 @@ class Worker:
             self.reject("spec_changed", f"stream {sid!r} opened as {st.spec}, chunk declares {StreamSpec.of(chunk)}",
                         sid, chunk.seq, topic_stream=sid)
             return
+        if chunk.kind == "ecg" and chunk.data is not None and chunk.data.dtype.kind in "iu" and (
+                "gain" in chunk.meta or "baseline" in chunk.meta):
+            try:  # integer ECG with meta.gain/baseline: the stages work in physical units (PROTOCOL.md 6.1)
+                chunk = to_physical(chunk)
+            except ProtocolError as e:
+                stats.errors += 1
+                self.reject(e.reason, e.detail, sid, chunk.seq, topic_stream=sid)
+                return
         last = stats.last_seq
         if last >= 0 and chunk.seq != last + 1:
             if chunk.seq <= last:

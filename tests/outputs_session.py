@@ -31,6 +31,9 @@ ECG_STREAM = "room-1/ecg"
 PCG_STREAM = "room-1/pcg"
 VIDEO_STREAM = "room-1/endo"
 RESTART_STREAM = "room-2/ecg"
+INT_STREAM = "room-4/ecg"  # int16 ADC units with meta.gain / meta.baseline (PROTOCOL.md 6.1)
+INT_GAIN = (200.0, 100.0)
+INT_BASELINE = (1024, -7)
 ECG_CHUNK = 360  # 1 s at 360 Hz
 GAP_SEQS = (10, 11)  # ECG chunks never sent: a 2-chunk gap
 PCG_GAP_SEQS = (60, 61)  # PCG chunks (0.1 s each) never sent
@@ -48,6 +51,7 @@ class Session:
 
     messages: list[tuple[str, dict[str, Any], Any]] = field(default_factory=list)  # topic, header, body
     raw: list[list[bytes]] = field(default_factory=list)  # the frames as received, same order
+    int_adu: np.ndarray | None = None  # what INT_STREAM sent (int16 ADC units)
     ecg_signal: np.ndarray | None = None  # the full source signal of ECG_STREAM (all chunks, sent or not)
     ecg_fs: float = 360.0
     pcg_fs: float = 2000.0
@@ -129,6 +133,16 @@ def run_session(data_dir: Path, *, ecg_seconds: int = 40, pcg_seconds: int = 12)
             for seq in seqs:
                 send(Chunk.signal("ecg", RESTART_STREAM, seq, t0 + seq * 10**9, x[seq * ECG_CHUNK:(seq + 1) * ECG_CHUNK],
                                   fs, list(rec.channels), list(rec.units), meta={"session": session}))
+
+        # ---- integer ECG with gain/baseline: the engine works in physical units; then a bad gain
+        adu = np.round(x[: 12 * ECG_CHUNK] * np.array(INT_GAIN) + np.array(INT_BASELINE)).astype("<i2")
+        for seq in range(12):
+            send(Chunk.signal("ecg", INT_STREAM, seq, t0 + int(round(seq * ECG_CHUNK * 1e9 / fs)),
+                              adu[seq * ECG_CHUNK:(seq + 1) * ECG_CHUNK], fs, list(rec.channels), list(rec.units),
+                              meta={"session": "i1", "gain": list(INT_GAIN), "baseline": list(INT_BASELINE)}))
+        send(Chunk.signal("ecg", INT_STREAM, 12, t0 + int(round(12 * ECG_CHUNK * 1e9 / fs)), adu[:ECG_CHUNK], fs,
+                          list(rec.channels), list(rec.units), meta={"session": "i1", "gain": [0.0, 1.0]}))
+        ses.int_adu = adu
 
         # ---- PCG
         audio, pfs = read_pcg(data_dir / "pcg2016" / "training-a" / "a0001.wav")

@@ -182,3 +182,28 @@ def test_an_outside_client_written_from_the_specs_decodes_every_topic(session: S
             assert js["bytes"] == len(c.packet or b"")
     assert {"ecg", "pcg", "video", "beats", "hr", "hrv", "quality", "alarm", "segments", "polyp", "event",
             "stats"} <= topics
+
+
+def test_integer_ecg_with_gain_is_processed_in_physical_units(session: Session) -> None:
+    """An int16 ECG stream with meta.gain/baseline is filtered and analysed in mV (PROTOCOL.md 6.1);
+    a chunk with an unusable gain is rejected (bad_field) on the stream's event topic."""
+    from outputs_session import INT_BASELINE, INT_GAIN, INT_STREAM
+
+    from telediag.transports.wire import decode
+
+    filtered = [decode(f) for f in session.raw if bytes(f[0]) == f"ecg/{INT_STREAM}/filtered".encode()]
+    ref = [decode(f) for f in session.raw if bytes(f[0]) == f"ecg/{ECG_STREAM}/filtered".encode()]
+    assert len(filtered) == 12 and filtered[0].data.dtype == np.float64
+    assert "gain" not in filtered[0].meta and "baseline" not in filtered[0].meta
+    # the same record in float mV through the same filter: equal up to the ADC rounding
+    y = np.concatenate([c.data for c in filtered[:10]])
+    y_ref = np.concatenate([c.data for c in ref[:10]])
+    assert np.max(np.abs(y - y_ref)) < 0.02, np.max(np.abs(y - y_ref))  # mV, not ADC units
+    beats = [b["sample"] for _, h, b in session.messages if h["kind"] == "beats" and h["stream"] == INT_STREAM
+             for b in b["beats"]]
+    ref_beats = [b["sample"] for _, h, b in session.messages if h["kind"] == "beats" and h["stream"] == ECG_STREAM
+                 for b in b["beats"] if b["sample"] < 9 * ECG_CHUNK]
+    assert ref_beats and all(min(abs(s - r) for r in beats) <= 1 for s in ref_beats)
+    bad = [(t, b) for t, b in _events(session, "rejected") if b["reason"] == "bad_field"]
+    assert [t for t, _ in bad] == [f"event/{INT_STREAM}"] and bad[0][1]["seq"] == 12
+    assert INT_GAIN and INT_BASELINE

@@ -59,6 +59,7 @@ __all__ = [
     "decode",
     "encode",
     "physical",
+    "to_physical",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -1204,3 +1205,21 @@ def physical(chunk: Chunk) -> np.ndarray:
     if np.any(gain == 0):
         raise ProtocolError("bad_field", f"meta.gain must not contain 0, got {gain.tolist()}")
     return (x.astype(np.float64) - base) / gain
+
+
+def to_physical(chunk: Chunk) -> Chunk:
+    """``chunk`` with its samples in physical units (float64, :func:`physical`) and no
+    ``gain``/``baseline`` left in ``meta``; a chunk without ``gain`` is returned as it is.
+
+    Raises
+    ------
+    ProtocolError
+        As :func:`physical`.
+    """
+    if "gain" not in chunk.meta and "baseline" not in chunk.meta:
+        return chunk
+    x = physical(chunk)
+    meta = {k: v for k, v in chunk.meta.items() if k not in ("gain", "baseline")}
+    assert chunk.rate_hz is not None
+    return Chunk.signal(chunk.kind, chunk.stream, chunk.seq, chunk.t0_ns, x, chunk.rate_hz,
+                        chunk.channels, chunk.units, meta=meta)
