@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 
 def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, record: str | None,
-               ready: mp.Event, result: mp.Queue, stagger: bool = True) -> None:
+               ready: mp.Event, result: mp.Queue, stagger: bool = True, paced: bool = True) -> None:
     import zmq
 
     from telediag.transports.wire import Chunk, encode
@@ -72,12 +72,13 @@ def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, rec
     late = 0
     for k in range(n_chunks):
         for i in range(n_streams):
-            due = t_start + (k + 1) * period + phase[i]
-            d = due - time.monotonic()
-            if d > 0.0005:
-                time.sleep(d)
-            elif d < -0.010:
-                late += 1
+            if paced:
+                due = t_start + (k + 1) * period + phase[i]
+                d = due - time.monotonic()
+                if d > 0.0005:
+                    time.sleep(d)
+                elif d < -0.010:
+                    late += 1
             t0 = start + int((k * period + phase[i]) * 1e9)
             o = offsets[i] + k * per
             c = Chunk.signal("ecg", f"load-{i}/ecg", k, t0, sig[o:o + per], fs, ("MLII", "V1"), ("mV", "mV"),
@@ -230,6 +231,84 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     return res
 
 
+def _cpu_s_tree(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live children (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if d.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, record: str | None = None,
+                   classify: str = "on", workers: int = 1, worker_mode: str = "thread") -> dict:
+    """Saturation: every stream's ``seconds`` of ECG sent at once; wall and CPU time to process it all.
+
+    Load-insensitive figures for a shared machine: ``cpu_us_per_chunk`` (engine process and its
+    worker processes together) is the cost of a chunk whatever else runs; ``chunks_per_s`` is the
+    wall-clock rate, which other load on the machine lowers.
+    """
+    ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    cfg_path = Path(f"/tmp/telediag-thr-{os.getpid()}.toml")
+    cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 0.5\n'
+                        f'ingest_hwm = 1000000\nworkers = {workers}\nworker_mode = "{worker_mode}"\n'
+                        + CLASSIFY_PIPELINE.format(classify=classify))
+    eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from telediag.client import Subscriber
+
+    sub = Subscriber(publish, topics=["stats/"])
+    try:
+        if not sub.wait_connected(120):
+            raise RuntimeError("engine did not start")
+        time.sleep(1.0)
+        ready, result = mp.Event(), mp.Queue()
+        gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result,
+                                                  False, False))
+        gen.start()
+        time.sleep(1.0)
+        cpu0, t0 = _cpu_s_tree(eng.pid), time.monotonic()
+        ready.set()
+        last: dict = {}
+        want = n_streams * int(seconds * 1000 / chunk_ms)
+        done_at = None
+        while time.monotonic() - t0 < 600:
+            c = sub.recv(timeout_s=0.5)
+            if c is None:
+                continue
+            last[c.stream] = c.body
+            n = sum(v["chunks_in"] for b in last.values() for v in b["streams"].values())
+            if n >= want:
+                done_at = time.monotonic()
+                break
+        cpu1 = _cpu_s_tree(eng.pid)
+        gen.join(30)
+    finally:
+        sub.close()
+        eng.send_signal(signal.SIGTERM)
+        try:
+            eng.wait(30)
+        except subprocess.TimeoutExpired:
+            eng.kill()
+        cfg_path.unlink(missing_ok=True)
+    # stats come every 0.5 s: the wall time is an upper bound by up to that much
+    wall = (done_at or time.monotonic()) - t0
+    res = {"mode": worker_mode, "workers": workers, "streams": n_streams, "chunks": want, "wall_s": round(wall, 2),
+           "chunks_per_s": round(want / wall, 1), "cpu_s": round(cpu1 - cpu0, 2),
+           "cpu_us_per_chunk": round((cpu1 - cpu0) / want * 1e6, 1), "complete": done_at is not None,
+           "load_avg": os.getloadavg()[0]}
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=50)
@@ -245,7 +324,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="engine workers")
     ap.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
                     help="workers as threads of the engine process or as their own processes")
+    ap.add_argument("--throughput", action="store_true",
+                    help="saturation run: all data at once; report chunks/s and CPU per chunk (see run_throughput)")
     a = ap.parse_args()
+    if a.throughput:
+        run_throughput(a.streams, a.seconds, a.chunk_ms, a.record, a.classify, a.workers, a.worker_mode)
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     if not a.sweep:
         run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
