@@ -143,6 +143,7 @@ class VideoSourceResult:
     fps: float
     interrupted: bool
     error: str = ""
+    reached: bool = True  # an engine completed the handshake at some point (else nothing was delivered)
 
 
 def input_kind(url: str) -> str:
@@ -273,6 +274,9 @@ def run_video_source(
         from telediag.transports.security import secure_client_if
 
         secure_client_if(sock, opts.curve_secret, opts.server_key)
+    from telediag.transports.sockets import PeerWatch
+
+    watch = PeerWatch(sock)
     sock.connect(opts.connect)
     session = secrets.token_hex(8)
     vst = container.streams.video[0]
@@ -380,8 +384,10 @@ def run_video_source(
             container = open_input(opts.input)
     finally:
         container.close()
-        sock.close()
+        reached = watch.poll() or watch.poll(0.5)  # a handshake may be completing right now
+        watch.close(sock)
+        sock.close(linger=None if reached else 0)  # never linger for an engine that never answered
         if own_ctx:
             ctx.term()
     return VideoSourceResult(frames, packets, bytes_sent, dropped, keyframes, time.monotonic() - t_start,
-                             size[0], size[1], fps, interrupted, error)
+                             size[0], size[1], fps, interrupted, error, reached)

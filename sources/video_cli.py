@@ -16,6 +16,7 @@ before every keyframe) or sent as raw RGB frames; one wire chunk per picture on
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
 from telediag.errors import DataError
@@ -78,4 +79,8 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     if res.error:
         raise DataError(res.error)
+    if not res.reached:
+        print(f"telediag source video: error: no engine reached at {opts.connect}; nothing was delivered "
+              "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -327,3 +327,12 @@ def test_readme_command_table_lists_every_command() -> None:
     assert not missing, f"commands missing from README's table: {missing}"
     for port in ("5565", "5566", "8080"):
         assert port in table
+
+
+def test_video_source_without_an_engine_fails_instead_of_reporting_success() -> None:
+    clip = ROOT / "demo" / "data" / "endoscopy_synth.mp4"
+    port = _closed_port()
+    r = subprocess.run(_cli("source", "video", "--input", str(clip), "--frames", "5", "--speed", "10",
+                            "--connect", f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"no engine reached at tcp://127.0.0.1:{port}" in r.stderr
