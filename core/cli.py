@@ -110,7 +110,10 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     summary = TailSummary()
     deadline = time.monotonic() + args.duration if args.duration else None
-    with Subscriber(args.addr, topics=[args.topic], curve_secret=args.curve_secret, server_key=args.server_key) as sub:
+    # the engine's stats (every stats_interval_s) are the heartbeat, also when the topic is quiet
+    heartbeat = [] if "stats/engine".startswith(args.topic) or args.topic.startswith("stats/engine") else ["stats/engine"]
+    with Subscriber(args.addr, topics=[args.topic, *heartbeat], curve_secret=args.curve_secret,
+                    server_key=args.server_key) as sub:
         watch = PeerWatch(sub.sock)  # the engine's (dis)connections: tail ends when the engine stops
         next_report = time.monotonic() + args.period
         last_msg = time.monotonic()
@@ -120,7 +123,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                 c = sub.recv(timeout_s=max(0.0, min(next_report - time.monotonic(), 0.25)))
                 now = time.monotonic()
                 if c is not None:
-                    summary.add(c)
+                    if c.topic.startswith(args.topic):
+                        summary.add(c)
                     last_msg, seen = now, True
                 if watch.poll():
                     seen = True
@@ -251,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--period", type=float, default=1.0, help="seconds between summaries")
     t.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
     t.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
-                   help="exit when nothing arrives for S seconds (default 30; 0: never)")
+                   help="exit when nothing, not even the engine's periodic stats, arrives for S seconds "
+                        "(default 30; 0: never)")
     t.add_argument("--gone-s", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
     add_curve_arguments(t)
     t.set_defaults(func=_cmd_tail)
