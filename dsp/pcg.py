@@ -722,7 +722,11 @@ def _systolic_interval(ac: FloatArray, period_frames: float) -> float:
             return k / FRAME_RATE
         ex = expected_systolic_interval(60.0 * FRAME_RATE / period_frames)
         return float(min(max(ex, s_lo / FRAME_RATE), 0.5 * period_frames / FRAME_RATE))
-    return period_frames / 3 / FRAME_RATE
+    # period under ~0.44 s (> ~135 bpm): no room to search; the systole model, which keeps
+    # systole about half the period at such rates (CirCor children: 0.50-0.52 of the period
+    # above 130 bpm), not a third of it
+    ex = expected_systolic_interval(60.0 * FRAME_RATE / period_frames)
+    return float(min(ex, 0.6 * period_frames / FRAME_RATE))
 
 
 def estimate_heart_rate(

@@ -41,6 +41,8 @@ __all__ = [
     "Annotation",
     "RecordRef",
     "TOLERANCE_S",
+    "CIRCOR",
+    "circor_records",
     "cross_validate",
     "data_root",
     "ecg_heart_rate",
@@ -48,13 +50,18 @@ __all__ = [
     "frame_labels",
     "list_records",
     "load_annotation",
+    "load_circor_annotation",
     "load_feature_cache",
+    "load_springer_segments",
+    "read_audio",
     "score_events",
     "score_record",
 ]
 
 TOLERANCE_S = 0.060
 SETS = ("a", "b", "c", "d", "f")
+CIRCOR = "circor"
+"""Set name of the CirCor DigiScope recordings (``../shared/data/circor``)."""
 _STATE_IDS = {"S1": 0, "systole": 1, "S2": 2, "diastole": 3}
 
 
@@ -93,9 +100,16 @@ class RecordRef:
 
 
 def list_records(root: Path, sets: Iterable[str] = SETS) -> list[RecordRef]:
-    """All annotated recordings of the given training sets, sorted by name."""
+    """All annotated recordings of the given training sets, sorted by name.
+
+    ``sets`` may name :data:`CIRCOR`: the CirCor recordings of ``root.parent / "circor"``
+    (see :func:`circor_records`).
+    """
     out: list[RecordRef] = []
     for s in sets:
+        if s == CIRCOR:
+            out.extend(circor_records(root.parent / CIRCOR))
+            continue
         d = root / f"training-{s}"
         ref: dict[str, bool] = {}
         ref_file = d / "REFERENCE.csv"
@@ -108,6 +122,54 @@ def list_records(root: Path, sets: Iterable[str] = SETS) -> list[RecordRef]:
             if ann.is_file():
                 out.append(RecordRef(s, wav.stem, wav, ann, ref.get(wav.stem, False)))
     return out
+
+
+def circor_records(folder: Path) -> list[RecordRef]:
+    """The CirCor DigiScope recordings listed in ``folder/labels.csv`` (one per patient).
+
+    ``abnormal`` is *murmur present* (murmur ``Unknown`` and ``Absent`` give False; the
+    abnormality classifier reads ``labels.csv`` itself and excludes ``Unknown``).
+
+    Raises
+    ------
+    telediag.errors.DataError
+        No ``labels.csv`` in ``folder``.
+    """
+    import csv
+
+    lab = folder / "labels.csv"
+    if not lab.is_file():
+        raise DataError(f"CirCor labels not found: {lab}")
+    out = []
+    with lab.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rec = row["recording"]
+            flac, tsv = folder / f"{rec}.flac", folder / f"{rec}.tsv"
+            if flac.is_file() and tsv.is_file():
+                out.append(RecordRef(CIRCOR, rec, flac, tsv, row["murmur"] == "Present"))
+    return sorted(out, key=lambda r: r.name)
+
+
+def read_audio(path: str | Path) -> tuple[NDArray[np.float64], int]:
+    """First channel of a WAV (:func:`~telediag.evaluation.pcg_analyze.read_wav`) or FLAC file.
+
+    Raises
+    ------
+    telediag.errors.DataError
+        Missing or unreadable file.
+    """
+    from telediag.evaluation.pcg_analyze import read_wav
+
+    p = Path(path)
+    if p.suffix.lower() != ".flac":
+        return read_wav(p)
+    try:
+        import soundfile
+
+        x, fs = soundfile.read(str(p), dtype="float64", always_2d=True)
+    except Exception as e:  # soundfile raises its own error types
+        raise DataError(f"{p}: unreadable FLAC file ({e})") from e
+    return np.ascontiguousarray(x[:, 0]), int(fs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +252,83 @@ def load_annotation(path: str | Path, fs: float = 2000.0) -> Annotation:
     # a record marked noisy throughout has no states: empty span, nothing to score
     span = (float(st[0]), float(st[-1])) if st.size >= 2 else (0.0, 0.0)
     return Annotation(st, np.asarray(states, dtype=np.int64), span, noisy)
+
+
+def load_circor_annotation(path: str | Path, duration_s: float) -> Annotation:
+    """Read a CirCor ``.tsv`` segmentation (``start_s  end_s  state``, 0 unannotated, 1 S1,
+    2 systole, 3 S2, 4 diastole), clipped to the audio's ``duration_s``.
+
+    Unannotated stretches (state 0) are treated like the PhysioNet noise marks: neither the
+    reference nor the detections in them are scored.
+
+    Raises
+    ------
+    telediag.errors.DataError
+        Unreadable file or a state outside 0-4.
+    """
+    try:
+        rows = np.loadtxt(str(path), ndmin=2)
+    except Exception as e:
+        raise DataError(f"{path}: unreadable segmentation file ({e})") from e
+    if rows.shape[1] != 3 or not np.all(np.isin(rows[:, 2], (0, 1, 2, 3, 4))):
+        raise DataError(f"{path}: expected rows 'start end state' with state 0-4")
+    starts: list[float] = []
+    states: list[int] = []
+    noisy: list[tuple[float, float]] = []
+    prev_end = 0.0
+    for a, b, st in rows:
+        if a >= duration_s:
+            break
+        b = min(float(b), duration_s)
+        if starts and abs(a - prev_end) > 1e-6:  # a hole in the table: unannotated
+            starts.append(prev_end)
+            states.append(-1)
+            noisy.append((prev_end, float(a)))
+        starts.append(float(a))
+        states.append(int(st) - 1)
+        if st == 0:
+            noisy.append((float(a), b))
+        prev_end = b
+    if starts:
+        starts.append(prev_end)
+        states.append(-1)
+    st_arr = np.asarray(starts, dtype=np.float64)
+    sid = np.asarray(states, dtype=np.int64)
+    ann_idx = np.flatnonzero(sid >= 0)
+    if ann_idx.size:
+        span = (float(st_arr[ann_idx[0]]), float(st_arr[ann_idx[-1] + 1]))
+    else:
+        span = (0.0, 0.0)
+    return Annotation(st_arr, sid, span, noisy)
+
+
+def load_springer_segments(root: Path, rec: RecordRef) -> list[Segment] | None:
+    """Springer's published LR-HSMM segmentation of a PhysioNet 2016 record, or ``None``.
+
+    Read from ``root/annotations/springer/training-<set>/<name>_StateAns0.mat`` (variable
+    ``state_ans0``, same layout as the hand-corrected files); the last state ends at the
+    end of the annotation (the next boundary is unknown), so it is dropped.
+    """
+    import scipy.io
+
+    path = root / "annotations" / "springer" / f"training-{rec.set}" / f"{rec.name}_StateAns0.mat"
+    if not path.is_file():
+        return None
+    try:
+        rows = scipy.io.loadmat(str(path))["state_ans0"]
+    except Exception as e:
+        raise DataError(f"{path}: unreadable annotation file ({e})") from e
+    t: list[float] = []
+    names: list[str] = []
+    for r in rows:
+        lab = np.asarray(r[1]).ravel()
+        while lab.size and lab.dtype == object:
+            lab = np.asarray(lab[0]).ravel()
+        name = str(lab[0]) if lab.size else ""
+        if name in _STATE_IDS:
+            t.append((float(np.asarray(r[0]).ravel()[0]) - 1.0) / 2000.0)
+            names.append(name)
+    return [Segment(t[i], t[i + 1], names[i]) for i in range(len(t) - 1)]
 
 
 def frame_labels(ann: Annotation, n_frames: int) -> NDArray[np.int64]:
@@ -282,8 +421,6 @@ def load_feature_cache(
     (s). A cache of other records, or written by a front end with another number of envelope
     channels, is rebuilt.
     """
-    from telediag.evaluation.pcg_analyze import read_wav
-
     recs = list_records(root, sets)
     if not recs:
         raise DataError(f"no annotated recordings under {root}")
@@ -301,7 +438,7 @@ def load_feature_cache(
             loaded = True
     if not loaded:
         for i, r in enumerate(recs):
-            x, fs = read_wav(r.wav)
+            x, fs = read_audio(r.wav)
             frames.append(extract_frames(x, fs))
             durations.append(x.size / fs)
             if verbose and i % 100 == 0:
@@ -311,7 +448,8 @@ def load_feature_cache(
             offs = np.concatenate(([0], np.cumsum([f.shape[0] for f in frames])))
             np.savez(cache, names=np.asarray(names), offsets=offs,
                      frames=np.concatenate(frames), durations=np.asarray(durations))
-    anns = [load_annotation(r.ann) for r in recs]
+    anns = [load_circor_annotation(r.ann, d) if r.set == CIRCOR else load_annotation(r.ann)
+            for r, d in zip(recs, durations, strict=True)]
     labels = [frame_labels(a, f.shape[0]) for a, f in zip(anns, frames, strict=True)]
     return {"records": recs, "frames": frames, "labels": labels, "annotations": anns,
             "durations": durations}
@@ -415,23 +553,27 @@ def evaluate_records(
 
 def cross_validate(
     data: dict[str, Any], scheme: str = "set", n_folds: int = 5, seed: int = 0,
-    tol: float = TOLERANCE_S, verbose: bool = False,
+    tol: float = TOLERANCE_S, verbose: bool = False, test_only: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Train on the other folds, score each held-out fold.
 
     Parameters
     ----------
     scheme : {"set", "random"}
-        ``"set"``: leave one training database out (a, b, c, d, f);
+        ``"set"``: leave one database out (those present in ``data``: a, b, c, d, f and
+        optionally circor);
         ``"random"``: ``n_folds`` random record folds (seeded).
+    test_only : sequence of str
+        Databases scored as held-out folds but never used for training (e.g. ``("circor",)``:
+        adding CirCor to the training sets lowered the PhysioNet folds' F1).
     """
     from telediag.models.pcg_segmentation.train import fit_params
 
     recs: list[RecordRef] = data["records"]
     n = len(recs)
     if scheme == "set":
-        folds = [(s, [i for i in range(n) if recs[i].set == s]) for s in SETS]
-        folds = [(s, f) for s, f in folds if f]
+        names = list(dict.fromkeys(r.set for r in recs))
+        folds = [(s, [i for i in range(n) if recs[i].set == s]) for s in names]
     elif scheme == "random":
         perm = np.random.default_rng(seed).permutation(n)
         folds = [(f"r{k}", sorted(perm[k::n_folds].tolist())) for k in range(n_folds)]
@@ -440,7 +582,7 @@ def cross_validate(
     results = []
     for name, test in folds:
         test_set = set(test)
-        train = [i for i in range(n) if i not in test_set]
+        train = [i for i in range(n) if i not in test_set and recs[i].set not in test_only]
         params = fit_params(data, train)
         res = evaluate_records(data, test, params, tol)
         res["fold"] = name

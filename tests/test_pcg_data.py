@@ -172,3 +172,50 @@ def test_score_events_one_to_one() -> None:
     det = np.array([1.05, 1.06, 2.2, 2.95])
     assert score_events(ref, det, 0.06) == (2, 2, 1)
     assert score_events(ref, np.array([]), 0.06) == (0, 0, 3)
+
+
+# --------------------------------------------------------------------------------------
+# CirCor and Springer's segmentations (issue 16)
+# --------------------------------------------------------------------------------------
+def test_circor_annotation_clips_and_marks_unannotated(tmp_path: Path) -> None:
+    from telediag.evaluation.pcg_seg import load_circor_annotation
+
+    tsv = tmp_path / "x.tsv"
+    tsv.write_text("0\t0.5\t0\n0.5\t0.6\t1\n0.6\t0.9\t2\n0.9\t1.0\t3\n1.0\t1.5\t4\n"
+                   "1.5\t1.6\t1\n1.6\t1.9\t2\n1.9\t2.0\t3\n2.0\t9.0\t4\n")
+    a = load_circor_annotation(tsv, duration_s=2.5)
+    assert a.span == (0.5, 2.5)  # first annotated boundary to the clipped end
+    assert (0.0, 0.5) in a.noisy
+    np.testing.assert_allclose(a.centres(0), [0.55, 1.55])
+    np.testing.assert_allclose(a.centres(2), [0.95, 1.95])
+    tsv.write_text("0\t1\t7\n")
+    with pytest.raises(DataError, match="state 0-4"):
+        load_circor_annotation(tsv, 2.0)
+
+
+@pytest.mark.data
+def test_circor_record_loads_and_segments(shared_data: Path) -> None:
+    from telediag.evaluation.pcg_seg import circor_records, load_circor_annotation, read_audio
+
+    folder = shared_data / "circor"
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"no CirCor data under {folder}")
+    recs = circor_records(folder)
+    assert len(recs) == 942 and all(r.set == "circor" for r in recs)
+    r = next(r for r in recs if r.name == "14241_PV")
+    x, fs = read_audio(r.wav)
+    assert fs == 2000 and x.ndim == 1 and np.abs(x).max() <= 1.0
+    ann = load_circor_annotation(r.ann, x.size / fs)
+    sc = score_record(pcg.segment(x, fs), ann)
+    assert f1(sc["s1_tp"], sc["s1_fp"], sc["s1_fn"]) >= 0.8
+
+
+@pytest.mark.data
+def test_springer_segmentation_matches_the_reference(pcg_root: Path) -> None:
+    from telediag.evaluation.pcg_seg import list_records, load_springer_segments
+
+    rec = next(r for r in list_records(pcg_root, ("a",)) if r.name == "a0001")
+    segs = load_springer_segments(pcg_root, rec)
+    assert segs is not None and [s.state for s in segs[:4]] == ["diastole", "S1", "systole", "S2"]
+    sc = score_record(segs, load_annotation(rec.ann))
+    assert f1(sc["s1_tp"], sc["s1_fp"], sc["s1_fn"]) >= 0.95
