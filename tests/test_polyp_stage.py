@@ -16,6 +16,7 @@ import pytest
 from telediag.engine.stage import StreamSpec
 from telediag.engine.stages.video import PolypSegment, register_segmenter
 from telediag.errors import ConfigError
+from telediag.transports.outputs import check_body
 from telediag.transports.wire import Chunk, VideoSpec
 
 W, H, FPS = 160, 120, 30.0
@@ -95,6 +96,7 @@ def run(st: PolypSegment, seqs: range | list[int]) -> list[tuple[dict[str, Any],
     for q in seqs:
         o = st.process(frame(q))
         assert len(o.records) == 1  # a record for every frame, analysed or not
+        check_body("polyp", o.records[0].body)  # the published contract (OUTPUTS.md schema)
         out.append((o.records[0].body, o.signal))
     return out
 

@@ -418,7 +418,8 @@ class PolypSegment(Stage):
     * ``analysed_at``: source ``t0_ns`` of the frame the model actually analysed for this
       record (equal to ``t0_ns`` when this frame was analysed), ``analysed_seq`` its ``seq``;
     * ``reused``: ``true`` when the result is the previous analysis re-used;
-    * ``input_size``: the network input side of that analysis (e.g. 256, 224, 192);
+    * ``input_size``: the network input side of that analysis (e.g. 256, 224, 192; absent for
+      a segmenter that does not report one);
     * ``analyse_every``: 1 or 2, the current operating point's frame step;
     * ``model_ms``: the model's wall-clock time for that analysis;
     * ``target_fps``: the analysed-frame rate aimed at.
@@ -560,8 +561,9 @@ class PolypSegment(Stage):
         body.update({"t0_ns": int(chunk.t0_ns), "seq": int(chunk.seq), "frame": self.frames,
                      "proc_ms": round(total, 3), "model": self.params.model,
                      "analysed_at": last["t0_ns"], "analysed_seq": last["seq"], "reused": not analyse,
-                     "input_size": last["input_size"], "analyse_every": every,
-                     "model_ms": last["model_ms"], "target_fps": round(target, 3)})
+                     "analyse_every": every, "model_ms": last["model_ms"], "target_fps": round(target, 3)})
+        if last["input_size"]:  # a segmenter that does not say its input size: key omitted
+            body["input_size"] = last["input_size"]
         self.frames += 1
         self._adapt(1e3 / src_fps, dropped)
         rec = Chunk.record("polyp", chunk.stream, 0, chunk.t0_ns, body)
