@@ -262,6 +262,7 @@ class CaptureResult:
     elapsed_s: float
     counters: CaptureCounters
     interrupted: bool
+    reached: bool = True  # an engine completed the handshake at some point (else nothing was delivered)
 
 
 class AudioCapture:
@@ -525,10 +526,12 @@ class AudioCapture:
         if sender_error:
             raise sender_error[0]
         return CaptureResult(self.sent_chunks, self.sent_frames, time.monotonic() - t_start,
-                             self.counters, interrupted=stop.is_set() and not self._complete)
+                             self.counters, interrupted=stop.is_set() and not self._complete,
+                             reached=self._reached)
 
     # -- the sender ---------------------------------------------------------------------
     _drain = False
+    _reached = True
 
     def _sender(self, stop: threading.Event, done: threading.Event, errors: list[BaseException]) -> None:
         """Turn queued buffers into chunks and PUSH them (blocks on back-pressure)."""
@@ -540,6 +543,9 @@ class AudioCapture:
             from telediag.transports.security import secure_client_if
 
             secure_client_if(sock, *self._curve)
+        from telediag.transports.sockets import PeerWatch
+
+        watch = PeerWatch(sock)
         sock.connect(self.connect)
         r = self._ring
         cur_epoch = -1
@@ -593,8 +599,10 @@ class AudioCapture:
         except BaseException as e:  # reported to run(), which re-raises in the main thread
             errors.append(e)
         finally:
+            self._reached = watch.poll() or watch.poll(0.5)
+            watch.close(sock)
             done.set()
-            sock.close()
+            sock.close(linger=None if self._reached else 0)  # never linger for an absent engine
 
 
 def _is_active(st: Any) -> bool:

@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
             curve_secret=args.curve_secret, server_key=args.server_key,
         )
         res = cap.run(stop)
+        if not res.reached:
+            print(f"telediag source pcg: error: no engine reached at {args.connect}; nothing was delivered "
+                  "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)
+            return 1
         c = res.counters
         print(f"telediag source pcg: sent {res.chunks} chunks, {res.frames} frames in {res.elapsed_s:.2f} s; "
               f"overflows {c.overflows}, dropped buffers {c.dropped_buffers} ({c.dropped_frames} frames), "

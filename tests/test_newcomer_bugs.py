@@ -336,3 +336,23 @@ def test_video_source_without_an_engine_fails_instead_of_reporting_success() -> 
                             "--connect", f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert f"no engine reached at tcp://127.0.0.1:{port}" in r.stderr
+
+
+def test_stethoscope_capture_says_whether_an_engine_was_reached() -> None:
+    """The live capture path (a stand-in PyAudio device): reached=False without an engine."""
+    import numpy as np
+    from test_audio_source import FakeAudio, Puller
+
+    from telediag.sources.audio import AudioCapture
+
+    rate, fpb = 4000, 200
+    puller = Puller()
+    try:
+        for addr, want in ((f"tcp://127.0.0.1:{_closed_port()}", False), (puller.addr, True)):
+            fake = FakeAudio(np.zeros(rate, dtype="<i2"), rate, speed=50.0)
+            cap = AudioCapture("stetho", addr, "s/pcg", rate_hz=rate, frames_per_buffer=fpb,
+                               duration_s=4 * fpb / rate, pyaudio_module=fake, log=lambda s: None)
+            assert cap.run().reached is want
+    finally:
+        chunks = puller.finish(0.3)
+    assert len(chunks) == 4
