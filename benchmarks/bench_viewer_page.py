@@ -193,7 +193,7 @@ def run_listen(browser: Any, seconds: float) -> dict[str, Any]:
         ctx.close()
         procs.close()
     keys = ("delays", "delay_p50_ms", "delay_p95_ms", "delay_max_ms", "underruns", "skips", "gaps", "concealed_ms",
-            "arrival_p50_ms", "arrival_p95_ms", "margin_ms", "sample_rate", "state")
+            "arrival_p50_ms", "arrival_p95_ms", "arrival_max_ms", "underrun_ms", "margin_ms", "sample_rate", "state")
     return {"seconds": seconds, "load_avg_1min": os.getloadavg()[0],
             **{k: (round(a[k], 2) if isinstance(a[k], float) else a[k]) for k in keys}}
 

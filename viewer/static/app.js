@@ -963,7 +963,7 @@ const AU = {
       const ctx = new AudioContext({ latencyHint: "interactive" });
       await ctx.audioWorklet.addModule("/static/audio-worklet.js");
       this.player = new AudioWorkletNode(ctx, "td-player", { numberOfInputs: 0, outputChannelCount: [1],
-        processorOptions: { delayMs: 150, marginMs: 40 } });
+        processorOptions: { delayMs: 150, marginMs: 60, startMarginMs: 120 } });
       this.filters = [0, 1, 2, 3].map((i) => { const f = ctx.createBiquadFilter(); f.type = i < 2 ? "highpass" : "lowpass"; f.Q.value = i % 2 ? 1.307 : 0.541; return f; });
       this.gain = ctx.createGain();
       this.tap = new AudioWorkletNode(ctx, "td-tap", { outputChannelCount: [1] });
@@ -1058,6 +1058,7 @@ const AU = {
       arrival_p50_ms: pctl(this.arrivals, 0.5), arrival_p95_ms: pctl(this.arrivals, 0.95), delay_p50_ms: q(0.5), delay_p95_ms: q(0.95), delay_max_ms: d.length ? d[d.length - 1] : null,
       underruns: r.underruns ?? 0, skips: r.skips ?? 0, gaps: r.gaps ?? 0, concealed_ms: r.concealedMs ?? 0,
       buffered_ms: r.bufferedMs ?? null, ratio: r.ratio ?? null, margin_ms: r.marginMs ?? null,
+      underrun_ms: r.lateMs ?? [], arrival_max_ms: this.arrivals.length ? Math.max(...this.arrivals) : null,
       filters: this.filters.map((f) => [f.type, f.frequency.value]) };
   },
   // the delay reported for audio played around wall time `wall` (ms since epoch)

@@ -15,8 +15,9 @@
 //     the buffer over the last 3 s stays near `marginMs`; an excess of more than 40 ms over it
 //     (after a burst of late data, or a replay faster than real time) is skipped: fade out
 //     5 ms, jump, fade in (counted in `skips`). The margin itself adapts (classic adaptive
-//     jitter buffer): +40 ms after an underrun (at most 400 ms), -10 ms after each 10 s
-//     without one (at least `minMarginMs`);
+//     jitter buffer): it starts at 120 ms, grows after an underrun by how late the data came
+//     + 20 ms (at most 180 ms: past that, latency would break its 300 ms budget, so a longer
+//     stall is concealed instead) and shrinks by 10 ms after each 20 s without one (to 60 ms);
 //   * automatic gain: peak-following AGC (fast attack, 2 s release) so quiet and loud
 //     stethoscopes play at a similar level (volume and mute are a GainNode after the filters).
 //   Every ~50 ms it posts {cmd: "report", srcMs, ctxTime, ...}: `srcMs` is the source time of
@@ -34,8 +35,8 @@ class Player extends AudioWorkletProcessor {
     super();
     const o = (options && options.processorOptions) || {};
     this.delayMs = o.delayMs || 120;      // first play: this long after the first chunk arrived
-    this.minMarginMs = o.marginMs || 40;  // wanted low-water mark of the buffer (adapts upwards)
-    this.marginMs = this.minMarginMs;
+    this.minMarginMs = o.marginMs || 60;          // floor of the wanted low-water mark of the buffer
+    this.marginMs = o.startMarginMs || 120;       // start here; adapts to the jitter actually seen
     this.reset();
     this.port.onmessage = (e) => {
       if (e.data.cmd === "port") { this.feed = e.data.port; this.feed.onmessage = (f) => this.onMessage(f.data); }
@@ -54,6 +55,7 @@ class Player extends AudioWorkletProcessor {
     this.agc = 1e-3; this.blocks = 0; this.rendered = 0;
     this.lastChunkEnd = null;
     this.pendingJump = 0; this.calm = 0;
+    this.lateMs = []; this.stallStart = 0;   // per underrun: how late the data came (ms of audio time)
   }
   onMessage(m) {
     if (m.cmd === "reset") { this.reset(); return; }
@@ -117,11 +119,16 @@ class Player extends AudioWorkletProcessor {
       } else if (ok) {
         if (r >= 0) { this.playing = true; this.g = Math.min(1, this.g + fadeStep); }
         this.r += step * this.ratio;
-        if (this.inUnderrun) this.inUnderrun = false;
+        if (this.inUnderrun) {
+          this.inUnderrun = false;
+          const late = (currentFrame + i - this.stallStart) / sampleRate * 1000;
+          this.lateMs.push(Math.round(late));
+          if (this.lateMs.length > 50) this.lateMs.shift();
+          this.marginMs = Math.min(180, this.marginMs + late + 20); this.calm = 0;   // enough for that spike, within the delay budget
+        }
       } else {
         if (this.playing && !this.inUnderrun) {
-          this.inUnderrun = true; this.underruns++;
-          this.marginMs = Math.min(400, this.marginMs + 40); this.calm = 0;
+          this.inUnderrun = true; this.underruns++; this.stallStart = currentFrame + i;
         }
         this.g = Math.max(0, this.g - fadeStep);
         const k = Math.max(0, Math.min(this.w - 1, Math.floor(r)));
@@ -152,13 +159,13 @@ class Player extends AudioWorkletProcessor {
         this.lowWin = this.lowWin.map((x) => x - (err - 10));
       }
       this.calm += this.lowT;
-      if (this.calm >= 10) { this.marginMs = Math.max(this.minMarginMs, this.marginMs - 10); this.calm = 0; }
+      if (this.calm >= 20) { this.marginMs = Math.max(this.minMarginMs, this.marginMs - 10); this.calm = 0; }
       this.low = Infinity; this.lowT = 0;
     }
     if (++this.blocks % 16 === 0) {
       this.port.postMessage({ cmd: "report", srcMs: srcAtStart, ctxTime: currentTime, playing: this.playing,
         underruns: this.underruns, skips: this.skips, gaps: this.gaps, concealedMs: this.concealedMs,
-        bufferedMs: buffered, ratio: this.ratio, marginMs: this.marginMs, chunks: this.chunks, rendered: this.rendered, agc: gain });
+        bufferedMs: buffered, ratio: this.ratio, marginMs: this.marginMs, lateMs: this.lateMs, chunks: this.chunks, rendered: this.rendered, agc: gain });
     }
     return true;
   }
