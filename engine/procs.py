@@ -286,17 +286,18 @@ class ProcessPool:
                     idle_since = None
                     last_rx = time.monotonic()
                     for _ in range(1000):
-                        try:
-                            msg = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                        try:  # copy=True: bytes are cheaper than zmq.Frame objects for small messages
+                            msg = pull.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        first = msg[0].bytes
+                        first = msg[0]
                         if first == PROGRESS:
-                            progress.update(json.loads(msg[1].bytes))
+                            for k in range(1, len(msg) - 1, 2):
+                                progress[msg[k].decode()] = int.from_bytes(msg[k + 1], "little")
                             continue
                         if first.startswith(b"stats/engine/w"):
                             msg = self._stats(msg)
-                        pub.send_multipart(msg, copy=False)
+                        pub.send_multipart(msg)
                         self.forwarded += 1
                 elif self._stopping.is_set():
                     # stop once every worker process has exited and their last messages are read

@@ -9,7 +9,6 @@ stop" (sent after the last data message, so everything queued is processed first
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -618,7 +617,11 @@ class Worker:
         if not self._done or self.out is None:
             return
         done, self._done = self._done, {}
-        self.out.send_multipart([PROGRESS, json.dumps(done).encode()])
+        # [PROGRESS, stream, seq (8 bytes LE), stream, seq, ...]: cheap to build and to read
+        frames: list[bytes] = [PROGRESS]
+        for sid, seq in done.items():
+            frames += (sid.encode(), seq.to_bytes(8, "little"))
+        self.out.send_multipart(frames)
 
     def _contain_stream(self, sid: str | None, e: BaseException) -> None:
         self._current = sid
