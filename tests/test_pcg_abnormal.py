@@ -191,6 +191,19 @@ def test_noise_without_cycles_is_low_confidence(clf: PCGClassifier) -> None:
     d = clf.predict_details(x, 2000)
     assert 0.0 <= d["abnormal_prob"] <= 1.0
     assert d["low_confidence"] is True
+    assert d["label"] == "uncertain"  # no decision on a recording without heart cycles
+    assert clf.predict(x, 2000) == (d["abnormal_prob"], "uncertain")
+
+
+def test_uncertain_rule_follows_the_card(clf: PCGClassifier) -> None:
+    assert clf.min_quality == clf.card["uncertain"]["min_quality"]
+    assert clf.min_cycles == clf.card["uncertain"]["min_cycles"]
+    x = _synthetic_pcg(2000, seconds=15.0, seed=6)
+    d = clf.predict_details(x, 2000)
+    assert d["label"] in ("normal", "abnormal")
+    strict = PCGClassifier().load()
+    strict.min_cycles = d["n_cycles"] + 1  # one cycle more than found: no decision
+    assert strict.predict(x, 2000)[1] == "uncertain"
 
 
 def test_clean_synthetic_is_confident(clf: PCGClassifier) -> None:

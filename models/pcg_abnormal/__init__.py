@@ -10,8 +10,10 @@ Examples
 >>> clf = PCGClassifier().load()
 >>> rng = np.random.default_rng(0)
 >>> p, label = clf.predict(rng.standard_normal(20_000), 2000)
->>> 0.0 <= p <= 1.0 and label in ("normal", "abnormal")
+>>> 0.0 <= p <= 1.0 and label in ("normal", "abnormal", "uncertain")
 True
+>>> label  # noise: no heart cycles, so no decision
+'uncertain'
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "CARD_PATH",
     "CLASSES",
     "FEATURE_FS",
+    "LABELS",
     "MIN_DURATION_S",
     "MODEL_PATH",
     "PCGClassifier",
@@ -45,6 +48,11 @@ __all__ = [
 MODEL_PATH = Path(__file__).with_name("pcg_abnormal.onnx")
 CARD_PATH = Path(__file__).with_name("card.json")
 CLASSES = ("normal", "abnormal")
+LABELS = (*CLASSES, "uncertain")
+"""What :meth:`PCGClassifier.predict` may answer: ``"uncertain"`` is no decision (too few
+heart cycles segmented, or a poor signal: see :attr:`PCGClassifier.min_quality`)."""
+DEFAULT_MIN_QUALITY = 0.2
+DEFAULT_MIN_CYCLES = 3
 
 
 def _sha256(path: Path) -> str:
@@ -85,6 +93,8 @@ class PCGClassifier:
         self.verify = verify
         self.card: dict[str, Any] = {}
         self.threshold = 0.5
+        self.min_quality = DEFAULT_MIN_QUALITY
+        self.min_cycles = DEFAULT_MIN_CYCLES
         self._sess: Any = None
 
     def load(self) -> PCGClassifier:
@@ -129,6 +139,9 @@ class PCGClassifier:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {self.model_path}: {e}") from e
         self.threshold = float(self.card["threshold"])
+        unc = self.card.get("uncertain", {})
+        self.min_quality = float(unc.get("min_quality", DEFAULT_MIN_QUALITY))
+        self.min_cycles = int(unc.get("min_cycles", DEFAULT_MIN_CYCLES))
         return self
 
     def features(self, audio: ArrayLike, fs: int) -> NDArray[np.float32]:
@@ -163,7 +176,12 @@ class PCGClassifier:
         return np.asarray(self._sess.run(None, {"features": f})[0], dtype=np.float32)
 
     def predict(self, audio: ArrayLike, fs: int) -> tuple[float, str]:
-        """``(abnormal_prob, label)`` of one recording; label is ``"normal"``/``"abnormal"``.
+        """``(abnormal_prob, label)`` of one recording.
+
+        ``label`` is ``"abnormal"`` when ``abnormal_prob >= threshold``, else ``"normal"``, or
+        ``"uncertain"`` (no decision) when fewer than :attr:`min_cycles` complete heart cycles
+        were segmented or the segmenter's quality index is below :attr:`min_quality`;
+        ``abnormal_prob`` is still returned then, but it is not a decision.
 
         Raises
         ------
@@ -175,18 +193,19 @@ class PCGClassifier:
         --------
         >>> import numpy as np
         >>> p, lab = PCGClassifier().predict(np.random.default_rng(2).standard_normal(8000), 2000)
-        >>> lab in CLASSES
+        >>> lab in LABELS
         True
         """
-        p = float(self.predict_features(self.features(audio, fs))[0])
-        return p, CLASSES[int(p >= self.threshold)]
+        d = self.predict_details(audio, fs)
+        return d["abnormal_prob"], d["label"]
 
     def predict_details(self, audio: ArrayLike, fs: int) -> dict[str, Any]:
         """:meth:`predict` plus reliability hints.
 
         Returns ``{"abnormal_prob", "label", "threshold", "n_cycles", "quality",
-        "low_confidence"}``; ``low_confidence`` is True when fewer than 3 complete cycles were
-        segmented or the segmenter's quality index is below 0.2.
+        "low_confidence"}``; ``low_confidence`` is True when fewer than :attr:`min_cycles`
+        complete cycles were segmented or the segmenter's quality index is below
+        :attr:`min_quality` (default 3 and 0.2); ``label`` is then ``"uncertain"``.
 
         Examples
         --------
@@ -196,15 +215,18 @@ class PCGClassifier:
         >>> sorted(d)[:3]
         ['abnormal_prob', 'label', 'low_confidence']
         """
+        if self._sess is None:
+            self.load()
         f = self.features(audio, fs)
         p = float(self.predict_features(f)[0])
         n_cyc = int(round(float(np.expm1(f[FEATURE_NAMES.index("r_log_ncycles")]))))
         q = float(f[FEATURE_NAMES.index("r_quality")])
+        low = bool(n_cyc < self.min_cycles or not q >= self.min_quality)
         return {
             "abnormal_prob": p,
-            "label": CLASSES[int(p >= self.threshold)],
+            "label": "uncertain" if low else CLASSES[int(p >= self.threshold)],
             "threshold": self.threshold,
             "n_cycles": n_cyc,
             "quality": q,
-            "low_confidence": bool(n_cyc < 3 or q < 0.2),
+            "low_confidence": low,
         }
