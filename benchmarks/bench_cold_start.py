@@ -18,8 +18,8 @@ record:
     python benchmarks/bench_cold_start.py --serial        # cold with [engine].warmup_parallel = false
     python benchmarks/bench_cold_start.py --json out.json
 
-``pytest benchmarks/bench_cold_start.py`` runs the warm case once as a smoke test (the cold case
-takes tens of seconds of compilation and is skipped there).
+``pytest benchmarks/bench_cold_start.py`` runs one start with the session's own Numba cache as a
+smoke test (the cold case takes a minute or more of compilation and is left to the script).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _source(ingest: str, sig: np.ndarray, fs: float, seconds: float, t_start: fl
     ctx.term()
 
 
-def measure(cache_dir: str, *, seconds: float = 12.0, parallel: bool = True, timeout_s: float = 300.0) -> dict[str, Any]:
+def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = True, timeout_s: float = 300.0) -> dict[str, Any]:
     """One engine start with ``NUMBA_CACHE_DIR=cache_dir``; see the module doc for the fields."""
     from telediag.client import Subscriber
 
@@ -95,7 +95,9 @@ def measure(cache_dir: str, *, seconds: float = 12.0, parallel: bool = True, tim
         cfg = Path(tmp) / "engine.toml"
         cfg.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 0.5\n'
                        f'warmup_parallel = {"true" if parallel else "false"}\n')
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if cache_dir is not None:  # None: the cache the rest of the session uses (warm after the tests)
+            env["NUMBA_CACHE_DIR"] = cache_dir
         sub = Subscriber(publish, topics=["beats/cold/", "stats/", "ecg/cold/"])
         t_start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg)], env=env,
@@ -151,11 +153,12 @@ def measure(cache_dir: str, *, seconds: float = 12.0, parallel: bool = True, tim
         return res
 
 
-def test_warm_start_smoke(tmp_path: Path) -> None:
-    """Warm cache (filled by a first run): the engine comes up, beats flow, nothing is lost."""
-    cache = str(tmp_path / "numba")
-    measure(cache, seconds=3.0)  # fills the cache (cold; not asserted on time)
-    r = measure(cache, seconds=4.0)
+def test_start_smoke() -> None:
+    """The session's own Numba cache (warm once the tests ran): beats flow, nothing lost, in order.
+
+    The cold case compiles every kernel (minutes on a busy 2-core machine) and is left to ``main``.
+    """
+    r = measure(None, seconds=4.0)
     assert r["first_beat_s"] is not None and r["in_order"], r
     assert r["engine_exit"] == 0, r
 
