@@ -269,7 +269,14 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
     try:
         if not sub.wait_connected(120):
             raise RuntimeError("engine did not start")
-        time.sleep(1.0)
+        # wait until the engine tree is idle (a spare worker process may still be warming up)
+        prev, quiet_deadline = _cpu_s_tree(eng.pid), time.monotonic() + 120
+        while time.monotonic() < quiet_deadline:
+            time.sleep(1.0)
+            cur = _cpu_s_tree(eng.pid)
+            if cur - prev < 0.05:
+                break
+            prev = cur
         ready, result = mp.Event(), mp.Queue()
         gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result,
                                                   False, False))
