@@ -154,10 +154,12 @@ def run_demo(args: argparse.Namespace) -> int:
         s.join(5)
     if viewer is not None:
         viewer.stop()
-    engine.stop()
-    engine.join(10)
-    if recorder is not None:
-        _finish_recording(recorder)
+    try:
+        engine.stop()
+        engine.join(10)
+    finally:  # the recording is finished (EDF+, bundle, report) even if the engine is slow to stop
+        if recorder is not None:
+            _finish_recording(recorder)
     print("telediag demo: stopped cleanly")
     return 0
 
