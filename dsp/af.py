@@ -281,7 +281,7 @@ class AFDetector:
     >>> det = AFDetector(360.0)
     >>> tr, state = det.beats(beats)
     >>> [(t.state, round(t.beat / 360)) for t in tr]
-    [('on', 46), ('off', 144)]
+    [('on', 59), ('off', 140)]
     """
 
     _ECTOPIC = frozenset({"V", "F", "Q", "E", "!", "/", "f"})
@@ -313,19 +313,24 @@ class AFDetector:
         n = s.size
         labs = labels if labels is not None else [None] * n
         brk = np.zeros(n, np.bool_) if broken is None else np.asarray(broken, np.bool_)
-        rr = np.empty(n)
-        ok = np.empty(n, np.bool_)
-        for k in range(n):
+        rr_l: list[float] = []
+        ok_l: list[bool] = []
+        lo, hi, fs = self.p.min_rr_s, self.p.max_rr_s, self.fs
+        brk_l = brk.tolist()
+        for k, smp in enumerate(s.tolist()):
             ect = labs[k] in self._ECTOPIC
             if self.last_beat is None:
-                rr[k], ok[k] = np.nan, False
+                rr_l.append(0.0)
+                ok_l.append(False)
             else:
-                rr[k] = (int(s[k]) - self.last_beat) / self.fs
-                ok[k] = not (self.broken or brk[k] or ect or self.last_ectopic)
-            self.last_beat, self.last_ectopic, self.broken = int(s[k]), ect, False
-        ok = _validity(np.nan_to_num(rr), ok, self.p)
+                r = (smp - self.last_beat) / fs
+                rr_l.append(r)
+                ok_l.append(not (self.broken or brk_l[k] or ect or self.last_ectopic) and lo <= r <= hi)
+            self.last_beat, self.last_ectopic, self.broken = smp, ect, False
+        rr = np.array(rr_l)
+        ok = np.array(ok_l, dtype=np.bool_)
         feats = np.empty((n, N_FEATURES))
-        _af_kernel(np.nan_to_num(rr), ok, self.ring, self.pos, self.p.window, self.p.trim, feats)
+        _af_kernel(rr, ok, self.ring, self.pos, self.p.window, self.p.trim, feats)
         out: list[AFTransition] = []
         state = np.zeros(n, np.bool_)
         p = self.p
