@@ -328,3 +328,45 @@ def test_peer_decode_only(benchmark: Any, chain: dict[str, Any]) -> None:
         return sum(dec.process(c).signal is not None for c in chain["chunks"])
 
     assert benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1) >= 58
+
+
+def test_frame_chain_fp32_vs_default(benchmark: Any, model: str, packets: list[tuple[bytes, bool]]) -> None:
+    """Per frame: model + overlay + H.264 encode, fp32 (0.2.0) vs the default variant, interleaved.
+
+    Decoded once; both stage chains see the same frames in the same round. ``extra_info``:
+    median calling-thread CPU ms per frame of each (one ORT thread) and the ratio fp32 / default
+    (the share of the whole per-frame video work the faster model saves, encode included).
+    """
+    if model != "polyp_seg":
+        pytest.skip("needs the shipped polyp_seg model")
+    dec = VideoDecode(VideoDecode.Params())
+    dec.open(StreamSpec("b/endo", "video", 0.0))
+    frames = [f for c in [Chunk.video_packet("b/endo", i, i, d, VideoSpec("h264", W, H, "yuv420p", FPS, k))
+                          for i, (d, k) in enumerate(packets[:40])]
+              if (f := dec.process(c).signal) is not None]
+    chains = {}
+    for name, variant in (("fp32", "fp32"), ("default", "")):
+        seg = PolypSegment(PolypSegment.Params(model="polyp_seg", variant=variant, adapt=False))
+        enc = VideoEncode(VideoEncode.Params(publish=True))
+        seg.open(StreamSpec("b/endo", "video", 0.0))
+        enc.open(StreamSpec("b/endo/annotated", "video", 0.0))
+        chains[name] = (seg, enc)
+    cpu: dict[str, list[float]] = {n: [] for n in chains}
+    rounds = 1 if benchmark.disabled else 3
+
+    def run() -> None:
+        for _ in range(rounds):
+            for f in frames:
+                for n, (seg, enc) in chains.items():
+                    t = time.thread_time()
+                    a = seg.process(f).signal
+                    assert a is not None
+                    enc.process(a)
+                    cpu[n].append(time.thread_time() - t)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    med = {n: float(np.median(v)) * 1e3 for n, v in cpu.items()}
+    benchmark.extra_info.update(fp32_cpu_ms=round(med["fp32"], 2), default_cpu_ms=round(med["default"], 2),
+                                ratio_fp32_over_default=round(med["fp32"] / med["default"], 2))
+    print(f"\nper frame (model + overlay + encode, CPU ms): fp32 {med['fp32']:.2f}, default "
+          f"{med['default']:.2f}, ratio {med['fp32'] / med['default']:.2f}")
