@@ -198,6 +198,7 @@ def run_listen(browser: Any, seconds: float) -> dict[str, Any]:
             **{k: (round(a[k], 2) if isinstance(a[k], float) else a[k]) for k in keys}}
 
 
+@pytest.mark.timeout(900)
 def test_page_frame_time_16_patients_and_video(benchmark: Any, browser: Any) -> None:
     smoke = bool(getattr(benchmark, "disabled", False))
     seconds = 4.0 if smoke else float(os.environ.get("BENCH_VIEWER_LOAD_S", 30))
@@ -209,6 +210,7 @@ def test_page_frame_time_16_patients_and_video(benchmark: Any, browser: Any) -> 
     assert res["n"] > 10 and res["streams"] >= 32, res
 
 
+@pytest.mark.timeout(900)
 def test_listening_delay_and_underruns(benchmark: Any, browser: Any) -> None:
     smoke = bool(getattr(benchmark, "disabled", False))
     seconds = 4.0 if smoke else float(os.environ.get("BENCH_VIEWER_LISTEN_S", 120))

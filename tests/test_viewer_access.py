@@ -283,3 +283,27 @@ def test_recording_links_served_with_login(tmp_path: Path, access: Path) -> None
     assert res["empty"] == {} and res["nologin"] == 401
     assert res["index"]["bundle.json"] == "/recording/bundle.json" and "report.html" in res["index"]
     assert res["bundle"] == (200, "Bundle") and res["traversal"] == 404
+
+
+def test_cross_origin_websocket_is_refused(access: Path) -> None:
+    v = ViewerThread("tcp://127.0.0.1:1", port=0, access=access)
+    url = v.start()
+
+    async def main() -> tuple[int, bool]:
+        h = {"Authorization": "Bearer token-a"}
+        async with aiohttp.ClientSession() as s:
+            try:
+                async with s.ws_connect(url + "ws", headers={**h, "Origin": "https://evil.example"}):
+                    bad = 101
+            except aiohttp.WSServerHandshakeError as e:
+                bad = e.status
+            async with s.ws_connect(url + "ws", headers={**h, "Origin": url.rstrip("/")}) as ws:
+                m = await ws.receive(timeout=5)
+                good = json.loads(m.data)["kind"] == "_hello"
+        return bad, good
+
+    try:
+        bad, good = asyncio.run(main())
+    finally:
+        v.stop()
+    assert bad == 403 and good
