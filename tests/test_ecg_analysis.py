@@ -380,7 +380,12 @@ def test_engine_publishes_beats_equal_to_offline_analysis(engine: Engine, mitdb:
     print(f"\n208 first 150 s, {len(beats)} beats: confirm {_pct(conf)}\n  end-to-end {_pct(e2e)}\n"
           f"  end of publishing chunk ({chunk_ms:g} ms chunks) {_pct(pub)}")
     bound = max(stages[0].detection_delay_s, 1.0)  # type: ignore[attr-defined]
-    assert max(e2e) <= bound + 1e-9 and max(conf) <= stages[0].detection_delay_s  # type: ignore[attr-defined]
+    assert max(conf) <= stages[0].detection_delay_s  # type: ignore[attr-defined]
+    if all(b["label"] is None for b in live["beats"]):  # classify off: detector + quality hold only
+        assert max(e2e) <= bound + 1e-9
+    else:  # classify on (the default): a beat also waits for its label (the next beat or more)
+        rel = [b["release_sample"] for b in live["beats"]]
+        assert rel == sorted(rel) and np.percentile(e2e, 50) <= bound + 2.0
     assert np.percentile(conf, 50) <= 0.35
 
 
