@@ -299,7 +299,9 @@ def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[
         if "error" in r:
             print(name.ljust(18) + " could not run: " + r["error"][:200])
             continue
-        print(name.ljust(18) + " ".join(str(r[k])[:14].rjust(14) for k in keys))
+        cells = ["/".join(f"{a}:{b}" for a, b in v.items()) if isinstance(v, dict) else str(v)
+                 for v in (r[k] for k in keys)]
+        print(name.ljust(18) + " ".join(c.rjust(14) for c in cells))
     for r in results.values():
         if "error" in r:
             continue
