@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def measure(data: Path, names: list[str], rounds: int, card: dict[str, Any]) -> 
     from telediag.evaluation.seg_metrics import evaluate_folder
     from telediag.models.polyp_seg import PolypSegmenter
 
-    tmp_card = HERE / "card.json"
+    tmp = Path(tempfile.mkdtemp(prefix="polyp_variants_"))
     segs: dict[str, PolypSegmenter] = {}
     for n in names:
         # open each file on its own (the card may not list it yet): a card copy naming it
@@ -80,11 +81,10 @@ def measure(data: Path, names: list[str], rounds: int, card: dict[str, Any]) -> 
             (HERE / VARIANTS[n][0]).read_bytes()).hexdigest(), "input_size": 256,
             "input_sizes": [256, *LOWER_SIZES]}}
         c["default_variant"] = n
-        p = Path(f"/tmp/polyp_variant_card_{n}.json")
+        p = tmp / f"card_{n}.json"
         p.write_text(json.dumps(c))
         s = PolypSegmenter(HERE / VARIANTS[n][0], p, variant=n, threads=1, tta="none").load()
         segs[n] = s
-    del tmp_card
     out: dict[str, Any] = {n: {} for n in names}
     val = data / "validation"
     for n, s in segs.items():
