@@ -255,3 +255,27 @@ def test_regression_floor_first_records(clf: PCGClassifier, pcg2016: Path) -> No
     got = 0.5 * (hit[0] / n[0] + hit[1] / n[1])
     floor = clf.card["metrics"]["training_set_fit"]["macc"] - 0.15
     assert got >= floor, f"first-record MAcc {got:.3f} below the floor {floor:.3f}"
+
+
+def test_device_augment_changes_the_device_not_the_heart() -> None:
+    from telediag.models.pcg_abnormal.train import device_augment
+
+    x = _synthetic_pcg(2000, seconds=10.0, seed=8)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        y, fs = device_augment(x, 2000, rng)
+        assert fs in (1000, 2000, 3000, 4000, 8000)
+        assert np.all(np.isfinite(y)) and abs(y.size / fs - 10.0) < 0.01
+    y16, fs16 = device_augment((x / np.abs(x).max() * 20000).astype(np.int16), 2000,
+                               np.random.default_rng(1))
+    assert np.abs(y16).max() < 50  # integer PCM scaled to full scale first
+
+
+def test_calibration_slope_recovers_an_overconfident_score() -> None:
+    from telediag.models.pcg_abnormal.train import calibration_slope
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(20000)  # true logit
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    p = 1 / (1 + np.exp(-2.5 * z))  # 2.5x overconfident
+    assert calibration_slope(y, p, 0.5) == pytest.approx(0.4, abs=0.03)
