@@ -7,19 +7,30 @@ Biomed. Eng.* 37:1701-1709, 2009; Petrenas et al., *Med. Biol. Eng. Comput.* 53:
 2015): on a sliding window of the last ``window`` valid RR intervals it measures
 
 * ``nrmssd``: the root mean square of successive RR differences normalised by the mean RR
-  (Dash et al. 2009 use RMSSD / mean RR, AF above about 0.1);
-* ``cv_dd``: the coefficient of variation of the absolute successive differences ``|dRR|``:
-  in AF ``dRR`` is close to a random variable and ``|dRR|`` varies as much as its mean
-  (about 0.75 for a half-normal), whereas the regular alternation of bigeminy or trigeminy
-  gives nearly equal ``|dRR|`` (low ``cv_dd``) despite a high ``nrmssd``;
-* ``ectopic removal``: an interval that begins or ends at a ventricular (or paced,
-  unclassifiable) beat is not valid when beat labels are known (ectopic beats mimic
-  irregularity; Petrenas et al. 2015 suppress them with a median filter instead).
+  (Dash et al. 2009 use RMSSD / mean RR, AF above about 0.1), here without the ``trim``
+  largest ``|dRR|`` of the window so that isolated ectopic beats do not count (Dash et al.
+  drop the extreme RR of each window);
+* ``cv_dd``: the coefficient of variation of the kept ``|dRR|`` (in AF ``dRR`` behaves like
+  a random variable and ``|dRR|`` varies as much as its mean);
+* ``tpr``: the turning-point ratio of the RR series (Dash et al. 2009: about 2/3 for a
+  random series, lower for sinus rhythm whose RR drifts smoothly);
+* ``lag_irr``: the smaller of the trimmed RMS of ``RR[k] - RR[k-2]`` and ``RR[k] - RR[k-3]``
+  over the mean RR (this project's addition): bigeminy and trigeminy repeat with period 2
+  or 3 and are regular at that lag, AF is irregular at every lag;
+* ectopic removal: an interval that begins or ends at a ventricular, fusion, paced or
+  unclassifiable beat (labels ``V F Q E ! / f``) is not valid when labels are known
+  (ectopic beats mimic irregularity; Petrenas et al. 2015 suppress them with a median filter
+  instead).
 
-Intervals that span unusable signal or a gap are not valid either. The irregularity score
-``nrmssd`` and ``cv_dd`` are combined with hysteresis by :class:`AFDetector`: AF starts when
-``nrmssd >= on`` and ``cv_dd >= cv_min`` and ends when ``nrmssd < off``. The detector sees RR
-only, so atrial flutter with regular conduction is not detected (no P/f-wave analysis).
+Intervals that span unusable signal or a gap, or lie outside ``[min_rr_s, max_rr_s]``, are
+not valid either. :class:`AFDetector` turns AF on when the window holds ``min_valid`` valid
+intervals and ``nrmssd >= on``, ``cv_dd >= cv_min``, ``tpr >= tpr_min`` and
+``lag_irr >= lag_min``; it turns AF off when ``nrmssd < off`` or fewer than ``min_valid // 2``
+intervals are left to measure (e.g. a run of ectopic beats). Onset and end are dated back by
+``back`` beats. The shipped thresholds were chosen on the 26 MIT-BIH records here
+(``benchmarks/af_accuracy.py`` reports them and a leave-record-out run). The detector sees RR
+only: atrial flutter with regular conduction is not detected (no P/f-wave analysis), and
+irregularly conducted flutter is called AF.
 
 Every per-interval computation is a Numba kernel over whole arrays with explicit state, so
 any grouping of the beats gives the same result (tested), and :func:`af_features` (offline,
