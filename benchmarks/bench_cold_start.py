@@ -168,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0, help="seconds of ECG the source sends")
     ap.add_argument("--serial", action="store_true", help="cold run with warmup_parallel = false")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--timeout", type=float, default=900.0, help="give up on a start after this many seconds")
     a = ap.parse_args(argv)
     out = {}
     with tempfile.TemporaryDirectory() as cache:
-        out["cold"] = measure(cache, seconds=a.seconds, parallel=not a.serial)
+        out["cold"] = measure(cache, seconds=a.seconds, parallel=not a.serial, timeout_s=a.timeout)
         print(json.dumps({"cold": out["cold"]}, indent=1), flush=True)
-        out["warm"] = measure(cache, seconds=a.seconds)
+        out["warm"] = measure(cache, seconds=a.seconds, timeout_s=a.timeout)
         print(json.dumps({"warm": out["warm"]}, indent=1), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
