@@ -14,8 +14,11 @@ from telediag.errors import ModelError
 from telediag.models.ecg_beats import CARD_PATH, MODEL_DIR, BeatClassifier
 from telediag.models.ecg_beats.features import (
     AAMI_CLASSES,
+    LOOKAHEAD_BEATS,
     N_MORPH,
     N_RR,
+    RR_FEATURES,
+    TEMPLATE_FEATURES,
     BeatFeatures,
     BeatFeatureStream,
     aami_label,
@@ -92,14 +95,16 @@ def test_stream_equals_one_pass(seed: int) -> None:
     np.testing.assert_array_equal(got.morph, whole.morph)
 
 
-def test_stream_delay_one_beat() -> None:
+def test_stream_waits_for_the_lookahead_beats() -> None:
+    """A beat is emitted once LOOKAHEAD_BEATS later beats are known (its RR context)."""
     fs = 360.0
     x, b = _synthetic(fs)
     s = BeatFeatureStream(fs)
-    out = s.push(x[: b[3] + 10], b[:4])
-    # beats 0..2 have their next beat; beat 3 waits for beat 4
-    assert out.beats.tolist() == b[:3].tolist()
-    assert s.pending == (int(b[3]),)
+    out = s.push(x[: b[6] + 10], b[:7])
+    n_ok = 7 - LOOKAHEAD_BEATS
+    assert out.beats.tolist() == b[:n_ok].tolist()
+    assert s.pending == tuple(int(v) for v in b[n_ok:7])
+    assert s.push(x[b[6] + 10 : b[7] + 10], b[7:8]).beats.tolist() == [int(b[n_ok])]
 
 
 def test_stream_rejects_bad_input() -> None:
@@ -120,6 +125,34 @@ def test_stream_rejects_bad_input() -> None:
         BeatFeatureStream(50.0)
 
 
+def test_context_sees_prematurity_against_the_surrounding_rhythm() -> None:
+    """A slow sinus rhythm whose RR drifts by +-20 % with atrial premature beats only 20 %
+    early (no compensatory pause): against the patient mean the premature RRs overlap the
+    normal ones, against the median of the surrounding RRs (both sides) they stand apart."""
+    fs = 128.0
+    k = np.arange(300)
+    rr = 1.1 * (1 + 0.2 * np.sin(2 * np.pi * k / 80))
+    prem = np.zeros(k.size, bool)
+    prem[13::17] = True
+    rr[prem] *= 0.8
+    times = 1.0 + np.concatenate([[0.0], np.cumsum(rr)])
+    t = np.arange(int((times[-1] + 1.0) * fs)) / fs
+    x = np.zeros(t.size)
+    for tb in times:
+        x += np.exp(-0.5 * ((t - tb) / 0.015) ** 2)
+    b = np.round(times * fs).astype(np.int64)
+    f = beat_features(x, fs, b)
+    is_prem = np.r_[False, prem]  # rr[i] ends at beat i + 1
+    col = {n: RR_FEATURES.index(n) for n in ("pre_rel", "c_pre", "c_pair")}
+    body = np.arange(b.size) > 40  # after the 300 s patient mean has some history
+    pre_rel = f.rr[:, col["pre_rel"]]
+    assert pre_rel[is_prem & body].max() > pre_rel[~is_prem & body].min()  # overlap
+    c_pre = f.rr[:, col["c_pre"]]
+    assert c_pre[is_prem & body].max() < 0.9 < 0.92 < c_pre[~is_prem & body].min()
+    # no compensatory pause: (r0 + r1) / 2 stays below the surrounding median
+    assert np.median(f.rr[is_prem & body, col["c_pair"]]) < 0.95
+
+
 @pytest.mark.data
 def test_features_fs_invariant(mitdb: Path) -> None:
     """Record 119 (60 s) at 360 Hz and resampled to 250 Hz gives near-identical inputs."""
@@ -137,7 +170,15 @@ def test_features_fs_invariant(mitdb: Path) -> None:
     ok = np.abs(b250[near] / 250.0 - b360 / fs) < 0.010
     assert ok.mean() > 0.97
     i360, i250 = np.flatnonzero(ok)[5:], near[ok][5:]
-    np.testing.assert_allclose(f250.rr[i250], f360.rr[i360], rtol=0.05, atol=0.02)
+    n_rate = N_RR - len(TEMPLATE_FEATURES)  # RR features and RR context: nearly equal
+    rank = RR_FEATURES.index("c_rank")  # a count of RRs shorter than this one: ties flip
+    cols = np.setdiff1d(np.arange(n_rate), [rank])
+    np.testing.assert_allclose(f250.rr[i250][:, cols], f360.rr[i360][:, cols], rtol=0.05, atol=0.02)
+    assert np.mean(np.abs(f250.rr[i250, rank] - f360.rr[i360, rank]) > 0.15) < 0.02
+    # template features (widths, slopes, small differences) move more, but little typically
+    dt = np.abs(f250.rr[i250, n_rate:] - f360.rr[i360, n_rate:])
+    scale = 1.0 + np.median(np.abs(f360.rr[i360, n_rate:]), axis=0)
+    assert np.all(np.median(dt, axis=0) < 0.05 * scale)
     d = np.abs(f250.morph[i250, 0] - f360.morph[i360, 0])
     assert np.median(d) < 0.02 and np.percentile(d, 99) < 0.15
 
@@ -150,7 +191,21 @@ def test_card_and_sha256() -> None:
     for v in card["variants"].values():
         assert v["sha256"] == file_sha256(MODEL_DIR / v["file"])
     assert [i["name"] for i in card["inputs"]] == ["morph", "rr"]
-    assert card["metrics"]["fp32"]["classes"]["V"]["n_ref"] > 3000  # CV metrics recorded
+    m = card["metrics"]["gbt"]  # the protocols are recorded: CV per database, both directions
+    assert m["cv"]["pooled"]["classes"]["S"]["n_ref"] > 12000
+    assert m["cv"]["mitdb"]["classes"]["V"]["n_ref"] > 3000
+    for k in ("train_DS1_test_svdb", "train_svdb_test_DS1"):
+        assert 0.0 <= m[k]["sveb_f1_ec57"] <= 1.0
+    assert "reproduce" in card and card["version"] >= "2.0.0"
+
+
+def test_card_has_no_nan() -> None:
+    """``telediag infer models`` and strict JSON readers reject NaN: the card writes null."""
+
+    def bad(token: str) -> None:
+        raise AssertionError(f"card.json holds {token}")
+
+    json.loads(CARD_PATH.read_text(), parse_constant=bad)
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
@@ -188,17 +243,14 @@ def _labelled(mitdb: Path, name: str) -> tuple[BeatFeatures, np.ndarray]:
     return f, y
 
 
-@pytest.mark.data
-@pytest.mark.slow
-def test_int8_agrees_with_fp32_on_real_beats(mitdb: Path) -> None:
+def test_int8_variant_is_the_fp32_trees() -> None:
+    """Trees have no quantised form: the ``int8`` name stays loadable and is the same file."""
     card = json.loads(CARD_PATH.read_text())
-    if "int8" not in card["variants"]:
-        pytest.skip("int8 variant not shipped (more than 1 F1 point below fp32 in CV)")
-    f, _ = _labelled(mitdb, "208")
-    l32, p32 = BeatClassifier.load("fp32").classify(f)
-    l8, p8 = BeatClassifier.load("int8").classify(f)
-    assert (l32 == l8).mean() > 0.98
-    assert np.abs(p32 - p8).max() < 0.5
+    assert card["variants"]["int8"]["file"] == card["variants"]["fp32"]["file"]
+    x, b = _synthetic(360.0)
+    f = beat_features(x, 360.0, b)
+    np.testing.assert_array_equal(BeatClassifier.load("int8").classify(f)[1],
+                                  BeatClassifier.load("fp32").classify(f)[1])
 
 
 @pytest.mark.data
@@ -252,9 +304,10 @@ def test_engine_stage_labels_beats_when_classification_is_on(tmp_path) -> None: 
                  "--config", str(cfg)]) == 0
     ann = wfdb.rdann(str(tmp_path / "out" / "r119"), "cls")
     ref = wfdb.rdann(str(data / "119"), "atr", sampto=360 * 120)
-    assert set(ann.symbol) <= {"N", "S", "V", "F", "Q"}
+    beats = [s for s in ann.symbol if s not in ("+", "~")]  # rhythm and noise marks aside
+    assert beats and set(beats) <= {"N", "S", "V", "F", "Q"}
     n_v_ref = sum(s == "V" for s in ref.symbol)
-    assert n_v_ref > 20 and abs(sum(s == "V" for s in ann.symbol) - n_v_ref) <= 0.2 * n_v_ref
+    assert n_v_ref > 20 and abs(sum(s == "V" for s in beats) - n_v_ref) <= 0.2 * n_v_ref
 
 
 def test_two_lead_features_are_accepted_and_the_second_lead_is_ignored() -> None:
@@ -294,28 +347,28 @@ def test_shipped_model_merges_fusion_into_normal() -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_f_gate_matches_its_numpy_twin() -> None:
-    """The exported F gate (torch) and the CV table's NumPy version give the same labels."""
-    torch = pytest.importorskip("torch")  # the 'train' extra
-    from telediag.models.ecg_beats.train import apply_f_gate, f_gate
+def test_exported_trees_equal_lightgbm() -> None:
+    """The ONNX export (trees + F -> N merge + the morph/rr contract) reproduces LightGBM."""
+    pytest.importorskip("lightgbm")  # the 'train' extra
+    pytest.importorskip("onnxmltools")
+    import argparse
+    import tempfile
 
-    rng = np.random.default_rng(1)
-    logits = torch.from_numpy(rng.normal(0, 2, (2000, 5)).astype(np.float32))
+    from telediag.models.ecg_beats.train import export_onnx, fit_gbt, ort_predict, predict
 
-    class Fixed(torch.nn.Module):  # type: ignore[misc, name-defined]
-        def forward(self, morph: object, rr: object) -> object:
-            return torch.softmax(logits, dim=1)
-
-    p = torch.softmax(logits, dim=1).numpy()
-    for into in ("next", "N", "V"):
-        for t in (0.0, 0.5, 1.0):
-            q = f_gate(Fixed(), t, into)(None, None).detach().numpy()
-            np.testing.assert_array_equal(q.argmax(1), apply_f_gate(p, t, into))
-            np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
-            if t == 1.0:
-                assert np.all(q[:, 3] == 0)
-    merged = f_gate(Fixed(), 1.0, "N")(None, None).detach().numpy()
-    np.testing.assert_allclose(merged[:, 0], p[:, 0] + p[:, 3], rtol=1e-5)
+    rng = np.random.default_rng(0)
+    y = rng.choice(5, 3000, p=[0.6, 0.15, 0.15, 0.05, 0.05])
+    x = rng.normal(0.0, 1.0, (y.size, N_RR)).astype(np.float32)
+    x[:, 3] += y  # learnable
+    a = argparse.Namespace(leaves=7, lr=0.2, rounds=10, seed=0, weight_power=0.5)
+    booster = fit_gbt(x, y, a)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(booster, path)
+        got = ort_predict(path, x)
+    want = predict(booster, x)
+    assert np.all(got[:, 3] == 0) and np.all(want[:, 3] == 0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_card_rr_contract_matches_builder() -> None:
@@ -330,22 +383,3 @@ def test_card_rr_contract_matches_builder() -> None:
     sess = ort.InferenceSession(str(MODEL_DIR / card["file"]), providers=["CPUExecutionProvider"])
     dims = {i.name: i.shape for i in sess.get_inputs()}
     assert dims["rr"][1] == N_RR and dims["morph"][1:] == [2, N_MORPH]
-
-
-def test_tune_bias_recovers_a_shifted_class() -> None:
-    """Inner-CV decision offsets: a class whose logits are shifted down is shifted back up."""
-    from telediag.models.ecg_beats.train import bias_objective, confusion, tune_bias
-
-    rng = np.random.default_rng(0)
-    y = rng.choice(5, 4000, p=[0.7, 0.1, 0.1, 0.05, 0.05])
-    logit = rng.normal(0.0, 1.0, (y.size, 5))
-    logit[np.arange(y.size), y] += 2.5
-    logit[:, 1] -= 2.0  # S under-called
-    logp = logit - np.log(np.exp(logit).sum(1, keepdims=True))
-    bias = tune_bias(logp, y)
-    assert bias[0] == 0.0 and bias[4] == 0.0  # only S, V, F are searched
-    assert 1.0 <= bias[1] <= 3.0
-    before = bias_objective(confusion(y, logp.argmax(1)))
-    assert bias_objective(confusion(y, (logp + bias).argmax(1))) > before
-    only_s = tune_bias(logp, y, classes=(1,))
-    assert np.count_nonzero(only_s) <= 1 and only_s[1] > 0

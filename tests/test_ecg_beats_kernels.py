@@ -25,8 +25,8 @@ from telediag.models.ecg_beats.features import (
     IRREG_BEATS,
     LOCAL_BEATS,
     MEDIAN_BEATS,
+    N_BASE_RR,
     N_MORPH,
-    N_RR,
     PATIENT_WINDOW_S,
     POST_S,
     PRE_S,
@@ -52,7 +52,7 @@ def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.
     amps: deque[float] = deque(maxlen=SCALE_BEATS)
     templates: deque[np.ndarray] = deque(maxlen=TEMPLATE_BEATS)
     prev = -1
-    rr_out = np.empty((beats.size, N_RR), np.float32)
+    rr_out = np.empty((beats.size, N_BASE_RR), np.float32)
     morph_out = np.empty((beats.size, 2, N_MORPH), np.float32)
     for k, beat in enumerate(beats.tolist()):
         nxt = int(beats[k + 1]) if k + 1 < beats.size else -1
@@ -96,7 +96,81 @@ def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.
         diff = w - np.median(np.stack(templates), axis=0) if templates else np.zeros_like(w)
         templates.append(w)
         morph_out[k] = np.stack([w, diff])
-    return rr_out, morph_out
+    ctx = reference_context(np.asarray(beats, np.int64), fs)
+    tpl = reference_template(morph_out)
+    return np.concatenate([rr_out, ctx, tpl], axis=1), morph_out
+
+
+def reference_context(b: np.ndarray, fs: float) -> np.ndarray:
+    """RR context of every beat of a whole record (vectorised; RR indices clamped at the ends)."""
+    n = b.size
+    rr = np.empty(max(n, 2))
+    if n >= 2:
+        rr[1:n] = np.diff(b) / fs
+        rr[0] = rr[1]
+    else:
+        rr[:] = 1.0
+    last = max(n - 1, 1)
+    idx = np.arange(n)
+
+    def r(m: int) -> np.ndarray:
+        return rr[np.clip(idx + m, 1, last)]
+
+    r0, r1, r2, rm1 = r(0), r(1), r(2), r(-1)
+    w = np.stack([r(m) for m in [*range(-fk.CTX_PAST, 0), *range(2, 2 + fk.CTX_FUTURE)]], axis=1)
+    med = np.median(w, axis=1)
+    long = np.sort(np.stack([r(m) for m in range(-fk.CTX_LONG, 0)], axis=1), axis=1)
+    med32 = np.median(long, axis=1)
+    q75 = long[:, (3 * (fk.CTX_LONG - 1)) // 4]
+    med8 = np.median(w[:, : fk.CTX_PAST], axis=1)
+    mad = np.median(np.abs(w - med[:, None]), axis=1)
+    f = np.stack([
+        r0 / med, r1 / med, (r0 + r1) / (2 * med), rm1 / med, r2 / med, r0 / rm1,
+        r0 / ((rm1 + r2) / 2), med - r0, med, mad / med, (w < r0[:, None]).mean(axis=1),
+        r0 / w.min(axis=1), r0 / med32, r1 / r0, (r0 + r1) / (rm1 + r2),
+        r0 / np.minimum(rm1, r1), r0 / np.maximum(rm1, r1), r0 / q75, med8 / med32,
+    ], axis=1)
+    lo = np.zeros(f.shape[1])
+    lo[7] = -5.0
+    return np.clip(f, lo, 5.0).astype(np.float32)
+
+
+def reference_template(m: np.ndarray) -> np.ndarray:
+    """Beat-versus-template features of morphology rows (n, 2, 96), vectorised."""
+    x = m[:, 0].astype(np.float64)
+    t = x - m[:, 1].astype(np.float64)
+    q, p, tt = slice(fk.Q_LO, fk.Q_HI), slice(fk.P_LO, fk.P_HI), slice(fk.T_LO, fk.T_HI)
+    bx = x[:, fk.B_LO : fk.B_HI].mean(axis=1, keepdims=True)
+    bt = t[:, fk.B_LO : fk.B_HI].mean(axis=1, keepdims=True)
+
+    def corr(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        a = a - a.mean(axis=1, keepdims=True)
+        c = c - c.mean(axis=1, keepdims=True)
+        return (a * c).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (c * c).sum(axis=1) + 1e-12)
+
+    def rms(a: np.ndarray) -> np.ndarray:
+        return np.sqrt((a * a).mean(axis=1) + 1e-12)
+
+    rms_t = rms(t[:, q] - bt)
+    ax, at = np.abs(x[:, q] - bx), np.abs(t[:, q] - bt)
+    wx = ax.sum(axis=1) / (ax.max(axis=1) + 1e-9)
+    wt = at.sum(axis=1) / (at.max(axis=1) + 1e-9)
+    sx = np.abs(np.diff(x[:, q], axis=1)).max(axis=1)
+    st = np.abs(np.diff(t[:, q], axis=1)).max(axis=1)
+    xmax, xmin = (x[:, q] - bx).max(axis=1), (x[:, q] - bx).min(axis=1)
+    tmax, tmin = (t[:, q] - bt).max(axis=1), (t[:, q] - bt).min(axis=1)
+    pp_x = x[:, p].max(axis=1) - x[:, p].min(axis=1)
+    pp_t = t[:, p].max(axis=1) - t[:, p].min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.stack([
+            corr(x, t), corr(x[:, q], t[:, q]), corr(x[:, p], t[:, p]), corr(x[:, tt], t[:, tt]),
+            np.log(rms(x[:, q] - bx) / rms_t), rms(x[:, q] - t[:, q]) / rms_t,
+            rms(x[:, p] - t[:, p]) / rms_t, rms(x[:, tt] - t[:, tt]) / rms_t,
+            wx, wx / wt, np.log(sx / (st + 1e-9)), xmax, xmin, xmax - tmax, xmin - tmin,
+            pp_x, pp_x / (pp_t + 1e-6),
+            (x[:, tt].mean(axis=1) - bx[:, 0]) - (t[:, tt].mean(axis=1) - bt[:, 0]),
+        ], axis=1)
+    return np.clip(np.where(np.isnan(f), 0.0, f), -20.0, 20.0).astype(np.float32)
 
 
 def _reference_irregularity(v: np.ndarray) -> list[float]:

@@ -1,8 +1,11 @@
 """ECG beat classifier: AAMI EC57 classes N, S, V, F, Q from one lead (see README.md).
 
-The feature builder also takes two leads (``(n, 2)``: the detection lead first); the shipped
-model reads the detection lead's channels only (the second lead did not help in cross-
-validation), so :meth:`BeatClassifier.classify` ignores the extra channels.
+Version 2: gradient-boosted trees (ONNX ``TreeEnsembleClassifier``) on per-patient
+normalised RR, RR-context and beat-versus-template features, trained on MIT-BIH DS1 and the
+MIT-BIH Supraventricular Arrhythmia Database (360 and 128 Hz, two leads per patient).
+The feature builder also takes two leads (``(n, 2)``: the detection lead first); the model
+reads the detection lead's features only, so :meth:`BeatClassifier.classify` ignores the
+extra morphology channels.
 
 Offline use::
 
@@ -12,9 +15,10 @@ Offline use::
     labels, probs = clf.classify(feats)              # labels index AAMI_CLASSES
 
 Streaming use (an engine stage): keep one :class:`BeatFeatureStream` per stream and pass it
-as ``rr_state``; each call returns the beats that became classifiable.  A beat needs its
-*next* RR, so it is classified one RR interval (plus the detector's confirmation delay)
-after its R peak; :meth:`BeatFeatureStream.finish` emits the last beat at the end.
+as ``rr_state``; each call returns the beats that became classifiable.  A beat needs the
+RRs of the :data:`~telediag.models.ecg_beats.features.LOOKAHEAD_BEATS` (3) beats after it
+(its RR context), so it is classified about three RR intervals (plus the detector's
+confirmation delay) after its R peak; :meth:`BeatFeatureStream.finish` emits the rest.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class BeatClassifier:
         intra_op_threads: int = 1,
     ) -> BeatClassifier:
         """Load the shipped model (``variant`` ``"fp32"`` or ``"int8"``), checked against its card.
+
+        Trees have no quantised form: since 2.0.0 ``"int8"`` names the same file as ``"fp32"``.
 
         Raises
         ------

@@ -436,3 +436,243 @@ def beat_rows(
             t_count += 1
         ctr[C_TPL_HEAD] = t_head
         ctr[C_TPL_COUNT] = t_count
+
+
+# -- context features (rhythm around the beat, both sides; beat against its template) ----------
+#: RR-context features per beat (see ``features.CONTEXT_FEATURES``)
+N_CONTEXT = 19
+#: beat-versus-template features per beat (see ``features.TEMPLATE_FEATURES``)
+N_TEMPLATE = 18
+CTX_PAST = 8  # RRs before the beat's own in the surrounding median
+CTX_FUTURE = 2  # RRs after the next RR in the surrounding median
+CTX_LONG = 32  # RRs before the beat's own in the long median / upper quartile
+#: window samples (of the 96 from -0.25 s to +0.45 s) of the regions the template features use
+Q_LO, Q_HI = 23, 46  # QRS: about -0.08 .. +0.08 s
+P_LO, P_HI = 2, 24  # P wave / PR: about -0.235 .. -0.08 s
+T_LO, T_HI = 54, 96  # ST-T: about +0.15 .. +0.45 s
+B_LO, B_HI = 16, 21  # isoelectric PR segment estimate: about -0.13 .. -0.10 s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rr_at(pos: NDArray[np.int64], m: int, fs: float) -> float:
+    """RR (s) ending at beat ``m`` of ``pos``, with ``m`` clamped to the RRs that exist."""
+    n = pos.size
+    if n < 2:
+        return 1.0
+    if m < 1:
+        m = 1
+    elif m > n - 1:
+        m = n - 1
+    return (pos[m] - pos[m - 1]) / fs
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _insort(s: NDArray[np.float64], count: int, v: float) -> None:
+    """Insert ``v`` into the sorted prefix ``s[:count]`` (insertion sort step)."""
+    j = count
+    while j > 0 and s[j - 1] > v:
+        s[j] = s[j - 1]
+        j -= 1
+    s[j] = v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def context_rows(
+    pos: NDArray[np.int64], first: int, fs: float, ratio_max: float, out: NDArray[np.float32]
+) -> None:
+    """RR-context features of beats ``pos[first:first + out.shape[0]]`` into ``out``.
+
+    ``pos`` holds every beat the features look at (up to :data:`CTX_LONG` + 1 before the
+    first, and :data:`CTX_FUTURE` + 1 after the last, where they exist); missing RRs at the
+    ends of a stream repeat the nearest existing one (the first beat's previous RR is its
+    next RR, the last beat's next RR is its previous one).  With r0 the beat's own (previous)
+    RR, r1 the next, r-1 the one before r0 and r2 the one after r1, and M the median of the
+    :data:`CTX_PAST` RRs before r0 and the :data:`CTX_FUTURE` after r1 (the surrounding
+    rhythm, both sides, without the beat's two RRs):
+
+    r0/M, r1/M, (r0+r1)/(2M) (compensatory pause), r-1/M, r2/M, r0/r-1, r0/mean(r-1, r2),
+    M - r0 (s), M (s), median |RR - M| / M (surrounding irregularity), fraction of the
+    surrounding RRs shorter than r0, r0 / their minimum, r0 / median of the last
+    :data:`CTX_LONG` RRs before r0 (M32), r1/r0, (r0+r1)/(r-1+r2), r0/min(r-1, r1),
+    r0/max(r-1, r1), r0 / upper quartile of those 32 RRs, median of the 8 before / M32
+    (rate change).  Ratios are clipped to [0, ``ratio_max``], ``M - r0`` to ±``ratio_max``.
+    """
+    n_out = out.shape[0]
+    n_w = CTX_PAST + CTX_FUTURE
+    w = np.empty(n_w)
+    ws = np.empty(n_w)
+    dev = np.empty(n_w)
+    l32 = np.empty(CTX_LONG)
+    p8 = np.empty(CTX_PAST)
+    for j in range(n_out):
+        k = first + j
+        r0 = _rr_at(pos, k, fs)
+        r1 = _rr_at(pos, k + 1, fs)
+        r2 = _rr_at(pos, k + 2, fs)
+        rm1 = _rr_at(pos, k - 1, fs)
+        c = 0
+        for m in range(k - CTX_PAST, k):
+            w[c] = _rr_at(pos, m, fs)
+            c += 1
+        for m in range(k + 2, k + 2 + CTX_FUTURE):
+            w[c] = _rr_at(pos, m, fs)
+            c += 1
+        for i in range(n_w):
+            _insort(ws, i, w[i])
+        med = _median_sorted(ws, n_w)
+        for i in range(CTX_PAST):
+            _insort(p8, i, w[i])
+        med8 = _median_sorted(p8, CTX_PAST)
+        for i in range(CTX_LONG):
+            _insort(l32, i, _rr_at(pos, k - CTX_LONG + i, fs))
+        med32 = _median_sorted(l32, CTX_LONG)
+        hi32 = l32[(3 * (CTX_LONG - 1)) // 4]
+        shorter = 0
+        wmin = ws[0]
+        for i in range(n_w):
+            dev[i] = 0.0
+            _insort(dev, i, abs(w[i] - med))
+            if w[i] < r0:
+                shorter += 1
+        mad = _median_sorted(dev, n_w)
+        row = (
+            r0 / med, r1 / med, (r0 + r1) / (2.0 * med), rm1 / med, r2 / med, r0 / rm1,
+            r0 / ((rm1 + r2) / 2.0), med - r0, med, mad / med, shorter / n_w, r0 / wmin,
+            r0 / med32, r1 / r0, (r0 + r1) / (rm1 + r2), r0 / min(rm1, r1), r0 / max(rm1, r1),
+            r0 / hi32, med8 / med32,
+        )
+        for i in range(N_CONTEXT):
+            v = row[i]
+            lo = -ratio_max if i == 7 else 0.0
+            out[j, i] = min(max(v, lo), ratio_max)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _corr(x: NDArray[np.float64], t: NDArray[np.float64], lo: int, hi: int) -> float:
+    """Pearson correlation of ``x[lo:hi]`` and ``t[lo:hi]`` (0 when either is flat)."""
+    n = hi - lo
+    mx = 0.0
+    mt = 0.0
+    for i in range(lo, hi):
+        mx += x[i]
+        mt += t[i]
+    mx /= n
+    mt /= n
+    sxt = 0.0
+    sxx = 0.0
+    stt = 0.0
+    for i in range(lo, hi):
+        a = x[i] - mx
+        b = t[i] - mt
+        sxt += a * b
+        sxx += a * a
+        stt += b * b
+    return sxt / np.sqrt(sxx * stt + 1e-12)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rms_diff(x: NDArray[np.float64], bx: float, t: NDArray[np.float64], bt: float, lo: int,
+              hi: int) -> float:
+    """RMS of ``(x - bx) - (t - bt)`` over ``[lo, hi)`` (``t`` and ``bt`` may be zero)."""
+    s = 0.0
+    for i in range(lo, hi):
+        d = (x[i] - bx) - (t[i] - bt)
+        s += d * d
+    return np.sqrt(s / (hi - lo) + 1e-12)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def template_rows(morph: NDArray[np.float32], lim: float, out: NDArray[np.float32]) -> None:
+    """Beat-versus-template features of morphology rows ``morph`` (n, >= 2, 96) into ``out``.
+
+    Channel 0 is the beat ``x`` (amplitude-normalised), channel 1 the beat minus the running
+    template, so the template is ``t = x - channel 1``; ``bx``, ``bt`` are their means over
+    the PR segment (:data:`B_LO`:data:`B_HI`).  Features: correlation of ``x`` and ``t`` over
+    the whole window, the QRS, the P and the T regions; log RMS ratio of the QRS; RMS of
+    ``x - t`` over the QRS, P and T regions, relative to the template's QRS RMS; QRS width
+    (area / peak of ``|x - bx|``, in samples of the window) and its ratio to the template's;
+    log ratio of the steepest QRS slopes; QRS maximum and minimum (above ``bx``) and their
+    differences to the template's; P-region peak-to-peak and its ratio to the template's;
+    ST-T mean difference.  Non-finite values become 0, all are clipped to ±``lim``.
+    """
+    n = morph.shape[0]
+    m = morph.shape[2]
+    x = np.empty(m)
+    t = np.empty(m)
+    for j in range(n):
+        for i in range(m):
+            x[i] = morph[j, 0, i]
+            t[i] = x[i] - morph[j, 1, i]
+        bx = 0.0
+        bt = 0.0
+        for i in range(B_LO, B_HI):
+            bx += x[i]
+            bt += t[i]
+        bx /= B_HI - B_LO
+        bt /= B_HI - B_LO
+        rq_t = 0.0
+        rq_x = 0.0
+        ax = 0.0
+        at = 0.0
+        px = 0.0
+        pt = 0.0
+        xmax = -np.inf
+        xmin = np.inf
+        tmax = -np.inf
+        tmin = np.inf
+        sx = 0.0
+        st = 0.0
+        for i in range(Q_LO, Q_HI):
+            a = x[i] - bx
+            b = t[i] - bt
+            rq_x += a * a
+            rq_t += b * b
+            ax += abs(a)
+            at += abs(b)
+            px = max(px, abs(a))
+            pt = max(pt, abs(b))
+            xmax = max(xmax, a)
+            xmin = min(xmin, a)
+            tmax = max(tmax, b)
+            tmin = min(tmin, b)
+            if i > Q_LO:
+                sx = max(sx, abs(x[i] - x[i - 1]))
+                st = max(st, abs(t[i] - t[i - 1]))
+        nq = Q_HI - Q_LO
+        rms_x = np.sqrt(rq_x / nq + 1e-12)
+        rms_t = np.sqrt(rq_t / nq + 1e-12)
+        wx = ax / (px + 1e-9)
+        wt = at / (pt + 1e-9)
+        pxmax = -np.inf
+        pxmin = np.inf
+        ptmax = -np.inf
+        ptmin = np.inf
+        for i in range(P_LO, P_HI):
+            pxmax = max(pxmax, x[i])
+            pxmin = min(pxmin, x[i])
+            ptmax = max(ptmax, t[i])
+            ptmin = min(ptmin, t[i])
+        tx = 0.0
+        tt = 0.0
+        for i in range(T_LO, T_HI):
+            tx += x[i]
+            tt += t[i]
+        tx /= T_HI - T_LO
+        tt /= T_HI - T_LO
+        row = (
+            _corr(x, t, 0, m), _corr(x, t, Q_LO, Q_HI), _corr(x, t, P_LO, P_HI),
+            _corr(x, t, T_LO, T_HI),
+            np.log(rms_x / rms_t),
+            _rms_diff(x, 0.0, t, 0.0, Q_LO, Q_HI) / rms_t,
+            _rms_diff(x, 0.0, t, 0.0, P_LO, P_HI) / rms_t,
+            _rms_diff(x, 0.0, t, 0.0, T_LO, T_HI) / rms_t,
+            wx, wx / wt, np.log(sx / (st + 1e-9)),
+            xmax, xmin, xmax - tmax, xmin - tmin,
+            pxmax - pxmin, (pxmax - pxmin) / (ptmax - ptmin + 1e-6),
+            (tx - bx) - (tt - bt),
+        )
+        for i in range(N_TEMPLATE):
+            v = row[i]
+            if np.isnan(v):
+                v = 0.0
+            out[j, i] = min(max(v, -lim), lim)

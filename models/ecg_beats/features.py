@@ -37,6 +37,15 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
     :data:`PATIENT_WINDOW_S` seconds (causal: only past beats and the current one), so a
     streaming engine computes exactly what training saw.
 
+    Since version 2 ``rr`` continues with :data:`CONTEXT_FEATURES` (19: the beat's RR and
+    the next one against the median of the 8 RRs before and the 2 after them, i.e. the
+    *surrounding* rhythm on both sides; compensatory pause; neighbours; local irregularity;
+    32-RR baseline; see :func:`._feature_kernels.context_rows`) and
+    :data:`TEMPLATE_FEATURES` (18: beat against the running template over the window, QRS,
+    P-wave and ST-T regions; widths, slopes, amplitudes; see
+    :func:`._feature_kernels.template_rows`), so :data:`N_RR` = 53 and
+    :data:`RR_FEATURES` lists them all (the first 16 are :data:`BASE_RR_FEATURES`).
+
 ``morph`` (float32, shape ``(2 * n_leads, N_MORPH)``)
     :data:`MORPH_CHANNELS` = 2 channels per lead: channels 0-1 come from the detection lead;
     fed two leads, the builder adds channels 2-3 from the second lead (V1 in most MIT-BIH
@@ -57,11 +66,13 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
 
 Delay
 -----
-A beat needs its *next* RR, so it becomes classifiable when the following beat is detected
-(and :data:`POST_S` of signal after it has arrived, which is always earlier in practice): the
-extra latency is one RR interval plus the detector's confirmation delay (about 1.1 s at
-75 bpm).  At the end of a stream :meth:`BeatFeatureStream.finish` emits the last beat with
-``next RR := previous RR``; the first beat of a stream uses ``previous RR := next RR``.
+A beat needs the RRs after it (its next RR and :data:`._feature_kernels.CTX_FUTURE` more),
+so it becomes classifiable when the :data:`LOOKAHEAD_BEATS` (3) following beats are detected
+(and :data:`POST_S` of signal after it has arrived, always earlier in practice): the extra
+latency is about three RR intervals plus the detector's confirmation delay (about 3.5 s at
+75 bpm).  At the end of a stream :meth:`BeatFeatureStream.finish` emits the pending beats;
+RRs that do not exist (after the last beat, before the first) repeat the nearest existing
+one (``next RR := previous RR`` for the last beat, ``previous RR := next RR`` for the first).
 
 Both paths are one code path: :func:`beat_features` is a :class:`BeatFeatureStream` fed the
 whole record and finished, so chunked processing gives exactly the one-pass result.
@@ -112,11 +123,15 @@ __all__ = [
     "AAMI_CLASSES",
     "AAMI_MAP",
     "BAND_HZ",
+    "BASE_RR_FEATURES",
+    "CONTEXT_FEATURES",
     "IRREG_BEATS",
+    "LOOKAHEAD_BEATS",
     "LOCAL_BEATS",
     "MEDIAN_BEATS",
     "N_MORPH",
     "MORPH_CHANNELS",
+    "N_BASE_RR",
     "N_RR",
     "PATIENT_WINDOW_S",
     "POST_S",
@@ -124,6 +139,7 @@ __all__ = [
     "RR_FEATURES",
     "SCALE_BEATS",
     "TEMPLATE_BEATS",
+    "TEMPLATE_FEATURES",
     "BeatFeatureStream",
     "BeatFeatures",
     "FeatureState",
@@ -154,7 +170,7 @@ IRREG_BEATS = 32  #: RRs in the rhythm-irregularity indices (about 20-40 s)
 SCALE_BEATS = 64  #: beats in the running amplitude median
 TEMPLATE_BEATS = 32  #: beats in the running template median
 AMP_HALF_S = 0.1  #: half-width around R of the peak-to-peak amplitude (s)
-RR_FEATURES: tuple[str, ...] = (
+BASE_RR_FEATURES: tuple[str, ...] = (
     "pre_rel",
     "post_rel",
     "local_rel",
@@ -172,9 +188,61 @@ RR_FEATURES: tuple[str, ...] = (
     "irr_sd1sd2",
     "irr_mad",
 )
+#: RR context on both sides of the beat (:func:`._feature_kernels.context_rows`)
+CONTEXT_FEATURES: tuple[str, ...] = (
+    "c_pre",
+    "c_post",
+    "c_pair",
+    "c_prev",
+    "c_next2",
+    "c_pre_prev",
+    "c_pre_nb",
+    "c_short_s",
+    "c_med_s",
+    "c_mad",
+    "c_rank",
+    "c_pre_min",
+    "c_pre32",
+    "c_post_pre",
+    "c_pair_nb",
+    "c_pre_minnb",
+    "c_pre_maxnb",
+    "c_pre_q75",
+    "c_rate_jump",
+)
+#: beat against the patient's running template (:func:`._feature_kernels.template_rows`)
+TEMPLATE_FEATURES: tuple[str, ...] = (
+    "t_corr",
+    "t_corr_qrs",
+    "t_corr_p",
+    "t_corr_t",
+    "t_log_rms_qrs",
+    "t_res_qrs",
+    "t_res_p",
+    "t_res_t",
+    "t_width",
+    "t_width_ratio",
+    "t_log_slope",
+    "t_qrs_max",
+    "t_qrs_min",
+    "t_dmax",
+    "t_dmin",
+    "t_p_ptp",
+    "t_p_ratio",
+    "t_st_diff",
+)
+#: every column of ``rr``: the RR features, the RR context and the template features
+RR_FEATURES: tuple[str, ...] = BASE_RR_FEATURES + CONTEXT_FEATURES + TEMPLATE_FEATURES
+N_BASE_RR = len(BASE_RR_FEATURES)
 N_RR = len(RR_FEATURES)
+#: beats after a beat that must be detected before it is emitted (its next RR and the
+#: :data:`._feature_kernels.CTX_FUTURE` RRs after that)
+LOOKAHEAD_BEATS = _fk.CTX_FUTURE + 1
+_HIST = _fk.CTX_LONG + 1  # emitted beats kept for the context of the next ones
+_TEMPLATE_MAX = 20.0  # template features are clipped to +-_TEMPLATE_MAX
 _RATIO_MAX = 5.0  # ratios are clipped to [0, _RATIO_MAX] (missed beats, pauses)
 _RR_MAX_S = 5.0
+_N_CTX_END = N_BASE_RR + len(CONTEXT_FEATURES)
 
 IntArray = NDArray[np.int64]
 F32Array = NDArray[np.float32]
@@ -371,6 +439,7 @@ class BeatFeatureStream:
         self._n_seen = 0
         self._amp_offsets = np.linspace(-AMP_HALF_S, AMP_HALF_S, 2 * self._amp_half + 1)
         self._pending: list[int] = []
+        self._hist = np.empty(0, np.int64)  # the last _HIST emitted beats (context)
         self._state = FeatureState()
         self._state2 = FeatureState()
         self._finished = False
@@ -509,24 +578,30 @@ class BeatFeatureStream:
         if final:
             n_ok = n_pend
         else:
-            n_ok = 0  # a beat needs its next beat and POST_S of signal after it
+            n_ok = 0  # a beat needs LOOKAHEAD_BEATS later beats and POST_S of signal after it
             limit = self._n_seen - self._post
-            while n_ok + 1 < n_pend and pend[n_ok] <= limit:
+            while n_ok + LOOKAHEAD_BEATS < n_pend and pend[n_ok] <= limit:
                 n_ok += 1
         if n_ok == 0:
             return _EMPTY2 if self._n_leads == 2 else _EMPTY
-        beats = np.array(pend[: n_ok + 1] if n_ok < n_pend else pend, dtype=np.int64)
+        ahead = np.array(pend[: n_ok + LOOKAHEAD_BEATS], dtype=np.int64)
+        beats = ahead[:n_ok]
         nexts = np.empty(n_ok, np.int64)
-        nexts[: beats.size - 1] = beats[1:]
-        if beats.size == n_ok:
+        nexts[: ahead.size - 1] = ahead[1 : n_ok + 1]
+        if ahead.size == n_ok:
             nexts[-1] = -1
-        beats = beats[:n_ok]
         rr = np.empty((n_ok, N_RR), np.float32)
+        base = np.empty((n_ok, N_BASE_RR), np.float32)
         morph = np.empty((n_ok, MORPH_CHANNELS, N_MORPH), np.float32)
-        self._rows(self._buf, self._state, beats, nexts, rr, morph)
+        self._rows(self._buf, self._state, beats, nexts, base, morph)
+        rr[:, :N_BASE_RR] = base
+        pos = np.concatenate((self._hist, ahead))
+        _fk.context_rows(pos, self._hist.size, self.fs, _RATIO_MAX, rr[:, N_BASE_RR:_N_CTX_END])
+        _fk.template_rows(morph, _TEMPLATE_MAX, rr[:, _N_CTX_END:])
+        self._hist = pos[: self._hist.size + n_ok][-_HIST:]
         if self._n_leads == 2:
             morph2 = np.empty_like(morph)
-            self._rows(self._buf2, self._state2, beats, nexts, np.empty_like(rr), morph2)
+            self._rows(self._buf2, self._state2, beats, nexts, np.empty_like(base), morph2)
             morph = np.concatenate([morph, morph2], axis=1)
         del pend[:n_ok]
         return BeatFeatures(beats, rr, morph)
