@@ -332,6 +332,7 @@ def analyze_recording(
             "blocks": blocks,
         },
         "alarms": flat["alarms"],
+        "classifier": {"mode": ap.classify, "error": analysis.classifier_error or None},
         "rhythm": {"episodes": episodes,
                    "af_s": sum((e["end_sample"] - e["onset_sample"]) / fs for e in episodes if e["rhythm"] == "AFIB")},
         "classes": {lab: sum(1 for b in beats if b.get("label") == lab) for lab in ("N", "S", "V", "F", "Q")},

@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{inp}: error: cannot write output: {e}", file=sys.stderr)
             failed += 1
             continue
+        if res["classifier"]["error"]:
+            print(f"{inp}: warning: beats are unlabelled: {res['classifier']['error']}", file=sys.stderr)
         hr = [r["hr_bpm"] for r in res["heart_rate"]["readings"] if r["on_beat"] and r["hr_bpm"]]
         d = res["delay"]["end_to_end"]
         print(

@@ -122,3 +122,41 @@ def test_af_labels_and_breaks() -> None:
     assert tr == []
     with pytest.raises(DSPError):
         AFParams(on=0.05, off=0.1)
+
+
+def test_classifier_problem_never_refuses_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Safety: with classify = "on" a missing or failing model leaves the stream monitored
+    (beats, HR, alarms), unlabelled, with one classifier_unavailable event."""
+    import telediag.engine.stages.ecg_analysis as ea
+
+    t = np.arange(int(20 * FS)) / FS
+    x = np.exp(-(((t % 0.8) - 0.4) ** 2) / (2 * 0.01**2))[:, None]
+
+    def run() -> dict:
+        st = EcgAnalysis(EcgAnalysisParams(classify="on"))
+        st.open(StreamSpec("c/ecg", "ecg", FS, ("II",), ("mV",)))
+        recs = []
+        for k in range(20):
+            recs += st.process(Chunk.signal("ecg", "c/ecg", k, k * 10**9, x[k * 360:(k + 1) * 360], FS,
+                                            ("II",), ("mV",))).records
+        recs += st.close().records
+        ev = [r.body for r in recs if r.kind == "event" and r.body.get("type") == "classifier_unavailable"]
+        return {"flat": collect(recs), "events": ev}
+
+    def broken(*_: object, **__: object) -> object:
+        raise RuntimeError("no model file")
+
+    monkeypatch.setattr(ea, "classifier", broken)
+    r = run()
+    assert len(r["flat"]["beats"]) >= 20 and all(b["label"] is None for b in r["flat"]["beats"])
+    assert len(r["events"]) == 1 and "no model file" in r["events"][0]["detail"]
+    assert any(h["hr_bpm"] == pytest.approx(75.0, abs=0.5) for h in r["flat"]["hr"])
+
+    class Failing:
+        def classify(self, feats: object) -> object:
+            raise RuntimeError("feature size mismatch")
+
+    monkeypatch.setattr(ea, "classifier", lambda *a, **k: Failing())
+    r = run()
+    assert len(r["flat"]["beats"]) >= 20 and all(b["label"] is None for b in r["flat"]["beats"])
+    assert len(r["events"]) == 1 and "feature size mismatch" in r["events"][0]["detail"]

@@ -195,7 +195,10 @@ class EcgAnalysisParams(StageParams):
         confirmation on the latest verdict); see the module docstring.
     classify, classifier_variant : str
         Beat classification with the shipped ONNX model (:mod:`telediag.models.ecg_beats`):
-        ``"off"`` (default), ``"auto"`` (when the model loads) or ``"on"`` (error if it cannot). A beat
+        ``"off"`` (the parameter's default; the built-in configuration sets ``"on"``), ``"auto"``
+        (when the model loads) or ``"on"`` (labels expected: if the model cannot load or fails,
+        the stream is still analysed, unlabelled, and one ``event`` record of type
+        ``classifier_unavailable`` says why - a model problem never refuses a stream). A beat
         needs its *next* RR, so with classification on a beat is published (labelled, with
         class probabilities) when the following beat is accepted: about one RR interval more
         delay for beats, HRV and the label-based alarms (run, ectopy); the heart rate and the
@@ -473,14 +476,18 @@ class EcgAnalysis(Stage):
             raise ConfigError(f"[{self.name}]: {e}") from e
         labeller = None
         self._clf_key = ""
+        self._clf_problem = ""
+        self._clf_reported = False
         if p.classify != "off":
             try:
                 labeller = BeatLabeller(classifier(p.classifier_variant, p.classifier_threads), fs)
                 self._clf_key = f"{p.classifier_variant}/{p.classifier_threads}"
-            except Exception as e:  # noqa: BLE001 - optional model: reported or raised per `classify`
-                if p.classify == "on":
-                    raise ConfigError(f"[{self.name}].classify = 'on' but the beat classifier cannot load: {e}") from e
+            except Exception as e:  # noqa: BLE001 - a model problem must never refuse the stream
+                # safety: a missing or broken model must not silence monitoring; with "on" the
+                # stream is analysed unlabelled and a classifier_unavailable event says why
                 labeller = None
+                if p.classify == "on":
+                    self._clf_problem = f"the beat classifier cannot load: {type(e).__name__}: {e}"
 
         def stamp(k: int) -> tuple[int, int]:
             return timeline.source(k), timeline.t_ns(k)
@@ -508,9 +515,12 @@ class EcgAnalysis(Stage):
 
     @property
     def classifier_error(self) -> str:
-        """Why the beat classifier stopped labelling (empty while it works or is off)."""
+        """Why beats are unlabelled although ``classify = "on"``, or why the classifier stopped
+        labelling (empty while it works or is off)."""
         lab = self.state.labeller
-        return lab.error if lab is not None else ""
+        if lab is not None and not lab.active:
+            return lab.error or "the beat classifier failed"
+        return self._clf_problem
 
     def process(self, chunk: Chunk) -> Outputs:
         st = self.state
@@ -591,6 +601,13 @@ class EcgAnalysis(Stage):
         assert isinstance(p, EcgAnalysisParams)
         fs = self._fs
         stamp = self._stamp
+        problem = self.classifier_error
+        if problem and not self._clf_reported:  # once per stream: beats go out unlabelled from here
+            self._clf_reported = True
+            src, t = stamp(max(end - 1, 0))
+            out.records.append(Chunk.record("event", self._stream, 0, t, {
+                "type": "classifier_unavailable", "stream": self._stream, "sample": src, "t_ns": t,
+                "detail": problem[:500]}))
         alarm_events: list[AlarmEvent] = []
         hop = st.gate.hop
         if rows.block_start.size:
