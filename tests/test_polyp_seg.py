@@ -326,8 +326,10 @@ def test_variant_card_figures_reproduce(name: str, kvasir_val: Path) -> None:
     seg = PolypSegmenter(variant=name, tta="none").load()
     r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val)
     v = CARD["variants"][name]
-    assert r["dice"] == pytest.approx(v["validation_dice"], abs=2e-3)
-    assert r["iou"] == pytest.approx(v["validation_iou"], abs=2e-3)
+    # int8 kernels differ by CPU (AVX2 u8s8 may saturate 16-bit sums, VNNI does not): a little slack
+    tol = 4e-3 if name.endswith("int8") else 2e-3
+    assert r["dice"] == pytest.approx(v["validation_dice"], abs=tol)
+    assert r["iou"] == pytest.approx(v["validation_iou"], abs=tol)
 
 
 # ---------------------------------------------------------------- accuracy guard (real data)
