@@ -347,8 +347,9 @@ def test_card_figures_reproduce_on_validation(seg: PolypSegmenter, kvasir_val: P
     """The card's validation Dice/IoU are what the runtime scores now (all 100 images)."""
     card = json.loads(CARD_PATH.read_text())
     r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val)
-    assert r["dice"] == pytest.approx(card["metrics"]["dice"], abs=2e-3)
-    assert r["iou"] == pytest.approx(card["metrics"]["iou"], abs=2e-3)
+    tol = 4e-3 if seg.variant.endswith("int8") else 2e-3  # see test_variant_card_figures_reproduce
+    assert r["dice"] == pytest.approx(card["metrics"]["dice"], abs=tol)
+    assert r["iou"] == pytest.approx(card["metrics"]["iou"], abs=tol)
 
 
 @pytest.mark.data
