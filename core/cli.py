@@ -94,7 +94,8 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
     res = replay(rec, kind="ecg", stream=stream, connect=args.connect, speed=speed,
                  chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
                  curve_secret=args.curve_secret, server_key=args.server_key,
-                 connect_timeout_s=args.connect_timeout or None)
+                 connect_timeout_s=args.connect_timeout or None,
+                 meta={k: v for k, v in (("patient", args.patient), ("encounter", args.encounter)) if v})
     if not res.reached:
         print(f"telediag source ecg: error: no engine reached at {args.connect}; nothing was delivered "
               "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
     e.add_argument("--seconds", type=float, help="send only the first S seconds of the recording")
     e.add_argument("--loop", action="store_true", help="start over at the end, forever")
+    e.add_argument("--patient", help="patient id sent in every chunk's meta (FHIR/EDF+ exports and reports use it)")
+    e.add_argument("--encounter", help="encounter id sent in every chunk's meta")
     add_curve_arguments(e)
     e.set_defaults(func=_cmd_source_ecg)
 

@@ -146,6 +146,7 @@ class StreamData:
     bodies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # kind -> bodies
     t0s: dict[str, list[int]] = field(default_factory=dict)  # kind -> message t0_ns
     monitored_s: float | None = None  # seconds of signal (AF burden denominator)
+    meta: dict[str, Any] = field(default_factory=dict)  # the source's meta (patient, encounter)
 
 
 class _Ids:
@@ -231,29 +232,49 @@ def build_bundle(
         entries.append(e)
         return url
 
-    meta = dict(patient or {})
-    start = min((s.start_ns for s in streams), default=time.time_ns())
-    end = max((s.end_ns for s in streams), default=start)
-    pid = meta.get("patient") or meta.get("patient_id")
-    if pid:
-        ident = {"system": "urn:telediag:patient", "value": str(pid)}
-        pres: dict[str, Any] = {"resourceType": "Patient", "identifier": [ident], "active": True}
-        if meta.get("patient_name"):
-            pres["name"] = [{"text": str(meta["patient_name"])}]
-    else:
-        bed = streams[0].stream.split("/")[0] if streams else "unknown"
-        pres = {"resourceType": "Patient", "identifier": [{"system": "urn:telediag:bed", "value": bed}],
-                "active": True, "text": {"status": "generated", "div": _div(
-                    f"Patient not identified by the source (no patient in the stream metadata); "
-                    f"identified by the bed {bed}.")}}
-    patient_ref = {"reference": add("patient", pres)}
-    enc_ref = None
-    if meta.get("encounter"):
-        enc = {"resourceType": "Encounter", "status": "finished" if bundle_type == "collection" else "in-progress",
-               "class": {"system": V3_ACT, "code": "VR", "display": "virtual"},
-               "identifier": [{"system": "urn:telediag:encounter", "value": str(meta["encounter"])}],
-               "subject": patient_ref, "period": {"start": _iso(start), "end": _iso(end)}}
-        enc_ref = {"reference": add("encounter", enc, upsert=bundle_type == "collection")}
+    override = dict(patient or {})
+    refs: dict[tuple[str, str], tuple[dict[str, str], dict[str, str] | None]] = {}
+
+    def subject(sd: StreamData) -> tuple[dict[str, str], dict[str, str] | None]:
+        """(patient ref, encounter ref) of a stream: ``patient`` (the caller's override) or the
+        stream's own meta, else its bed. Each stream's results go to its own patient."""
+        meta = {**sd.meta, **override}
+        pid = meta.get("patient") or meta.get("patient_id")
+        key = ("patient", str(pid)) if pid else ("bed", sd.stream.split("/")[0])
+        enc_id = str(meta["encounter"]) if meta.get("encounter") else None
+        if (key[0], key[1] + "|" + (enc_id or "")) in refs:
+            return refs[(key[0], key[1] + "|" + (enc_id or ""))]
+        if key[0] == "patient":
+            pres: dict[str, Any] = {"resourceType": "Patient", "active": True,
+                                    "identifier": [{"system": "urn:telediag:patient", "value": key[1]}]}
+            if meta.get("patient_name"):
+                pres["name"] = [{"text": str(meta["patient_name"])}]
+        else:
+            pres = {"resourceType": "Patient", "identifier": [{"system": "urn:telediag:bed", "value": key[1]}],
+                    "active": True, "text": {"status": "generated", "div": _div(
+                        f"Patient not identified by the source (no patient in the stream metadata); "
+                        f"identified by the bed {key[1]}.")}}
+        pkey = f"patient/{key[0]}/{key[1]}"
+        if pkey not in added:
+            added[pkey] = {"reference": add(pkey, pres)}
+        pref = added[pkey]
+        eref = None
+        if enc_id:
+            mine = [x for x in streams if {**x.meta, **override}.get("encounter") == enc_id]
+            t0 = min(x.start_ns for x in mine)
+            t1 = max(x.end_ns for x in mine)
+            enc = {"resourceType": "Encounter", "status": "finished" if bundle_type == "collection" else "in-progress",
+                   "class": {"system": V3_ACT, "code": "VR", "display": "virtual"},
+                   "identifier": [{"system": "urn:telediag:encounter", "value": enc_id}],
+                   "subject": pref, "period": {"start": _iso(t0), "end": _iso(t1)}}
+            ekey = f"encounter/{enc_id}"
+            if ekey not in added:
+                added[ekey] = {"reference": add(ekey, enc, upsert=bundle_type == "collection")}
+            eref = added[ekey]
+        refs[(key[0], key[1] + "|" + (enc_id or ""))] = (pref, eref)
+        return pref, eref
+
+    added: dict[str, dict[str, str]] = {}
 
     engine = {"resourceType": "Device", "status": "active", "manufacturer": "telediag project",
               "identifier": [{"system": "urn:telediag:device", "value": f"telediag-{__version__}"}],
@@ -274,6 +295,9 @@ def build_bundle(
                                  f"intended use: {card.get('intended_use', 'research and engineering demonstration')}"}]}
         model_refs[name] = {"reference": add(f"device/{name}", dev)}
 
+    patient_ref: dict[str, str] = {}
+    enc_ref: dict[str, str] | None = None
+
     def obs(key: str, code: dict[str, Any], t0: int, t1: int, *, category: str = "vital-signs",
             device: dict[str, str] | None = None, **value: Any) -> dict[str, Any]:
         o: dict[str, Any] = {"resourceType": "Observation", "status": "final",
@@ -290,6 +314,7 @@ def build_bundle(
 
     for s in streams:
         tag = s.stream
+        patient_ref, enc_ref = subject(s)
         if s.kind == "ecg":
             hrs = [r["hr_bpm"] for b in s.bodies.get("hr", []) for r in b.get("readings") or []
                    if isinstance(r.get("hr_bpm"), (int, float)) and math.isfinite(r["hr_bpm"])]
@@ -427,7 +452,9 @@ def _session_streams(session: Any) -> list[StreamData]:
             kind = str(opened[0]["kind"])
         start = sig.t0_ns if sig else min((r["t0_ns"] for r in recs), default=0)
         end = sig.t_ns(sig.signal.shape[0]) if sig else max((r["t0_ns"] for r in recs), default=start)
-        sd = StreamData(src, kind, start, end, monitored_s=sig.duration_s if sig else None)
+        sd = StreamData(src, kind, start, end, monitored_s=sig.duration_s if sig else None,
+                        meta=dict(session.meta.get(src) or next(
+                            (m for k, m in sorted(session.meta.items()) if k.startswith(src + "/")), {})))
         for k, lst in kinds.items():
             sd.bodies[k] = [r["body"] for r in lst if isinstance(r.get("body"), dict)]
             sd.t0s[k] = [r.get("t0_ns", 0) for r in lst if isinstance(r.get("body"), dict)]
@@ -440,7 +467,7 @@ def session_bundle(session: Any, *, patient: dict[str, Any] | None = None, bundl
     streams = _session_streams(session)
     if not streams:
         raise DataError(f"{session.path}: no engine outputs recorded (no JSON lines)")
-    return build_bundle(streams, patient={**session.patient(), **(patient or {})}, bundle_type=bundle_type,
+    return build_bundle(streams, patient=patient, bundle_type=bundle_type,
                         seed=str(Path(session.path).resolve()))
 
 
@@ -584,20 +611,21 @@ class FhirExporter:
             sd.t0s.setdefault(kind, []).append(t0_ns)
             sd.start_ns = min(sd.start_ns, t0_ns)
             sd.end_ns = max(sd.end_ns, t0_ns)
-            if meta:
+            if meta:  # each stream keeps its own source's patient/encounter
                 for k in ("patient", "patient_id", "patient_name", "encounter"):
-                    if k in meta and k not in self.patient:
-                        self.patient[k] = meta[k]
+                    if k in meta:
+                        sd.meta[k] = meta[k]
 
     def cut(self) -> dict[str, Any] | None:
         """Close the current interval: its transaction Bundle (``None`` when nothing came)."""
         with self._lock:
-            streams = [s for s in self._streams.values() if any(s.bodies.values())]
+            # a stream with nothing but events (stream_opened, ...) has no result to send yet
+            streams = [s for s in self._streams.values() if any(v for k, v in s.bodies.items() if k != "event")]
             # alarms still on carry over: keep their "on" bodies for the next interval
-            carry = {k: StreamData(s.stream, s.kind, s.end_ns, s.end_ns,
-                                   bodies={"alarm": _still_on(s.bodies.get("alarm", []))})
-                     for k, s in self._streams.items()}
-            self._streams = {k: v for k, v in carry.items() if v.bodies["alarm"]}
+            # (kind and meta carry over too; a stream with no new result sends nothing)
+            self._streams = {k: StreamData(s.stream, s.kind, s.end_ns, s.end_ns,
+                                           bodies={"alarm": _still_on(s.bodies.get("alarm", []))}, meta=dict(s.meta))
+                             for k, s in self._streams.items()}
             patient = dict(self.patient)
         if not streams:
             return None

@@ -103,6 +103,7 @@ def replay(
     server_key: str | None = None,
     start_ns: int | None = None,
     connect_timeout_s: float | None = None,
+    meta: dict[str, str] | None = None,
 ) -> ReplayResult:
     """Stream ``rec`` to ``connect`` (an engine ingest address).
 
@@ -122,7 +123,11 @@ def replay(
         this long after the start (``None``: wait as long as the replay runs). Whatever the
         value, a replay that never reached an engine returns ``reached=False`` at once
         instead of lingering ``linger_s`` for nobody.
+    meta : dict, optional
+        Extra header ``meta`` on every chunk, e.g. ``{"patient": "MRN-1", "encounter": "E-7"}``;
+        the engine echoes it on its outputs, the recorder keeps it, FHIR/EDF+ exports use it.
     """
+    extra_meta = dict(meta or {})
     from telediag.transports.sockets import endpoint
 
     connect = endpoint(connect)  # a clear ConfigError for "localhost" etc. ("host:port" = tcp://)
@@ -177,7 +182,7 @@ def replay(
                     if delay > 0 and stop.wait(delay):
                         interrupted = True
                         break
-                meta = dict(chunk.meta)
+                meta = {**chunk.meta, **(extra_meta or {})}
                 meta["sent_ns"] = time.time_ns()
                 chunk = Chunk.signal(chunk.kind, chunk.stream, chunk.seq, chunk.t0_ns, chunk.data,
                                      chunk.rate_hz, chunk.channels, chunk.units, meta=meta)

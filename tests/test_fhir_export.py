@@ -177,8 +177,20 @@ def test_session_bundle_valid_and_faithful(tmp_path: Path) -> None:
     by = {}
     for r in res:
         by.setdefault(r["resourceType"], []).append(r)
-    (pat,) = by["Patient"]
-    assert pat["identifier"][0]["value"] == "MRN-0042" and pat["name"][0]["text"] == "Test Patient"
+    # each stream's results go to its own patient: bed-4 carries MRN-0042 in its meta, the others
+    # carry none and are identified by their bed (never attributed to bed-4's patient)
+    pats = {p["identifier"][0]["value"]: p for p in by["Patient"]}
+    assert set(pats) == {"MRN-0042", "bed-5", "room-1"}
+    pat = pats["MRN-0042"]
+    assert pat["name"][0]["text"] == "Test Patient" and pats["bed-5"]["identifier"][0]["system"] == "urn:telediag:bed"
+    url = {id(e["resource"]): e["fullUrl"] for e in b["entry"]}
+    for o in by["Observation"]:
+        want = "MRN-0042" if "bed-4" in json.dumps(o.get("note", "")) or o["code"]["coding"][0]["code"] in (
+            "80404-7", "rmssd", "ectopic-beats", "af-burden") else None
+        if want:
+            assert o["subject"]["reference"] == url[id(pat)]
+    pcg_obs = [o for o in by["Observation"] if o.get("method")]
+    assert pcg_obs and all(o["subject"]["reference"] == url[id(pats["bed-5"])] for o in pcg_obs)
     (enc,) = by["Encounter"]
     assert enc["identifier"][0]["value"] == "ENC-7"
     assert {d["deviceName"][0]["name"] for d in by["Device"]} >= {"telediag", "ecg_beats", "pcg_abnormal", "polyp_seg"}
@@ -289,11 +301,13 @@ def test_live_exporter_retries_and_never_blocks_the_engine(tmp_path: Path, mitdb
     rx = _Receiver(hang_s=1.0)
     eng = Engine(cfg, drain_idle_s=0.3)
     eng.start()
-    exp = FhirExporter(publish, FhirSettings(url=rx.url, interval_s=0.5, timeout_s=0.5, retries=2, backoff_s=0.1),
-                       patient={"patient": "P-1"}).start()
+    exp = FhirExporter(publish, FhirSettings(url=rx.url, interval_s=0.5, timeout_s=0.5, retries=2,
+                                             backoff_s=0.1)).start()
     rec = read_wfdb(mitdb / "119")
     rec = dataclasses.replace(rec, signal=rec.signal[: int(30 * rec.fs)])
-    chunks = [c for _, c in chunks_of(rec, "ecg", "bed-7/ecg", chunk_ms=250, start_ns=T0, session="s")]
+    meta = {"patient": "MRN-77", "encounter": "ENC-3"}  # the source's; the engine echoes it on its outputs
+    chunks = [dataclasses.replace(c, meta={**c.meta, **meta})
+              for _, c in chunks_of(rec, "ecg", "bed-7/ecg", chunk_ms=250, start_ns=T0, session="s")]
     seen: list[int] = []
     try:
         with Subscriber(publish, topics=["ecg/bed-7/ecg/filtered"]) as sub:
@@ -302,14 +316,14 @@ def test_live_exporter_retries_and_never_blocks_the_engine(tmp_path: Path, mitdb
             push.connect(ingest)
             for c in chunks[:8]:
                 push.send_multipart(encode(c))
-            deadline = time.monotonic() + 20  # the exporter is now failing against the server
+            deadline = time.monotonic() + 60  # the exporter is now failing against the server
             while rx.attempts < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert rx.attempts >= 1
             for c in chunks[8:]:
                 push.send_multipart(encode(c))
             push.close(linger=5000)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 120  # generous: a loaded CI box, never reached when it passes
             while len(seen) < len(chunks) and time.monotonic() < deadline:
                 c = sub.recv(timeout_s=0.5)
                 if c is not None:
@@ -341,6 +355,9 @@ def test_live_exporter_retries_and_never_blocks_the_engine(tmp_path: Path, mitdb
             assert e["request"] == {"method": "POST", "url": rt}
     for bundle in rx.bundles:
         validate(bundle)
+        res = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+        assert res["Patient"]["identifier"][0]["value"] == "MRN-77"
+        assert res["Encounter"]["identifier"][0]["value"] == "ENC-3"
     hr = [e["resource"] for bb in rx.bundles for e in bb["entry"]
           if e["resource"]["resourceType"] == "Observation" and e["resource"]["code"]["coding"][0]["code"] == "8867-4"]
     assert hr and all(40 < o["valueQuantity"]["value"] < 120 for o in hr)
@@ -379,3 +396,25 @@ def test_transaction_bundle_does_not_duplicate_on_a_server() -> None:
         f"DetectedIssue?identifier=urn:telediag:alarm|bed-1/ecg/tachy/{T0 + 5 * S}")}
     (p1,) = [e for e in b1["entry"] if e["resource"]["resourceType"] == "Patient"]
     assert p1["request"]["ifNoneExist"] == "identifier=urn:telediag:patient|P-9"
+
+
+def test_replay_sends_patient_meta(mitdb: Path) -> None:
+    """``telediag source ecg --patient/--encounter``: replay puts them in every chunk's meta (the engine
+    echoes meta on its outputs: the live-exporter test above reads the patient from there)."""
+    from telediag.sources.replay import replay
+    from telediag.transports.wire import decode
+
+    rec = read_wfdb(mitdb / "119")
+    rec = dataclasses.replace(rec, signal=rec.signal[: int(2 * rec.fs)])
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        res = replay(rec, kind="ecg", stream="bed-8/ecg", connect=f"tcp://127.0.0.1:{port}", speed=float("inf"),
+                     linger_s=2, ctx=ctx, meta={"patient": "MRN-77", "encounter": "ENC-3"})
+        got = [decode(pull.recv_multipart()) for _ in range(res.chunks)]
+    finally:
+        pull.close(0)
+        ctx.term()
+    assert got and all(c.meta["patient"] == "MRN-77" and c.meta["encounter"] == "ENC-3" for c in got)
+    assert all("session" in c.meta and "sent_ns" in c.meta for c in got)  # the replay's own keys stay
