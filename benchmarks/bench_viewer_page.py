@@ -18,8 +18,9 @@ loopback only, the viewer's bridge in this process, Debian ``chromium`` headless
   (on a shared 2-core machine the page may simply not get the CPU). Target: p95 frame time
   <= 20 ms.
 * **bridge CPU per viewer**: CPU seconds per wall second of the ``telediag viewer`` process
-  (bridge, HTTP/WebSocket, video transcoding) with 0, 1 and 3 pages open on the load scenario;
-  ``bridge_cpu_per_viewer`` = (3 pages - 0 pages) / 3. The feed and the viewer run as separate
+  (bridge, HTTP/WebSocket, video transcoding) with 0, 1 and 3 pages open on the load scenario
+  (fewer when the machine cannot load another page within 120 s: ``pages_<n>_error``);
+  ``bridge_cpu_per_viewer`` = (most pages - 0 pages) / most pages. The feed and the viewer run as separate
   processes, as a source, the bridge and a browser do in use.
 * **listening**: one patient's heart sounds (50 ms chunks sent when complete, as a capture
   agent does) played by the page (AudioWorklet jitter buffer, diaphragm mode):
@@ -137,12 +138,17 @@ def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -
         time.sleep(1.0)
         cpu: dict[int, float] = {}
         for n in pages:
-            while len(contexts) < n:
-                ctx = browser.new_context(viewport={"width": 1920, "height": 1080})
-                page = ctx.new_page()
-                page.goto(url + "?layout=grid")
-                page.wait_for_function("() => window.telediag.state().patients.length >= 17", timeout=30_000)
-                contexts.append((ctx, page))
+            try:
+                while len(contexts) < n:
+                    ctx = browser.new_context(viewport={"width": 1920, "height": 1080})
+                    contexts.append((ctx, None))
+                    page = ctx.new_page()
+                    page.goto(url + "?layout=grid", timeout=120_000)
+                    page.wait_for_function("() => window.telediag.state().patients.length >= 17", timeout=120_000)
+                    contexts[-1] = (ctx, page)
+            except Exception as e:  # a machine too busy to load another page: report what was measured
+                out[f"pages_{n}_error"] = f"{type(e).__name__}: {str(e)[:120]}"
+                break
             time.sleep(2.0)  # settle (snapshots sent)
             if n == 1:
                 page = contexts[0][1]
@@ -166,8 +172,9 @@ def run_load(browser: Any, seconds: float, pages: tuple[int, ...] = (0, 1, 3)) -
                 shot.mkdir(parents=True, exist_ok=True)
                 contexts[0][1].screenshot(path=str(shot / "console_load16.png"))
         out["bridge_cpu_cores"] = {str(k): round(v, 3) for k, v in cpu.items()}
-        if 0 in cpu and pages[-1] > 0:
-            out["bridge_cpu_per_viewer"] = round((cpu[pages[-1]] - cpu[0]) / pages[-1], 3)
+        most = max(cpu)
+        if 0 in cpu and most > 0:
+            out["bridge_cpu_per_viewer"] = round((cpu[most] - cpu[0]) / most, 3)
     finally:
         for ctx, _ in contexts:
             ctx.close()
