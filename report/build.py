@@ -125,6 +125,8 @@ class Report:
     video: list[VideoSummary] = field(default_factory=list)
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_alarm_strips: int = 12
+    #: source stream -> its own patient id (``None`` when the source sent none)
+    patients: dict[str, str | None] = field(default_factory=dict)
 
 
 def _bodies(recs: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -139,6 +141,8 @@ def build_report(session: Any, *, max_alarm_strips: int = 12) -> Report:
                  cards=model_cards(), max_alarm_strips=max_alarm_strips)
     for src, kinds in sorted(session.sources.items()):
         sig = session.signal_of(src)
+        smeta = session.meta.get(src) or next((m for k, m in sorted(session.meta.items()) if k.startswith(src + "/")), {})
+        rep.patients[src] = smeta.get("patient") or smeta.get("patient_id")
         opened = [b for _, b in _bodies(kinds.get("event", [])) if b.get("type") == "stream_opened"]
         kind = (opened[0].get("kind") if opened else None) or (sig.kind if sig else None) or (
             "video" if "polyp" in kinds else "pcg" if "segments" in kinds else "ecg")
@@ -347,10 +351,18 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
     """(section title, figure, rows for the HTML) in report order."""
     plt = _mpl()
     figs: list[tuple[str, Any, list[tuple[str, str]]]] = []
+    ids = {p for src, p in rep.patients.items() if src in {x.stream for x in [*rep.ecg, *rep.pcg, *rep.video]}}
     pid = rep.patient.get("patient") or rep.patient.get("patient_id")
+    if len(ids) > 1:  # several patients in one recording: say whose each stream is, never one for all
+        pid = None
     who = f"Patient {pid}" + (f" ({rep.patient['patient_name']})" if rep.patient.get("patient_name") else "") if pid \
         else "Patient not identified in the stream metadata"
-    enc = f", encounter {rep.patient['encounter']}" if rep.patient.get("encounter") else ""
+    if len(ids) > 1:
+        who = "Patients: " + "; ".join(f"{src} {p or 'not identified'}" for src, p in sorted(rep.patients.items())
+                                        if p or src in {x.stream for x in [*rep.ecg, *rep.pcg, *rep.video]})
+    elif pid is None:
+        who = "Patient not identified in the stream metadata"
+    enc = f", encounter {rep.patient['encounter']}" if rep.patient.get("encounter") and len(ids) <= 1 else ""
     header = (f"{who}{enc}. Recorded {_utc(rep.start_ns)} to {_utc(rep.end_ns)} "
               f"({_dur(((rep.end_ns or 0) - (rep.start_ns or 0)) / 1e9)}), folder {rep.path.name}")
 

@@ -131,7 +131,8 @@ def test_pdf_pages_and_figure_content(recording: Path, tmp_path: Path) -> None:
     assert len(pages) == 7
     text = subprocess.run([shutil.which("pdftotext") or "pdftotext", "-layout", str(pdf), "-"], check=True,
                           capture_output=True, text=True).stdout
-    assert "Patient MRN-0042" in text and "encounter ENC-7" in text
+    # only the ECG source sent a patient: the header says whose each stream is (never one for all)
+    assert "Patients: bed-4/ecg MRN-0042; bed-5/pcg not identified; room-1/endo not identified" in text
     assert "Decision support, not a diagnosis" in text
     assert "AF burden" in text and "33.3 % of 0:03:00 monitored, 1 episode(s)" in text
     assert "Ectopy burden" in text and "alarm tachy" in text and "alarm afib" in text
