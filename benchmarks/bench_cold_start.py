@@ -61,7 +61,7 @@ def _signal() -> tuple[np.ndarray, float, str]:
 
 
 def _source(ingest: str, sig: np.ndarray, fs: float, seconds: float, t_start: float, sent: list[int],
-            clock: dict[str, int]) -> None:
+            clock: dict[str, int], done: threading.Event) -> None:
     import zmq
 
     from telediag.transports.wire import Chunk, encode
@@ -81,7 +81,10 @@ def _source(ingest: str, sig: np.ndarray, fs: float, seconds: float, t_start: fl
                          ("MLII", "V1"), ("mV", "mV"), meta={"session": "cold", "sent_ns": time.time_ns()})
         sock.send_multipart(encode(c), copy=False)
         sent.append(k)
-    sock.close(linger=20000)
+    # keep the socket open until the engine has read everything: closing before a connection was ever
+    # made drops what is queued (the engine may still be importing on a cold, busy machine)
+    done.wait()
+    sock.close(linger=5000)
     ctx.term()
 
 
@@ -104,7 +107,9 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sent: list[int] = []
         clock: dict[str, int] = {}
-        src = threading.Thread(target=_source, args=(ingest, sig, fs, seconds, t_start, sent, clock), daemon=True)
+        done = threading.Event()
+        src = threading.Thread(target=_source, args=(ingest, sig, fs, seconds, t_start, sent, clock, done),
+                               daemon=True)
         src.start()
         res: dict[str, Any] = {"signal": name, "parallel_warmup": parallel, "seconds_sent": seconds}
         first_stats = first_beat = None
@@ -118,7 +123,7 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
                 c = sub.recv(timeout_s=0.1)
                 now = time.monotonic() - t_start
                 if c is None:
-                    if not src.is_alive() and seqs and seqs[-1] == len(sent) - 1:
+                    if len(sent) == int(seconds * 10) and seqs and seqs[-1] == len(sent) - 1:
                         quiet_since = quiet_since or now
                         if now - quiet_since > 1.0:
                             break
@@ -133,6 +138,7 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
                 elif c.kind == "ecg":
                     seqs.append(int(c.meta["src_seq"]))
         finally:
+            done.set()
             sub.close()
             proc.terminate()
             try:
