@@ -523,7 +523,8 @@ class FhirSettings:
     retries: int = 3
     backoff_s: float = 1.0
     max_pending: int = 100
-    topics: tuple[str, ...] = ("hr/", "hrv/", "beats/", "alarm/", "quality/", "polyp/", "event/")
+    # ecg/ and pcg/: the engine echoes the source's meta (patient, encounter) on signal outputs only
+    topics: tuple[str, ...] = ("hr/", "hrv/", "beats/", "alarm/", "quality/", "polyp/", "event/", "ecg/", "pcg/")
 
     def __post_init__(self) -> None:
         if not (self.url.startswith("http://") or self.url.startswith("https://")):
@@ -591,10 +592,23 @@ class FhirExporter:
 
     # collector ---------------------------------------------------------------
     def add(self, kind: str, stream: str, t0_ns: int, body: Any, meta: dict[str, Any] | None = None) -> None:
-        """Take one engine output (what the collector thread does for every message)."""
+        """Take one engine output (what the collector thread does for every message).
+
+        Signal outputs (``ecg``/``pcg``) only teach the stream's kind and its source's ``meta``
+        (the engine echoes it there); their samples are not kept."""
+        src = "/".join(stream.split("/")[:2])
+        if kind in ("ecg", "pcg"):
+            with self._lock:
+                sd = self._streams.get(src)
+                if sd is None:
+                    sd = self._streams[src] = StreamData(src, kind, t0_ns, t0_ns)
+                sd.kind = kind
+                for k in ("patient", "patient_id", "patient_name", "encounter"):
+                    if meta and k in meta:
+                        sd.meta[k] = meta[k]
+            return
         if not isinstance(body, dict):
             return
-        src = "/".join(stream.split("/")[:2])
         with self._lock:
             self.stats["messages"] += 1
             sd = self._streams.get(src)
@@ -642,7 +656,7 @@ class FhirExporter:
             next_cut = time.monotonic() + self.settings.interval_s
             while not self._stop.is_set():
                 c = sub.recv(timeout_s=min(0.2, max(0.0, next_cut - time.monotonic())))
-                if c is not None and c.kind not in ("stats",):
+                if c is not None and c.kind not in ("stats", "video"):
                     self.add(c.kind, c.stream, c.t0_ns, c.body, dict(c.meta) if c.meta else None)
                 if time.monotonic() >= next_cut:
                     next_cut += self.settings.interval_s

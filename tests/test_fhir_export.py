@@ -347,7 +347,7 @@ def test_live_exporter_retries_and_never_blocks_the_engine(tmp_path: Path, mitdb
     assert all(b["type"] == "transaction" for b in rx.bundles)
     for e in (e for b in rx.bundles for e in b["entry"]):
         rt = e["resource"]["resourceType"]
-        if rt in ("Patient", "Device"):  # created once on the server, not once per interval
+        if rt in ("Patient", "Device", "Encounter"):  # created once on the server, not once per interval
             assert e["request"]["method"] == "POST" and e["request"]["ifNoneExist"].startswith("identifier=urn:telediag:")
         elif rt == "DetectedIssue":  # an alarm still on is updated in place
             assert e["request"]["method"] == "PUT" and e["request"]["url"].startswith("DetectedIssue?identifier=")
