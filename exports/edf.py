@@ -512,7 +512,7 @@ def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto
         edf_sigs = [EdfSignal(ch, unit or "", sig.fs, sig.signal[:, i], resolution=res_step,
                               transducer=f"telediag {sig.kind}", prefilter="engine filter")
                     for i, (ch, unit) in enumerate(zip(sig.channels, sig.units, strict=True))]
-        meta = session.meta.get(src) or session.patient()
+        meta = session.meta.get(sig.stream) or session.meta.get(src) or {}  # this stream's patient only
         infos.append(write_edf(out / f"{sig.name}.edf", edf_sigs, anns, start_ns=sig.t0_ns,
                                patient=_patient_field(meta), recording=f"stream={sig.stream}", bits=bits,
                                discontinuous=discontinuous))
