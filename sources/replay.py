@@ -121,8 +121,9 @@ def replay(
     connect_timeout_s : float, optional
         Raise :class:`~telediag.errors.EngineError` when no engine has completed a handshake
         this long after the start (``None``: wait as long as the replay runs). Whatever the
-        value, a replay that never reached an engine returns ``reached=False`` at once
-        instead of lingering ``linger_s`` for nobody.
+        value, a replay that never reached an engine returns ``reached=False`` and drops what it
+        queued (it waits, after the last chunk, up to ``linger_s`` or what is left of
+        ``connect_timeout_s`` for an engine that is still starting).
     meta : dict, optional
         Extra header ``meta`` on every chunk, e.g. ``{"patient": "MRN-1", "encounter": "E-7"}``;
         the engine echoes it on its outputs, the recorder keeps it, FHIR/EDF+ exports use it.
@@ -197,8 +198,11 @@ def replay(
             if interrupted or not loop:
                 break
             offset_s += rec.duration_s
-        if not watch.poll():  # the engine may be finishing its handshake right now
-            watch.poll(min(1.0, linger_s))
+        if not watch.poll():  # everything is queued: give a slow (cold-starting) engine the time left
+            left = linger_s if deadline is None else min(linger_s, max(0.0, deadline - time.monotonic()))
+            end = time.monotonic() + max(left, 0.2)
+            while not watch.poll(0.1) and time.monotonic() < end and not stop.is_set():
+                pass
     finally:
         reached = watch.poll()
         watch.close(sock)

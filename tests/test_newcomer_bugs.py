@@ -356,3 +356,37 @@ def test_stethoscope_capture_says_whether_an_engine_was_reached() -> None:
     finally:
         chunks = puller.finish(0.3)
     assert len(chunks) == 4
+
+
+def test_replay_waits_for_an_engine_that_binds_late() -> None:
+    """An engine still starting (cold cache) when the replay has queued everything gets it all."""
+    import threading
+
+    import numpy as np
+    import zmq
+
+    from telediag.sources.readers import Recording
+    from telediag.sources.replay import replay
+    from telediag.transports.wire import decode
+
+    rec = Recording(np.zeros((500, 1)), 100.0, ("I",), ("mV",), "z")
+    port = _closed_port()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(replay(
+        rec, kind="ecg", stream="z/ecg", connect=f"tcp://127.0.0.1:{port}", speed=float("inf"), linger_s=10,
+        connect_timeout_s=8)))
+    t.start()
+    time.sleep(1.5)  # everything is queued by now; the "engine" binds only now
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    got = []
+    try:
+        while len(got) < 50 and pull.poll(5000):
+            got.append(decode(pull.recv_multipart()).seq)
+    finally:
+        t.join(20)
+        pull.close(0)
+        ctx.term()
+    assert out and out[0].reached is True
+    assert got == list(range(50))
