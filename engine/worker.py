@@ -139,7 +139,11 @@ class Worker:
         self.warmup_s = 0.0
         self.warmup_kinds_s: dict[str, float] = {}
         self.latency_warmup = LatencyHistogram()
+        # A chunk is a warm-up chunk when its source/send time is before this worker was ready, or
+        # when it was handled behind such chunks before the worker first caught up (empty inbox).
         self.warming = True  # until the inbox is first found empty after the warm-up (caught up)
+        self._ready_ns = 1 << 62  # wall-clock time the worker became ready (set in _serve)
+        self._backlog = False  # a chunk from before ready was seen
         self.caught_up_s: float | None = None
         self._limit = _RateLimit(config.engine.max_events_per_s)
         self._started = time.time()
@@ -349,7 +353,9 @@ class Worker:
             st.stats.chunks_out += 1
             if sent_ref is not None:
                 lat = (pub_ns - sent_ref) * 1e-9
-                if self.warming:  # queued behind the warm-up: reported apart, not in the run's percentiles
+                if self.warming and (self._backlog or sent_ref < self._ready_ns):
+                    # queued during (or behind) the warm-up: reported apart, not in the run's percentiles
+                    self._backlog = True
                     self.latency_warmup.record(lat)
                 else:
                     st.stats.latency.record(lat)
@@ -558,6 +564,7 @@ class Worker:
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
         inbox.bind(self.inbox_addr)
+        self._ready_ns = time.time_ns()
         self.ready.set()
         interval = self.config.engine.stats_interval_s
         batch_max = self.config.engine.batch_max
