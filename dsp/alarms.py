@@ -162,41 +162,59 @@ class RhythmAlarms:
                 start = max(start, hi)
         return start
 
-    def beats(self, samples: Any, labels: Any = None) -> list[AlarmEvent]:
-        """Feed beats in time order (labels: beat codes or None); return alarm transitions."""
-        st, p, fs = self.state, self.p, self.fs
+    def beats(self, samples: Any, labels: Any = None, *, timing: bool = True, label_alarms: bool = True
+              ) -> list[AlarmEvent]:
+        """Feed beats in time order (labels: beat codes or None); return alarm transitions.
+
+        ``timing`` false skips the interval alarms (asystole, pause) and leaves the time of the
+        last beat alone; ``label_alarms`` false skips the label alarms (vrun, ectopy). A caller
+        whose labels arrive late feeds each beat twice: at once with ``label_alarms=False``
+        (asystole must not wait for a classifier) and labelled with ``timing=False``.
+        """
         out: list[AlarmEvent] = []
         labels = list(labels) if labels is not None else [None] * len(samples)
         for s, lab in zip((int(x) for x in samples), labels, strict=True):
-            # a tick may not have seen this gap yet: asystole is judged on the gap itself,
-            # over its usable part only
-            if st.last_beat is not None:
-                u0 = self._usable_from(st.last_beat, s)
-                rr = (s - st.last_beat) / fs
-                if (s - u0) / fs >= p.asystole_s and "asystole" not in st.active:
-                    self._on("asystole", u0, {"rr_s": rr} if u0 == st.last_beat else
-                             {"rr_s": rr, "usable_s": round((s - u0) / fs, 3)}, out)
-                if rr > p.pause_s and u0 == st.last_beat:
-                    out.append(AlarmEvent("pause", "off", st.last_beat, s, {"rr_s": round(rr, 3)}))
-            self._off("asystole", s, {}, out)
-            # ventricular runs
-            if lab == "V":
-                st.v_run.append(s)
-                if len(st.v_run) == p.vrun_beats:
-                    self._on("vrun", st.v_run[0], {"beats": len(st.v_run)}, out)
-            else:
-                if "vrun" in st.active:
-                    run = st.v_run
-                    rate = 60.0 * (len(run) - 1) * fs / (run[-1] - run[0]) if len(run) > 1 else 0.0
-                    self._off("vrun", run[-1], {"beats": len(run), "rate_bpm": round(rate, 1),
-                                                "vtach": rate > 100.0}, out)
-                st.v_run = []
-            # frequent ectopy over the last minute
-            if lab in ECTOPIC:
-                st.ectopics.append(s)
-            self._ectopy(s, out)
-            st.last_beat = s
+            if not label_alarms:
+                self._timing(s, out)
+                continue
+            if timing:
+                self._timing(s, out)
+            self._label(s, lab, out)
         return out
+
+    def _timing(self, s: int, out: list[AlarmEvent]) -> None:
+        st, p, fs = self.state, self.p, self.fs
+        # a tick may not have seen this gap yet: asystole is judged on the gap itself,
+        # over its usable part only
+        if st.last_beat is not None:
+            u0 = self._usable_from(st.last_beat, s)
+            rr = (s - st.last_beat) / fs
+            if (s - u0) / fs >= p.asystole_s and "asystole" not in st.active:
+                self._on("asystole", u0, {"rr_s": rr} if u0 == st.last_beat else
+                         {"rr_s": rr, "usable_s": round((s - u0) / fs, 3)}, out)
+            if rr > p.pause_s and u0 == st.last_beat:
+                out.append(AlarmEvent("pause", "off", st.last_beat, s, {"rr_s": round(rr, 3)}))
+        self._off("asystole", s, {}, out)
+        st.last_beat = s
+
+    def _label(self, s: int, lab: Any, out: list[AlarmEvent]) -> None:
+        st, p, fs = self.state, self.p, self.fs  # noqa: F841 - same unpacking as _timing
+        # ventricular runs
+        if lab == "V":
+            st.v_run.append(s)
+            if len(st.v_run) == p.vrun_beats:
+                self._on("vrun", st.v_run[0], {"beats": len(st.v_run)}, out)
+        else:
+            if "vrun" in st.active:
+                run = st.v_run
+                rate = 60.0 * (len(run) - 1) * fs / (run[-1] - run[0]) if len(run) > 1 else 0.0
+                self._off("vrun", run[-1], {"beats": len(run), "rate_bpm": round(rate, 1),
+                                            "vtach": rate > 100.0}, out)
+            st.v_run = []
+        # frequent ectopy over the last minute
+        if lab in ECTOPIC:
+            st.ectopics.append(s)
+        self._ectopy(s, out)
 
     def _ectopy(self, now: int, out: list[AlarmEvent]) -> None:
         st, p = self.state, self.p

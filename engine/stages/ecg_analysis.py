@@ -559,14 +559,14 @@ class EcgAnalysis(Stage):
             def resume(result: Any) -> Outputs:
                 rest = Outputs()
                 self._emit(rest, decided, lab.finish(feats, result, n_seen=end, final=False), rows, events,
-                           end=end, final=False)
+                           end=end, final=False, late=True)
                 return rest
 
             return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), classify_batch,
                                                             (lab.clf, feats), resume))
         out = Outputs(signal=chunk)
         self._emit(out, decided, lab.finish(feats, None, n_seen=end, final=False), rows, events, end=end,
-                   final=False)
+                   final=False, late=True)
         return out
 
     def close(self) -> Outputs:
@@ -578,23 +578,26 @@ class EcgAnalysis(Stage):
         beats, confirm = st.detector.flush_with_confirm()
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=True)
         lab = st.labeller
-        if lab is None or not lab.active:
+        late = lab is not None and lab.active
+        if not late:
             labelled: list[Labelled] = [(*d, None, None) for d in decided]
         else:
+            assert lab is not None
             labelled = lab.finish(lab.push(np.empty(0), decided, final=True), None, n_seen=st.n_seen, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
-        self._emit(out, decided, labelled, empty, [], end=st.n_seen, final=True)
+        self._emit(out, decided, labelled, empty, [], end=st.n_seen, final=True, late=late)
         return out
 
     # -- outputs --------------------------------------------------------------------------
     def _emit(self, out: Outputs, decided: list[Decided], labelled: list[Labelled], rows: SQIUpdate,
-              events: list[QualityEvent], *, end: int, final: bool) -> None:
+              events: list[QualityEvent], *, end: int, final: bool, late: bool = False) -> None:
         """Publish this chunk's beats, heart rate, HRV, quality, rhythm and alarms.
 
         ``decided`` are the beats as the quality gate released them: the usable ones feed the
         heart-rate meter at once (HR and the rate alarms never wait for labels);
         ``labelled`` are the beats to publish (released one or more beats later when the
-        classifier runs): the usable ones feed the rhythm monitor, HRV and the beat alarms.
+        classifier runs, ``late``): the usable ones feed the rhythm monitor, HRV and the label
+        alarms (run, ectopy); asystole and pause are always judged on ``decided``.
         """
         st = self.state
         p = self.params
@@ -659,7 +662,10 @@ class EcgAnalysis(Stage):
             while k < len(hr_beats) and hr_beats[k][2] <= upto:
                 k += 1
             if k > h:
-                hr_readings.extend(rate.beats_hr([b[0] for b in hr_beats[h:k]]))
+                hr_samples = [b[0] for b in hr_beats[h:k]]
+                hr_readings.extend(rate.beats_hr(hr_samples))
+                if late and alarms is not None:  # asystole and pause never wait for labels
+                    alarm_events.extend(alarms.beats(hr_samples, label_alarms=False))
                 h = k
             j = i
             while j < len(good) and good[j][2] <= upto:
@@ -667,7 +673,7 @@ class EcgAnalysis(Stage):
             if j > i:
                 samples = [b[0] for b in good[i:j]]
                 if alarms is not None:
-                    alarm_events.extend(alarms.beats(samples, labels[i:j]))
+                    alarm_events.extend(alarms.beats(samples, labels[i:j], timing=not late))
                 rate.beats_hrv(samples, labels[i:j])
                 i = j
 

@@ -4,8 +4,10 @@ The classifier (:mod:`telediag.models.ecg_beats`) is used through its public API
 ``BeatClassifier.load()``, ``.stream(fs)`` -> a feature stream whose ``push(x, beats)``
 returns the features of the beats now classifiable (possibly several beats late, for
 look-ahead features) and ``finish()`` those of the rest, and ``.classify(features)``.
-A labelled beat is released (published) when the beat after it was released, at that
-beat's release sample, so the result does not depend on the chunking. A model failure never
+A labelled beat is released (published) when the ``L``-th decided beat after it was released
+(``L``: the feature builder's look-ahead, ``LOOKAHEAD_BEATS`` of
+:mod:`telediag.models.ecg_beats.features`, 1 when the builder does not say), at that beat's
+release sample, so the result does not depend on the chunking. A model failure never
 stops detection: from then on beats go out unlabelled.
 """
 
@@ -66,7 +68,16 @@ class BeatLabeller:
 
         self.clf: Any | None = clf
         self.stream = BeatClassifier.stream(fs)
+        try:
+            from telediag.models.ecg_beats.features import LOOKAHEAD_BEATS
+
+            self.lookahead = max(1, int(LOOKAHEAD_BEATS))
+        except Exception:  # noqa: BLE001 - an older builder: the next beat
+            self.lookahead = 1
         self.release: dict[int, tuple[int, int, bool]] = {}
+        self.order: list[tuple[int, int]] = []  # (sample, release) of the decided beats, in order
+        self.order_base = 0  # global index of order[0]
+        self.index: dict[int, int] = {}  # sample -> global index
         self.last = 0.0
         self.error = ""
 
@@ -92,6 +103,8 @@ class BeatLabeller:
         new = np.fromiter((a[0] for a in decided), np.int64, len(decided))
         for s_, c, r, u in decided:
             self.release[s_] = (c, r, u)
+            self.index[s_] = self.order_base + len(self.order)
+            self.order.append((s_, r))
         try:
             feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
             if final:
@@ -116,18 +129,30 @@ class BeatLabeller:
             self.clf = None  # from now on beats go out unlabelled, as with classify = "off"
             flushed: list[Labelled] = [(s_, c, r, u, None, None) for s_, (c, r, u) in sorted(self.release.items())]
             self.release.clear()
+            self.index.clear()
+            self.order.clear()
             self.error = f"{type(e).__name__}: {e}"
             return flushed
+
         out: list[Labelled] = []
         beats_done = feats.beats.tolist()
-        # release each labelled beat when the next decided beat was released
-        next_release = {b: self.release[nb][1] for b, nb in zip(beats_done, beats_done[1:], strict=False)}
+        newest = self.order[-1][1] if self.order else 0
         for k, b in enumerate(beats_done):
             c, r, u = self.release.pop(b)
-            rel = next_release.get(b)
-            if rel is None:  # the newest labelled beat: its successor is in this batch or pending
-                succ = [s_ for s_ in self.release if s_ > b]
-                rel = self.release[min(succ)][1] if succ else (n_seen - 1 if final else r)
+            g = self.index.pop(b, None)
+            # released with the L-th decided beat after it (the one that made it classifiable);
+            # at the end of the stream, or if the builder released it earlier, now
+            ahead = None if g is None else g + self.lookahead - self.order_base
+            if ahead is not None and 0 <= ahead < len(self.order):
+                rel = self.order[ahead][1]
+            else:
+                rel = n_seen - 1 if final else newest
             out.append((b, c, max(r, rel), u, AAMI_CLASSES[int(idx[k])],
                         {cls: round(float(p_), 4) for cls, p_ in zip(AAMI_CLASSES, probs[k].tolist(), strict=True)}))
+        # keep the decided beats still needed (from the oldest unlabelled beat on)
+        oldest = min(self.index.values(), default=self.order_base + len(self.order))
+        drop = max(0, oldest - self.order_base)
+        if drop:
+            del self.order[:drop]
+            self.order_base += drop
         return out
