@@ -95,6 +95,9 @@ def _cmd_source_ecg(args: argparse.Namespace) -> int:
                  chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
                  curve_secret=args.curve_secret, server_key=args.server_key,
                  connect_timeout_s=args.connect_timeout or None,
+                 on_waiting=lambda s: print(f"telediag source ecg: no engine at {args.connect} yet; "
+                                            f"waiting (up to --connect-timeout {args.connect_timeout:g} s)",
+                                            file=sys.stderr, flush=True),
                  meta={k: v for k, v in (("patient", args.patient), ("encounter", args.encounter)) if v})
     if not res.reached:
         print(f"telediag source ecg: error: no engine reached at {args.connect}; nothing was delivered "
@@ -240,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in ms (default 100)")
     e.add_argument("--connect", type=endpoint_arg, default=DEFAULT_INGEST, metavar="ADDR", help=f"engine ingest (default {DEFAULT_INGEST})")
     e.add_argument("--stream", help="stream id (default <record>/ecg)")
-    e.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
-                   help="fail when no engine answers within S seconds (default 10; 0: wait for it)")
+    e.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                   help="fail when no engine answers within S seconds (default 60; 0: wait for it)")
     e.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample type on the wire")
     e.add_argument("--seconds", type=float, help="send only the first S seconds of the recording")
     e.add_argument("--loop", action="store_true", help="start over at the end, forever")

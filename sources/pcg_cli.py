@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", type=endpoint_arg, default=DEFAULT_INGEST, metavar="ADDR",
                    help=f"engine ingest address (default {DEFAULT_INGEST})")
     p.add_argument("--stream", metavar="ID", help="stream id (default <device or record>/pcg)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
-                   help="replay: fail when no engine answers within S seconds (default 10; 0: wait)")
+    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                   help="replay: fail when no engine answers within S seconds (default 60; 0: wait)")
     from telediag.transports.security import add_curve_arguments
 
     add_curve_arguments(p)
@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     r = replay(rec, kind="pcg", stream=stream, connect=args.connect, speed=speed,
                chunk_ms=args.chunk_ms, dtype=args.dtype, loop=args.loop, stop=stop,
                curve_secret=args.curve_secret, server_key=args.server_key,
-               connect_timeout_s=args.connect_timeout or None)
+               connect_timeout_s=args.connect_timeout or None,
+               on_waiting=lambda s: print(f"telediag source pcg: no engine at {args.connect} yet; "
+                                          f"waiting (up to --connect-timeout {args.connect_timeout:g} s)",
+                                          file=sys.stderr, flush=True))
     if not r.reached:
         print(f"telediag source pcg: error: no engine reached at {args.connect}; nothing was delivered "
               "(is `telediag run` up on that address?)", file=sys.stderr, flush=True)

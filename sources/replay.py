@@ -104,6 +104,7 @@ def replay(
     start_ns: int | None = None,
     connect_timeout_s: float | None = None,
     meta: dict[str, str] | None = None,
+    on_waiting: Callable[[float], None] | None = None,
 ) -> ReplayResult:
     """Stream ``rec`` to ``connect`` (an engine ingest address).
 
@@ -124,6 +125,9 @@ def replay(
         value, a replay that never reached an engine returns ``reached=False`` and drops what it
         queued (it waits, after the last chunk, up to ``linger_s`` or what is left of
         ``connect_timeout_s`` for an engine that is still starting).
+    on_waiting : callable, optional
+        Called once (with the seconds waited) when no engine has answered 5 s after the start,
+        e.g. to tell the user the replay is waiting for one.
     meta : dict, optional
         Extra header ``meta`` on every chunk, e.g. ``{"patient": "MRN-1", "encounter": "E-7"}``;
         the engine echoes it on its outputs, the recorder keeps it, FHIR/EDF+ exports use it.
@@ -162,8 +166,21 @@ def replay(
     interrupted = False
     deadline = None if connect_timeout_s is None else time.monotonic() + connect_timeout_s
 
+    t_watch = time.monotonic()
+    noticed = on_waiting is None
+
+    def notice() -> None:
+        nonlocal noticed
+        if not noticed and time.monotonic() - t_watch >= 5.0:
+            noticed = True
+            assert on_waiting is not None
+            on_waiting(time.monotonic() - t_watch)
+
     def check_reached() -> None:
-        if watch.poll() or deadline is None or time.monotonic() < deadline:
+        if watch.poll():
+            return
+        notice()
+        if deadline is None or time.monotonic() < deadline:
             return
         raise EngineError(f"no engine reached at {connect} within {connect_timeout_s:g} s (is `telediag run` up, "
                           f"on that address{', and is this key allowed' if curve_secret else ''}?); nothing was delivered")
@@ -202,7 +219,7 @@ def replay(
             left = linger_s if deadline is None else min(linger_s, max(0.0, deadline - time.monotonic()))
             end = time.monotonic() + max(left, 0.2)
             while not watch.poll(0.1) and time.monotonic() < end and not stop.is_set():
-                pass
+                notice()
     finally:
         reached = watch.poll()
         watch.close(sock)
