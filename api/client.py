@@ -51,7 +51,7 @@ __all__ = ["HttpInferenceClient", "InferenceClient"]
 
 _RETRY_CODES = frozenset({"busy"})
 #: Seconds a ZeroMQ request waits for the server's handshake before it reports ``unreachable``.
-CONNECT_PROBE_S = 5.0
+CONNECT_PROBE_S = 15.0
 
 
 def _le(a: np.ndarray) -> np.ndarray:
