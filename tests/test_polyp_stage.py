@@ -150,11 +150,20 @@ def test_recovers_when_the_model_gets_fast_again() -> None:
     assert not res[-1][0]["reused"]
 
 
-def test_dropped_frames_before_the_stage_step_down() -> None:
-    seg = CostlySegmenter(ms=1.0)  # cheap model, but the worker dropped frames (seq gaps)
+def test_repeated_drops_before_the_stage_step_down() -> None:
+    seg = CostlySegmenter(ms=1.0)  # cheap model, but the worker keeps dropping frames (seq gaps)
     st = make_stage(seg)
     run(st, [0, 1, 3, 5, 7])
-    assert st.level >= 3
+    assert st.level == 1 and st.ladder[1] == (224, 1)  # one step: smaller input first
+    run(st, [9, 11, 13, 15, 17, 19])
+    assert st.level == 2  # still dropping after the settling frames: one more step
+
+
+def test_a_single_gap_is_not_behind() -> None:
+    seg = CostlySegmenter(ms=1.0)
+    st = make_stage(seg)
+    res = run(st, [*range(0, 20), *range(21, 40)])  # one lost frame
+    assert st.level == 0 and all(not b["reused"] and b["input_size"] == 256 for b, _ in res)
 
 
 def test_single_size_model_skips_frames_instead() -> None:

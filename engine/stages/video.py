@@ -385,6 +385,11 @@ class VideoDecode(Stage):
                        records=records)
 
 
+#: Adaptation: frames dropped before the stage in >= DROP_EVENTS of the last DROP_WINDOW frames
+#: count as "behind"; SETTLE_FRAMES frames pass between two steps down (unless far over budget).
+DROP_WINDOW, DROP_EVENTS, SETTLE_FRAMES = 10, 3, 5
+
+
 @register
 class PolypSegment(Stage):
     """Polyp segmentation of a decoded frame (``polyp_seg``); publishes ``polyp/<stream>``.
@@ -399,8 +404,8 @@ class PolypSegment(Stage):
     average of the model's wall-clock time and of its own other work (overlay, body), and
     compares the expected time per *source* frame with ``budget`` x the frame interval
     (``1 / target_fps``; ``target_fps = 0``: the source's rate). Over budget, or when frames
-    were dropped before reaching it (a ``seq`` gap), it steps down a ladder of operating
-    points, cheapest last::
+    keep being dropped before reaching it (``seq`` gaps in 3 of the last 10 frames), it steps
+    down a ladder of operating points, cheapest last::
 
         (largest input size, every frame), (smaller sizes..., every frame),
         (largest size, every 2nd frame), (smaller sizes..., every 2nd frame)
@@ -482,7 +487,8 @@ class PolypSegment(Stage):
         self.level = 0
         self._norm_ms: float | None = None  # model ms, normalised to the largest input size
         self._other_ms = 0.0
-        self._calm = 0
+        self._since_change = 0
+        self._drops: list[bool] = []  # per recent frame: were frames dropped before it?
         self._prev_seq: int | None = None
         self._last: dict[str, Any] | None = None  # the last analysis, for re-use
         return StreamSpec(stream=self._out_stream, kind="video", rate_hz=spec.rate_hz)
@@ -502,20 +508,35 @@ class PolypSegment(Stage):
         return self._norm_ms * scale / every + self._other_ms
 
     def _adapt(self, interval_ms: float, dropped: int) -> None:
+        """Step down when over budget or dropping repeatedly; back up after a calm stretch.
+
+        A single ``seq`` gap (a scheduling hiccup, a lost packet) is not enough: frames dropped
+        before the stage must show up in at least :data:`DROP_EVENTS` of the last
+        :data:`DROP_WINDOW` frames. After each change the stage waits :data:`SETTLE_FRAMES`
+        frames (so the moving averages reflect the new point) before stepping down again.
+        """
         if not self.params.adapt or len(self.ladder) == 1:
             return
+        self._drops.append(dropped > 0)
+        del self._drops[:-DROP_WINDOW]
+        self._since_change += 1
         budget = self.params.budget * interval_ms
         now = self._expected_ms(self.level)
-        if (dropped > 0 or (now is not None and now > budget)) and self.level < len(self.ladder) - 1:
-            self.level += 1
-            self._calm = 0
+        dropping = sum(self._drops) >= DROP_EVENTS
+        over = now is not None and now > budget
+        if (over or dropping) and self.level < len(self.ladder) - 1:
+            if self._since_change >= SETTLE_FRAMES or (over and now is not None and now > 1.5 * budget):
+                self.level += 1
+                self._since_change = 0
+                self._drops.clear()
             return
-        self._calm += 1
-        if self.level > 0 and self._calm >= self.params.recover_frames:
+        if any(self._drops):
+            return
+        if self.level > 0 and self._since_change >= self.params.recover_frames:
             better = self._expected_ms(self.level - 1)
             if better is not None and better <= 0.8 * budget:
                 self.level -= 1
-                self._calm = 0
+                self._since_change = 0
 
     def process(self, chunk: Chunk) -> Outputs:
         if chunk.data is None or chunk.video is None or chunk.data.ndim != 3:
