@@ -533,7 +533,7 @@ class Worker:
         :mod:`telediag.engine.warmup`. The seconds spent are reported in stats (``warmup``).
         """
         t = time.perf_counter()
-        self.warmup_kinds_s = warm_pipelines(self.config, parallel=self.parallel_warmup)
+        self.warmup_kinds_s = warm_pipelines(self.config, parallel=self.parallel_warmup, background=True)
         self.warmup_s = time.perf_counter() - t
 
     def run(self) -> None:
