@@ -160,3 +160,24 @@ def test_classifier_problem_never_refuses_the_stream(monkeypatch: pytest.MonkeyP
     r = run()
     assert len(r["flat"]["beats"]) >= 20 and all(b["label"] is None for b in r["flat"]["beats"])
     assert len(r["events"]) == 1 and "feature size mismatch" in r["events"][0]["detail"]
+
+
+def test_af_scoring_ec57_counts_and_reference_parsing() -> None:
+    """benchmarks/af_accuracy.py's EC57 AF episode/duration statistics (doctests + a real record)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "af_accuracy.py"
+    spec = importlib.util.spec_from_file_location("af_accuracy", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["af_accuracy"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    res = doctest.testmod(mod)
+    assert res.attempted >= 2 and res.failed == 0
+    s = mod.score_episodes([(0, 100), (200, 300)], [(50, 250)])
+    assert s.table == {"episode_se": 100.0, "episode_ppv": 100.0, "duration_se": 50.0, "duration_ppv": 50.0}
+    assert mod.score_episodes([], [(0, 10)]).table["duration_ppv"] == 0.0
+    mod.test_af_scoring_smoke()  # skips without the data
