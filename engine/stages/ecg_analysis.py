@@ -198,11 +198,13 @@ class EcgAnalysisParams(StageParams):
         ``"off"`` (the parameter's default; the built-in configuration sets ``"on"``), ``"auto"``
         (when the model loads) or ``"on"`` (labels expected: if the model cannot load or fails,
         the stream is still analysed, unlabelled, and one ``event`` record of type
-        ``classifier_unavailable`` says why - a model problem never refuses a stream). A beat
-        needs its *next* RR, so with classification on a beat is published (labelled, with
-        class probabilities) when the following beat is accepted: about one RR interval more
-        delay for beats, HRV and the label-based alarms (run, ectopy); the heart rate and the
-        rate alarms do not wait for labels (identical to ``classify = "off"``, tested). ``classifier_variant`` is ``"fp32"`` or ``"int8"``; ``classifier_threads`` is
+        ``classifier_unavailable`` says why - a model problem never refuses a stream). The
+        classifier looks ahead ``L`` beats (its feature builder's ``LOOKAHEAD_BEATS``, 3 for
+        ecg_beats 2.0), so with classification on a beat is published (labelled, with class
+        probabilities) when the ``L``-th beat after it is released: ``L`` RR intervals more
+        delay for beats, HRV, AF and the label alarms (run, ectopy); the heart rate, the rate
+        alarms, asystole and pause do not wait for labels (identical to ``classify = "off"``,
+        tested). ``classifier_variant`` is ``"fp32"`` or ``"int8"``; ``classifier_threads`` is
         ONNX Runtime's intra-op thread count (1: the worker's own core; streams share one session
         per variant and thread count, and the worker batches their beats, ``[engine].batch_max``).
     alarms : bool
