@@ -1050,6 +1050,10 @@ None approaches the 0.85 target.
   PhysioNet set of issue 16: Sp 0.41-0.45).
 * The segmentation parameters were fitted on all five sets' hand annotations (no labels), so
   the held-out-set CV sees a segmenter that has seen the held-out set's sounds.
+* The features of the CV and of the shipped weights were computed with the segmenter before
+  the issue-16 fast-rate changes (systolic interval and sound durations above ~109 bpm); the
+  runtime uses the new segmenter, so recordings faster than that get slightly different
+  features than in training (most CirCor children; few PhysioNet recordings).
 * Not a medical device; no regulatory clearance.
 
 ## Reproduce
