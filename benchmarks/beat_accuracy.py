@@ -54,6 +54,9 @@ def rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         for k, name in (("train_DS1_test_svdb", "DS1 -> svdb"), ("train_svdb_test_DS1", "svdb -> DS1")):
             if k in m:
                 out.append((f"{label}: {name}", m[k]))
+    alt = metrics.get("comparison_lookahead3")
+    if alt:  # the same protocols on the 3-beat look-ahead features: trees vs the MLP
+        out += [(f"3-beat look-ahead, {name.replace(' (shipped)', '')}", m) for name, m in rows({k: alt[k] for k in ("gbt", "mlp") if k in alt})]
     base = metrics.get("baseline_1.3.0", {})
     if "test_svdb" in base:
         out.append(("1.3.0: DS1 -> svdb", base["test_svdb"]))

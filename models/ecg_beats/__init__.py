@@ -16,8 +16,8 @@ Offline use::
 
 Streaming use (an engine stage): keep one :class:`BeatFeatureStream` per stream and pass it
 as ``rr_state``; each call returns the beats that became classifiable.  A beat needs the
-RRs of the :data:`~telediag.models.ecg_beats.features.LOOKAHEAD_BEATS` (3) beats after it
-(its RR context), so it is classified about three RR intervals (plus the detector's
+RRs of the :data:`~telediag.models.ecg_beats.features.LOOKAHEAD_BEATS` (2) beats after it
+(its RR context), so it is classified about two RR intervals (plus the detector's
 confirmation delay) after its R peak; :meth:`BeatFeatureStream.finish` emits the rest.
 """
 

@@ -444,7 +444,7 @@ N_CONTEXT = 19
 #: beat-versus-template features per beat (see ``features.TEMPLATE_FEATURES``)
 N_TEMPLATE = 18
 CTX_PAST = 8  # RRs before the beat's own in the surrounding median
-CTX_FUTURE = 2  # RRs after the next RR in the surrounding median
+CTX_FUTURE = 1  # RRs after the next RR in the surrounding median
 CTX_LONG = 32  # RRs before the beat's own in the long median / upper quartile
 #: window samples (of the 96 from -0.25 s to +0.45 s) of the regions the template features use
 Q_LO, Q_HI = 23, 46  # QRS: about -0.08 .. +0.08 s

@@ -38,7 +38,7 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
     streaming engine computes exactly what training saw.
 
     Since version 2 ``rr`` continues with :data:`CONTEXT_FEATURES` (19: the beat's RR and
-    the next one against the median of the 8 RRs before and the 2 after them, i.e. the
+    the next one against the median of the 8 RRs before and the one after them, i.e. the
     *surrounding* rhythm on both sides; compensatory pause; neighbours; local irregularity;
     32-RR baseline; see :func:`._feature_kernels.context_rows`) and
     :data:`TEMPLATE_FEATURES` (18: beat against the running template over the window, QRS,
@@ -67,9 +67,9 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
 Delay
 -----
 A beat needs the RRs after it (its next RR and :data:`._feature_kernels.CTX_FUTURE` more),
-so it becomes classifiable when the :data:`LOOKAHEAD_BEATS` (3) following beats are detected
+so it becomes classifiable when the :data:`LOOKAHEAD_BEATS` (2) following beats are detected
 (and :data:`POST_S` of signal after it has arrived, always earlier in practice): the extra
-latency is about three RR intervals plus the detector's confirmation delay (about 3.5 s at
+latency is about two RR intervals plus the detector's confirmation delay (about 2.3 s at
 75 bpm).  At the end of a stream :meth:`BeatFeatureStream.finish` emits the pending beats;
 RRs that do not exist (after the last beat, before the first) repeat the nearest existing
 one (``next RR := previous RR`` for the last beat, ``previous RR := next RR`` for the first).

@@ -584,7 +584,7 @@ def write_card(
                  "per-beat vector of telediag.models.ecg_beats.features: 16 RR features "
                  "(ratios to the running patient RR, local mean and median; AF irregularity "
                  "indices), 19 RR-context features on both sides of the beat (RR against the "
-                 "median of the 8 RRs before and 2 after the beat's two RRs, compensatory "
+                 "median of the 8 RRs before and the one after the beat's two RRs, compensatory "
                  "pause, neighbours, 32-RR median and upper quartile) and 18 beat-versus-"
                  "template features (correlation over window/QRS/P/T, RMS, width, slope, "
                  "amplitude and P-wave ratios); all per-patient normalised")},
