@@ -29,10 +29,11 @@ Pipeline (see ``features.py`` for the inputs):
 5. the final model is trained on all of DS1 + svdb and exported (``ecg_beats.onnx``) with
    ``card.json`` (never NaN: undefined figures are ``null``).
 
-Reproduce the shipped files (about 15 minutes on one busy core)::
+Reproduce the shipped files (about 15 minutes on one busy core; the card's ``reproduce``
+also fetches the 1.3.0 file for the before/after rows)::
 
     nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
-        --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --compare-mlp
+        --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --baseline /tmp/ecg_beats_1.3.0.onnx
 """
 
 from __future__ import annotations
@@ -655,10 +656,7 @@ def write_card(
             "excluded_features": [f for f in a.exclude.split(",") if f],
             "lightgbm": lightgbm.__version__, "onnxmltools": onnxmltools.__version__,
         },
-        "reproduce": ("nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data "
-                      "--out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --compare-mlp "
-                      "--baseline /tmp/ecg_beats_1.3.0.onnx  (the 1.3.0 file: git show "
-                      "HEAD~N:models/ecg_beats/ecg_beats.onnx; see README)"),
+        "reproduce": 'git show d6b9980~1:models/ecg_beats/ecg_beats.onnx > /tmp/ecg_beats_1.3.0.onnx && nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --baseline /tmp/ecg_beats_1.3.0.onnx (metrics.comparison_lookahead3: the same with CTX_FUTURE = 2 in _feature_kernels.py and --compare-mlp)',
     }
     card_path.write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
 
