@@ -27,9 +27,9 @@ class RhythmMonitor:
     >>> m = RhythmMonitor(360.0)
     >>> rng = np.random.default_rng(0)
     >>> beats = np.cumsum(np.r_[0, np.full(40, 0.8), rng.uniform(0.4, 1.0, 80)] * 360).astype(int)
-    >>> labels, ev = m.beats(beats.tolist(), ["S"] * beats.size)
-    >>> [(e.type, e.state) for e in ev], labels[0], labels[-1]
-    ([('afib', 'on')], 'S', 'N')
+    >>> labels, ev = m.beats(beats.tolist(), ["N"] * (beats.size - 1) + ["S"])
+    >>> [(e.type, e.state) for e in ev], labels[-1]   # the S label inside AF is published as N
+    ([('afib', 'on')], 'N')
     """
 
     def __init__(self, fs: float, params: AFParams | None = None, *, enabled: bool = True) -> None:
