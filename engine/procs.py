@@ -127,6 +127,9 @@ class ProcessPool:
     RESTART_WINDOW_S = 60.0
     #: The collector answers a replacement only after the dead worker's pipe was quiet this long.
     QUIET_S = 0.05
+    #: at most this long after a death before its index is handed on, even when the output queue
+    #: never runs empty (a busy engine): the gap it reports may then be a little too long, never short
+    MAX_HANDOVER_WAIT_S = 1.0
 
     def __init__(self, config: Config, ctx: zmq.Context, proxy_in: str, run_dir: str,
                  owner: Callable[[str], int], on_stats: Callable[[int, dict[str, Any]], None],
@@ -231,7 +234,7 @@ class ProcessPool:
         return None
 
     # -- collector -----------------------------------------------------------------------
-    def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, int]], last_rx: float) -> None:
+    def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, int]], last_empty: float) -> None:
         """Give each unassigned worker index to a waiting process, with its streams' progress."""
         while waiting:
             with self._lock:
@@ -240,8 +243,13 @@ class ProcessPool:
                 i = self._unassigned[0]
                 died = self._died_at.get(i)
             now = time.monotonic()
-            if died is not None and (now - died < self.QUIET_S or now - last_rx < self.QUIET_S):
-                return  # let the dead worker's last messages through first: progress must be complete
+            if died is not None and now - died < self.MAX_HANDOVER_WAIT_S and (
+                    now - died < self.QUIET_S or last_empty < died + self.QUIET_S):
+                # let the dead worker's last messages through first (progress must be complete): wait
+                # until the output queue has been read empty once, QUIET_S after the death. Not
+                # "until every worker is quiet": the other workers' traffic never stops on a busy
+                # engine, and the dead worker's streams would stay silent meanwhile.
+                return
             ident, pid = waiting.pop(0)
             if not any(p.pid == pid and p.is_alive() for p in self.procs):
                 continue  # that spare is gone
@@ -269,7 +277,7 @@ class ProcessPool:
         progress = self.progress
         waiting: list[tuple[bytes, int]] = []  # (routing id, pid) of processes waiting for an index
         idle_since: float | None = None
-        last_rx = 0.0
+        last_empty = 0.0  # when the output queue was last read empty
         try:
             while True:
                 events = dict(poller.poll(20 if self._unassigned else 100))
@@ -282,13 +290,15 @@ class ProcessPool:
                     ident, tag, payload = ctrl.recv_multipart()
                     if tag == HELLO:
                         waiting.append((ident, int(payload)))
+                if pull not in events:
+                    last_empty = time.monotonic()
                 if pull in events:
                     idle_since = None
-                    last_rx = time.monotonic()
                     for _ in range(1000):
                         try:  # copy=True: bytes are cheaper than zmq.Frame objects for small messages
                             msg = pull.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
+                            last_empty = time.monotonic()
                             break
                         first = msg[0]
                         if first == PROGRESS:
@@ -306,7 +316,7 @@ class ProcessPool:
                         if time.monotonic() - idle_since > 0.2:
                             break
                 if waiting and self._unassigned and not self._stopping.is_set():
-                    self._assign(ctrl, waiting, last_rx)
+                    self._assign(ctrl, waiting, last_empty)
         finally:
             pull.close(0)
             ctrl.close(0)
