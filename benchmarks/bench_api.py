@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 from telediag.api.client import HttpInferenceClient, InferenceClient
+from telediag.api.schema import ApiError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 64)
@@ -79,8 +80,16 @@ class ApiProcess:
              str(self.http_port), "--workers", str(workers), "--watch-s", "0", "--max-pending", "512",
              "--duration", "900"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        with InferenceClient(self.zmq, timeout_s=1.0, retries=60) as c:
-            c.health()
+        deadline = time.monotonic() + 120  # the server may still be importing / binding
+        while True:  # an absent server is 'unreachable' at once (not retried by the client): poll
+            try:
+                with InferenceClient(self.zmq, timeout_s=1.0, retries=0) as c:
+                    c.health()
+                break
+            except ApiError as e:
+                if e.code not in ("unreachable", "timeout") or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         self.proc.terminate()
