@@ -143,22 +143,33 @@ class _LatencySampler:
                             "engine in its own process")
 
 
-def _rss_kb_tree(pid: int) -> int | None:
-    """Resident memory of ``pid`` and its children (worker processes), in kB (Linux)."""
-    total, found = 0, False
+def _proc_tree(pid: int) -> list[Path]:
+    """The ``/proc`` folders of ``pid`` and its live children (worker processes), Linux."""
+    out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if d.name == str(pid) or stat[stat.rindex(")") + 2:].split()[1] == str(pid):
+            out.append(d)
+    return out
+
+
+def _rss_kb_tree(pid: int) -> int | None:
+    """Resident memory of ``pid`` and its children (worker processes), in kB (Linux)."""
+    total, found = 0, False
+    for d in _proc_tree(pid):
+        try:
             status = (d / "status").read_text()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if d.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
-            rss = fields.get("VmRSS", "").split()
-            if rss:
-                total += int(rss[0])
-                found = True
+        rss = dict(line.split(":", 1) for line in status.splitlines() if ":" in line).get("VmRSS", "").split()
+        if rss:
+            total += int(rss[0])
+            found = True
     return total if found else None
 
 
@@ -235,16 +246,13 @@ def _cpu_s_tree(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live children (Linux ``/proc``)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for d in _proc_tree(pid):
         try:
             stat = (d / "stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if d.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / tick
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
