@@ -145,6 +145,19 @@ class RecordBeats:
     engine_eps: list[tuple[int, int]]
 
 
+def _to_json(rb: RecordBeats) -> dict[str, Any]:
+    return {"name": rb.name, "fs": rb.fs, "n": rb.n, "samples": rb.samples.tolist(),
+            "samples_dtype": rb.samples.dtype.str, "labels": rb.labels, "broken": rb.broken.tolist(),
+            "broken_dtype": rb.broken.dtype.str, "ref": [(int(x), int(y)) for x, y in rb.ref],
+            "engine_eps": [(int(x), int(y)) for x, y in rb.engine_eps]}
+
+
+def _from_json(d: dict[str, Any]) -> RecordBeats:
+    return RecordBeats(d["name"], float(d["fs"]), int(d["n"]), np.asarray(d["samples"], d["samples_dtype"]),
+                       d["labels"], np.asarray(d["broken"], d["broken_dtype"]),
+                       [(int(x), int(y)) for x, y in d["ref"]], [(int(x), int(y)) for x, y in d["engine_eps"]])
+
+
 def analyse(path: Path, classify: str = "on") -> RecordBeats:
     """Run the engine's ecg analysis on a record; keep its usable beats, labels and AF episodes."""
     import wfdb
@@ -244,16 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no MIT-BIH records under {a.data}", file=sys.stderr)
         return 2
     if a.cache is not None and a.cache.exists():
-        import pickle
-
-        mrb, nrb = pickle.loads(a.cache.read_bytes())  # noqa: S301 - our own cache file
+        doc = json.loads(a.cache.read_text(encoding="utf-8"))
+        mrb, nrb = ([_from_json(r) for r in doc[k]] for k in ("mitdb", "nstdb"))
     else:
         mrb = [analyse(p) for p in mit]
         nrb = [analyse(p) for p in nst]
-        if a.cache is not None:
-            import pickle
-
-            a.cache.write_bytes(pickle.dumps((mrb, nrb)))
+        if a.cache is not None:  # JSON, not pickle: a cache file is never code
+            a.cache.write_text(json.dumps({"mitdb": [_to_json(r) for r in mrb],
+                                           "nstdb": [_to_json(r) for r in nrb]}), encoding="utf-8")
     if a.afl:  # reference AF = AFIB or AFL
         import wfdb
 
