@@ -59,7 +59,10 @@ def audio_2k() -> np.ndarray:
 
 def _rt(benchmark: Any) -> None:
     if benchmark.stats is not None and benchmark.stats.stats.mean > 0:
-        benchmark.extra_info["x_realtime"] = SECONDS / benchmark.stats.stats.mean
+        rt = SECONDS / benchmark.stats.stats.mean
+        benchmark.extra_info["x_realtime"] = rt
+        print(f"\n{benchmark.name}: {rt:.0f}x real time (mean {benchmark.stats.stats.mean * 1e3:.1f} ms "
+              f"for {SECONDS:.0f} s of audio)")
 
 
 def test_front_end_2k(benchmark: Any, audio_2k: np.ndarray) -> None:

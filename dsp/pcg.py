@@ -34,6 +34,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -363,6 +364,33 @@ class FrontEndState:
     n_frames: int = 0
 
 
+@functools.lru_cache(maxsize=1)
+def _front_end_filters() -> tuple[FloatArray, ...]:
+    """The fixed (rate-independent, 1 kHz) filters of :class:`PCGFrontEnd`, designed once.
+
+    Shared by every front end (read only): band-pass 25-400 Hz, the 40-60, 60-120 and
+    150-400 Hz envelope bands, the Hilbert FIR and the decimation FIRs.
+    """
+    bp = np.ascontiguousarray(
+        _sig.butter(4, [25.0, 400.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
+    )
+    psd_sos = np.ascontiguousarray(
+        _sig.butter(2, [40.0, 60.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
+    )
+    band_sos = np.ascontiguousarray(
+        _sig.butter(2, [60.0, 120.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
+    )
+    hf_sos = np.ascontiguousarray(
+        _sig.butter(2, [150.0, 400.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
+    )
+    hilb = _hilbert_fir(_HILBERT_TAPS)
+    cut = [8.0, 20.0, 20.0, 20.0, 20.0]
+    dec = np.ascontiguousarray(
+        np.stack([_sig.firwin(_DECIM_TAPS, c, fs=ANALYSIS_FS) for c in cut])
+    )
+    return bp, psd_sos, band_sos, hf_sos, hilb, dec
+
+
 class PCGFrontEnd:
     """Streaming PCG preprocessing from audio at ``fs`` to 50 Hz envelope frames.
 
@@ -401,23 +429,8 @@ class PCGFrontEnd:
     def __init__(self, fs: int) -> None:
         self.fs = _check_fs(fs)
         self._rs = PolyphaseResampler(self.fs, ANALYSIS_FS)
-        self._bp = np.ascontiguousarray(
-            _sig.butter(4, [25.0, 400.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
-        )
-        self._psd_sos = np.ascontiguousarray(
-            _sig.butter(2, [40.0, 60.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
-        )
-        self._band_sos = np.ascontiguousarray(
-            _sig.butter(2, [60.0, 120.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
-        )
-        self._hf_sos = np.ascontiguousarray(
-            _sig.butter(2, [150.0, 400.0], btype="bandpass", fs=ANALYSIS_FS, output="sos")
-        )
-        self._hilb = _hilbert_fir(_HILBERT_TAPS)
-        cut = [8.0, 20.0, 20.0, 20.0, 20.0]
-        self._dec = np.ascontiguousarray(
-            np.stack([_sig.firwin(_DECIM_TAPS, c, fs=ANALYSIS_FS) for c in cut])
-        )
+        (self._bp, self._psd_sos, self._band_sos, self._hf_sos, self._hilb,
+         self._dec) = _front_end_filters()
         # input-time of resampler output j is (j - delay)/1000; envelope stage adds the
         # Hilbert centre delay, decimation its centre delay: start the decimator so frame 0
         # lands exactly on t = 0.
@@ -836,21 +849,39 @@ def heart_rate_candidates(
     return out
 
 
-def _gauss_logpmf(mean: float, sd: float, d_max: int) -> FloatArray:
-    d = np.arange(1, d_max + 1, dtype=np.float64)
-    lp = -0.5 * ((d - mean) / sd) ** 2
-    lp -= np.log(np.exp(lp - lp.max()).sum()) + lp.max()
-    return lp
-
-
 SOUND_PERIOD_REF_S = 0.55
 """Heart period (s, about 109 bpm) below which the S1/S2 durations are scaled with the period."""
+
+
+_DURATION_CACHE: dict[tuple[int, float, float], tuple[PCGSegParams, FloatArray, FloatArray]] = {}
+_DURATION_CACHE_SIZE = 64
 
 
 def _duration_tables(
     params: PCGSegParams, hr_bpm: float, sys_s: float
 ) -> tuple[FloatArray, FloatArray]:
-    """log pmf and log censored-segment probabilities of the 4 state durations (frames)."""
+    """log pmf and log censored-segment probabilities of the 4 state durations (frames).
+
+    Memoised (the streaming segmenter decodes every window twice with the chosen heart rate,
+    and consecutive windows mostly find the same autocorrelation lags): up to
+    ``_DURATION_CACHE_SIZE`` tables, keyed by the parameter object and the exact heart rate and
+    systolic interval.  The returned arrays are shared: callers must not modify them.
+    """
+    key = (id(params), float(hr_bpm), float(sys_s))
+    hit = _DURATION_CACHE.get(key)
+    if hit is not None and hit[0] is params:
+        return hit[1], hit[2]
+    log_pd, log_surv = _duration_tables_uncached(params, hr_bpm, sys_s)
+    if len(_DURATION_CACHE) >= _DURATION_CACHE_SIZE:
+        _DURATION_CACHE.pop(next(iter(_DURATION_CACHE)))  # oldest first (insertion order)
+    _DURATION_CACHE[key] = (params, log_pd, log_surv)
+    return log_pd, log_surv
+
+
+def _duration_tables_uncached(
+    params: PCGSegParams, hr_bpm: float, sys_s: float
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`_duration_tables` without the cache."""
     fr = FRAME_RATE
     period = 60.0 / hr_bpm
     # heart sounds shorten at fast rates (CirCor annotations: S1 0.12 s up to 130 bpm, 0.097 s
@@ -867,17 +898,17 @@ def _duration_tables(
     means = np.array([s1_m, sys_m, s2_m, dia_m])
     sds = np.maximum(np.array([s1_sd, sys_sd, s2_sd, dia_sd]), 0.5)
     d_max = int(math.ceil(float(np.max(means + 4.0 * sds)))) + 1
-    log_pd = np.empty((4, d_max))
-    log_surv = np.empty((4, d_max))
-    for j in range(4):
-        lp = _gauss_logpmf(float(means[j]), float(sds[j]), d_max)
-        log_pd[j] = lp
-        p = np.exp(lp)
-        surv = np.cumsum(p[::-1])[::-1]  # P(D >= d)
-        mean_d = float(np.sum(p * np.arange(1, d_max + 1)))
-        with np.errstate(divide="ignore"):
-            log_surv[j] = np.log(surv / mean_d)
-    return np.ascontiguousarray(log_pd), np.ascontiguousarray(log_surv)
+    # discretised Gaussian log pmf over 1..d_max frames, normalised, the four states at once
+    d = np.arange(1, d_max + 1, dtype=np.float64)
+    lp = -0.5 * ((d[None, :] - means[:, None]) / sds[:, None]) ** 2
+    top = lp.max(axis=1, keepdims=True)
+    lp -= np.log(np.exp(lp - top).sum(axis=1, keepdims=True)) + top
+    p = np.exp(lp)
+    surv = np.cumsum(p[:, ::-1], axis=1)[:, ::-1]  # P(D >= d)
+    mean_d = np.sum(p * d[None, :], axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        log_surv = np.log(surv / mean_d)
+    return np.ascontiguousarray(lp), np.ascontiguousarray(log_surv)
 
 
 # ======================================================================================

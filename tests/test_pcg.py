@@ -389,3 +389,45 @@ def test_states_to_segments() -> None:
     assert [s.state for s in segs] == ["diastole", "S1", "systole", "S2"]
     assert segs[0].start == 0.0 and segs[-1].end == 0.15
     assert segs[1].start == pytest.approx(0.03) and segs[1].end == pytest.approx(0.07)
+
+
+def _duration_tables_reference(params: pcg.PCGSegParams, hr: float, sys_s: float
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-state loop (the pre-vectorisation form) of the HSMM duration tables."""
+    fr = pcg.FRAME_RATE
+    period = 60.0 / hr
+    g = min(1.0, period / pcg.SOUND_PERIOD_REF_S)
+    s1_mean, s2_mean = params.s1_mean_s * g, params.s2_mean_s * g
+    dia_m = max((period - sys_s - s2_mean) * fr, 1.0)
+    means = [s1_mean * fr, max((sys_s - s1_mean) * fr, 1.0), s2_mean * fr, dia_m]
+    sds = [params.s1_sd_s * g * fr, params.systole_sd_s * fr, params.s2_sd_s * g * fr,
+           max(params.diastole_sd_frac * dia_m, params.diastole_sd_min_s * fr)]
+    sds = [max(s, 0.5) for s in sds]
+    d_max = int(math.ceil(max(m + 4.0 * s for m, s in zip(means, sds, strict=True)))) + 1
+    d = np.arange(1, d_max + 1, dtype=np.float64)
+    pd, surv = [], []
+    for m, s in zip(means, sds, strict=True):
+        lp = -0.5 * ((d - m) / s) ** 2
+        lp -= np.log(np.exp(lp - lp.max()).sum()) + lp.max()
+        p = np.exp(lp)
+        pd.append(lp)
+        with np.errstate(divide="ignore"):
+            surv.append(np.log(np.cumsum(p[::-1])[::-1] / float(np.sum(p * d))))
+    return np.array(pd), np.array(surv)
+
+
+def test_duration_tables_vectorised_and_memoised_are_exact() -> None:
+    params = pcg._default_params()
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        hr, sys_s = float(rng.uniform(30.0, 230.0)), float(rng.uniform(0.15, 0.6))
+        ref_pd, ref_surv = _duration_tables_reference(params, hr, sys_s)
+        for _ in range(2):  # the second call is served by the cache
+            log_pd, log_surv = pcg._duration_tables(params, hr, sys_s)
+            assert np.array_equal(log_pd, ref_pd)
+            assert np.array_equal(log_surv, ref_surv)
+    assert len(pcg._DURATION_CACHE) <= pcg._DURATION_CACHE_SIZE
+    # another parameter object with other durations never gets the cached tables
+    other = pcg.PCGSegParams.from_dict({**params.to_dict(), "s1_mean_s": 0.2})
+    assert not np.array_equal(pcg._duration_tables(other, 70.0, 0.3)[0],
+                              pcg._duration_tables(params, 70.0, 0.3)[0])
