@@ -36,7 +36,7 @@ class EngineSettings:
     ingest: str = "tcp://127.0.0.1:5555"
     publish: str = "tcp://127.0.0.1:5556"
     workers: int = 1
-    worker_mode: str = "thread"  # "thread" (workers share this process) or "process" (one OS process each)
+    worker_mode: str = "thread"  # "thread" (share this process), "process" (an OS process each), "ray" (Ray actors)
     spare_workers: int = 1  # process mode: warm spare processes that take over a dead worker at once
     stats_interval_s: float = 1.0
     ingest_hwm: int = 10000
@@ -56,8 +56,8 @@ class EngineSettings:
             raise ConfigError(f"[engine].workers must be in 1..64, got {self.workers}")
         if not 0 <= self.spare_workers <= 8:
             raise ConfigError(f"[engine].spare_workers must be in 0..8, got {self.spare_workers}")
-        if self.worker_mode not in ("thread", "process"):
-            raise ConfigError(f"[engine].worker_mode must be 'thread' or 'process', got {self.worker_mode!r}")
+        if self.worker_mode not in ("thread", "process", "ray"):
+            raise ConfigError(f"[engine].worker_mode must be 'thread', 'process' or 'ray', got {self.worker_mode!r}")
         if not 0.05 <= self.stats_interval_s <= 3600:
             raise ConfigError(f"[engine].stats_interval_s must be in 0.05..3600, got {self.stats_interval_s}")
         if self.metrics:
@@ -95,6 +95,27 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The ``[cluster]`` section: workers as Ray actors (``pip install 'telediag[cluster]'``).
+
+    A non-empty ``ray_address`` (or ``telediag run --ray ADDRESS``) selects ``worker_mode = "ray"``.
+    ``bind_host`` is the address the engine's collector binds and advertises to the actors ("" =
+    the address Ray uses for this node); ``actor_cpus`` the CPUs Ray reserves for each worker actor.
+    """
+
+    ray_address: str = ""
+    bind_host: str = ""
+    actor_cpus: float = 1.0
+    max_restarts: int = -1  # per actor; -1 = restart for ever (the engine's own crash-loop limit still applies)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.actor_cpus <= 64.0:
+            raise ConfigError(f"[cluster].actor_cpus must be in (0, 64], got {self.actor_cpus}")
+        if self.max_restarts < -1:
+            raise ConfigError(f"[cluster].max_restarts must be -1 (for ever) or >= 0, got {self.max_restarts}")
+
+
+@dataclass(frozen=True, slots=True)
 class StageConfig:
     """One stage section: its name, type and validated parameters."""
 
@@ -113,6 +134,7 @@ class Config:
 
     engine: EngineSettings = field(default_factory=EngineSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     pipelines: Mapping[str, tuple[StageConfig, ...]] = field(default_factory=dict)
     source: str = "<built-in>"
 
@@ -187,10 +209,10 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
     """Build a :class:`Config` from a parsed TOML document, on top of ``base``."""
     # [export.*] belongs to the consumers that `telediag run` starts beside the engine
     # (telediag.exports: [export.fhir]); they validate it, the engine does not read it
-    unknown = sorted(set(doc) - {"engine", "security", "pipeline", "export"})
+    unknown = sorted(set(doc) - {"engine", "security", "cluster", "pipeline", "export"})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown top-level section(s) {unknown}; expected [engine], [security], "
+            f"{source}: unknown top-level section(s) {unknown}; expected [engine], [security], [cluster], "
             "[pipeline.<kind>.<stage>] and [export.<name>]"
         )
     engine_values: dict[str, Any] = {}
@@ -207,6 +229,14 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
         raise ConfigError(f"{source}: [security] must be a table")
     sec_values.update(sec_doc)
     security = _section(SecuritySettings, "security", sec_values, source)
+    cl_values: dict[str, Any] = dataclasses.asdict(base.cluster) if base is not None else {}
+    cl_doc = doc.get("cluster", {})
+    if not isinstance(cl_doc, dict):
+        raise ConfigError(f"{source}: [cluster] must be a table")
+    cl_values.update(cl_doc)
+    cluster = _section(ClusterSettings, "cluster", cl_values, source)
+    if cluster.ray_address and engine.worker_mode != "ray":
+        engine = dataclasses.replace(engine, worker_mode="ray")
     pipelines: dict[str, tuple[StageConfig, ...]] = dict(base.pipelines) if base is not None else {}
     pipe_doc = doc.get("pipeline", {})
     if not isinstance(pipe_doc, dict):
@@ -215,7 +245,7 @@ def parse_config(doc: Mapping[str, Any], source: str = "<dict>", base: Config | 
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [pipeline.{kind}] must be a table")
         pipelines[kind] = _pipeline(kind, table, source, pipelines.get(kind, ()))
-    return Config(engine=engine, security=security, pipelines=pipelines, source=source)
+    return Config(engine=engine, security=security, cluster=cluster, pipelines=pipelines, source=source)
 
 
 def default_config() -> Config:

@@ -134,6 +134,11 @@ class Worker:
         self._done: dict[str, int] = {}
         self.resume: dict[str, int] = {}  # stream -> last seq fully published by the previous worker
         self.before_serve: Callable[[], None] | None = None
+        # worker pools (engine/procs.py, engine/cluster.py): called with the bound inbox endpoint before
+        # serving (a Ray actor reports it to the engine); in-band control messages (tag != DATA, STOP)
+        self.after_bind: Callable[[str], None] | None = None
+        self.on_control: Callable[[bytes, Sequence[Any]], None] | None = None
+        self.moved: set[str] = set()  # streams handed over by another worker (no stream_restarted on reopen)
         # cold start: warm-up time, and latency of what queued meanwhile, reported apart
         self.parallel_warmup = config.engine.warmup_parallel
         self.warmup_s = 0.0
@@ -417,7 +422,10 @@ class Worker:
                 st.stats.restarts = restarts
             self.streams[sid] = st
             resumed = self.resume.pop(sid, None)
-            if resumed is not None:  # this worker replaces one that died: the stream goes on from there
+            if resumed is not None and sid in self.moved:  # a handover: the old owner published stream_moved
+                self.moved.discard(sid)
+                st.stats.last_seq = resumed
+            elif resumed is not None:  # this worker replaces one that died: the stream goes on from there
                 st.stats.restarts += 1
                 st.stats.last_seq = resumed
                 st.session = session if session is not None else st.session
@@ -564,6 +572,8 @@ class Worker:
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
         inbox.bind(self.inbox_addr)
+        if self.after_bind is not None:
+            self.after_bind(inbox.getsockopt_string(zmq.LAST_ENDPOINT))
         self._ready_ns = time.time_ns()
         self.ready.set()
         interval = self.config.engine.stats_interval_s
@@ -581,6 +591,9 @@ class Worker:
                     tag = msg[0].bytes
                     if tag == STOP:
                         break
+                    if tag != DATA and self.on_control is not None:
+                        self.on_control(tag, msg[1:])
+                        continue
                     self.handle(msg[1:])
                     if self.progress and not self._pending:
                         self._send_progress()
