@@ -73,6 +73,10 @@ class VideoWorker(Worker):
     """
 
     stats_stream = "engine/video"
+    #: Per wake-up and stream, at most this many frames dropped for a newer one are still decoded
+    #: and given the last overlay (:meth:`_redraw`); older ones are only decoded (the worker is far
+    #: behind and must catch up first).
+    redraw_max = 4
 
     def __init__(self, config: Config, ctx: zmq.Context, inbox_addr: str, out_addr: str, *,
                  stall_s: float = 1.0, max_batch: int = 256) -> None:
@@ -83,6 +87,7 @@ class VideoWorker(Worker):
         self._last_rx: dict[str, float] = {}
         self._stalled: dict[str, float] = {}
         self.analysed = 0
+        self.redrawn = 0  # frames dropped for a newer one that still got the last overlay
         self.warming = False  # no kernel warm-up here (the decoder and model load on the first stream)
 
     # -- reporting ----------------------------------------------------------------------
@@ -95,6 +100,7 @@ class VideoWorker(Worker):
         body = super().stats_body()
         body["worker"] = "video"
         body["analysed_frames"] = self.analysed
+        body["redrawn_frames"] = self.redrawn
         return body
 
     def publish_stats(self) -> None:
@@ -112,22 +118,25 @@ class VideoWorker(Worker):
         return sent
 
     # -- packets --------------------------------------------------------------------------
-    def handle(self, frames: Sequence[Any], superseded: bool = False) -> None:
+    def handle(self, frames: Sequence[Any], superseded: bool = False, redraw: bool = False) -> None:
         """Decode one wire message and run the every-packet stages (never raises).
 
         ``superseded``: a newer packet of the same stream is already queued, so a stage that
         has ``advance(chunk)`` (the decoder) is asked to keep its state without producing a
-        frame; a picture it completes counts as a drop. An unexpected exception resets that
-        stream only (:meth:`Worker._reset`).
+        frame; a picture it completes counts as a drop. With ``redraw`` (one of the last
+        :attr:`redraw_max` superseded packets of its stream) and a first latest-only stage that
+        can ``reuse(frame)``, the frame is decoded instead and given the stream's last analysis
+        (:meth:`_redraw`): not analysed (still a drop), but the annotated stream keeps every
+        frame. An unexpected exception resets that stream only (:meth:`Worker._reset`).
         """
         self._current = None
         try:
-            self._handle_video(frames, superseded)
+            self._handle_video(frames, superseded, redraw)
         except Exception as e:  # noqa: BLE001 - containment: one stream, never the worker
             self._pending.pop(self._current or "", None)
             self._contain(e)
 
-    def _handle_video(self, frames: Sequence[Any], superseded: bool) -> None:
+    def _handle_video(self, frames: Sequence[Any], superseded: bool, redraw: bool = False) -> None:
         try:
             chunk = decode(frames)
         except ProtocolError as e:
@@ -153,6 +162,12 @@ class VideoWorker(Worker):
             if restarts is not None:
                 st.stats.restarts = restarts
             self.streams[sid] = st
+            resumed = self.resume.pop(sid, None)
+            if resumed is not None:  # this process replaces a video process that died (engine/video_proc.py)
+                st.stats.restarts += 1
+                st.stats.last_seq = resumed
+                self.event(sid, {"type": "stream_restarted", "stream": sid, "reason": "worker_restarted",
+                                 "last_seq": resumed})
         stats = st.stats
         if st.refused:
             stats.errors += 1
@@ -175,6 +190,8 @@ class VideoWorker(Worker):
             self.event(sid, {"type": "video_gap", "stream": sid, "first_missing_seq": last + 1,
                              "missing_chunks": missing, "drops": stats.drops}, limit_key=f"vgap:{sid}")
         stats.last_seq = chunk.seq
+        if self.progress:
+            self._done[sid] = chunk.seq
         stats.chunks_in += 1
         stats.samples_in += 1
         self._last_rx[sid] = now
@@ -188,6 +205,11 @@ class VideoWorker(Worker):
             if not getattr(stage, "every_chunk", False):
                 start = i
                 break
+        if superseded and redraw and start < len(st.stages) and hasattr(st.stages[start], "reuse"):
+            superseded = False  # decode it to a frame: it gets the last analysis below
+        else:
+            redraw = False
+        for i, stage in enumerate(st.stages[:start]):
             advance = getattr(stage, "advance", None) if superseded else None
             try:
                 out = advance(x) if advance is not None else stage.process(x)  # type: ignore[arg-type]
@@ -203,9 +225,35 @@ class VideoWorker(Worker):
                 return
         if x is None or start >= len(st.stages):
             return
+        if redraw:
+            stats.drops += 1  # not analysed: a newer frame is queued
+            self._redraw(st, x, start)
+            return
         if sid in self._pending:
             stats.drops += 1  # decoded, then replaced by a newer frame before analysis
         self._pending[sid] = _Pending(st, x, start, self._source_ref_ns(x))
+
+    def _redraw(self, st: _Stream, frame: Chunk, start: int) -> None:
+        """Run the latest-only stages on a frame dropped for a newer one, re-using the last analysis.
+
+        Stages that have ``reuse(frame)`` (the polyp stage: its last overlay on this frame and a
+        ``reused: true`` record) are called with it, the others (the encoder) with ``process``, so
+        the annotated stream gets this frame too. Not counted in the latency figures.
+        """
+        x: Chunk | None = frame
+        for i in range(start, len(st.stages)):
+            stage = st.stages[i]
+            reuse = getattr(stage, "reuse", None)
+            try:
+                out = reuse(x) if reuse is not None else stage.process(x)  # type: ignore[arg-type]
+            except Exception as e:
+                self._stage_error(st.spec.stream, st, stage, e)
+                return
+            self._emit_video(st, stage, out, None)
+            x = out.signal
+            if x is None:
+                return
+        self.redrawn += 1
 
     def analyse_pending(self) -> None:
         """Run the latest-only stages on the newest frame of each stream."""
@@ -270,7 +318,7 @@ class VideoWorker(Worker):
         inbox = self.ctx.socket(zmq.PULL)
         inbox.setsockopt(zmq.RCVHWM, VIDEO_INBOX_HWM)
         inbox.bind(self.inbox_addr)
-        out = self.ctx.socket(zmq.PUB)
+        out = self.ctx.socket(self.out_type)
         out.setsockopt(zmq.SNDHWM, self.config.engine.publish_hwm)
         out.setsockopt(zmq.LINGER, 2000)
         out.connect(self.out_addr)
@@ -294,14 +342,20 @@ class VideoWorker(Worker):
                             stop = True
                             break
                         batch.append(msg)
-                    newest = {m[1].bytes if len(m) > 1 else b"": i for i, m in enumerate(batch)}
-                    for i, msg in enumerate(batch):
-                        topic = msg[1].bytes if len(msg) > 1 else b""
-                        self.handle(msg[1:], superseded=newest[topic] != i)
+                    topics = [m[1].bytes if len(m) > 1 else b"" for m in batch]
+                    left = dict.fromkeys(topics, 0)  # per topic: packets of it still to come in this batch
+                    for t in topics:
+                        left[t] += 1
+                    for msg, topic in zip(batch, topics, strict=True):
+                        left[topic] -= 1
+                        n = left[topic]
+                        self.handle(msg[1:], superseded=n > 0, redraw=0 < n <= self.redraw_max)
                     try:
                         self.analyse_pending()
                     except Exception as e:  # noqa: BLE001 - containment (stages are guarded one by one)
                         self._contain_stream(None, e)
+                    if self.progress:
+                        self._send_progress()
                 now = time.monotonic()
                 self._check_stalls(now)
                 if now >= next_stats:

@@ -199,3 +199,34 @@ def test_min_input_size_bounds_the_ladder() -> None:
 def test_bad_params(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         PolypSegment.Params(**bad)
+
+
+def test_reuse_draws_the_last_analysis_on_a_frame_dropped_before_the_stage() -> None:
+    """Issue 21: a frame the worker drops for a newer one still gets a record and the overlay."""
+    seg = CostlySegmenter(ms=10.0)
+    st = make_stage(seg)
+    assert st.reuse(frame(0)).records == []  # nothing analysed yet: nothing to draw, nothing said
+    res = run(st, [1])
+    o = st.reuse(frame(2))
+    assert len(seg.calls) == 1  # no model call
+    (rec,) = o.records
+    b = rec.body
+    check_body("polyp", b)
+    assert b["reused"] and b["seq"] == 2 and b["analysed_seq"] == 1 and b["analysed_at"] == frame(1).t0_ns
+    assert b["boxes"] == res[0][0]["boxes"] and b["input_size"] == 256
+    assert o.signal is not None and o.signal.seq == 2 and o.signal.stream == "t/endo/annotated"
+    np.testing.assert_array_equal(o.signal.data, res[0][1].data)  # same frame content, same overlay
+
+
+def test_frames_redrawn_for_the_worker_count_as_drops_for_the_adaptation() -> None:
+    seg = CostlySegmenter(ms=10.0)  # fits the budget: only the drops can make it step down
+    st = make_stage(seg)
+    run(st, [0])
+    for q in range(1, 40, 2):  # every other frame dropped by the worker (then redrawn)
+        assert st.reuse(frame(q)).records
+        run(st, [q + 1])
+    assert st.level > 0
+    seg2 = CostlySegmenter(ms=10.0)
+    st2 = make_stage(seg2)
+    run(st2, range(40))  # the same frames, none dropped: stays at the top
+    assert st2.level == 0

@@ -490,6 +490,7 @@ class PolypSegment(Stage):
         self._since_change = 0
         self._drops: list[bool] = []  # per recent frame: were frames dropped before it?
         self._prev_seq: int | None = None
+        self._late = 0  # frames given to reuse() (dropped before analysis) since the last process()
         self._last: dict[str, Any] | None = None  # the last analysis, for re-use
         return StreamSpec(stream=self._out_stream, kind="video", rate_hz=spec.rate_hz)
 
@@ -548,6 +549,8 @@ class PolypSegment(Stage):
         target = self.params.target_fps or src_fps
         min_every = max(1, int(round(src_fps / target)))
         dropped = 0 if self._prev_seq is None else max(0, int(chunk.seq) - self._prev_seq - 1)
+        dropped += self._late
+        self._late = 0
         self._prev_seq = int(chunk.seq)
         size, every = self.ladder[self.level]
         every = max(every, min_every)
@@ -569,6 +572,20 @@ class PolypSegment(Stage):
             norm = model_t / ((used / self._native) ** 2 if self._native and used else 1.0)
             self._norm_ms = norm if self._norm_ms is None else 0.7 * self._norm_ms + 0.3 * norm
         assert last is not None
+        out = self._publish(chunk, rgb, last, reused=not analyse, every=every, target=target)
+        total = (self._clock() - t) * 1e3
+        other = max(0.0, total - model_t)
+        self._other_ms = other if self.frames == 0 else 0.8 * self._other_ms + 0.2 * other
+        assert out.records
+        out.records[0].body["proc_ms"] = round(total, 3)
+        self.frames += 1
+        self._adapt(1e3 / src_fps, dropped)
+        return out
+
+    def _publish(self, chunk: Chunk, rgb: NDArray[np.uint8], last: dict[str, Any], *, reused: bool,
+                 every: int, target: float) -> Outputs:
+        """The ``polyp`` record and the annotated frame of ``chunk`` from the analysis ``last``."""
+        assert chunk.video is not None
         body = dict(last["body"])
         signal = None
         if self.params.draw:
@@ -576,19 +593,41 @@ class PolypSegment(Stage):
                                 self.params.bar_threshold)
             signal = _raw_frame_chunk(self._out_stream, chunk.seq, chunk.t0_ns, over, chunk.video.fps,
                                       {"source_seq": chunk.seq})
-        total = (self._clock() - t) * 1e3
-        other = max(0.0, total - model_t)
-        self._other_ms = other if self.frames == 0 else 0.8 * self._other_ms + 0.2 * other
         body.update({"t0_ns": int(chunk.t0_ns), "seq": int(chunk.seq), "frame": self.frames,
-                     "proc_ms": round(total, 3), "model": self.params.model,
-                     "analysed_at": last["t0_ns"], "analysed_seq": last["seq"], "reused": not analyse,
+                     "proc_ms": 0.0, "model": self.params.model,
+                     "analysed_at": last["t0_ns"], "analysed_seq": last["seq"], "reused": reused,
                      "analyse_every": every, "model_ms": last["model_ms"], "target_fps": round(target, 3)})
         if last["input_size"]:  # a segmenter that does not say its input size: key omitted
             body["input_size"] = last["input_size"]
+        return Outputs(signal=signal, records=[Chunk.record("polyp", chunk.stream, 0, chunk.t0_ns, body)])
+
+    def reuse(self, chunk: Chunk) -> Outputs:
+        """A frame the worker drops before analysis (a newer one is queued): the last analysis on it.
+
+        Publishes a ``polyp`` record with ``reused: true`` and the annotated frame with the last
+        overlay (mask outline, boxes, bar), exactly like a frame the adaptation skips, so the
+        annotated stream keeps every frame that was decoded. The frame counts as dropped for the
+        adaptation (it is behind). Before any analysis of this stream it outputs nothing.
+        """
+        if chunk.data is None or chunk.video is None or chunk.data.ndim != 3:
+            raise ModelError("polyp_seg needs decoded RGB frames (put video_decode before it)")
+        t = self._clock()
+        self._late += 1
+        last = self._last
+        rgb = np.asarray(chunk.data)
+        h, w = rgb.shape[:2]
+        if self._prev_seq is not None:
+            self._late += max(0, int(chunk.seq) - self._prev_seq - 1)
+        self._prev_seq = int(chunk.seq)
+        if last is None or (last["h"], last["w"]) != (h, w):
+            return Outputs()
+        src_fps = float(chunk.video.fps) if chunk.video.fps and chunk.video.fps > 0 else 30.0
+        target = self.params.target_fps or src_fps
+        every = max(self.ladder[self.level][1], max(1, int(round(src_fps / target))))
+        out = self._publish(chunk, rgb, last, reused=True, every=every, target=target)
+        out.records[0].body["proc_ms"] = round((self._clock() - t) * 1e3, 3)
         self.frames += 1
-        self._adapt(1e3 / src_fps, dropped)
-        rec = Chunk.record("polyp", chunk.stream, 0, chunk.t0_ns, body)
-        return Outputs(signal=signal, records=[rec])
+        return out
 
 
 @register
