@@ -38,6 +38,7 @@ class EngineSettings:
     workers: int = 1
     worker_mode: str = "thread"  # "thread" (share this process), "process" (an OS process each), "ray" (Ray actors)
     spare_workers: int = 1  # process mode: warm spare processes that take over a dead worker at once
+    video_worker: str = "thread"  # "thread" (in this process) or "process" (its own OS process, engine/video_proc.py)
     stats_interval_s: float = 1.0
     ingest_hwm: int = 10000
     publish_hwm: int = 200000
@@ -58,6 +59,8 @@ class EngineSettings:
             raise ConfigError(f"[engine].spare_workers must be in 0..8, got {self.spare_workers}")
         if self.worker_mode not in ("thread", "process", "ray"):
             raise ConfigError(f"[engine].worker_mode must be 'thread', 'process' or 'ray', got {self.worker_mode!r}")
+        if self.video_worker not in ("thread", "process"):
+            raise ConfigError(f"[engine].video_worker must be 'thread' or 'process', got {self.video_worker!r}")
         if not 0.05 <= self.stats_interval_s <= 3600:
             raise ConfigError(f"[engine].stats_interval_s must be in 0.05..3600, got {self.stats_interval_s}")
         if self.metrics:
