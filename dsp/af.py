@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -283,6 +284,11 @@ class AFTransition:
     detail: dict[str, float]
 
 
+def _detail(irr: float, cvd: float, nv: float) -> dict[str, Any]:
+    """The ``detail`` of an AF transition."""
+    return {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+
+
 class AFDetector:
     """Streaming AF detector on beats (sample indices, labels, validity).
 
@@ -336,7 +342,8 @@ class AFDetector:
         ok_l: list[bool] = []
         lo, hi, fs = self.p.min_rr_s, self.p.max_rr_s, self.fs
         brk_l = brk.tolist()
-        for k, smp in enumerate(s.tolist()):
+        s_l = s.tolist()
+        for k, smp in enumerate(s_l):
             ect = labs[k] in self._ECTOPIC
             if self.last_beat is None:
                 rr_l.append(0.0)
@@ -351,25 +358,30 @@ class AFDetector:
         feats = np.empty((n, N_FEATURES))
         _af_kernel(rr, ok, self.ring, self.pos, self.p.window, self.p.trim, feats)
         out: list[AFTransition] = []
-        state = np.zeros(n, np.bool_)
+        state = [False] * n
         p = self.p
-        for k in range(n):
-            self.recent.append(int(s[k]))
-            if len(self.recent) > p.back + 1:
-                del self.recent[0]
-            self.labels_s.append(labs[k] == "S")
-            s_frac = sum(self.labels_s) / len(self.labels_s)
-            nv, _, irr, cvd, _, tpr, lag = feats[k]
-            detail = {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+        recent, labels_s = self.recent, self.labels_s
+        n_s = sum(labels_s)  # S labels among the last ``window`` beats
+        for k, smp, row in zip(range(n), s_l, feats.tolist(), strict=True):
+            recent.append(smp)
+            if len(recent) > p.back + 1:
+                del recent[0]
+            is_s = labs[k] == "S"
+            if len(labels_s) == labels_s.maxlen:
+                n_s -= labels_s[0]
+            labels_s.append(is_s)
+            n_s += is_s
+            s_frac = n_s / len(labels_s)
+            nv, _, irr, cvd, _, tpr, lag = row
             if not self.on:
                 if nv >= p.min_valid and irr >= p.on and cvd >= p.cv_min and tpr >= p.tpr_min \
                         and not lag < p.lag_min and s_frac <= p.s_max:
                     self.on = True
-                    out.append(AFTransition("on", self.recent[0], detail))
+                    out.append(AFTransition("on", recent[0], _detail(irr, cvd, nv)))
             elif nv < p.min_valid // 2 or irr < p.off:
                 # regular again, or too few measurable intervals left (e.g. a run of ectopic
                 # beats) to go on calling AF
                 self.on = False
-                out.append(AFTransition("off", self.recent[0], detail))
+                out.append(AFTransition("off", recent[0], _detail(irr, cvd, nv)))
             state[k] = self.on
-        return out, state
+        return out, np.array(state, np.bool_)
