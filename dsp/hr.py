@@ -49,6 +49,7 @@ grouping gives bitwise identical readings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -395,15 +396,23 @@ class HeartRateMeter:
                 f"sample must be >= the last beat fed ({st.last_beat}), got {s}; "
                 "use displayed_rate() for past times"
             )
-        out = _display(
-            np.array([st.hr_bpm]),
-            np.array([st.last_beat], np.int64),
-            np.array([s], np.int64),
-            self.fs,
-            self._asystole,
-            self.decay_factor,
-        )
-        return float(out[0])
+        return _display_one(st.hr_bpm, st.last_beat, s, self.fs, self._asystole, self.decay_factor)
+
+
+def _display_one(hr: float, last_beat: int, sample: int, fs: float, asystole: int, decay_factor: float) -> float:
+    """:func:`_display` for one query, in plain float64 arithmetic (the same IEEE operations,
+    so the same value; ``tests/test_hr.py`` compares both)."""
+    if last_beat < 0:
+        return math.nan
+    elapsed = float(sample - last_beat)
+    if elapsed >= asystole:
+        return 0.0
+    hr = float(hr)
+    if math.isfinite(hr) and hr != 0.0 and elapsed > 0.0 and elapsed > decay_factor * (60.0 * fs / hr):
+        pause_rate = 60.0 * fs / elapsed
+        if pause_rate < hr:
+            return pause_rate
+    return hr
 
 
 def _display(

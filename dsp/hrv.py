@@ -576,7 +576,7 @@ class HRVMeter:
         """
         beats = _as_beats(beat_samples)
         norm = _as_normal(labels, beats.size, self.normal_symbols)
-        st = self.state.copy()
+        st = self.state  # updated in place by the kernel, once the input is validated
         last = int(st.scalars[_I_LAST])
         if beats.size and last >= 0 and beats[0] <= last:
             raise DSPError(
@@ -603,7 +603,6 @@ class HRVMeter:
             samples,
             counts,
         )
-        self.state = st
         out = np.empty(n, HRV_DTYPE)
         out["sample"] = samples[:n]
         out["n_nn"] = counts[:n, 0]

@@ -491,11 +491,9 @@ class EcgAnalysis(Stage):
                 if p.classify == "on":
                     self._clf_problem = f"the beat classifier cannot load: {type(e).__name__}: {e}"
 
-        def stamp(k: int) -> tuple[int, int]:
-            return timeline.source(k), timeline.t_ns(k)
-
         self._fs = fs
-        self._stamp = stamp
+        self._stamp = stamp = timeline.stamp
+        self._source = timeline.source
         cap = max(1, round(p.history_s * fs))
         self.state = EcgAnalysisState(
             detector=detector,
@@ -641,16 +639,17 @@ class EcgAnalysis(Stage):
             for hook in self.beat_hooks:
                 hook(batch)
             labels = [lab for lab, b in zip(batch.labels, labelled, strict=True) if b[3]]
+            source = self._source
             for (s, c, r, u, _, _), lab, pr in zip(labelled, batch.labels, batch.probs, strict=True):
                 src, t = stamp(s)
+                c_src, r_src = source(c), source(r)
                 beat_dicts.append({
-                    "sample": src, "t_ns": t, "confirm_sample": stamp(c)[0], "release_sample": stamp(r)[0],
+                    "sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src,
                     "confirm_delay_s": (c - s) / fs, "delay_s": (r - s) / fs,
                     "label": lab, "probs": pr, "usable": u,
                 })
                 if not u:
-                    unusable.append({"sample": src, "t_ns": t, "confirm_sample": stamp(c)[0],
-                                     "release_sample": stamp(r)[0]})
+                    unusable.append({"sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src})
             st.n_beats += len(good)
             st.n_unusable += len(unusable)
         hr_readings: list[dict[str, Any]] = []

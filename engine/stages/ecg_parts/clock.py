@@ -63,6 +63,22 @@ class Timeline:
         i = max(bisect.bisect_right(self.starts, sample) - 1, 0)
         return self.sources[i] + (sample - self.starts[i])
 
+    def stamp(self, sample: int) -> tuple[int, int]:
+        """``(source(sample), t_ns(sample))`` with one anchor look-up.
+
+        >>> Timeline(1000.0).stamp(1500)
+        (1500, 1500000000)
+        """
+        starts = self.starts
+        if not starts:
+            return sample, round(sample * 1e9 / self.fs)
+        if len(starts) == 1 or sample < starts[1]:
+            i = 0
+        else:
+            i = max(bisect.bisect_right(starts, sample) - 1, 0)
+        d = sample - starts[i]
+        return self.sources[i] + d, self.t0s[i] + round(d * 1e9 / self.fs)
+
     def observe(self, start: int, t0_ns: int) -> int:
         """Register that received sample ``start`` was stamped ``t0_ns``; return the samples
         lost just before it (0 unless the stamp is later than the timeline expects)."""

@@ -1,0 +1,60 @@
+"""Scalar fast paths of the ECG chain give exactly what the general (vectorised) code gives.
+
+Speed work on the chain (issue 15 "Speed", issue 17 item 3) replaced some per-chunk NumPy
+calls on one-element arrays by plain float arithmetic; these tests pin that the results are
+bit-identical. The whole-stage outputs are pinned by ``tests/test_ecg_golden.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from telediag.dsp.hr import HeartRateMeter, _display, _display_one
+from telediag.engine.stages.ecg_parts.clock import Timeline
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_display_one_equals_vectorised_display() -> None:
+    rng = np.random.default_rng(1)
+    fs, asystole = 360.0, 1440
+    cases = [(float("nan"), -1, 5), (float("nan"), 10, 20), (0.0, 10, 500), (75.0, 0, 1440), (75.0, 0, 1439),
+             (75.0, 0, 576), (75.0, 0, 577), (60.0, 100, 100), (float("inf"), 5, 900)]
+    for _ in range(3000):
+        hr = float(rng.choice([rng.uniform(20, 250), float("nan"), 60.0 * fs / rng.integers(50, 800)]))
+        last = int(rng.integers(-1, 1000))
+        cases.append((hr, last, max(last, 0) + int(rng.integers(0, 2000))))
+    for hr, last, s in cases:
+        for decay in (1.0, 2.0, 3.5):
+            ref = float(_display(np.array([hr]), np.array([last], np.int64), np.array([s], np.int64),
+                                 fs, asystole, decay)[0])
+            assert _same(_display_one(hr, last, s, fs, asystole, decay), ref), (hr, last, s, decay)
+
+
+def test_meter_at_unchanged_on_a_beat_train() -> None:
+    m = HeartRateMeter(250.0)
+    beats = np.cumsum(np.r_[10, np.random.default_rng(2).integers(120, 400, 60)])
+    m.update(beats)
+    last = int(beats[-1])
+    for s in range(last, last + 1200, 7):
+        st = m.state
+        ref = float(_display(np.array([st.hr_bpm]), np.array([st.last_beat], np.int64), np.array([s], np.int64),
+                             m.fs, m._asystole, m.decay_factor)[0])
+        assert _same(m.at(s), ref)
+
+
+def test_timeline_stamp_equals_source_and_t_ns() -> None:
+    tl = Timeline(360.0, keep=2000)
+    assert tl.stamp(5) == (tl.source(5), tl.t_ns(5))
+    t = 7_000
+    for k, start in enumerate(range(0, 20 * 360, 360)):
+        jump = 2 * 10**9 if k in (3, 9) else (-5 * 10**8 if k == 12 else 0)
+        t += jump
+        tl.observe(start, t)
+        t += 10**9
+        for s in (start, start + 1, start + 359, max(0, start - 900)):
+            assert tl.stamp(s) == (tl.source(s), tl.t_ns(s))
