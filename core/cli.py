@@ -33,6 +33,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg.engine, **{k: v for k, v in (("ingest", args.ingest), ("publish", args.publish)) if v}
         )
         cfg = dataclasses.replace(cfg, engine=eng)
+    if args.ray:  # workers as Ray actors (engine/cluster.py; pip install 'telediag[cluster]')
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, worker_mode="ray"),
+                                  cluster=dataclasses.replace(cfg.cluster, ray_address=args.ray))
     exporter = None
     if args.config:  # [export.fhir]: a subscriber thread beside the engine, never in its path
         from telediag.exports.fhir import FhirExporter, FhirSettings
@@ -43,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         kinds = {k: [s.name for s in v] for k, v in cfg.pipelines.items()}
         print(f"config OK ({cfg.source}): ingest {cfg.engine.ingest}, publish {cfg.engine.publish}, "
-              f"workers {cfg.engine.workers}, pipelines {kinds}"
+              f"workers {cfg.engine.workers} ({cfg.engine.worker_mode}), pipelines {kinds}"
               + (f", FHIR export to {exporter.settings.url}" if exporter else ""))
         return 0
     print(f"telediag engine: ingest {cfg.engine.ingest} (PULL), publish {cfg.engine.publish} (XPUB), "
@@ -225,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", metavar="FILE", help="TOML config (built-in default when omitted)")
     r.add_argument("--ingest", type=endpoint_arg, metavar="ADDR", help="override [engine].ingest")
     r.add_argument("--publish", type=endpoint_arg, metavar="ADDR", help="override [engine].publish")
+    r.add_argument("--ray", metavar="ADDRESS", help="workers as Ray actors on this Ray cluster (e.g. 10.0.0.5:6379 "
+                   "or auto); sets [cluster].ray_address, needs pip install 'telediag[cluster]'")
     r.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     r.set_defaults(func=_cmd_run)
 

@@ -1,4 +1,4 @@
-"""Worker processes (``[engine] worker_mode = "process"``): one OS process per worker.
+"""Worker pools: worker processes (``worker_mode = "process"``) and the machinery Ray actors share.
 
 ::
 
@@ -26,6 +26,20 @@ when the process died is reported in the gap (its outputs are incomplete).
 
 Children ignore SIGINT (the engine drains them with an in-band STOP) and die with the engine
 (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the engine leaves no orphan.
+
+The pool is transport-agnostic (:class:`WorkerPool`): the collector, the control socket that
+hands indices to warm workers, the progress bookkeeping, crash-loop limits and the router side
+(:class:`PoolRouter`) are shared by :class:`ProcessPool` (processes on ipc) and
+:class:`telediag.engine.cluster.RayPool` (Ray actors on tcp), which differ only in how workers
+are launched, watched and stopped.
+
+Adding a worker (:meth:`WorkerPool.add_worker`) moves only the streams the new index wins under
+rendezvous hashing, each with a clean handover: the router sends ``MOVE`` to the old owner
+in-band (after that stream's earlier chunks) and holds the stream's new chunks; the old owner
+runs its pending model work, closes the stream's pipeline (publishing its last results),
+publishes ``stream_moved`` and a *release* marker carrying the last seq and the output seq
+numbers; the router then sends ``RESUME`` and the held chunks to the new owner, which reopens
+the stream from there (no gap, output ``seq`` continues).
 """
 
 from __future__ import annotations
@@ -39,16 +53,108 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 
 from telediag.engine.config import Config
-from telediag.engine.worker import PROGRESS, Worker
+from telediag.engine.worker import DATA, PROGRESS, STOP, Worker
 from telediag.transports.wire import decode
 
 HELLO = b"H"
+#: router -> old owner, in-band: ``[MOVE, stream, new owner index]``
+MOVE = b"M"
+#: router -> new owner, in-band: ``[RESUME, stream, json {last_seq, moved, out_seq}]``
+RESUME = b"R"
+#: old owner -> collector, on the output pipe: ``[RELEASED, stream, json {last_seq, out_seq}]``
+RELEASED = b"\x00M"
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a cheap, well-spread 64-bit hash of a 64-bit integer."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
+    return x ^ (x >> 31)
+
+
+def owner_of(stream: bytes | str, n_workers: int) -> int:
+    """The worker that owns ``stream``: rendezvous (highest-random-weight) hashing.
+
+    Every worker ``i`` gets the weight ``mix64(crc32(stream) << 8 | i)`` and the highest wins,
+    so the choice is stable across processes and machines, spreads evenly, and changing the
+    number of workers from ``n`` to ``n + 1`` moves only the streams the new worker wins (about
+    ``1 / (n + 1)`` of them); every other stream keeps its owner (Thaler & Ravishankar 1998).
+    """
+    if n_workers <= 1:
+        return 0
+    b = stream.encode() if isinstance(stream, str) else stream
+    h = zlib.crc32(b) << 8
+    best, best_w = 0, -1
+    for i in range(n_workers):
+        w = _mix64(h | i)
+        if w > best_w:
+            best, best_w = i, w
+    return best
+
+
+# -- worker side (runs in a worker process or a Ray actor) ---------------------------------
+def _topic_of_stream(topic: str, sid: str) -> bool:
+    """Whether output/event topic ``kind/<stream...>`` belongs to source stream ``sid``."""
+    rest = topic.partition("/")[2]
+    return rest == sid or rest.startswith(sid + "/")
+
+
+def hand_over(w: Worker, sid: str, to: int) -> None:
+    """Old owner's side of a move: flush, close the stream, publish ``stream_moved``, release it."""
+    w._safe_flush()  # pending model work of every stream, then a progress marker
+    st = w.streams.pop(sid, None)
+    last = -1
+    if st is not None:
+        last = st.stats.last_seq
+        if not st.refused:
+            try:
+                w._close(sid, st)  # the pipeline's last results, as at the end of a stream
+            except Exception as e:  # noqa: BLE001 - containment: report, still hand the stream over
+                w._contain_stream(sid, e)
+    w.event(sid, {"type": "stream_moved", "stream": sid, "from_worker": w.index, "to_worker": to,
+                  "last_seq": last})
+    out_seq = {t: q for t, q in w._out_seq.items() if _topic_of_stream(t, sid)}
+    for t in out_seq:
+        del w._out_seq[t]
+    w._done.pop(sid, None)
+    assert w.out is not None
+    w.out.send_multipart([RELEASED, sid.encode(), json.dumps({"last_seq": last, "out_seq": out_seq}).encode()])
+
+
+def on_control(w: Worker, tag: bytes, frames: Sequence[Any]) -> None:
+    """In-band control messages of a pool worker (``MOVE`` / ``RESUME``; others are ignored)."""
+    def b(f: Any) -> bytes:
+        return f.bytes if hasattr(f, "bytes") else bytes(f)
+
+    if tag == MOVE:
+        hand_over(w, b(frames[0]).decode(), int(b(frames[1])))
+    elif tag == RESUME:
+        sid = b(frames[0]).decode()
+        info = json.loads(b(frames[1]))
+        w.resume[sid] = int(info["last_seq"])
+        if info.get("moved"):
+            w.moved.add(sid)
+        for t, q in dict(info.get("out_seq", {})).items():
+            w._out_seq[str(t)] = max(w._out_seq.get(str(t), 0), int(q))
+
+
+def pool_worker(config: Config, ctx: zmq.Context, inbox_addr: str, out_addr: str) -> Worker:
+    """A :class:`Worker` set up for a pool: outputs PUSHed to the collector, progress markers, control tags."""
+    w = Worker(-1, config, ctx, inbox_addr, out_addr)
+    w.out_type = zmq.PUSH
+    w.progress = True
+    w.on_control = lambda tag, frames: on_control(w, tag, frames)
+    return w
 
 
 def _die_with_parent() -> None:
@@ -60,6 +166,26 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except OSError:  # pragma: no cover - no libc: the worker still exits when its inbox is gone
         pass
+
+
+def say_hello(ctx: zmq.Context, ctrl_addr: str, info: dict[str, Any],
+              give_up: Callable[[], bool]) -> dict[str, Any] | None:
+    """Tell the engine a warm worker is here; wait for its assignment (a spare waits here).
+
+    Returns the reply (``index``, ``resume``, ``inbox``) or None when ``give_up()`` turns true.
+    """
+    req = ctx.socket(zmq.DEALER)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(ctrl_addr)
+    try:
+        req.send_multipart([HELLO, json.dumps(info).encode()])
+        while not req.poll(500):
+            if give_up():
+                return None
+        reply: dict[str, Any] = json.loads(req.recv_multipart()[-1])
+        return reply
+    finally:
+        req.close()
 
 
 def worker_main(config: Config, inbox_addrs: list[str], out_addr: str, ctrl_addr: str,
@@ -75,23 +201,16 @@ def worker_main(config: Config, inbox_addrs: list[str], out_addr: str, ctrl_addr
     if os.getppid() != parent_pid:
         return
     ctx = zmq.Context()
-    w = Worker(-1, config, ctx, "", out_addr)
-    w.out_type = zmq.PUSH
-    w.progress = True
+    w = pool_worker(config, ctx, "", out_addr)
     w.parallel_warmup = parallel_warmup
 
     def hello() -> None:
-        req = ctx.socket(zmq.DEALER)
-        req.setsockopt(zmq.LINGER, 0)
-        req.connect(ctrl_addr)
-        req.send_multipart([HELLO, str(os.getpid()).encode()])
-        while not req.poll(1000):  # a spare waits here until a worker dies
-            if os.getppid() != parent_pid:
-                raise SystemExit(0)
-        reply = json.loads(req.recv_multipart()[-1])
-        req.close()
+        reply = say_hello(ctx, ctrl_addr, {"pid": os.getpid(), "slot": os.getpid(), "inc": str(os.getpid())},
+                          lambda: os.getppid() != parent_pid)
+        if reply is None:
+            raise SystemExit(0)
         w.index = int(reply["index"])
-        w.inbox_addr = inbox_addrs[w.index]
+        w.inbox_addr = str(reply.get("inbox") or inbox_addrs[w.index])
         w.resume = {str(k): int(v) for k, v in reply["resume"].items()}
 
     w.before_serve = hello
@@ -101,21 +220,23 @@ def worker_main(config: Config, inbox_addrs: list[str], out_addr: str, ctrl_addr
         ctx.destroy(linger=2000)
 
 
-class ProcessPool:
-    """Start, watch, restart and stop the worker processes (process mode).
+class WorkerPool:
+    """Transport-agnostic supervisor of worker processes/actors (see the module doc).
+
+    Subclasses launch workers (:meth:`_launch`), tell whether a hello comes from a live one
+    (:meth:`_alive`), watch them (:meth:`_supervise`, calling :meth:`_worker_died`) and stop them.
 
     Parameters
     ----------
     config : Config
-        Engine configuration (``[engine].workers`` processes, ``[engine].spare_workers`` spares).
+        Engine configuration (``[engine].workers`` workers, ``[engine].spare_workers`` spares).
     ctx : zmq.Context
         The engine's context (collector and control sockets live in it).
     proxy_in : str
         The publish proxy's XSUB address (inproc) the collector forwards to.
-    run_dir : str
-        A private folder for the ipc sockets.
-    owner : callable
-        ``owner(stream_id) -> worker index`` (the router's rule).
+    out_addr, ctrl_addr : str
+        Where the collector (PULL) and the control socket (ROUTER) bind; ``tcp://host:*`` is
+        resolved to the bound port before any worker is launched.
     on_stats : callable
         Called by the collector with each worker's stats body (for metrics / aggregation).
     decorate_stats : callable, optional
@@ -130,47 +251,71 @@ class ProcessPool:
     #: at most this long after a death before its index is handed on, even when the output queue
     #: never runs empty (a busy engine): the gap it reports may then be a little too long, never short
     MAX_HANDOVER_WAIT_S = 1.0
+    #: a moved stream whose old owner has not released it after this long is resumed from the
+    #: collector's progress (``stream_restarted`` + exact ``gap`` instead of ``stream_moved``)
+    RELEASE_TIMEOUT_S = 5.0
+    kind = "pool"
 
-    def __init__(self, config: Config, ctx: zmq.Context, proxy_in: str, run_dir: str,
-                 owner: Callable[[str], int], on_stats: Callable[[int, dict[str, Any]], None],
+    def __init__(self, config: Config, ctx: zmq.Context, proxy_in: str, out_addr: str, ctrl_addr: str,
+                 on_stats: Callable[[int, dict[str, Any]], None],
                  decorate_stats: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.ctx = ctx
-        self.n = config.engine.workers
+        self.n = 0  # indices served so far (grows to [engine].workers at start, +1 per add_worker)
+        self.n_target = config.engine.workers
         self.spares = config.engine.spare_workers
-        self.inbox_addrs = [f"ipc://{run_dir}/w{i}" for i in range(self.n)]
-        self.out_addr = f"ipc://{run_dir}/out"
-        self.ctrl_addr = f"ipc://{run_dir}/ctrl"
+        self.inbox_addrs: list[str] = []  # worker index -> its inbox address (the router connects there)
+        self.routes_version = 0  # bumped whenever inbox_addrs, n or dead change (the router re-reads them)
+        self.dead: set[int] = set()  # indices whose worker died and has no replacement yet
+        self.released: dict[bytes, dict[str, Any]] = {}  # stream -> release info from its old owner
+        self.out_addr = out_addr
+        self.ctrl_addr = ctrl_addr
         self.proxy_in = proxy_in
-        self.owner = owner
         self.on_stats = on_stats
         self.decorate_stats = decorate_stats
-        self.procs: list[Any] = []  # every live process (assigned or spare)
-        self.index_of: dict[int, int] = {}  # pid -> worker index (assigned processes)
+        self.index_of: dict[int, int] = {}  # pid -> worker index (assigned workers)
         self.assigned_at: dict[int, float] = {}  # worker index -> monotonic time of its last assignment
         self.progress: dict[str, int] = {}  # stream -> last seq whose outputs were all forwarded
         self.restarts: list[tuple[float, int, int | None]] = []  # (time, worker, exit code)
         self.error: str | None = None
-        self._unassigned: list[int] = list(range(self.n))  # worker indices waiting for a process
+        self._unassigned: list[int] = list(range(self.n_target))  # worker indices waiting for a worker
         self._died_at: dict[int, float] = {}
         self._stopping = threading.Event()
         self._collector_done = threading.Event()
-        self._mp = mp.get_context("spawn")
         self._lock = threading.Lock()
         self.forwarded = 0
         self._events: list[dict[str, Any]] = []
 
-    # -- processes -----------------------------------------------------------------------
-    def _spawn(self, parallel_warmup: bool) -> None:
-        p = self._mp.Process(target=worker_main, name="telediag-worker", daemon=True,
-                             args=(self.config, self.inbox_addrs, self.out_addr, self.ctrl_addr, os.getpid(),
-                                   parallel_warmup))
-        p.start()
-        with self._lock:
-            self.procs.append(p)
+    def owner(self, stream: str | bytes) -> int:
+        """The index that owns ``stream`` among the indices served now."""
+        return owner_of(stream, self.n)
 
+    # -- to be provided by a launcher ----------------------------------------------------------
+    def _launch(self, parallel_warmup: bool) -> None:
+        raise NotImplementedError
+
+    def _alive(self, info: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def _all_exited(self) -> bool:
+        raise NotImplementedError
+
+    def _start_failed(self) -> str | None:
+        return None
+
+    def _supervise(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout_s: float) -> bool:
+        raise NotImplementedError
+
+    def _inbox_for(self, i: int, info: dict[str, Any]) -> str:
+        """The inbox address of index ``i`` when the worker that said ``info`` serves it."""
+        return str(info.get("endpoint") or "")
+
+    # -- shared ----------------------------------------------------------------------------
     def start(self, timeout_s: float = 300.0, cancel: threading.Event | None = None) -> None:
-        """Bind the collector and control sockets, start the processes, wait until every index is served.
+        """Bind the collector and control sockets, launch the workers, wait until every index is served.
 
         Raises RuntimeError on failure, timeout or when ``cancel`` is set meanwhile.
         """
@@ -180,47 +325,51 @@ class ProcessPool:
         if not self._bound.wait(10):
             raise RuntimeError("collector did not start")
         # the first may compile kernels in parallel (cold cache); the others load what it leaves
-        for k in range(self.n + self.spares):
-            self._spawn(parallel_warmup=k == 0)
+        for k in range(self.n_target + self.spares):
+            self._launch(parallel_warmup=k == 0)
         deadline = time.monotonic() + timeout_s
-        while len(self.assigned_at) < self.n:
+        while len(self.assigned_at) < self.n_target:
             time.sleep(0.05)
-            dead = [p for p in self.procs if not p.is_alive()]
-            if dead:
-                raise RuntimeError(f"a worker process exited during start-up (code {dead[0].exitcode})")
+            why = self._start_failed()
+            if why:
+                raise RuntimeError(why)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker processes did not start within {timeout_s} s")
+                raise RuntimeError(f"{self.kind} workers did not start within {timeout_s} s")
             if cancel is not None and cancel.is_set():
                 raise RuntimeError("start-up cancelled")
         self._supervisor = threading.Thread(target=self._supervise, name="telediag-supervisor", daemon=True)
         self._supervisor.start()
 
-    def _supervise(self) -> None:
-        while not self._stopping.is_set():
-            with self._lock:
-                sentinels = {p.sentinel: p for p in self.procs}
-            ready = mp.connection.wait(list(sentinels), timeout=0.2)
-            if self._stopping.is_set():
-                return
-            for s in ready:
-                p = sentinels[s]  # type: ignore[index]
-                with self._lock:
-                    self.procs.remove(p)
-                    i = self.index_of.pop(p.pid, None)
-                now = time.monotonic()
-                if i is not None:
-                    self.restarts.append((now, i, p.exitcode))
-                    recent = [r for r in self.restarts if now - r[0] < self.RESTART_WINDOW_S]
-                    if len(recent) > self.MAX_RESTARTS:
-                        self.error = (f"worker processes died {len(recent)} times in {self.RESTART_WINDOW_S:g} s "
-                                      f"(last: worker {i}, exit code {p.exitcode}); giving up")
-                        return
-                    with self._lock:
-                        self._died_at[i] = now
-                        self._unassigned.append(i)
-                        self._events.append({"type": "worker_restarted", "worker": i, "exitcode": p.exitcode,
-                                             "restarts": len(recent)})
-                self._spawn(parallel_warmup=False)  # the next spare (or this index's replacement)
+    def add_worker(self) -> int:
+        """Serve one more index (scale out): a warm spare takes it, a new spare is launched.
+
+        The router then moves to it only the streams it wins under rendezvous hashing, each with
+        a clean handover (``stream_moved``). Returns the new index.
+        """
+        with self._lock:
+            i = self.n_target
+            self.n_target += 1
+            self._unassigned.append(i)
+        self._launch(parallel_warmup=False)
+        return i
+
+    def _worker_died(self, i: int, exitcode: int | None) -> bool:
+        """Account a dead worker that served index ``i``; False when it is a crash loop (give up)."""
+        now = time.monotonic()
+        self.restarts.append((now, i, exitcode))
+        recent = [r for r in self.restarts if now - r[0] < self.RESTART_WINDOW_S]
+        if len(recent) > self.MAX_RESTARTS:
+            self.error = (f"{self.kind} workers died {len(recent)} times in {self.RESTART_WINDOW_S:g} s "
+                          f"(last: worker {i}, exit code {exitcode}); giving up")
+            return False
+        with self._lock:
+            self._died_at[i] = now
+            self._unassigned.append(i)
+            self.dead.add(i)
+            self.routes_version += 1
+            self._events.append({"type": "worker_restarted", "worker": i, "exitcode": exitcode,
+                                 "restarts": len(recent)})
+        return True
 
     def failure(self) -> str | None:
         """Why the pool can no longer serve (a crash loop, its collector or supervisor gone), or None."""
@@ -234,8 +383,8 @@ class ProcessPool:
         return None
 
     # -- collector -----------------------------------------------------------------------
-    def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, int]], last_empty: float) -> None:
-        """Give each unassigned worker index to a waiting process, with its streams' progress."""
+    def _assign(self, ctrl: zmq.Socket, waiting: list[tuple[bytes, dict[str, Any]]], last_empty: float) -> None:
+        """Give each unassigned worker index to a waiting worker, with its streams' progress."""
         while waiting:
             with self._lock:
                 if not self._unassigned:
@@ -250,22 +399,38 @@ class ProcessPool:
                 # "until every worker is quiet": the other workers' traffic never stops on a busy
                 # engine, and the dead worker's streams would stay silent meanwhile.
                 return
-            ident, pid = waiting.pop(0)
-            if not any(p.pid == pid and p.is_alive() for p in self.procs):
+            ident, info = waiting.pop(0)
+            if not self._alive(info):
                 continue  # that spare is gone
+            inbox = self._inbox_for(i, info)
             with self._lock:
                 self._unassigned.pop(0)
-                self.index_of[pid] = i
+                self.index_of[int(info["pid"])] = i
                 self.assigned_at[i] = now
-            mine = {s: q for s, q in self.progress.items() if self.owner(s) == i}
-            ctrl.send_multipart([ident, json.dumps({"index": i, "resume": mine}).encode()])
+                new = i >= self.n
+                while len(self.inbox_addrs) <= i:
+                    self.inbox_addrs.append("")
+                self.inbox_addrs[i] = inbox
+                self.dead.discard(i)
+                if new:
+                    self.n = i + 1
+                self.routes_version += 1
+                self._on_assigned(i, info)
+            # a new index starts empty (its streams arrive by handover); a replacement resumes the dead one's
+            mine = {} if new else {s: q for s, q in self.progress.items() if owner_of(s, self.n) == i}
+            ctrl.send_multipart([ident, json.dumps({"index": i, "resume": mine, "inbox": inbox}).encode()])
+
+    def _on_assigned(self, i: int, info: dict[str, Any]) -> None:
+        """Hook (under the lock): worker ``info`` now serves index ``i``."""
 
     def _collect(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.RCVHWM, self.config.engine.publish_hwm)
         pull.bind(self.out_addr)
+        self.out_addr = pull.getsockopt_string(zmq.LAST_ENDPOINT)
         ctrl = self.ctx.socket(zmq.ROUTER)
         ctrl.bind(self.ctrl_addr)
+        self.ctrl_addr = ctrl.getsockopt_string(zmq.LAST_ENDPOINT)
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, self.config.engine.publish_hwm)
         pub.setsockopt(zmq.LINGER, 2000)
@@ -275,7 +440,7 @@ class ProcessPool:
         poller.register(pull, zmq.POLLIN)
         poller.register(ctrl, zmq.POLLIN)
         progress = self.progress
-        waiting: list[tuple[bytes, int]] = []  # (routing id, pid) of processes waiting for an index
+        waiting: list[tuple[bytes, dict[str, Any]]] = []  # (routing id, hello) of workers waiting for an index
         idle_since: float | None = None
         last_empty = 0.0  # when the output queue was last read empty
         try:
@@ -289,7 +454,12 @@ class ProcessPool:
                 if ctrl in events:
                     ident, tag, payload = ctrl.recv_multipart()
                     if tag == HELLO:
-                        waiting.append((ident, int(payload)))
+                        try:
+                            info = json.loads(payload)
+                            waiting.append((ident, info))
+                            self._on_hello(info)
+                        except (ValueError, TypeError, KeyError):  # not one of ours: ignore
+                            pass
                 if pull not in events:
                     last_empty = time.monotonic()
                 if pull in events:
@@ -305,13 +475,18 @@ class ProcessPool:
                             for k in range(1, len(msg) - 1, 2):
                                 progress[msg[k].decode()] = int.from_bytes(msg[k + 1], "little")
                             continue
+                        if first == RELEASED:
+                            rel = json.loads(msg[2])
+                            progress[msg[1].decode()] = int(rel["last_seq"])
+                            self.released[msg[1]] = rel
+                            continue
                         if first.startswith(b"stats/engine/w"):
                             msg = self._stats(msg)
                         pub.send_multipart(msg)
                         self.forwarded += 1
                 elif self._stopping.is_set():
-                    # stop once every worker process has exited and their last messages are read
-                    if all(not p.is_alive() for p in list(self.procs)):
+                    # stop once every worker has exited and their last messages are read
+                    if self._all_exited():
                         idle_since = idle_since or time.monotonic()
                         if time.monotonic() - idle_since > 0.2:
                             break
@@ -322,6 +497,9 @@ class ProcessPool:
             ctrl.close(0)
             pub.close()
             self._collector_done.set()
+
+    def _on_hello(self, info: dict[str, Any]) -> None:
+        """Hook: a worker said hello (collector thread)."""
 
     def _publish_event(self, pub: zmq.Socket, body: dict[str, Any]) -> None:
         from telediag.transports.wire import Chunk, encode
@@ -345,7 +523,70 @@ class ProcessPool:
         self.on_stats(i, body)
         return msg
 
-    # -- stop ----------------------------------------------------------------------------
+
+class ProcessPool(WorkerPool):
+    """Start, watch, restart and stop the worker processes (process mode).
+
+    Parameters
+    ----------
+    config, ctx, proxy_in, on_stats, decorate_stats
+        As :class:`WorkerPool`.
+    run_dir : str
+        A private folder for the ipc sockets.
+    """
+
+    kind = "process"
+
+    def __init__(self, config: Config, ctx: zmq.Context, proxy_in: str, run_dir: str,
+                 on_stats: Callable[[int, dict[str, Any]], None],
+                 decorate_stats: Callable[[dict[str, Any]], None] | None = None,
+                 owner: Callable[[str], int] | None = None) -> None:
+        # owner: accepted for compatibility; ownership is always owner_of(stream, served indices)
+        super().__init__(config, ctx, proxy_in, f"ipc://{run_dir}/out", f"ipc://{run_dir}/ctrl", on_stats,
+                         decorate_stats)
+        self.run_dir = run_dir
+        self.procs: list[Any] = []  # every live process (assigned or spare)
+        self._mp = mp.get_context("spawn")
+
+    def _inbox_for(self, i: int, info: dict[str, Any]) -> str:
+        return f"ipc://{self.run_dir}/w{i}"
+
+    def _launch(self, parallel_warmup: bool) -> None:
+        addrs = [f"ipc://{self.run_dir}/w{i}" for i in range(self.n_target)]
+        p = self._mp.Process(target=worker_main, name="telediag-worker", daemon=True,
+                             args=(self.config, addrs, self.out_addr, self.ctrl_addr, os.getpid(),
+                                   parallel_warmup))
+        p.start()
+        with self._lock:
+            self.procs.append(p)
+
+    def _alive(self, info: dict[str, Any]) -> bool:
+        pid = int(info["pid"])
+        return any(p.pid == pid and p.is_alive() for p in self.procs)
+
+    def _all_exited(self) -> bool:
+        return all(not p.is_alive() for p in list(self.procs))
+
+    def _start_failed(self) -> str | None:
+        dead = [p for p in self.procs if not p.is_alive()]
+        return f"a worker process exited during start-up (code {dead[0].exitcode})" if dead else None
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                sentinels = {p.sentinel: p for p in self.procs}
+            ready = mp.connection.wait(list(sentinels), timeout=0.2)
+            if self._stopping.is_set():
+                return
+            for s in ready:
+                p = sentinels[s]  # type: ignore[index]
+                with self._lock:
+                    self.procs.remove(p)
+                    i = self.index_of.pop(p.pid, None)
+                if i is not None and not self._worker_died(i, p.exitcode):
+                    return
+                self._launch(parallel_warmup=False)  # the next spare (or this index's replacement)
+
     def stop(self, timeout_s: float) -> bool:
         """After the router has sent STOP: wait for the assigned processes to exit, end the spares.
 
@@ -368,3 +609,151 @@ class ProcessPool:
                 p.join(5)
         self._collector_done.wait(max(1.0, deadline - time.monotonic()))
         return clean
+
+
+class PoolRouter:
+    """The router's side of a worker pool (runs in the engine's router thread only).
+
+    Keeps one PUSH socket per worker index, re-reads the pool's routes when they change (a
+    replacement on another address, a new index), holds the chunks of an index whose worker is
+    dead until its replacement serves it (bounded by ``[engine].ingest_hwm`` messages per index;
+    beyond that the oldest are dropped and reported as a gap by the replacement), and runs the
+    move protocol when an index is added (see the module doc).
+    """
+
+    def __init__(self, pool: WorkerPool, ctx: zmq.Context) -> None:
+        self.pool = pool
+        self.ctx = ctx
+        self.hwm = pool.config.engine.ingest_hwm
+        self.outs: dict[int, zmq.Socket] = {}
+        self.addrs: dict[int, str] = {}
+        self.n = 0
+        self.version = -1
+        self.owners: dict[bytes, int] = {}
+        self.held: dict[bytes, tuple[int, float, deque[Any]]] = {}  # moving stream -> (new owner, since, chunks)
+        self.down: dict[int, deque[Any]] = {}  # dead index -> chunks held for its replacement
+        self.dropped_while_down = 0
+        self.moved = 0
+        self.sync()
+
+    def _connect(self, i: int, addr: str) -> None:
+        old = self.outs.pop(i, None)
+        if old is not None:
+            old.close(linger=0)  # chunks still queued for a dead worker die with it (reported as a gap)
+        s = self.ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.SNDHWM, self.hwm)
+        s.connect(addr)
+        self.outs[i] = s
+        self.addrs[i] = addr
+
+    def sync(self) -> None:
+        """Re-read the pool's routes if they changed; release moved streams whose old owner is done."""
+        pool = self.pool
+        if pool.routes_version != self.version:
+            with pool._lock:
+                self.version = pool.routes_version
+                addrs = list(pool.inbox_addrs[:pool.n])
+                n = pool.n
+                dead = set(pool.dead)
+            for i in dead:
+                if i not in self.down:
+                    self.down[i] = deque()
+            for i, a in enumerate(addrs):
+                if a and i not in dead and self.addrs.get(i) != a:
+                    self._connect(i, a)
+            for i in [i for i in self.down if i not in dead and i in self.outs]:
+                for msg in self.down.pop(i):
+                    self._send(i, msg)
+            if n > self.n:
+                old_n, self.n = self.n, n
+                if old_n:
+                    self._move(n)
+        if self.held:
+            self._release()
+
+    def _move(self, n: int) -> None:
+        now = time.monotonic()
+        for s, i in list(self.owners.items()):
+            j = owner_of(s, n)
+            if j == i:
+                continue
+            self.owners[s] = j
+            self.moved += 1
+            if i in self.down:  # the old owner is dead: resume from the collector's progress
+                self.held[s] = (j, now - self.pool.RELEASE_TIMEOUT_S, deque())
+            else:
+                self._send(i, [MOVE, s, str(j).encode()])
+                self.held[s] = (j, now, deque())
+
+    def _release(self) -> None:
+        now = time.monotonic()
+        for s, (j, since, q) in list(self.held.items()):
+            rel = self.pool.released.pop(s, None)
+            if rel is not None:
+                info = {**rel, "moved": True}
+            elif now - since >= self.pool.RELEASE_TIMEOUT_S:
+                info = {"last_seq": self.pool.progress.get(s.decode("utf-8", "replace"), -1), "moved": False}
+            else:
+                continue
+            del self.held[s]
+            self._send(j, [RESUME, s, json.dumps(info).encode()])
+            for frames in q:
+                self._send(j, [DATA, *frames])
+
+    def send(self, stream: bytes, frames: list[Any]) -> None:
+        """Route one source chunk (``frames`` as read from ingest) to its owner."""
+        if self.pool.routes_version != self.version or self.held:
+            self.sync()
+        i = self.owners.get(stream)
+        if i is None:
+            i = self.owners[stream] = owner_of(stream, self.n)
+            if len(self.owners) > 100_000:  # bounded: ids come from the network
+                self.owners.clear()
+        if self.held and stream in self.held:
+            self.held[stream][2].append(frames)
+            return
+        self._send(i, [DATA, *frames])
+
+    def _send(self, i: int, msg: list[Any]) -> None:
+        while True:
+            q = self.down.get(i)
+            if q is not None:
+                if len(q) >= self.hwm and q[0][0] == DATA:
+                    q.popleft()
+                    self.dropped_while_down += 1
+                q.append(msg)
+                return
+            s = self.outs[i]
+            try:
+                s.send_multipart(msg, flags=zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:  # backpressure (or a dead worker): wait a little, re-read the routes
+                s.poll(20, zmq.POLLOUT)
+                self.sync()
+
+    def tick(self) -> None:
+        """Called by the router loop when idle: follow route changes and finish handovers."""
+        if self.pool.routes_version != self.version or self.held:
+            self.sync()
+
+    def finish(self, deadline: float) -> None:
+        """Before STOP: finish pending handovers (bounded by ``deadline``)."""
+        while self.held and time.monotonic() < deadline:
+            self.sync()
+            time.sleep(0.01)
+        for s, (j, _, q) in list(self.held.items()):
+            info = {"last_seq": self.pool.progress.get(s.decode("utf-8", "replace"), -1), "moved": False}
+            self._send(j, [RESUME, s, json.dumps(info).encode()])
+            for frames in q:
+                self._send(j, [DATA, *frames])
+        self.held.clear()
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.outs[i] for i in sorted(self.outs)]
+
+    def close(self) -> None:
+        for s in self.outs.values():
+            s.close(linger=5000)
+
+
+__all__ = ["HELLO", "MOVE", "RELEASED", "RESUME", "STOP", "PoolRouter", "ProcessPool", "WorkerPool", "owner_of"]
