@@ -9,6 +9,11 @@ first pipeline kind (ECG) in the calling thread and, if that has not finished af
 child processes at the same time, on the other cores; the caller then loads their
 kernels from the cache the children wrote. A warm start spawns nothing.
 
+Before any of that, :func:`telediag.engine.aot.install` registers the kernels compiled ahead of
+time at install (``make``) with their dispatchers: with them nothing compiles at all, whatever the
+Numba cache holds, and the warm-up only runs the synthetic signal once through each pipeline (its
+calls with other argument types, if any, still compile or load from the cache).
+
 Children only compile: they run the same synthetic warm-up through the same stages
 (:func:`warm_kind`) and exit; they open no socket and see no patient data.
 """
@@ -23,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from telediag.engine import aot
 from telediag.engine.config import Config
 from telediag.engine.stage import StreamSpec
 from telediag.transports.wire import Chunk, decode, encode
@@ -107,6 +113,7 @@ def warm_pipelines(config: Config, *, parallel: bool = True, background: bool = 
     on_kind : callable, optional
         Called with ``(kind, seconds)`` as each kind becomes warm.
     """
+    aot.install()  # once per process; a no-op (kernels JIT as before) when not built or stale
     kinds: Sequence[str] = [k for k in WARMUP_SPECS if config.pipelines.get(k)]
     spent: dict[str, float] = {}
     if not kinds:
