@@ -212,7 +212,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with ``argv``, only the plugged module that ``argv`` selects is imported."""
     from telediag import __version__
 
     p = argparse.ArgumentParser(
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default demo-recording; '' to not record)")
     d.set_defaults(func=_cmd_demo)
 
-    _add_optional(sub, {"source": ss})
+    _add_optional(sub, {"source": ss}, argv)
     return p
 
 
@@ -349,10 +350,29 @@ def _load(module: str):  # noqa: ANN202
         raise
 
 
-def _add_optional(sub: argparse._SubParsersAction, parents: dict[str, argparse._SubParsersAction]) -> None:
+def _selected(argv: Sequence[str] | None) -> tuple[str | None, str | None] | None:
+    """The ``(parent, name)`` a command line selects, from its first words (no parsing); ``None``
+    when unknown (``argv`` not given: every plugged module is loaded)."""
+    if argv is None:
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return (None, None)
+    if words[0] in ("source", "analyze"):
+        return (words[0], words[1] if len(words) > 1 else None)
+    return (None, words[0])
+
+
+def _add_optional(sub: argparse._SubParsersAction, parents: dict[str, argparse._SubParsersAction],
+                  argv: Sequence[str] | None = None) -> None:
+    """Add the plugged subcommands. With ``argv``, only the module of the subcommand it selects is
+    imported (the others are listed with their help line): ``telediag run`` does not pay for
+    importing the viewer's web server, the API or the evaluation tools (cold start, issue 18)."""
+    wanted = _selected(argv)
     for parent, name, module, help_text in PLUGGED:
-        mod = _load(module)
-        if mod is None:
+        lazy = wanted is not None and wanted != (parent, name)
+        mod = None if lazy else _load(module)
+        if mod is None and not lazy:
             continue
         if parent is None:
             target = sub
@@ -363,13 +383,17 @@ def _add_optional(sub: argparse._SubParsersAction, parents: dict[str, argparse._
                 ps.required = True
                 parents[parent] = ps
             target = parents[parent]
+        if mod is None:
+            target.add_parser(name, help=help_text)
+            continue
         p = target.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
