@@ -26,18 +26,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from telediag.dsp.pcg import analyze_signal
 from telediag.errors import ModelError
+from telediag.models.pcg_abnormal.cnn_spec import cycle_log_power, normalise_recording
 from telediag.models.pcg_abnormal.features import (
     FEATURE_FS,
     FEATURE_NAMES,
     MIN_DURATION_S,
     N_FEATURES,
+    _prepare,
     recording_features,
 )
 
 __all__ = [
     "CARD_PATH",
     "CLASSES",
+    "CNN_CARD_PATH",
+    "CNN_PATH",
     "FEATURE_FS",
     "LABELS",
     "MIN_DURATION_S",
@@ -47,6 +52,8 @@ __all__ = [
 
 MODEL_PATH = Path(__file__).with_name("pcg_abnormal.onnx")
 CARD_PATH = Path(__file__).with_name("card.json")
+CNN_PATH = Path(__file__).with_name("pcg_abnormal_cnn.onnx")
+CNN_CARD_PATH = Path(__file__).with_name("card_cnn.json")
 CLASSES = ("normal", "abnormal")
 LABELS = (*CLASSES, "uncertain")
 """What :meth:`PCGClassifier.predict` may answer: ``"uncertain"`` is no decision (too few
@@ -87,11 +94,15 @@ class PCGClassifier:
     """
 
     def __init__(self, model_path: str | Path | None = None,
-                 card_path: str | Path | None = None, verify: bool = True) -> None:
+                 card_path: str | Path | None = None, verify: bool = True,
+                 cnn_card_path: str | Path | None = None) -> None:
         self.model_path = Path(model_path) if model_path is not None else MODEL_PATH
         self.card_path = Path(card_path) if card_path is not None else CARD_PATH
+        self.cnn_card_path = Path(cnn_card_path) if cnn_card_path is not None else CNN_CARD_PATH
         self.verify = verify
         self.card: dict[str, Any] = {}
+        self.cnn_card: dict[str, Any] = {}
+        self._cnn: Any = None
         self.threshold = 0.5
         self.min_quality = DEFAULT_MIN_QUALITY
         self.min_cycles = DEFAULT_MIN_CYCLES
@@ -139,10 +150,67 @@ class PCGClassifier:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {self.model_path}: {e}") from e
         self.threshold = float(self.card["threshold"])
+        self._load_cnn(ort)
         unc = self.card.get("uncertain", {})
         self.min_quality = float(unc.get("min_quality", DEFAULT_MIN_QUALITY))
         self.min_cycles = int(unc.get("min_cycles", DEFAULT_MIN_CYCLES))
         return self
+
+    def _load_cnn(self, ort: Any) -> None:
+        """Open the per-cycle CNN named by ``card_cnn.json`` (absent card: features only)."""
+        self.cnn_card, self._cnn = {}, None
+        if not self.cnn_card_path.is_file():
+            return
+        try:
+            card = json.loads(self.cnn_card_path.read_text())
+            path = self.cnn_card_path.with_name(card["file"])
+            comb = card["combine"]
+            w_cnn, w_lr, slope = (float(comb[k]) for k in ("w_cnn", "w_features", "slope"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"cannot read CNN model card {self.cnn_card_path}: {e}") from e
+        if not path.is_file():
+            raise ModelError(f"CNN model file {path} (named by {self.cnn_card_path.name}) "
+                             "not found")
+        if self.verify and _sha256(path) != card.get("sha256"):
+            raise ModelError(f"sha256 of {path.name} must be {card.get('sha256')} (card), "
+                             f"got {_sha256(path)}")
+        from telediag.models.pcg_abnormal.cnn_spec import N_BANDS, N_FRAMES
+
+        if card.get("inputs", {}).get("shape") != ["N", N_BANDS, N_FRAMES]:
+            raise ModelError(f"CNN card input shape must be ['N', {N_BANDS}, {N_FRAMES}], got "
+                             f"{card.get('inputs', {}).get('shape')}; retrain the CNN")
+        if not all(np.isfinite([w_cnn, w_lr, slope])):
+            raise ModelError("CNN card combine weights must be finite")
+        try:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            self._cnn = ort.InferenceSession(str(path), sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {path}: {e}") from e
+        self.cnn_card = card
+
+    def cycle_logits(self, cycles: ArrayLike) -> NDArray[np.float32]:
+        """CNN logit of each normalised cycle image ``(n, N_BANDS, N_FRAMES)`` -> ``(n,)``.
+
+        Raises
+        ------
+        telediag.errors.ModelError
+            No CNN loaded, or a wrong input shape.
+        """
+        if self._sess is None:
+            self.load()
+        if self._cnn is None:
+            raise ModelError("no per-cycle CNN loaded (card_cnn.json absent)")
+        from telediag.models.pcg_abnormal.cnn_spec import N_BANDS, N_FRAMES
+
+        c = np.ascontiguousarray(np.asarray(cycles, dtype=np.float32))
+        if c.ndim != 3 or c.shape[1:] != (N_BANDS, N_FRAMES):
+            raise ModelError(f"cycles must have shape (n, {N_BANDS}, {N_FRAMES}), got {c.shape}")
+        if c.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self._cnn.run(None, {"cycles": c})[0][:, 0], dtype=np.float32)
 
     def features(self, audio: ArrayLike, fs: int) -> NDArray[np.float32]:
         """Feature vector (length :data:`N_FEATURES`) of one recording.
@@ -202,8 +270,10 @@ class PCGClassifier:
     def predict_details(self, audio: ArrayLike, fs: int) -> dict[str, Any]:
         """:meth:`predict` plus reliability hints.
 
-        Returns ``{"abnormal_prob", "label", "threshold", "n_cycles", "quality",
-        "low_confidence"}``; ``low_confidence`` is True when fewer than :attr:`min_cycles`
+        Returns ``{"abnormal_prob", "p_features", "p_cnn", "label", "threshold", "n_cycles",
+        "quality", "low_confidence"}`` (``p_features``: the feature model alone; ``p_cnn``: the
+        per-cycle CNN alone, uncalibrated, None without a CNN or a complete cycle;
+        ``abnormal_prob`` combines them as the CNN card says); ``low_confidence`` is True when fewer than :attr:`min_cycles`
         complete cycles were segmented or the segmenter's quality index is below
         :attr:`min_quality` (default 3 and 0.2); ``label`` is then ``"uncertain"``.
 
@@ -217,13 +287,29 @@ class PCGClassifier:
         """
         if self._sess is None:
             self.load()
-        f = self.features(audio, fs)
-        p = float(self.predict_features(f)[0])
+        x, _, fs_i = _prepare(audio, fs)
+        ana = analyze_signal(x, fs_i)
+        f = recording_features(x, fs_i, analysis=ana)
+        p = p_features = float(self.predict_features(f)[0])
+        p_cnn = None
+        if self._cnn is not None:
+            cyc, _ = cycle_log_power(x, fs_i, segments=list(ana.segments))
+            if cyc.shape[0] > 0:
+                z_cnn = float(np.mean(self.cycle_logits(normalise_recording(cyc))))
+                p_cnn = float(1.0 / (1.0 + np.exp(-z_cnn)))
+                comb = self.cnn_card["combine"]
+                q_f = min(max(p_features, 1e-6), 1.0 - 1e-6)
+                z = float(comb["slope"]) * (float(comb["w_cnn"]) * z_cnn
+                                            + float(comb["w_features"])
+                                            * float(np.log(q_f / (1.0 - q_f))))
+                p = float(1.0 / (1.0 + np.exp(-z)))
         n_cyc = int(round(float(np.expm1(f[FEATURE_NAMES.index("r_log_ncycles")]))))
         q = float(f[FEATURE_NAMES.index("r_quality")])
         low = bool(n_cyc < self.min_cycles or not q >= self.min_quality)
         return {
             "abnormal_prob": p,
+            "p_features": p_features,
+            "p_cnn": p_cnn,
             "label": "uncertain" if low else CLASSES[int(p >= self.threshold)],
             "threshold": self.threshold,
             "n_cycles": n_cyc,

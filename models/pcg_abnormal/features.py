@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import signal as _sig
 from scipy.fft import dct, rfft
 
-from telediag.dsp.pcg import ANALYSIS_FS, PCGSegParams, analyze_signal, resample
+from telediag.dsp.pcg import ANALYSIS_FS, PCGAnalysis, PCGSegParams, analyze_signal, resample
 from telediag.errors import DSPError
 
 __all__ = [
@@ -223,7 +223,8 @@ def _prepare(audio: ArrayLike, fs: int) -> tuple[FloatArray, FloatArray, int]:
 
 
 def recording_features(
-    audio: ArrayLike, fs: int, params: PCGSegParams | None = None
+    audio: ArrayLike, fs: int, params: PCGSegParams | None = None,
+    analysis: PCGAnalysis | None = None,
 ) -> NDArray[np.float32]:
     """Feature vector of one heart-sound recording (see the module docstring).
 
@@ -236,6 +237,9 @@ def recording_features(
         Sample rate of ``audio`` in Hz.
     params : PCGSegParams, optional
         Segmentation parameters (default: the shipped ones).
+    analysis : PCGAnalysis, optional
+        :func:`telediag.dsp.pcg.analyze_signal` of the same ``audio`` when the caller has it
+        already (it is then not recomputed; ``params`` is ignored).
 
     Returns
     -------
@@ -255,7 +259,7 @@ def recording_features(
     True
     """
     x, y, fs_i = _prepare(audio, fs)
-    ana = analyze_signal(x, fs_i, params)
+    ana = analyze_signal(x, fs_i, params) if analysis is None else analysis
     n = y.size
     cyc = _cycles(list(ana.segments), n)
 

@@ -1,0 +1,549 @@
+"""Experiment (issue 16): a small CNN on state-warped per-cycle log spectrograms.
+
+Every complete heart cycle found by the LR-HSMM segmenter (:func:`telediag.dsp.pcg.analyze_signal`)
+becomes a ``(N_BANDS, N_FRAMES)`` log band-power image: the S1, systole, S2 and diastole
+intervals are each resampled to a fixed number of frames (:data:`STATE_FRAMES`), so systolic and
+diastolic murmurs land on the same columns whatever the heart rate.  The power comes from a
+64 ms Hann STFT (5 ms hop) of the 25-400 Hz band-passed 1 kHz signal, pooled into
+:data:`BAND_EDGES_HZ`.
+
+Device invariance:
+
+* per-recording normalisation: the log power of each band minus its median over the
+  recording's cycles -- a linear, time-invariant stethoscope response (EQ, tilt, gain) adds a
+  constant per band in the log domain and cancels exactly;
+* what a fixed response does *not* cancel is simulated at training time
+  (:func:`augment_log_power`): random EQ (tilt +-6 dB/octave, two bumps +-9 dB) applied *before*
+  additive noise (white or brown, 10-40 dB SNR), a random low-pass (band-limit of a cheaper
+  device / resampling, 150-450 Hz) and gain;
+
+A recording's probability is the sigmoid of the mean cycle logit.  Cross-validation: leave one
+database out over PhysioNet 2016 a, b, c, d, f *and* CirCor (each trained on the other five,
+CirCor murmur Present -> abnormal), plus stratified 5-fold over all recordings.  Needs torch
+(``train`` extra).  Not part of CI.
+
+Usage::
+
+    OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.pcg_abnormal.cnn_spec \\
+        --data ../shared/data --cache /tmp/pcg_cnn_spec.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from telediag.dsp.pcg import Segment, analyze_signal
+from telediag.errors import DSPError
+from telediag.models.pcg_abnormal.features import FEATURE_FS, _cycles, _prepare
+
+__all__ = ["BAND_EDGES_HZ", "N_BANDS", "N_FRAMES", "STATE_FRAMES", "augment_log_power",
+           "cycle_log_power", "normalise_recording"]
+
+BAND_EDGES_HZ: tuple[float, ...] = (25.0, 35.0, 45.0, 57.0, 70.0, 85.0, 100.0, 120.0, 145.0,
+                                    175.0, 210.0, 255.0, 310.0, 400.0)
+"""Edges (Hz) of the log-spaced bands."""
+N_BANDS = len(BAND_EDGES_HZ) - 1
+STATE_FRAMES: tuple[int, int, int, int] = (8, 16, 8, 24)
+"""Frames given to S1, systole, S2 and diastole."""
+N_FRAMES = sum(STATE_FRAMES)
+_WIN = 64
+_HOP = 5
+_NFFT = 128
+_FREQ = np.fft.rfftfreq(_NFFT, 1.0 / FEATURE_FS)
+_BAND_W = np.stack([((_FREQ >= lo) & (_FREQ < hi)).astype(np.float64)
+                    for lo, hi in zip(BAND_EDGES_HZ[:-1], BAND_EDGES_HZ[1:], strict=True)])
+_CENTRES = np.sqrt(np.array(BAND_EDGES_HZ[:-1]) * np.array(BAND_EDGES_HZ[1:]))
+MAX_CYCLES = 40
+"""At most this many cycles (the first ones) are kept per recording."""
+
+
+def _band_power(y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Band power ``(N_BANDS, n_frames)`` at 200 Hz frames (frame k centred on sample 5k)."""
+    pad = np.pad(y, (_WIN // 2, _WIN // 2))
+    n = (pad.size - _WIN) // _HOP + 1
+    idx = np.arange(_WIN)[None, :] + _HOP * np.arange(n)[:, None]
+    spec = np.abs(np.fft.rfft(pad[idx] * np.hanning(_WIN), _NFFT, axis=1)) ** 2
+    bp: NDArray[np.float64] = (spec @ _BAND_W.T).T / _BAND_W.sum(axis=1)[:, None]
+    return bp
+
+
+def cycle_log_power(audio: Any, fs: int, segments: list[Segment] | None = None
+                    ) -> tuple[NDArray[np.float32], float]:
+    """State-warped log10 band power of each complete cycle, and the segmenter quality.
+
+    Returns ``(cycles, quality)``: ``cycles`` is ``float32 (n, N_BANDS, N_FRAMES)`` (not
+    normalised), ``n <= MAX_CYCLES`` (may be 0).
+    """
+    x, y, fs_i = _prepare(audio, fs)
+    if segments is None:
+        ana = analyze_signal(x, fs_i)
+        segs, q = list(ana.segments), float(ana.quality)
+    else:
+        segs, q = list(segments), float("nan")
+    bp = _band_power(y)
+    fr = np.arange(bp.shape[1]) * _HOP
+    out = []
+    for c in _cycles(segs, y.size)[:MAX_CYCLES]:
+        t = np.concatenate([a + (np.arange(k) + 0.5) * (b - a) / k
+                            for (a, b), k in zip(c, STATE_FRAMES, strict=True)])
+        img = np.stack([np.interp(t, fr, bp[i]) for i in range(N_BANDS)])
+        out.append(np.log10(img + 1e-10))
+    arr = np.asarray(out, dtype=np.float32).reshape(-1, N_BANDS, N_FRAMES)
+    return arr, q
+
+
+def augment_log_power(L: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+    """One random device applied to the log10 band power of one recording's cycles."""
+    lf = np.log2(_CENTRES / 150.0)
+    g = rng.uniform(-6.0, 6.0) * lf
+    for _ in range(2):
+        c = np.log2(np.exp(rng.uniform(np.log(30.0), np.log(400.0))) / 150.0)
+        w = rng.uniform(0.4, 1.5)
+        g = g + rng.uniform(-9.0, 9.0) * np.exp(-0.5 * ((lf - c) / (w / 2.355)) ** 2)
+    if rng.random() < 0.5:  # band limit (cheap device, low sample rate): 24 dB/octave above fc
+        fc = np.exp(rng.uniform(np.log(150.0), np.log(450.0)))
+        g = g - 24.0 * np.maximum(np.log2(_CENTRES / fc), 0.0)
+    P = 10.0 ** (L.astype(np.float64) + g[None, :, None] / 10.0)
+    sig = float(np.mean(P))
+    bw = np.diff(BAND_EDGES_HZ)
+    shape = bw if rng.random() < 0.5 else bw / _CENTRES**2  # white or brown
+    shape = shape / shape.sum() * N_BANDS
+    noise = sig / 10.0 ** (rng.uniform(10.0, 40.0) / 10.0) * shape
+    noise = noise[None, :, None] * rng.exponential(1.0, size=P.shape)  # chi2-ish per frame
+    return np.log10(P + noise + 1e-10).astype(np.float32)
+
+
+def normalise_recording(L: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Per-recording, per-band median removed (log10 units x 10 = dB / 10), clipped."""
+    if L.shape[0] == 0:
+        return L
+    med = np.median(L, axis=(0, 2), keepdims=True)
+    return np.clip(L - med, -4.0, 4.0).astype(np.float32)
+
+
+def load_cycles(data: Path, cache: Path) -> dict[str, Any]:
+    """Cycles of every recording of :func:`train.list_records` (a-f + CirCor), cached."""
+    from telediag.models.pcg_abnormal.train import list_records, read_wav
+
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return {k: z[k] for k in z.files}
+    recs = list_records(data)
+    cs, idx, q = [], [], []
+    t0 = time.time()
+    for i, r in enumerate(recs):
+        x, fs = read_wav(r[3])
+        try:
+            c, qi = cycle_log_power(x, fs)
+        except DSPError:
+            c, qi = np.zeros((0, N_BANDS, N_FRAMES), np.float32), 0.0
+        cs.append(c.astype(np.float16))
+        idx.append(np.full(c.shape[0], i, dtype=np.int32))
+        q.append(qi)
+        if (i + 1) % 100 == 0:
+            print(f"  cycles {i + 1}/{len(recs)} ({time.time() - t0:.0f} s)", flush=True)
+    out = {"C": np.concatenate(cs), "rec": np.concatenate(idx),
+           "y": np.array([r[2] for r in recs], dtype=np.int64),
+           "sets": np.array([r[0] for r in recs]), "names": np.array([r[1] for r in recs]),
+           "quality": np.array(q)}
+    np.savez(cache, **out)
+    return out
+
+
+def _net(torch: Any, width: int = 32) -> Any:
+    """Per-cycle CNN over time with the bands as channels: three conv layers (kernel 5, 5, 3;
+    ``width`` filters, batch norm), two 2x max-pools, a 16-unit dense layer; the flattened
+    time axis keeps where in the cycle (S1 / systole / S2 / diastole columns) energy sits.
+    About 18 k weights at width 32."""
+    nn = torch.nn
+    w = width
+    return nn.Sequential(
+        nn.Conv1d(N_BANDS, w, 5, padding=2), nn.BatchNorm1d(w), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(w, w, 5, padding=2), nn.BatchNorm1d(w), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(w, w, 3, padding=1), nn.BatchNorm1d(w), nn.ReLU(),
+        nn.Flatten(), nn.Dropout(0.3),
+        nn.Linear(w * (N_FRAMES // 4), 16), nn.ReLU(), nn.Linear(16, 1),
+    )
+
+
+def _record_weights(y: NDArray[np.int64], sets: NDArray[Any], tr: NDArray[np.bool_],
+                    how: str) -> NDArray[np.float64]:
+    """Sampling weights of the training recordings: ``"set_class"``: within each database the
+    two classes weigh the same, databases by size; ``"group"``: every (database, class)
+    group the same; ``"class"``: the two classes the same overall."""
+    w = np.zeros(y.size)
+    for s in np.unique(sets[tr]):
+        for c in (0, 1):
+            g = tr & (sets == s) & (y == c)
+            if not g.any():
+                continue
+            if how == "set_class":
+                w[g] = 0.5 * np.sum(tr & (sets == s)) / g.sum()
+            elif how == "group":
+                w[g] = 1.0 / g.sum()
+            else:
+                w[g] = 0.5 / np.sum(tr & (y == c))
+    return w / w.sum()
+
+
+def _prep(L: NDArray[Any], rng: np.random.Generator | None, k: int | None,
+          p_aug: float) -> NDArray[np.float32]:
+    L = L.astype(np.float32)
+    if rng is not None and rng.random() < p_aug:
+        L = augment_log_power(L, rng)
+    Z = normalise_recording(L)
+    if k is not None and rng is not None:
+        Z = Z[rng.integers(0, Z.shape[0], size=k)]
+    return Z
+
+
+def fit_cnn(cy: dict[str, Any], tr: NDArray[np.bool_], seed: int = 0, epochs: int = 30,
+            per_epoch: int = 1024, k: int = 6, p_aug: float = 0.8, how: str = "set_class",
+            width: int = 32, log: bool = False) -> Any:
+    """Train on the recordings ``tr``: batches of 32 recordings x ``k`` random cycles (each
+    recording through a random device with probability ``p_aug``), loss on the mean cycle
+    logit of each recording."""
+    from telediag.models.pcg_abnormal.train import _torch
+
+    torch = _torch()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    C, rec, y, sets = cy["C"], cy["rec"], cy["y"], cy["sets"]
+    starts = np.searchsorted(rec, np.arange(y.size + 1))
+    ok = tr & (np.diff(starts) >= 2)
+    w = _record_weights(y, sets, ok, how)
+    net = _net(torch, width)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    steps = epochs * per_epoch // 32
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    t0 = time.time()
+    for ep in range(epochs):
+        net.train()
+        draw = rng.choice(y.size, size=per_epoch, p=w)
+        tot = 0.0
+        for b in range(0, per_epoch, 32):
+            ids = draw[b : b + 32]
+            xb = np.stack([_prep(C[starts[i] : starts[i + 1]], rng, k, p_aug) for i in ids])
+            xt = torch.from_numpy(xb.reshape(-1, N_BANDS, N_FRAMES))
+            logit = net(xt)[:, 0].reshape(len(ids), k).mean(dim=1)
+            loss = bce(logit, torch.from_numpy(y[ids].astype(np.float32)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * len(ids)
+        if log:
+            print(f"    epoch {ep + 1} loss {tot / per_epoch:.3f} ({time.time() - t0:.0f} s)",
+                  flush=True)
+    net.eval()
+    return net
+
+
+def predict_cnn(net: Any, cy: dict[str, Any], te: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Probability (sigmoid of the mean cycle logit, normalised per recording, no
+    augmentation) of every recording in ``te``; NaN without a complete cycle."""
+    from telediag.models.pcg_abnormal.train import _torch
+
+    torch = _torch()
+    C, rec, y = cy["C"], cy["rec"], cy["y"]
+    starts = np.searchsorted(rec, np.arange(y.size + 1))
+    out = np.full(int(te.sum()), np.nan)
+    with torch.no_grad():
+        for j, i in enumerate(np.flatnonzero(te)):
+            L = C[starts[i] : starts[i + 1]]
+            if L.shape[0] == 0:
+                continue
+            z = normalise_recording(L.astype(np.float32))
+            lg = net(torch.from_numpy(z))[:, 0].numpy()
+            out[j] = 1.0 / (1.0 + np.exp(-float(np.mean(lg))))
+    return out
+
+
+def _metrics(y: NDArray[np.int64], p: NDArray[np.float64], thr: float | NDArray[np.float64]
+             ) -> tuple[float, float, float, float]:
+    """(Se, Sp, MAcc, AUC); recordings without a probability count as called abnormal
+    (the runtime withholds them: 'uncertain')."""
+    from scipy.stats import mannwhitneyu
+
+    q = np.where(np.isfinite(p), p, 1.0)
+    pred = q >= thr
+    se = float(np.mean(pred[y == 1]))
+    sp = float(np.mean(~pred[y == 0]))
+    f = np.isfinite(p)
+    a, b = p[f & (y == 1)], p[f & (y == 0)]
+    auc = float(mannwhitneyu(a, b).statistic / (a.size * b.size)) if a.size and b.size else np.nan
+    return se, sp, (se + sp) / 2, auc
+
+
+def _logit(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    q = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.asarray(np.log(q / (1.0 - q)))
+
+
+def _best_thr(y: NDArray[np.int64], p: NDArray[np.float64]) -> float:
+    f = np.isfinite(p)
+    grid = np.linspace(0.2, 0.8, 61)
+    sc = np.array([_metrics(y[f], p[f], t)[2] for t in grid])
+    sm = np.convolve(np.pad(sc, 2, mode="edge"), np.ones(5) / 5, mode="valid")
+    return float(grid[int(np.argmax(sm))])
+
+
+CNN_ONNX = Path(__file__).with_name("pcg_abnormal_cnn.onnx")
+CNN_CARD = Path(__file__).with_name("card_cnn.json")
+
+
+def export_onnx(net: Any, path: Path) -> float:
+    """Export the per-cycle network (input ``cycles`` (N, N_BANDS, N_FRAMES) float32,
+    normalised by :func:`normalise_recording`; output ``logit`` (N, 1)); returns the max
+    |difference| ONNX Runtime vs torch on random inputs."""
+    import io
+
+    import onnxruntime as ort
+
+    from telediag.models.pcg_abnormal.train import _torch
+
+    torch = _torch()
+    net.eval()
+    buf = io.BytesIO()
+    x = torch.randn(4, N_BANDS, N_FRAMES)
+    torch.onnx.export(net, x, buf, input_names=["cycles"], output_names=["logit"],
+                      dynamic_axes={"cycles": {0: "N"}, "logit": {0: "N"}}, opset_version=17,
+                      dynamo=False)
+    path.write_bytes(buf.getvalue())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xt = np.random.default_rng(0).standard_normal((9, N_BANDS, N_FRAMES)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(xt)).numpy()
+    return float(np.abs(sess.run(None, {"cycles": xt})[0] - ref).max())
+
+
+def _rows(y: NDArray[np.int64], sets: NDArray[Any], p: NDArray[np.float64],
+          keep: NDArray[np.bool_] | None = None) -> list[dict[str, Any]]:
+    """Per-database and pooled Se/Sp/MAcc/AUC at 0.5 (``keep``: recordings scored)."""
+    k = np.ones(y.size, dtype=bool) if keep is None else keep
+    rows = []
+    for s in [d for d in ("a", "b", "c", "d", "f", "circor") if np.any(sets == d)]:
+        m = k & (sets == s)
+        se, sp, ma, auc = _metrics(y[m], p[m], 0.5)
+        rows.append({"fold": s, "n": int(m.sum()), "n_abnormal": int(y[m].sum()),
+                     "withheld": int(((sets == s) & ~k).sum()), "se": se, "sp": sp,
+                     "macc": ma, "auc": auc})
+    se, sp, ma, auc = _metrics(y[k], p[k], 0.5)
+    rows.append({"fold": "pooled", "n": int(k.sum()), "n_abnormal": int(y[k].sum()),
+                 "withheld": int((~k).sum()), "se": se, "sp": sp, "macc": ma, "auc": auc})
+    return rows
+
+
+def train_final(cy: dict[str, Any], data: Path, feature_cache: Path, seeds: list[int],
+                kw: dict[str, Any], lodo_json: list[str], random_json: str | None) -> int:
+    """Train the shipped CNN (mean logit of ``seeds`` networks, all six databases), choose
+    how it is combined with the feature model from the leave-one-database-out predictions
+    (``lodo_json``: :func:`main` outputs), export ONNX, write ``card_cnn.json``."""
+    import hashlib
+
+    from telediag.models.pcg_abnormal.train import (
+        FINAL,
+        _torch,
+        calibration_slope,
+        cross_validate,
+        load_features,
+        low_confidence,
+    )
+
+    torch = _torch()
+    y, sets = cy["y"], cy["sets"]
+    # held-out predictions: CNN (seed logits averaged, weighted by the seeds of each file)
+    zs, ws = [], []
+    for f in lodo_json:
+        r = json.loads(Path(f).read_text())
+        zs.append(_logit(np.array([np.nan if v is None else v for v in r["lodo_p"]])))
+        sd = r["args"].get("seeds")
+        ws.append(len(sd.split(",")) if sd else 1)
+    z_cnn = np.average(np.stack(zs), axis=0, weights=ws)
+    fe = load_features(data, feature_cache, verbose=False)
+    if not np.array_equal(fe["y"], y) or not np.array_equal(fe["sets"], sets):
+        raise RuntimeError("feature cache and cycle cache list different recordings")
+    X_aug = [load_features(data, feature_cache, augment=k, verbose=False)["X"]
+             for k in range(1, FINAL.n_aug + 1)]
+    _, p_lr, _ = cross_validate(fe["X"], y, sets, FINAL, "set", X_aug=X_aug)
+    lr_card = json.loads((Path(__file__).with_name("card.json")).read_text())
+    z_lr = float(lr_card["model"]["calibration_slope"]) * _logit(p_lr)  # shipped calibration
+    low = low_confidence(fe["X"])
+    has = np.isfinite(z_cnn)
+    cands = {}
+    for w in (1.0, 0.75, 0.5):
+        z = np.where(has, w * z_cnn + (1.0 - w) * z_lr, z_lr)
+        cands[w] = (_metrics(y, 1.0 / (1.0 + np.exp(-z)), 0.5)[2], z)
+    w_best = max(cands, key=lambda w: cands[w][0])
+    z = cands[w_best][1]
+    slope = calibration_slope(y, 1.0 / (1.0 + np.exp(-z)), 0.5)
+    p_comb = 1.0 / (1.0 + np.exp(-slope * z))
+    p_cnn = 1.0 / (1.0 + np.exp(-np.where(has, z_cnn, 0.0)))
+    p_cnn[~has] = np.nan
+    print(f"combine: w_cnn {w_best} (pooled MAcc per w: "
+          f"{ {w: round(v[0], 3) for w, v in cands.items()} }), slope {slope:.3f}", flush=True)
+    # the shipped networks
+    nets = [fit_cnn(cy, np.ones(y.size, dtype=bool), seed=sd, **kw) for sd in seeds]
+
+    class Mean(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, ms: list[Any]) -> None:
+            super().__init__()
+            self.ms = torch.nn.ModuleList(ms)
+
+        def forward(self, x: Any) -> Any:
+            return torch.stack([m(x) for m in self.ms]).mean(dim=0)
+
+    ens = Mean(nets).eval()
+    err = export_onnx(ens, CNN_ONNX)
+    sha = hashlib.sha256(CNN_ONNX.read_bytes()).hexdigest()
+    rnd = json.loads(Path(random_json).read_text()) if random_json else None
+    card = {
+        "name": "pcg_abnormal_cnn",
+        "file": CNN_ONNX.name,
+        "sha256": sha,
+        "bytes": CNN_ONNX.stat().st_size,
+        "opset": 17,
+        "inputs": {"name": "cycles", "shape": ["N", N_BANDS, N_FRAMES], "dtype": "float32",
+                   "extractor": "telediag.models.pcg_abnormal.cnn_spec.cycle_log_power + "
+                                "normalise_recording",
+                   "band_edges_hz": list(BAND_EDGES_HZ), "state_frames": list(STATE_FRAMES),
+                   "max_cycles": MAX_CYCLES},
+        "outputs": {"name": "logit", "shape": ["N", 1]},
+        "combine": {"w_cnn": w_best, "w_features": 1.0 - w_best, "slope": slope,
+                    "rule": "abnormal_prob = sigmoid(slope * (w_cnn * mean cycle logit + "
+                            "w_features * logit(feature-model probability))); the feature "
+                            "model alone when no complete cycle",
+                    "chosen_on": "the leave-one-database-out predictions that the metrics "
+                                 "below report (w_cnn from {1, 0.75, 0.5}, slope fitted "
+                                 "class-balanced on them)"},
+        "training": {"databases": ["a", "b", "c", "d", "f", "circor"],
+                     "recordings": int(y.size), "abnormal": int(y.sum()),
+                     "seeds": seeds, **{k: v for k, v in kw.items() if k != "log"}},
+        "metrics": {
+            "lodo_cnn": _rows(y, sets, p_cnn),
+            "lodo_combined": _rows(y, sets, p_comb),
+            "lodo_combined_decided": _rows(y, sets, p_comb, ~low),
+            "lodo_features_only": _rows(y, sets, 1.0 / (1.0 + np.exp(-z_lr))),
+            "random_5fold_cnn": rnd["random"] if rnd else None,
+            "definition": "abnormal positive; threshold 0.5 fixed; CirCor murmur Present -> "
+                          "abnormal, Absent -> normal; recordings without a complete cycle "
+                          "take the feature model's probability (CNN rows: called abnormal)",
+        },
+        "onnx_vs_torch_max_abs_diff": err,
+        "reproduce": "OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.pcg_abnormal."
+                     "cnn_spec --folds lodo --seeds 0,1,2 --json /tmp/cnn_lodo.json; ... "
+                     "--folds random --json /tmp/cnn_random.json; ... --final --lodo-json "
+                     "/tmp/cnn_lodo.json --random-json /tmp/cnn_random.json",
+    }
+    CNN_CARD.write_text(json.dumps(card, indent=1, allow_nan=False,
+                                   default=lambda o: None) + "\n")
+    print(f"wrote {CNN_ONNX} ({card['bytes']} bytes, onnx err {err:.2g}) and {CNN_CARD}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--cache", default="/tmp/pcg_cnn_spec.npz")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--per-epoch", type=int, default=1024)
+    ap.add_argument("--p-aug", type=float, default=0.8)
+    ap.add_argument("--weights", default="set_class", choices=("set_class", "group", "class"))
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma list: average the seeds' logits")
+    ap.add_argument("--folds", default="lodo,random", help="lodo, random, nested (comma list)")
+    ap.add_argument("--train-sets", default="all",
+                    help="'all' (the five other databases) or 'pcg2016' (a-f only)")
+    ap.add_argument("--only", default=None, help="comma list of held-out databases")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--log", action="store_true")
+    ap.add_argument("--final", action="store_true", help="train and export the shipped CNN")
+    ap.add_argument("--lodo-json", default=None, help="--final: comma list of LODO outputs")
+    ap.add_argument("--random-json", default=None)
+    ap.add_argument("--feature-cache", default="/tmp/pcg_abnormal_features.npz")
+    a = ap.parse_args(argv)
+    cy = load_cycles(Path(a.data), Path(a.cache))
+    y, sets = cy["y"], cy["sets"]
+    kw = dict(epochs=a.epochs, per_epoch=a.per_epoch, p_aug=a.p_aug, how=a.weights,
+              width=a.width, log=a.log)
+    if a.final:
+        seeds = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed]
+        return train_final(cy, Path(a.data), Path(a.feature_cache), seeds, kw,
+                           a.lodo_json.split(","), a.random_json)
+    print(f"{y.size} recordings, {cy['C'].shape[0]} cycles; {vars(a)}", flush=True)
+    kw = dict(epochs=a.epochs, per_epoch=a.per_epoch, p_aug=a.p_aug, how=a.weights,
+              width=a.width, log=a.log)
+    dbs = [s for s in ("a", "b", "c", "d", "f", "circor") if np.any(sets == s)]
+    res: dict[str, Any] = {"args": vars(a)}
+    schemes = a.folds.split(",")
+    for scheme in ("lodo", "random"):
+        if scheme not in schemes:
+            continue
+        if scheme == "lodo":
+            held = a.only.split(",") if a.only else dbs
+            folds = [(s, sets == s) for s in held]
+        else:
+            fi = np.random.default_rng(0).permutation(y.size) % 5
+            folds = [(str(i + 1), fi == i) for i in range(5)]
+        p = np.full(y.size, np.nan)
+        thr_n = np.full(y.size, 0.5)
+        t0 = time.time()
+        rows = []
+        for name, te in folds:
+            tr = ~te
+            if a.train_sets == "pcg2016":
+                tr &= sets != "circor"
+            seeds = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed]
+            z = np.mean([_logit(predict_cnn(fit_cnn(cy, tr, seed=sd, **kw), cy, te))
+                         for sd in seeds], axis=0)
+            p[te] = 1.0 / (1.0 + np.exp(-z))
+            if scheme == "lodo" and "nested" in schemes:
+                inner = np.full(y.size, np.nan)
+                for s in [d for d in dbs if np.any(tr & (sets == d))]:
+                    ti = tr & (sets == s)
+                    inner[ti] = predict_cnn(fit_cnn(cy, tr & ~ti, seed=a.seed, **kw), cy, ti)
+                thr_n[te] = _best_thr(y[tr], inner[tr])
+            se, sp, ma, auc = _metrics(y[te], p[te], 0.5)
+            row = {"fold": name, "n": int(te.sum()), "n_abnormal": int(y[te].sum()),
+                   "se": se, "sp": sp, "macc": ma, "auc": auc,
+                   "nested_thr": float(thr_n[te][0])}
+            if "nested" in schemes and scheme == "lodo":
+                row["nested_macc"] = _metrics(y[te], p[te], float(thr_n[te][0]))[2]
+            rows.append(row)
+            res[scheme] = rows
+            res[scheme + "_p"] = [None if not np.isfinite(v) else float(v) for v in p]
+            if a.json:
+                Path(a.json).write_text(json.dumps(res))
+            print(f"  {scheme} {name}: n {row['n']} Se {se:.3f} Sp {sp:.3f} MAcc {ma:.3f} "
+                  f"AUC {auc:.3f} thr_nested {row['nested_thr']:.2f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        m = np.zeros(y.size, dtype=bool)
+        for _, te in folds:
+            m |= te
+        se, sp, ma, auc = _metrics(y[m], p[m], 0.5)
+        print(f"{scheme} pooled: Se {se:.3f} Sp {sp:.3f} MAcc {ma:.3f} AUC {auc:.3f}", flush=True)
+        pooled = {"fold": "pooled", "se": se, "sp": sp, "macc": ma, "auc": auc}
+        if "nested" in schemes and scheme == "lodo":
+            se, sp, ma, _ = _metrics(y[m], p[m], thr_n[m])
+            pooled.update(nested_se=se, nested_sp=sp, nested_macc=ma)
+            print(f"{scheme} pooled, nested threshold: Se {se:.3f} Sp {sp:.3f} MAcc {ma:.3f}")
+        rows.append(pooled)
+        res[scheme] = rows
+        res[scheme + "_p"] = [None if not np.isfinite(v) else float(v) for v in p]
+    if a.json:
+        Path(a.json).write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
