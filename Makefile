@@ -27,9 +27,20 @@ $(BIN)/.installed-dev: pyproject.toml | sysdeps
 	$(BIN)/python -m pip install -q -e '.[dev,bench,audio,lsl,report]'
 	touch $@ $(BIN)/.installed-run
 
-.PHONY: sysdeps demo test lint typecheck unit bench-smoke bench
+# Numba kernels compiled ahead of time (engine/aot.py): a C extension built from the signatures the
+# engine's own warm-up calls, so a first `telediag run` compiles nothing even with an empty Numba
+# cache (issue 18). Rebuilt when a kernel source changes; without a C compiler it is skipped
+# (--optional) and the kernels JIT at first use as before.
+AOT = engine/_aot_kernels.json
+AOT_SRCS = $(wildcard dsp/*.py models/ecg_beats/*.py) engine/aot.py engine/warmup.py engine/default.toml
+$(AOT): $(AOT_SRCS) | $(BIN)/.installed-run
+	$(BIN)/python -m telediag.engine.aot build --optional
 
-demo: $(BIN)/.installed-run
+.PHONY: sysdeps demo test lint typecheck unit bench-smoke bench aot
+
+aot: $(AOT)
+
+demo: $(BIN)/.installed-run $(AOT)
 	$(BIN)/telediag demo
 
 lint: $(BIN)/.installed-dev
@@ -38,13 +49,13 @@ lint: $(BIN)/.installed-dev
 typecheck: $(BIN)/.installed-dev
 	$(BIN)/mypy engine dsp transports
 
-unit: $(BIN)/.installed-dev
+unit: $(BIN)/.installed-dev $(AOT)
 	$(BIN)/pytest
 
-bench-smoke: $(BIN)/.installed-dev
+bench-smoke: $(BIN)/.installed-dev $(AOT)
 	$(BIN)/pytest benchmarks --benchmark-disable -q -p no:cacheprovider
 
 test: lint typecheck unit bench-smoke
 
-bench: $(BIN)/.installed-dev
+bench: $(BIN)/.installed-dev $(AOT)
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops --benchmark-group-by=group

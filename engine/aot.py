@@ -35,8 +35,10 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -186,6 +188,9 @@ def _build_here(out_dir: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
 def build(out_dir: Path | None = None, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """Build the extension in a child process whose Numba cache is thrown away afterwards."""
     out = Path(out_dir or HERE)
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler ({cc!r} not found)")
     with tempfile.TemporaryDirectory(prefix="telediag-aot-cache-") as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache, "TELEDIAG_AOT": "0"}
         r = subprocess.run([sys.executable, "-m", "telediag.engine.aot", "_build", str(out), *kinds],
