@@ -29,12 +29,23 @@ _CLASSIFIERS: dict[tuple[str, int], Any] = {}
 
 
 def classifier(variant: str, threads: int = 1) -> Any:
-    """The shipped beat classifier: one ONNX session per (variant, threads) per process, shared by streams."""
+    """The shipped beat classifier: one ONNX session per (variant, threads) per process, shared by streams.
+
+    With one thread its trees run in the Numba kernel of
+    :mod:`telediag.engine.stages.ecg_parts.trees` (the same float32 output as ONNX Runtime, bit for
+    bit, checked when it loads; ONNX Runtime's per-call overhead dominates the few beats of a
+    chunk), unless the model's graph is not one it reproduces exactly: then ONNX Runtime.
+    """
     key = (variant, threads)
     if key not in _CLASSIFIERS:
         from telediag.models.ecg_beats import BeatClassifier
 
-        _CLASSIFIERS[key] = BeatClassifier.load(variant, intra_op_threads=threads)  # type: ignore[arg-type]
+        clf = BeatClassifier.load(variant, intra_op_threads=threads)  # type: ignore[arg-type]
+        if threads == 1:
+            from telediag.engine.stages.ecg_parts.trees import fast_classifier
+
+            clf = fast_classifier(clf) or clf
+        _CLASSIFIERS[key] = clf
     return _CLASSIFIERS[key]
 
 

@@ -1,0 +1,104 @@
+"""The beat classifier's trees in the Numba kernel give ONNX Runtime's output bit for bit.
+
+:mod:`telediag.engine.stages.ecg_parts.trees` replaces the ONNX Runtime call of the shipped
+beat classifier in the ECG stage (one thread); labels and probabilities must not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from telediag.dsp.qrs import detect
+from telediag.engine.stages.ecg_parts import trees
+from telediag.models.ecg_beats import BeatClassifier, BeatFeatures
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[BeatClassifier, trees.FastBeatClassifier]:
+    clf = BeatClassifier.load()
+    fast = trees.fast_classifier(clf)
+    assert fast is not None, "the shipped model is a plain tree ensemble: the kernel must take it"
+    return clf, fast
+
+
+def _same(clf: BeatClassifier, fast: trees.FastBeatClassifier, f: BeatFeatures) -> None:
+    a_idx, a_p = clf.classify(f)
+    b_idx, b_p = fast.classify(f)
+    assert a_p.dtype == b_p.dtype == np.float32 and a_p.shape == b_p.shape
+    assert a_p.tobytes() == b_p.tobytes()
+    assert np.array_equal(a_idx, b_idx)
+
+
+@pytest.mark.parametrize("record", ["mitdb/208", "mitdb/201", "svdb/800"])
+def test_every_beat_of_real_records(pair: tuple[BeatClassifier, trees.FastBeatClassifier], record: str) -> None:
+    if not (DATA / f"{record}.dat").exists():
+        pytest.skip(f"{record} not in ../shared/data")
+    from telediag.sources.readers import read_wfdb
+
+    clf, fast = pair
+    r = read_wfdb(DATA / record)
+    n = int(min(r.signal.shape[0], 600 * r.fs))
+    x = r.signal[:n, 0]
+    f = clf.features(x, r.fs, detect(x, r.fs))
+    assert len(f) > 300
+    _same(clf, fast, f)
+    for k in range(0, len(f), 41):  # streaming calls: one to five beats
+        m = 1 + k % 5
+        _same(clf, fast, BeatFeatures(f.beats[k:k + m], f.rr[k:k + m], f.morph[k:k + m]))
+
+
+def test_thresholds_nan_and_extremes(pair: tuple[BeatClassifier, trees.FastBeatClassifier]) -> None:
+    clf, fast = pair
+    rng = np.random.default_rng(5)
+    rows = trees._check_rows(fast.trees, rng)
+    rows[::7, ::3] = np.nan
+    rows[1::11] = np.float32(3e38)
+    rows[2::11] = np.float32(-3e38)
+    rows[3::11] = np.inf
+    n = rows.shape[0]
+    f = BeatFeatures(np.arange(n, dtype=np.int64), rows, np.zeros((n, 2, 96), np.float32))
+    _same(clf, fast, f)
+
+
+def test_unexpected_inputs_take_the_checked_onnx_path(pair: tuple[BeatClassifier,
+                                                                  trees.FastBeatClassifier]) -> None:
+    from telediag.errors import ModelError
+
+    _, fast = pair
+    bad = BeatFeatures(np.zeros(2, np.int64), np.zeros((2, 7), np.float32), np.zeros((2, 2, 96), np.float32))
+    with pytest.raises(ModelError):
+        fast.classify(bad)
+    assert fast.classify(BeatFeatures.empty())[1].shape == (0, 5)
+
+
+def test_unsupported_or_different_graphs_keep_onnx_runtime(pair: tuple[BeatClassifier,
+                                                                       trees.FastBeatClassifier],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    clf, _ = pair
+    # a kernel that is one bit off is refused by the load-time check
+    real = trees.TreeEnsemble.predict
+
+    def off_by_one_ulp(self: trees.TreeEnsemble, x: np.ndarray) -> np.ndarray:
+        p = real(self, x)
+        p[-1, 0] = np.nextafter(p[-1, 0], np.float32(2))
+        return p
+
+    monkeypatch.setattr(trees.TreeEnsemble, "predict", off_by_one_ulp)
+    assert trees.fast_classifier(clf) is None
+    monkeypatch.undo()
+    # a node mode the kernel does not implement
+    attrs = {"nodes_treeids": [0, 0, 0], "nodes_nodeids": [0, 1, 2], "nodes_modes": [b"BRANCH_LT", b"LEAF", b"LEAF"],
+             "nodes_featureids": [0, 0, 0], "nodes_values": [0.5, 0, 0], "nodes_truenodeids": [1, 0, 0],
+             "nodes_falsenodeids": [2, 0, 0], "class_treeids": [0, 0], "class_nodeids": [1, 2],
+             "class_ids": [0, 1], "class_weights": [1.0, 2.0], "classlabels_int64s": [0, 1]}
+    with pytest.raises(ValueError, match="BRANCH_LT"):
+        trees.TreeEnsemble(attrs, 1)
+    attrs["nodes_modes"] = [b"BRANCH_LEQ", b"LEAF", b"LEAF"]
+    t = trees.TreeEnsemble(attrs, 1)
+    x = np.array([[0.5], [0.6], [np.nan]], np.float32)
+    assert t.predict(x).tolist() == [[1.0, 0.0], [0.0, 2.0], [0.0, 2.0]]  # NaN: false branch (no missing flag)
