@@ -32,7 +32,7 @@ $(BIN)/.installed-dev: pyproject.toml | sysdeps
 # cache (issue 18). Rebuilt when a kernel source changes; without a C compiler it is skipped
 # (--optional) and the kernels JIT at first use as before.
 AOT = engine/_aot_kernels.json
-AOT_SRCS = $(wildcard dsp/*.py models/ecg_beats/*.py) engine/aot.py engine/warmup.py engine/default.toml
+AOT_SRCS = $(wildcard dsp/*.py models/*/*.py engine/stages/*.py engine/stages/*/*.py) engine/aot.py engine/warmup.py engine/default.toml
 $(AOT): $(AOT_SRCS) | $(BIN)/.installed-run
 	$(BIN)/python -m telediag.engine.aot build --optional
 
