@@ -574,6 +574,37 @@ class HRVMeter:
         >>> m.update([0, 360, 720])["mean_nn_ms"].tolist()
         [nan, nan]
         """
+        n, samples, counts, vals = self._run(beat_samples, labels)
+        out = np.empty(n, HRV_DTYPE)
+        out["sample"] = samples[:n]
+        out["n_nn"] = counts[:n, 0]
+        out["n_diff"] = counts[:n, 1]
+        for k, name in enumerate(("mean_nn_ms", "sdnn_ms", "rmssd_ms", "pnn50", "mean_hr_bpm")):
+            out[name] = vals[:n, k]
+        return out
+
+    def update_last(
+        self, beat_samples: ArrayLike, labels: ArrayLike | Iterable[str] | None = None
+    ) -> tuple[int, int, int, float, float, float, float, float] | None:
+        """:meth:`update`, returning only the last row (``None`` when no new interval) as
+        ``(sample, n_nn, n_diff, mean_nn_ms, sdnn_ms, rmssd_ms, pnn50, mean_hr_bpm)``.
+
+        Examples
+        --------
+        >>> m = HRVMeter(1000.0, window_s=60.0)
+        >>> m.update_last(np.cumsum([800, 850, 800, 850, 800]))[:3]
+        (4100, 3, 2)
+        """
+        n, samples, counts, vals = self._run(beat_samples, labels)
+        if n == 0:
+            return None
+        v = vals[n - 1].tolist()
+        return (int(samples[n - 1]), int(counts[n - 1, 0]), int(counts[n - 1, 1]), v[0], v[1], v[2], v[3], v[4])
+
+    def _run(
+        self, beat_samples: ArrayLike, labels: ArrayLike | Iterable[str] | None
+    ) -> tuple[int, IntArray, IntArray, FloatArray]:
+        """Validate, run the kernel (state updated in place); rows as arrays."""
         beats = _as_beats(beat_samples)
         norm = _as_normal(labels, beats.size, self.normal_symbols)
         st = self.state  # updated in place by the kernel, once the input is validated
@@ -603,13 +634,7 @@ class HRVMeter:
             samples,
             counts,
         )
-        out = np.empty(n, HRV_DTYPE)
-        out["sample"] = samples[:n]
-        out["n_nn"] = counts[:n, 0]
-        out["n_diff"] = counts[:n, 1]
-        for k, name in enumerate(("mean_nn_ms", "sdnn_ms", "rmssd_ms", "pnn50", "mean_hr_bpm")):
-            out[name] = vals[:n, k]
-        return out
+        return int(n), samples, counts, vals
 
 
 def rolling_hrv(

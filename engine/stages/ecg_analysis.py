@@ -633,14 +633,17 @@ class EcgAnalysis(Stage):
         if labelled:
             it = iter(labels)
             all_labels = [next(it) if b[3] else b[4] for b in labelled]
-            batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
-                              [b[5] for b in labelled], fs, self.spec.channels if self.spec else (), p.lead,
-                              st.history, [b[3] for b in labelled])
-            for hook in self.beat_hooks:
-                hook(batch)
-            labels = [lab for lab, b in zip(batch.labels, labelled, strict=True) if b[3]]
+            all_probs = [b[5] for b in labelled]
+            if self.beat_hooks:
+                batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
+                                  all_probs, fs, self.spec.channels if self.spec else (), p.lead,
+                                  st.history, [b[3] for b in labelled])
+                for hook in self.beat_hooks:
+                    hook(batch)
+                all_labels, all_probs = batch.labels, batch.probs
+                labels = [lab for lab, b in zip(all_labels, labelled, strict=True) if b[3]]
             source = self._source
-            for (s, c, r, u, _, _), lab, pr in zip(labelled, batch.labels, batch.probs, strict=True):
+            for (s, c, r, u, _, _), lab, pr in zip(labelled, all_labels, all_probs, strict=True):
                 src, t = stamp(s)
                 c_src, r_src = source(c), source(r)
                 beat_dicts.append({

@@ -148,6 +148,8 @@ class BeatLabeller:
         out: list[Labelled] = []
         beats_done = feats.beats.tolist()
         newest = self.order[-1][1] if self.order else 0
+        rows = np.asarray(probs).tolist()
+        classes = AAMI_CLASSES
         for k, b in enumerate(beats_done):
             c, r, u = self.release.pop(b)
             g = self.index.pop(b, None)
@@ -158,8 +160,8 @@ class BeatLabeller:
                 rel = self.order[ahead][1]
             else:
                 rel = n_seen - 1 if final else newest
-            out.append((b, c, max(r, rel), u, AAMI_CLASSES[int(idx[k])],
-                        {cls: round(float(p_), 4) for cls, p_ in zip(AAMI_CLASSES, probs[k].tolist(), strict=True)}))
+            out.append((b, c, max(r, rel), u, classes[int(idx[k])],
+                        {cls: round(p_, 4) for cls, p_ in zip(classes, rows[k], strict=True)}))
         # keep the decided beats still needed (from the oldest unlabelled beat on)
         oldest = min(self.index.values(), default=self.order_base + len(self.order))
         drop = max(0, oldest - self.order_base)

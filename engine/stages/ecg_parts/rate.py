@@ -56,17 +56,16 @@ class RateMonitor:
         """Feed usable beats to the HRV meter (only normal-to-normal intervals when labelled)."""
         arr = np.asarray(samples, dtype=np.int64)
         if all(lab is None for lab in labels):
-            rows = self.hrv.update(arr)
+            last = self.hrv.update_last(arr)
         else:
             normal = np.array([lab is None or lab in NORMAL_SYMBOLS for lab in labels], np.bool_)
-            rows = self.hrv.update(arr, normal)
-        if rows.size:
-            r = rows[-1]
+            last = self.hrv.update_last(arr, normal)
+        if last is not None:
+            sample, n_nn, n_diff, mean_nn, sdnn, rmssd, pnn50, mean_hr = last
             self.hrv_last = {
-                "as_of_sample": self.stamp(int(r["sample"]))[0], "n_nn": int(r["n_nn"]), "n_diff": int(r["n_diff"]),
-                "mean_nn_ms": num(r["mean_nn_ms"]), "sdnn_ms": num(r["sdnn_ms"]),
-                "rmssd_ms": num(r["rmssd_ms"]), "pnn50": num(r["pnn50"]),
-                "mean_hr_bpm": num(r["mean_hr_bpm"]),
+                "as_of_sample": self.stamp(sample)[0], "n_nn": n_nn, "n_diff": n_diff,
+                "mean_nn_ms": num(mean_nn), "sdnn_ms": num(sdnn), "rmssd_ms": num(rmssd), "pnn50": num(pnn50),
+                "mean_hr_bpm": num(mean_hr),
             }
 
     @property

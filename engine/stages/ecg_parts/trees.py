@@ -303,6 +303,7 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
     cur = node.output[1]
     scale: np.float32 | None = None
     merge: F32Array | None = None
+    mul_seen = False
     while cur != "probs":
         nxt = by_input.get(cur, [])
         if len(nxt) != 1:
@@ -312,8 +313,11 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
         if n.op_type == "Identity":
             pass
         elif n.op_type == "Mul" and len(other) == 1 and other[0] in inits and inits[other[0]].size == 1 \
-                and merge is None and scale is None:
+                and merge is None and not mul_seen:
+            mul_seen = True
             scale = np.float32(inits[other[0]].reshape(()))
+            if scale == np.float32(1.0):
+                scale = None  # x * 1 == x exactly
         elif n.op_type == "MatMul" and list(n.input) == [cur, *other] and len(other) == 1 \
                 and other[0] in inits and merge is None:
             mat = np.asarray(inits[other[0]], np.float32)
