@@ -906,7 +906,7 @@ probability of the stated label) or **"uncertain"**.
 * **uncertain**: {lab_uncertain}.  Withheld: {withheld}.
 * **probability**: {lab_prob}; slope {slope:.3f} (Brier score of the held-out predictions
   {brier_raw:.3f} -> {brier_cal:.3f}).
-* **Measured on unseen devices** (leave-one-database-out, below): pooled MAcc {lodo_macc:.3f}
+{cnn_section}* **Feature model alone, measured on unseen devices** (leave-one-database-out, below): pooled MAcc {lodo_macc:.3f}
   (Se {lodo_se:.3f}, Sp {lodo_sp:.3f}), CirCor {circor_macc:.3f} (Se {circor_se:.3f}, Sp
   {circor_sp:.3f}): on a new stethoscope expect most abnormal recordings to be flagged and
   about half of the normal ones too.  Far below the 0.80 target; treat "abnormal" as
@@ -934,7 +934,7 @@ probability of the stated label) or **"uncertain"**.
   `PCGClassifier.predict_details` flags such recordings as `low_confidence`.
 * model: {model}.
 
-## Training data
+{cnn_details}## Training data
 {data_name}: {n_rec} recordings, {n_abn} abnormal ({per_set}).  Licence {data_licence};
 cite {citation}.
 
@@ -1087,8 +1087,16 @@ def render_readme(card: dict[str, Any]) -> str:
     rows = card["metrics"].get("cv_leave_one_set_out") or []
     pooled = next((r for r in rows if r["fold"] == "pooled"), {})
     circ = next((r for r in rows if r["fold"] == CIRCOR), {})
+    from telediag.models.pcg_abnormal.cnn_spec import (
+        CNN_CARD,
+        render_cnn_details,
+        render_cnn_section,
+    )
+
+    cnn_card = json.loads(CNN_CARD.read_text()) if CNN_CARD.is_file() else None
     return README_TEMPLATE.format(
-        file=card["file"], opset=card["opset"], sha256=card["sha256"],
+        cnn_section=render_cnn_section(cnn_card) if cnn_card else "",
+        cnn_details=render_cnn_details(cnn_card) if cnn_card else "", file=card["file"], opset=card["opset"], sha256=card["sha256"],
         threshold=card["threshold"], licence=card["licence"],
         fs=card["inputs"]["analysis_rate_hz"], min_dur=MIN_DURATION_S,
         norm=card["inputs"]["normalisation"], n_feat=len(card["inputs"]["feature_names"]),
