@@ -58,6 +58,7 @@ class WorkerActor:
         self._give_up = threading.Event()
         host = ray.util.get_node_ip_address()
         self.node = host
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.ctx = zmq.Context()
         self.w = pool_worker(config, self.ctx, f"tcp://{host}:*", out_addr)
         self.w.parallel_warmup = False
@@ -92,7 +93,7 @@ class WorkerActor:
         return "finished"
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "slot": self.slot, "inc": self.inc, "node": self.node}
+        return {"pid": os.getpid(), "slot": self.slot, "inc": self.inc, "node": self.node, "node_id": self.node_id}
 
     def give_up(self) -> None:
         """A spare that will not be needed: stop waiting for an index."""
@@ -187,7 +188,8 @@ class RayPool(WorkerPool):
                         self._dead_incs.add(inc)
                     if served is not None:
                         self._dead_incs.add(served[1])
-                        self.index_of = {p: i for p, i in self.index_of.items() if i != served[0]}
+                        for pid in [p for p, i in self.index_of.items() if i == served[0]]:
+                            del self.index_of[pid]
                 if served is not None and not self._worker_died(served[0], None):
                     return
                 permanent = type(err).__name__ == "ActorDiedError" and "restart" not in str(err).lower()
@@ -255,3 +257,78 @@ class RayPool(WorkerPool):
             except Exception:  # noqa: BLE001 - already gone
                 pass
         return clean
+
+
+class LocalRayCluster:
+    """A throw-away Ray cluster of ``nodes`` local nodes (``ray start --head`` / ``ray start --address``).
+
+    For tests and benchmarks on one machine: run it inside a network namespace that has only
+    loopback (``unshare -n``, ``ip link set lo up``), so Ray binds 127.0.0.1 rather than the
+    machine's external interface. :meth:`stop` runs ``ray stop --force`` (inside a pid namespace
+    that only sees this cluster's processes).
+    """
+
+    def __init__(self, temp_dir: str, nodes: int = 2, cpus_per_node: float = 1, port: int = 6390) -> None:
+        import sys
+        from pathlib import Path
+
+        self.ray_cli = str(Path(sys.executable).with_name("ray"))
+        self.temp_dir = temp_dir
+        self.nodes = nodes
+        self.cpus = cpus_per_node
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+
+    def _ray_cmd(self, *args: str, timeout: float = 120) -> str:
+        import subprocess
+
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        r = subprocess.run([self.ray_cli, *args], capture_output=True, text=True, timeout=timeout, env=env)
+        if r.returncode != 0:
+            raise EngineError(f"ray {' '.join(args)} failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
+        return r.stdout
+
+    def start(self) -> str:
+        """Start the head and ``nodes - 1`` more nodes; return the address."""
+        cpus = f"{self.cpus:g}"
+        self._ray_cmd("start", "--head", "--port", str(self.port), "--num-cpus", cpus, "--disable-usage-stats",
+                      "--include-dashboard=false", "--temp-dir", self.temp_dir)
+        for _ in range(self.nodes - 1):
+            self.add_node()
+        return self.address
+
+    def add_node(self) -> None:
+        self._ray_cmd("start", "--address", self.address, "--num-cpus", f"{self.cpus:g}", "--disable-usage-stats")
+
+    def stop(self) -> None:
+        try:
+            self._ray_cmd("stop", "--force", "--grace-period", "2", timeout=60)
+        except Exception:  # noqa: BLE001 - best effort; the pid namespace ends the rest
+            pass
+
+
+def loopback_namespace_cmd(argv: list[str]) -> list[str]:
+    """``argv`` run inside new network + pid namespaces with only loopback up.
+
+    The network namespace keeps Ray on 127.0.0.1 (it has no other interface to pick); the pid
+    namespace ends every process started inside (raylets, actors) when ``argv`` exits, so a
+    failed test can leak none. Needs root (or user namespaces), ``unshare`` and ``ip``.
+    """
+    return ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
+def loopback_namespace_unavailable() -> str | None:
+    """Why :func:`loopback_namespace_cmd` cannot run here (None when it can)."""
+    import shutil
+    import subprocess
+
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool!r} not found (apt-get install util-linux iproute2)"
+    try:
+        r = subprocess.run(loopback_namespace_cmd(["true"]), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot run unshare: {e}"
+    if r.returncode != 0:
+        return f"network/pid namespaces not allowed here (unshare -n -p: {r.stderr.strip()[:200]})"
+    return None

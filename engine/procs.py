@@ -285,6 +285,11 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.forwarded = 0
         self._events: list[dict[str, Any]] = []
+        self._waiting: list[tuple[bytes, dict[str, Any]]] = []
+
+    def spares_ready(self) -> int:
+        """Warm workers waiting for an index (a dead worker's replacement is one of them)."""
+        return sum(1 for _, info in list(self._waiting) if self._alive(info))
 
     def owner(self, stream: str | bytes) -> int:
         """The index that owns ``stream`` among the indices served now."""
@@ -440,7 +445,7 @@ class WorkerPool:
         poller.register(pull, zmq.POLLIN)
         poller.register(ctrl, zmq.POLLIN)
         progress = self.progress
-        waiting: list[tuple[bytes, dict[str, Any]]] = []  # (routing id, hello) of workers waiting for an index
+        waiting = self._waiting  # (routing id, hello) of workers waiting for an index
         idle_since: float | None = None
         last_empty = 0.0  # when the output queue was last read empty
         try:
@@ -632,6 +637,11 @@ class PoolRouter:
         self.owners: dict[bytes, int] = {}
         self.held: dict[bytes, tuple[int, float, deque[Any]]] = {}  # moving stream -> (new owner, since, chunks)
         self.down: dict[int, deque[Any]] = {}  # dead index -> chunks held for its replacement
+        # ZeroMQ sees a dead worker's connection drop at once (the kernel closes its sockets), well
+        # before the pool learns it (Ray: ~2 s): hold that index's chunks from then on, not lose them
+        self.monitors: dict[int, zmq.Socket] = {}
+        self.link_down: set[int] = set()
+        self._next_check = 0.0
         self.dropped_while_down = 0
         self.moved = 0
         self.sync()
@@ -639,12 +649,37 @@ class PoolRouter:
     def _connect(self, i: int, addr: str) -> None:
         old = self.outs.pop(i, None)
         if old is not None:
+            mon = self.monitors.pop(i, None)
+            if mon is not None:
+                old.disable_monitor()
+                mon.close(0)
             old.close(linger=0)  # chunks still queued for a dead worker die with it (reported as a gap)
         s = self.ctx.socket(zmq.PUSH)
         s.setsockopt(zmq.SNDHWM, self.hwm)
+        self.monitors[i] = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         s.connect(addr)
         self.outs[i] = s
         self.addrs[i] = addr
+        self.link_down.discard(i)
+
+    def _check_links(self) -> None:
+        """Hold an index's chunks while its connection is down; send them when it is back."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        for i, mon in list(self.monitors.items()):
+            while True:
+                try:
+                    ev = recv_monitor_message(mon, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if ev["event"] == zmq.EVENT_DISCONNECTED:
+                    self.link_down.add(i)
+                    self.down.setdefault(i, deque())
+                elif ev["event"] == zmq.EVENT_CONNECTED and i in self.link_down:
+                    self.link_down.discard(i)
+                    if i not in self.pool.dead and i in self.down:
+                        for msg in self.down.pop(i):
+                            self._send(i, msg)
 
     def sync(self) -> None:
         """Re-read the pool's routes if they changed; release moved streams whose old owner is done."""
@@ -661,7 +696,7 @@ class PoolRouter:
             for i, a in enumerate(addrs):
                 if a and i not in dead and self.addrs.get(i) != a:
                     self._connect(i, a)
-            for i in [i for i in self.down if i not in dead and i in self.outs]:
+            for i in [i for i in self.down if i not in dead and i in self.outs and i not in self.link_down]:
                 for msg in self.down.pop(i):
                     self._send(i, msg)
             if n > self.n:
@@ -704,6 +739,10 @@ class PoolRouter:
         """Route one source chunk (``frames`` as read from ingest) to its owner."""
         if self.pool.routes_version != self.version or self.held:
             self.sync()
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + 0.002
+            self._check_links()
         i = self.owners.get(stream)
         if i is None:
             i = self.owners[stream] = owner_of(stream, self.n)
@@ -733,6 +772,7 @@ class PoolRouter:
 
     def tick(self) -> None:
         """Called by the router loop when idle: follow route changes and finish handovers."""
+        self._check_links()
         if self.pool.routes_version != self.version or self.held:
             self.sync()
 
@@ -752,8 +792,14 @@ class PoolRouter:
         return [self.outs[i] for i in sorted(self.outs)]
 
     def close(self) -> None:
-        for s in self.outs.values():
-            s.close(linger=5000)
+        for i, s in self.outs.items():
+            mon = self.monitors.pop(i, None)
+            if not s.closed:
+                if mon is not None:
+                    s.disable_monitor()
+                s.close(linger=5000)
+            if mon is not None:
+                mon.close(0)
 
 
 __all__ = ["HELLO", "MOVE", "RELEASED", "RESUME", "STOP", "PoolRouter", "ProcessPool", "WorkerPool", "owner_of"]
