@@ -29,6 +29,7 @@ import zmq
 from telediag.engine.config import Config, load_config
 from telediag.engine.metrics import SocketMonitor
 from telediag.engine.procs import ProcessPool
+from telediag.engine.video_proc import VideoProcess
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
 from telediag.errors import EngineError
@@ -111,7 +112,11 @@ class Engine:
         # Video: one dedicated worker with its own small inbox, fed with NOBLOCK by the router
         # (latest-frame-wins; video never delays ECG/PCG). See engine/video_worker.py.
         self._video_addr = f"inproc://telediag-video-{uid}"
-        self.video_worker = VideoWorker(self.config, self.ctx, self._video_addr, self._out_addr)
+        self.video_worker: VideoWorker | VideoProcess
+        if self.config.engine.video_worker == "process":  # its own OS process (engine/video_proc.py)
+            self.video_worker = VideoProcess(self.config, self.ctx, self._video_addr, self._out_addr)
+        else:
+            self.video_worker = VideoWorker(self.config, self.ctx, self._video_addr, self._out_addr)
         self.video_dropped: dict[str, int] = {}  # per stream: packets dropped by the router
         self._video_out: zmq.Socket | None = None
         self._stop = threading.Event()
@@ -229,7 +234,7 @@ class Engine:
         if e.metrics:
             from telediag.engine.metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(self.worker_stats, e.metrics,
+            self.metrics = MetricsExporter(self._metrics_stats, e.metrics,
                                            sockets=self.socket_stats)
             self.metrics.start()
         self.started.set()
@@ -239,6 +244,11 @@ class Engine:
         if self.process_mode:
             return [self._proc_stats[i] for i in sorted(self._proc_stats)]
         return [w.last_stats for w in self.workers]
+
+    def _metrics_stats(self) -> list[dict[str, Any]]:
+        """Every worker's last stats body for the metrics exporter: the biosignal workers, then video."""
+        video = self.video_worker.last_stats
+        return [*self.worker_stats(), *([video] if video else [])]
 
     def _decorate_w0(self, body: dict[str, Any]) -> None:
         body["sockets"] = self.socket_stats()

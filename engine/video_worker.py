@@ -106,7 +106,9 @@ class VideoWorker(Worker):
     def publish_stats(self) -> None:
         if not self.streams and not self.rejects:
             return  # quiet until video shows up (biosignal-only engines see no change)
-        self.publish(Chunk.record("stats", self.stats_stream, 0, time.time_ns(), self.stats_body()))
+        body = self.stats_body()
+        self.last_stats = body  # for the engine's metrics exporter (thread mode)
+        self.publish(Chunk.record("stats", self.stats_stream, 0, time.time_ns(), body))
 
     @staticmethod
     def _source_ref_ns(chunk: Chunk) -> int | None:
@@ -324,6 +326,8 @@ class VideoWorker(Worker):
         out.connect(self.out_addr)
         self.out = out
         self.ready.set()
+        if self.before_serve is not None:  # a video process tells its host it is serving (engine/video_proc.py)
+            self.before_serve()
         interval = self.config.engine.stats_interval_s
         next_stats = time.monotonic() + interval
         tick = min(0.25, self.stall_s / 2)
