@@ -25,8 +25,10 @@ dispatcher, so every kernel keeps its own options such as ``error_model``), buil
 machine's CPU (``target_cpu = host``).
 
 Fallbacks, each silent for the patient data and reported in :data:`STATUS`: no extension (no C
-compiler at install, or never built), a kernel source changed since the build (sha256 mismatch:
-the kernels JIT as before; ``make`` rebuilds), another Numba version or CPU.
+compiler at install, or never built) or another Numba, Python or CPU: every kernel JITs as before;
+a kernel source changed since the build (sha256 of the file of the kernel and of every kernel it
+calls by name): that signature JITs, the others stay compiled (``make`` rebuilds). Like Numba's
+own cache, a constant imported from another module is not tracked.
 """
 
 from __future__ import annotations
@@ -133,6 +135,32 @@ def _collect(kinds: tuple[str, ...]) -> tuple[list[tuple[Any, tuple[Any, ...]]],
     return top, files
 
 
+def _dep_files(disp: Any) -> set[str]:
+    """Source files of ``disp`` and of every telediag kernel it calls by global name, recursively
+    (the same names Numba resolves when it compiles the kernel)."""
+    from numba.core.dispatcher import Dispatcher
+
+    seen: set[int] = set()
+    files: set[str] = set()
+    todo = [disp]
+    while todo:
+        d = todo.pop()
+        if id(d) in seen:
+            continue
+        seen.add(id(d))
+        f = d.py_func
+        files.add(f.__code__.co_filename)
+        codes = [f.__code__]
+        while codes:
+            c = codes.pop()
+            codes += [k for k in c.co_consts if hasattr(k, "co_names")]
+            for name in c.co_names:
+                g = f.__globals__.get(name)
+                if isinstance(g, Dispatcher) and getattr(g.py_func, "__module__", "").startswith("telediag."):
+                    todo.append(g)
+    return files
+
+
 def _shim(disp: Any, n: int) -> Any:
     """``def shim(a0, ..., an): return disp(a0, ..., an)``: exported under pycc's flags while the
     kernel itself compiles with its own (``error_model``, ``fastmath``, ...)."""
@@ -173,7 +201,10 @@ def _build_here(out_dir: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
         sym = f"k{len(entries)}"
         cres = disp.overloads[args]
         cc.export(sym, cres.signature)(_shim(disp, len(args)))
-        entries.append({"symbol": sym, "module": key[0], "qualname": key[1], "args": js})
+        deps = _dep_files(disp)
+        files |= deps
+        entries.append({"symbol": sym, "module": key[0], "qualname": key[1], "args": js,
+                        "files": sorted(os.path.relpath(f, HERE.parent) for f in deps)})
     t1 = time.perf_counter()
     cc.compile()
     t_cc = time.perf_counter() - t1
@@ -217,12 +248,21 @@ def _load() -> tuple[Any, dict[str, Any]] | str:
     for key in ("numba", "cpu", "features", "python"):
         if manifest["machine"].get(key) != m[key]:
             return f"built for another {key} ({manifest['machine'].get(key)!r}, here {m[key]!r})"
-    root = HERE.parent
-    for rel, sha in manifest["sources"].items():
-        p = root / rel
-        if not p.exists() or _sha(str(p)) != sha:
-            return f"stale: {rel} changed since the build (run `make` or the build again)"
     return ext, manifest
+
+
+def _stale_files(manifest: dict[str, Any]) -> set[str]:
+    """Kernel sources (relative to the package root) that differ from the ones built."""
+    root = HERE.parent
+    return {rel for rel, sha in manifest["sources"].items()
+            if not (root / rel).exists() or _sha(str(root / rel)) != sha}
+
+
+def _usable(manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str]]:
+    """The entries whose kernel and callees' sources are unchanged, and the changed files. An entry
+    of an edited kernel (or of one calling it) is left to the JIT; the others stay compiled."""
+    stale = _stale_files(manifest)
+    return [e for e in manifest["entries"] if not stale & set(e.get("files", manifest["sources"]))], stale
 
 
 def _sosfilt_fast_entry(ext: Any, manifest: dict[str, Any]) -> None:
@@ -260,8 +300,9 @@ def _install() -> dict[str, Any]:
         ext, manifest = loaded
         from numba.core.dispatcher import Dispatcher
 
+        entries, stale = _usable(manifest)
         try:
-            for e in manifest["entries"]:
+            for e in entries:
                 disp: Any = importlib.import_module(e["module"])
                 for part in e["qualname"].split("."):
                     disp = getattr(disp, part)
@@ -272,8 +313,11 @@ def _install() -> dict[str, Any]:
                 codes = [t._code for t in tys]
                 disp._insert(codes, getattr(ext, e["symbol"]), False)  # type: ignore[attr-defined]
                 n += 1
-            _sosfilt_fast_entry(ext, manifest)
-            STATUS.update(aot=True, reason="ok")
+            _sosfilt_fast_entry(ext, dict(manifest, entries=entries))
+            STATUS.update(aot=n > 0, reason="ok" if not stale else
+                          f"stale: {', '.join(sorted(stale))} changed since the build (run `make`): "
+                          f"{len(manifest['entries']) - len(entries)} of {len(manifest['entries'])} "
+                          "signatures JIT")
         except Exception as ex:  # noqa: BLE001
             STATUS.update(aot=n > 0, reason=f"partly installed: {ex!r}")
     STATUS.update(done=True, overloads=n, s=round(time.perf_counter() - t, 3))

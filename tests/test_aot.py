@@ -139,19 +139,23 @@ def test_aot_outputs_equal_jit_on_real_records(records: dict[str, tuple[np.ndarr
 
 
 def test_stale_or_missing_extension_falls_back_to_jit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kernel source that differs from the build, another CPU, or no manifest: nothing installed."""
+    """An edited kernel source JITs (its signatures only), another CPU or no manifest: nothing installed."""
     if not aot.MANIFEST.exists():
         pytest.skip("AOT kernels not built")
     m = json.loads(aot.MANIFEST.read_text())
-    rel = next(iter(m["sources"]))
+    qrs = next(e for e in m["entries"] if e["qualname"] == "qrs_process")
+    rel = "dsp/_qrs_kernels.py"
+    assert rel in qrs["files"]
+    stale = dict(m, sources={**m["sources"], rel: "0" * 64})
+    usable, changed = aot._usable(stale)
+    assert rel in changed
+    assert all(rel not in e["files"] for e in usable) and qrs not in usable
+    assert len(usable) < len(m["entries"])
     fake = tmp_path / "engine"
     fake.mkdir()
-    stale = dict(m, sources={rel: "0" * 64})
-    (fake / "_aot_kernels.json").write_text(json.dumps(stale))
-    monkeypatch.setattr(aot, "MANIFEST", fake / "_aot_kernels.json")
-    assert aot._load() == f"stale: {rel} changed since the build (run `make` or the build again)"
     other = dict(m, machine=dict(m["machine"], cpu="some-other-cpu"))
     (fake / "_aot_kernels.json").write_text(json.dumps(other))
+    monkeypatch.setattr(aot, "MANIFEST", fake / "_aot_kernels.json")
     assert "built for another cpu" in str(aot._load())
     monkeypatch.setattr(aot, "MANIFEST", tmp_path / "absent.json")
     assert str(aot._load()).startswith("not built")
