@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from telediag.engine import aot
 from telediag.engine.config import Config
 from telediag.engine.stage import Deferred, Outputs, Stage, StreamSpec
 from telediag.engine.stats import LatencyHistogram, StreamStats
@@ -238,7 +239,8 @@ class Worker:
             # warm-up apart: its seconds, and the latency of chunks handled before the worker caught up
             "warmup": {"s": round(self.warmup_s, 3), "kinds_s": {k: round(v, 3) for k, v in self.warmup_kinds_s.items()},
                        "warming": self.warming, "caught_up_s": self.caught_up_s,
-                       "latency_ms": self.latency_warmup.summary_ms()},
+                       "latency_ms": self.latency_warmup.summary_ms(),
+                       "aot": {k: aot.STATUS.get(k) for k in ("aot", "overloads", "reason")}},
             "batches": {"runs": self.batches_run, "items": self.batch_items, "largest": self.batch_largest},
             **({"sockets": self.extra_stats()} if self.extra_stats is not None else {}),
         }
