@@ -328,6 +328,25 @@ class HeartRateMeter:
         >>> m.update([0, 250, 500, 750])["hr_bpm"].tolist()
         [nan, nan, 60.0, 60.0]
         """
+        n, out_s, out_h = self._run(beat_samples)
+        out = np.empty(n, HR_READING_DTYPE)
+        out["sample"] = out_s[:n]
+        out["hr_bpm"] = out_h[:n]
+        return out
+
+    def update_lists(self, beat_samples: ArrayLike) -> tuple[list[int], list[float]]:
+        """:meth:`update` as two lists (accepted beat samples, readings in bpm).
+
+        Examples
+        --------
+        >>> HeartRateMeter(250.0, n_intervals=4).update_lists([0, 250, 500])
+        ([0, 250, 500], [nan, nan, 60.0])
+        """
+        n, out_s, out_h = self._run(beat_samples)
+        return out_s[:n].tolist(), out_h[:n].tolist()
+
+    def _run(self, beat_samples: ArrayLike) -> tuple[int, IntArray, FloatArray]:
+        """Validate, run the kernel, keep the new state; the readings as arrays (first ``n``)."""
         beats = _as_beats(beat_samples)
         st = self.state
         if beats.size and st.last_beat >= 0 and beats[0] < st.last_beat:
@@ -363,10 +382,7 @@ class HeartRateMeter:
             hr_bpm=float(fstate[_F_HR]),
             avg_rr=float(fstate[_F_AVG]),
         )
-        out = np.empty(n, HR_READING_DTYPE)
-        out["sample"] = out_s[:n]
-        out["hr_bpm"] = out_h[:n]
-        return out
+        return int(n), out_s, out_h
 
     def at(self, sample: int) -> float:
         """Return the rate the monitor displays at ``sample`` (bpm; 0 = asystole; NaN = none).

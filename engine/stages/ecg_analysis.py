@@ -718,15 +718,18 @@ class EcgAnalysis(Stage):
         ev_bodies = [self._event_body(e) for e in events]
         if rows.block_start.size or ev_bodies or unusable or final:
             blocks = []
+            if rows.block_start.size:
+                sqi_l, usable_l, flags_l = rows.sqi.tolist(), rows.usable.tolist(), rows.flags.tolist()
+                feat_l = rows.features.transpose(0, 2, 1).tolist()  # [block][feature][channel]
             for k, b0 in enumerate(rows.block_start.tolist()):
                 src, t = stamp(b0)
                 blocks.append({
                     "sample": src, "t_ns": t,
-                    "sqi": [num(v) for v in rows.sqi[k].tolist()],
-                    "usable": rows.usable[k].tolist(),
-                    "flags": rows.flags[k].tolist(),
-                    "features": {name: [num(v) for v in rows.features[k, :, f].tolist()]
-                                 for f, name in enumerate(FEATURE_NAMES)},
+                    "sqi": [num(v) for v in sqi_l[k]],
+                    "usable": usable_l[k],
+                    "flags": flags_l[k],
+                    "features": {name: [num(v) for v in vals]
+                                 for name, vals in zip(FEATURE_NAMES, feat_l[k], strict=True)},
                 })
             body = {
                 "hop_s": hop / fs,

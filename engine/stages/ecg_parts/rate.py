@@ -45,9 +45,8 @@ class RateMonitor:
 
     def beats_hr(self, samples: Sequence[int]) -> list[dict[str, Any]]:
         """Feed usable beats (received indices, in order) to the rate meter; one reading each."""
-        rows = self.hr.update(np.asarray(samples, dtype=np.int64))
         out = []
-        for s, h in zip(rows["sample"].tolist(), rows["hr_bpm"].tolist(), strict=True):
+        for s, h in zip(*self.hr.update_lists(np.asarray(samples, dtype=np.int64)), strict=True):
             src, t = self.stamp(s)
             out.append({"sample": src, "t_ns": t, "hr_bpm": num(h), "on_beat": True, "signal_ok": True})
         return out
