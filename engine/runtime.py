@@ -20,7 +20,6 @@ import signal
 import tempfile
 import threading
 import time
-import zlib
 from types import FrameType
 from typing import Any
 
@@ -28,7 +27,7 @@ import zmq
 
 from telediag.engine.config import Config, load_config
 from telediag.engine.metrics import SocketMonitor
-from telediag.engine.procs import ProcessPool
+from telediag.engine.procs import PoolRouter, ProcessPool, WorkerPool, owner_of
 from telediag.engine.video_proc import VideoProcess
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
@@ -37,38 +36,11 @@ from telediag.errors import EngineError
 _ids = itertools.count()
 
 
-_M64 = (1 << 64) - 1
-
-
 class StartCancelled(EngineError):
     """:meth:`Engine.stop` (a signal) arrived while :meth:`Engine.start` was still warming up."""
 
 
-def _mix64(x: int) -> int:
-    """splitmix64's finaliser: a cheap, well-spread 64-bit hash of a 64-bit integer."""
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
-    return x ^ (x >> 31)
-
-
-def owner_of(stream: bytes | str, n_workers: int) -> int:
-    """The worker that owns ``stream``: rendezvous (highest-random-weight) hashing.
-
-    Every worker ``i`` gets the weight ``mix64(crc32(stream) << 8 | i)`` and the highest wins,
-    so the choice is stable across processes and machines, spreads evenly, and changing the
-    number of workers from ``n`` to ``n + 1`` moves only the streams the new worker wins (about
-    ``1 / (n + 1)`` of them); every other stream keeps its owner (Thaler & Ravishankar 1998).
-    """
-    if n_workers <= 1:
-        return 0
-    b = stream.encode() if isinstance(stream, str) else stream
-    h = zlib.crc32(b) << 8
-    best, best_w = 0, -1
-    for i in range(n_workers):
-        w = _mix64(h | i)
-        if w > best_w:
-            best, best_w = i, w
-    return best
+__all__ = ["Engine", "StartCancelled", "owner_of", "run_engine"]  # owner_of: see engine/procs.py
 
 
 class Engine:
@@ -95,13 +67,16 @@ class Engine:
         self.ctx = zmq.Context()
         uid = f"{id(self)}-{next(_ids)}"
         self._out_addr = f"inproc://telediag-out-{uid}"
-        self.process_mode = self.config.engine.worker_mode == "process"
-        self.pool: ProcessPool | None = None
+        # worker pools: processes (engine/procs.py) or Ray actors (engine/cluster.py), started in start()
+        self.process_mode = self.config.engine.worker_mode in ("process", "ray")
+        self.pool: WorkerPool | None = None
+        self._pool_router: PoolRouter | None = None
         self._run_dir: str | None = None
-        self._proc_stats: dict[int, dict[str, Any]] = {}  # process mode: last stats body per worker
-        if self.process_mode:  # worker processes, started in start() (engine/procs.py)
-            self._run_dir = tempfile.mkdtemp(prefix="telediag-")
-            self._inbox_addrs = [f"ipc://{self._run_dir}/w{i}" for i in range(self.config.engine.workers)]
+        self._proc_stats: dict[int, dict[str, Any]] = {}  # pool modes: last stats body per worker
+        if self.process_mode:
+            if self.config.engine.worker_mode == "process":
+                self._run_dir = tempfile.mkdtemp(prefix="telediag-")
+            self._inbox_addrs: list[str] = []
             self.workers: list[Worker] = []
         else:
             self._inbox_addrs = [f"inproc://telediag-w{i}-{uid}" for i in range(self.config.engine.workers)]
@@ -199,11 +174,15 @@ class Engine:
         self.ingest_endpoint = self._ingest.getsockopt_string(zmq.LAST_ENDPOINT)
         self.monitors.append(SocketMonitor(self._ingest, "ingest"))  # before the router thread owns it
         if self.process_mode:
-            assert self._run_dir is not None
-            n = e.workers
-            self.pool = ProcessPool(self.config, self.ctx, self._out_addr, self._run_dir,
-                                    owner=lambda s: owner_of(s, n), on_stats=self._proc_stats.__setitem__,
+            if e.worker_mode == "ray":
+                from telediag.engine.cluster import RayPool
+
+                self.pool = RayPool(self.config, self.ctx, self._out_addr, on_stats=self._proc_stats.__setitem__,
                                     decorate_stats=self._decorate_w0)
+            else:
+                assert self._run_dir is not None
+                self.pool = ProcessPool(self.config, self.ctx, self._out_addr, self._run_dir,
+                                        on_stats=self._proc_stats.__setitem__, decorate_stats=self._decorate_w0)
             try:
                 self.pool.start(300, cancel=self._stop)  # warm-up may compile Numba kernels on a cold cache
             except RuntimeError as err:
@@ -258,6 +237,8 @@ class Engine:
         return {m.name: m.snapshot() for m in getattr(self, "monitors", [])}
 
     def _route(self) -> None:
+        if self.pool is not None:
+            self._pool_router = PoolRouter(self.pool, self.ctx)
         n = len(self._inbox_addrs)
         outs = []
         for addr in self._inbox_addrs:
@@ -271,9 +252,12 @@ class Engine:
         video.connect(self._video_addr)
         self._video_out = video
         ingest = self._ingest
+        pr = self._pool_router
         try:
             while not self._stop.is_set():
-                if not ingest.poll(100):
+                if pr is not None:
+                    pr.tick()  # follow worker restarts / added workers, finish stream handovers
+                if not ingest.poll(20 if pr is not None else 100):
                     continue
                 self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
@@ -282,16 +266,20 @@ class Engine:
             drain_end = time.monotonic() + self.drain_max_s
             while time.monotonic() < drain_end and ingest.poll(idle_ms):
                 self._forward(ingest, outs, n)
-            self._send_stops(outs)
+            if pr is not None:
+                pr.finish(time.monotonic() + 2.0)
+            self._send_stops(pr.sockets() if pr is not None else outs)
             self._stop_video(video)
         except BaseException as e:  # pragma: no cover - reported by join()
             self.error = e
-            self._send_stops(outs)
+            self._send_stops(pr.sockets() if pr is not None else outs)
             self._stop_video(video)
         finally:
             ingest.close(0)
             for s in outs:
                 s.close(linger=5000)
+            if pr is not None:
+                pr.close()
             video.close(linger=5000)
 
     def _send_stops(self, outs: list[zmq.Socket]) -> None:
@@ -329,6 +317,10 @@ class Engine:
             except zmq.Again:
                 key = stream.decode("utf-8", "replace")
                 self.video_dropped[key] = self.video_dropped.get(key, 0) + 1
+            self.routed += 1
+            return
+        if self._pool_router is not None:
+            self._pool_router.send(stream, frames)
             self.routed += 1
             return
         if n > 1:
