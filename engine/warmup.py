@@ -113,7 +113,10 @@ def warm_pipelines(config: Config, *, parallel: bool = True, background: bool = 
     on_kind : callable, optional
         Called with ``(kind, seconds)`` as each kind becomes warm.
     """
-    aot.install()  # once per process; a no-op (kernels JIT as before) when not built or stale
+    if aot.install()["aot"]:
+        # the kernels are compiled already: a slow first kind is busy importing and loading models,
+        # not compiling, and a child process would only repeat that work on the other core
+        parallel = False
     kinds: Sequence[str] = [k for k in WARMUP_SPECS if config.pipelines.get(k)]
     spent: dict[str, float] = {}
     if not kinds:
