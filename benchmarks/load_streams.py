@@ -10,6 +10,14 @@ fails, then bisects.
     python benchmarks/load_streams.py --streams 100 --seconds 20
     python benchmarks/load_streams.py --sweep --seconds 15
     python benchmarks/load_streams.py --sweep --worker-mode process --workers 2
+    python benchmarks/load_streams.py --sweep --modes thread:1,process:1,process:2,ray:2
+    python benchmarks/load_streams.py --throughput --modes thread:1,process:1,process:2,ray:2 --rounds 2
+
+``ray`` modes run the engine's workers as Ray actors on ``--ray-address``, or, without it, on a
+throw-away local two-node cluster (``ray start --head`` + ``ray start --address``, one CPU each)
+inside a network + pid namespace with only loopback (the benchmark re-runs itself under
+``unshare -n -p``; needs root). CPU time then counts the engine, its worker actors and, apart
+(``ray_cpu_s``), Ray's own processes (raylets, GCS).
 
 With ``$TELEDIAG_BENCH_LATENCY_DIR`` set (``telediag bench`` does), a second subscriber also
 receives the filtered ECG of the first 8 streams and their per-chunk latencies (publish time -
@@ -173,6 +181,17 @@ def _rss_kb_tree(pid: int) -> int | None:
     return total if found else None
 
 
+#: ``[cluster]`` of the engines this benchmark starts in ray mode (set by :func:`main`)
+RAY_ADDRESS = ""
+
+
+def _cluster_toml(worker_mode: str) -> str:
+    if worker_mode != "ray":
+        return ""
+    # 2 workers + a warm spare on a two-node, one-CPU-per-node cluster: half a CPU each for placement
+    return f'[cluster]\nray_address = "{RAY_ADDRESS}"\nactor_cpus = 0.5\n'
+
+
 def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
              record: str | None = None, verbose: bool = True, classify: str = "on",
              stagger: bool = True, workers: int = 1, worker_mode: str = "thread") -> dict:
@@ -181,7 +200,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     extra = Path(config).read_text() if config else CLASSIFY_PIPELINE.format(classify=classify)
     cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 1.0\n'
                         f"publish_hwm = 1000000\nworkers = {workers}\nworker_mode = \"{worker_mode}\"\n"
-                        + extra.replace("[engine]", "#[engine]"))
+                        + _cluster_toml(worker_mode) + extra.replace("[engine]", "#[engine]"))
     eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from telediag.client import Subscriber
@@ -189,8 +208,9 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     sub = Subscriber(publish, topics=["stats/"])
     sampler = _LatencySampler(publish, n_streams)
     try:
-        if not sub.wait_connected(60):
+        if not sub.wait_connected(180):
             raise RuntimeError("engine did not start")
+        _wait_idle(eng.pid, worker_mode)
         sampler.wait()
         ready, result = mp.Event(), mp.Queue()
         gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result, stagger))
@@ -242,11 +262,33 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     return res
 
 
-def _cpu_s_tree(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live children (Linux ``/proc``)."""
+def _ray_procs(actors: bool) -> list[Path]:
+    """``/proc`` folders of this namespace's Ray worker actors (``actors``) or Ray's own processes."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        is_actor = b"WorkerActor" in cmd
+        is_ray = any(k in cmd for k in (b"raylet", b"gcs_server", b"ray::", b"ray/_private", b"log_monitor",
+                                        b"dashboard", b"runtime_env"))
+        if (actors and is_actor) or (not actors and is_ray and not is_actor):
+            out.append(d)
+    return out
+
+
+def _cpu_s_tree(pid: int, mode: str = "thread") -> float:
+    """User + system CPU seconds of ``pid`` and its live children (Linux ``/proc``); ray: + worker actors."""
+    return _cpu_s(_proc_tree(pid) + (_ray_procs(actors=True) if mode == "ray" else []))
+
+
+def _cpu_s(dirs: list[Path]) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for d in _proc_tree(pid):
+    for d in dirs:
         try:
             stat = (d / "stat").read_text()
         except OSError:
@@ -254,6 +296,17 @@ def _cpu_s_tree(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2:].split()
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _wait_idle(pid: int, mode: str, limit_s: float = 180.0) -> None:
+    """Wait until the engine (and its workers/actors) is idle: a spare may still be warming up."""
+    prev, deadline = _cpu_s_tree(pid, mode), time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        cur = _cpu_s_tree(pid, mode)
+        if cur - prev < 0.05:
+            return
+        prev = cur
 
 
 def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, record: str | None = None,
@@ -268,29 +321,23 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
     cfg_path = Path(f"/tmp/telediag-thr-{os.getpid()}.toml")
     cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 0.5\n'
                         f'ingest_hwm = 1000000\nworkers = {workers}\nworker_mode = "{worker_mode}"\n'
-                        + CLASSIFY_PIPELINE.format(classify=classify))
+                        + _cluster_toml(worker_mode) + CLASSIFY_PIPELINE.format(classify=classify))
     eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from telediag.client import Subscriber
 
     sub = Subscriber(publish, topics=["stats/"])
     try:
-        if not sub.wait_connected(120):
+        if not sub.wait_connected(180):
             raise RuntimeError("engine did not start")
-        # wait until the engine tree is idle (a spare worker process may still be warming up)
-        prev, quiet_deadline = _cpu_s_tree(eng.pid), time.monotonic() + 120
-        while time.monotonic() < quiet_deadline:
-            time.sleep(1.0)
-            cur = _cpu_s_tree(eng.pid)
-            if cur - prev < 0.05:
-                break
-            prev = cur
+        _wait_idle(eng.pid, worker_mode)
         ready, result = mp.Event(), mp.Queue()
         gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result,
                                                   False, False))
         gen.start()
         time.sleep(1.0)
-        cpu0, t0 = _cpu_s_tree(eng.pid), time.monotonic()
+        cpu0, t0 = _cpu_s_tree(eng.pid, worker_mode), time.monotonic()
+        ray0 = _cpu_s(_ray_procs(actors=False)) if worker_mode == "ray" else 0.0
         ready.set()
         last: dict = {}
         want = n_streams * int(seconds * 1000 / chunk_ms)
@@ -304,7 +351,8 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
             if n >= want:
                 done_at = time.monotonic()
                 break
-        cpu1 = _cpu_s_tree(eng.pid)
+        cpu1 = _cpu_s_tree(eng.pid, worker_mode)
+        ray1 = _cpu_s(_ray_procs(actors=False)) if worker_mode == "ray" else 0.0
         gen.join(30)
     finally:
         sub.close()
@@ -320,11 +368,54 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
            "chunks_per_s": round(want / wall, 1), "cpu_s": round(cpu1 - cpu0, 2),
            "cpu_us_per_chunk": round((cpu1 - cpu0) / want * 1e6, 1), "complete": done_at is not None,
            "load_avg": os.getloadavg()[0]}
+    if worker_mode == "ray":
+        res["ray_cpu_s"] = round(ray1 - ray0, 2)  # raylets, GCS: Ray's control plane, not in cpu_s
     print(json.dumps(res), flush=True)
     return res
 
 
+def _modes(a: argparse.Namespace) -> list[tuple[str, int]]:
+    if not a.modes:
+        return [(a.worker_mode, a.workers)]
+    out = []
+    for item in a.modes.split(","):
+        mode, _, n = item.strip().partition(":")
+        if mode not in ("thread", "process", "ray") or not n.isdigit():
+            raise SystemExit(f"--modes: expected MODE:WORKERS items (thread:1,process:2,ray:2), got {item!r}")
+        out.append((mode, int(n)))
+    return out
+
+
+def _sweep(a: argparse.Namespace, mode: str, workers: int) -> int:
+    lo, hi, n = 0, None, max(1, a.streams)
+    while hi is None or hi - lo > max(1, lo // 10):
+        r = run_load(n, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify, stagger=not a.burst,
+                     workers=workers, worker_mode=mode)
+        if r["ok"]:
+            lo = n
+            n = n * 2 if hi is None else (lo + hi) // 2
+        else:
+            hi = n
+            n = (lo + hi) // 2
+        if n <= lo:
+            break
+    print(f"{mode} x{workers}: most streams held (p99 <= 50 ms, zero loss): {lo}", flush=True)
+    return lo
+
+
+def _in_loopback_namespace(argv: list[str]) -> int:
+    """Re-run this benchmark inside a loopback-only network + pid namespace (Ray stays on 127.0.0.1)."""
+    from telediag.engine.cluster import loopback_namespace_cmd, loopback_namespace_unavailable
+
+    why = loopback_namespace_unavailable()
+    if why is not None:
+        raise SystemExit(f"ray mode without --ray-address needs a loopback-only namespace: {why}")
+    env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.call(loopback_namespace_cmd([sys.executable, os.path.abspath(__file__), *argv]), env=env)
+
+
 def main() -> None:
+    global RAY_ADDRESS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -337,32 +428,53 @@ def main() -> None:
     ap.add_argument("--burst", action="store_true",
                     help="send every stream's chunk at the same instant (worst case) instead of staggered")
     ap.add_argument("--workers", type=int, default=1, help="engine workers")
-    ap.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
-                    help="workers as threads of the engine process or as their own processes")
+    ap.add_argument("--worker-mode", choices=("thread", "process", "ray"), default="thread",
+                    help="workers as threads of the engine process, their own processes, or Ray actors")
+    ap.add_argument("--modes", help="several MODE:WORKERS runs in turn, e.g. thread:1,process:1,process:2,ray:2 "
+                    "(overrides --worker-mode/--workers)")
+    ap.add_argument("--rounds", type=int, default=1, help="with --modes: repeat the whole alternation this often")
+    ap.add_argument("--ray-address", default="", help="ray modes: an existing Ray cluster (default: a local "
+                    "two-node cluster in a loopback-only namespace, started and stopped here)")
     ap.add_argument("--throughput", action="store_true",
                     help="saturation run: all data at once; report chunks/s and CPU per chunk (see run_throughput)")
     a = ap.parse_args()
-    if a.throughput:
-        run_throughput(a.streams, a.seconds, a.chunk_ms, a.record, a.classify, a.workers, a.worker_mode)
-        return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    if not a.sweep:
-        run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
-                 stagger=not a.burst, workers=a.workers, worker_mode=a.worker_mode)
-        return
-    lo, hi, n = 0, None, max(1, a.streams)
-    while hi is None or hi - lo > max(1, lo // 10):
-        r = run_load(n, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify, stagger=not a.burst,
-                     workers=a.workers, worker_mode=a.worker_mode)
-        if r["ok"]:
-            lo = n
-            n = n * 2 if hi is None else (lo + hi) // 2
+    modes = _modes(a)
+    cluster = None
+    if any(m == "ray" for m, _ in modes):
+        if a.ray_address:
+            RAY_ADDRESS = a.ray_address
+        elif os.environ.get("TELEDIAG_RAY_NETNS") != "1":
+            raise SystemExit(_in_loopback_namespace(sys.argv[1:]))
         else:
-            hi = n
-            n = (lo + hi) // 2
-        if n <= lo:
-            break
-    print(f"most streams held (p99 <= 50 ms, zero loss): {lo}")
+            import tempfile
+
+            from telediag.engine.cluster import LocalRayCluster
+
+            cluster = LocalRayCluster(tempfile.mkdtemp(prefix="ray-bench-"), nodes=2, cpus_per_node=1)
+            RAY_ADDRESS = cluster.start()
+            print(f"local two-node Ray cluster at {RAY_ADDRESS} (loopback-only namespace)", flush=True)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    try:
+        results: dict[str, list] = {}
+        for _ in range(max(1, a.rounds) if a.modes else 1):
+            for mode, workers in modes:
+                key = f"{mode} x{workers}"
+                if a.throughput:
+                    r = run_throughput(a.streams, a.seconds, a.chunk_ms, a.record, a.classify, workers, mode)
+                    results.setdefault(key, []).append((r["cpu_us_per_chunk"], r["chunks_per_s"], r["load_avg"]))
+                elif a.sweep:
+                    results.setdefault(key, []).append(_sweep(a, mode, workers))
+                else:
+                    r = run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
+                                 stagger=not a.burst, workers=workers, worker_mode=mode)
+                    results.setdefault(key, []).append(r["ok"])
+        if len(modes) > 1 or a.rounds > 1:
+            what = ("(cpu_us_per_chunk, chunks_per_s, load_avg)" if a.throughput else
+                    "most streams held" if a.sweep else "held")
+            print(f"summary {what}: " + json.dumps(results), flush=True)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":
