@@ -58,3 +58,31 @@ def test_timeline_stamp_equals_source_and_t_ns() -> None:
         t += 10**9
         for s in (start, start + 1, start + 359, max(0, start - 900)):
             assert tl.stamp(s) == (tl.source(s), tl.t_ns(s))
+
+
+def test_filter_stage_finite_check_by_sum() -> None:
+    """The filter stage looks for NaN/inf through the chunk's sum: a finite chunk whose sum
+    overflows takes the careful path and still outputs no NaN; NaN samples stay NaN."""
+    from telediag.engine.stage import StreamSpec
+    from telediag.engine.stages.ecg import EcgFilter
+    from telediag.transports.wire import Chunk
+
+    def run(x: np.ndarray) -> np.ndarray:
+        st = EcgFilter(EcgFilter.Params())
+        st.open(StreamSpec("s/ecg", "ecg", 360.0, ("I", "II"), ("mV", "mV")))
+        out = [st.process(Chunk.signal("ecg", "s/ecg", k, k * 10**9, x[k * 360:(k + 1) * 360], 360.0,
+                                       ("I", "II"), ("mV", "mV"))).signal.data for k in range(x.shape[0] // 360)]
+        return np.concatenate(out)
+
+    x = np.random.default_rng(3).normal(size=(1440, 2))
+    big = x.copy()
+    big[400:402, 0] = 1.7e308  # finite, but the sum overflows
+    y = run(big)
+    assert not np.isnan(y[:, 1]).any() and not np.isnan(y[:402, 0]).any()
+    holes = x.copy()
+    holes[700:720, 1] = np.nan
+    holes[900, 0] = np.inf
+    y = run(holes)
+    assert np.array_equal(np.isnan(y), ~np.isfinite(holes))
+    clean = run(x)
+    assert np.array_equal(clean[:700], y[:700])

@@ -94,15 +94,16 @@ class EcgFilter(Stage):
                 self._filter = SosFilter(self.sos, self._n_channels, zi=zi)
             else:
                 self._filter = SosFilter(self.sos, self._n_channels)
-        bad = ~np.isfinite(x)
-        if bad.any():
+        # a non-finite sample makes the sum non-finite (a finite sum proves every sample finite)
+        bad = None if np.isfinite(x.sum()) else ~np.isfinite(x)
+        if bad is not None:
             # NaN/inf (leads off, lost samples) must not poison the filter state: hold the
             # last finite value through the run for the filter, and output NaN there
             x = _hold_last_finite(x, bad, self._last)
         y = self._filter.process(x)
         if len(x):
             self._last = x[-1].copy()
-        if bad.any():
+        if bad is not None:
             y[bad] = np.nan
         return Outputs(signal=signal_like(chunk, y, self.out_stream))
 

@@ -105,8 +105,8 @@ class BeatLabeller:
         fs_stream = self.stream
         x = np.asarray(lead, dtype=np.float64)
         if x.size:
-            bad = ~np.isfinite(x)
-            if bad.any():  # the feature builder needs finite samples: hold the last finite value
+            bad = ~np.isfinite(x) if not np.isfinite(x.sum()) else None  # finite sum: all finite
+            if bad is not None and bad.any():  # the builder needs finite samples: hold the last finite value
                 x = x.copy()
                 for i in np.flatnonzero(bad):
                     x[i] = x[i - 1] if i > 0 else self.last
