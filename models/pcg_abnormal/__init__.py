@@ -1,8 +1,12 @@
 """Heart-sound (PCG) abnormality classifier: normal vs abnormal for a whole recording.
 
 Runtime: NumPy/SciPy features (:mod:`telediag.models.pcg_abnormal.features`, built on the
-:mod:`telediag.dsp.pcg` segmenter) and ONNX Runtime; torch is needed only to train
-(``train.py``).  Model card: ``card.json`` / ``README.md`` beside this file.
+:mod:`telediag.dsp.pcg` segmenter) and per-cycle log spectrograms
+(:mod:`telediag.models.pcg_abnormal.cnn_spec`), two ONNX Runtime models (a logistic regression
+on the features, ``pcg_abnormal.onnx``, and a small per-cycle CNN, ``pcg_abnormal_cnn.onnx``,
+combined as ``card_cnn.json`` says); torch is needed only to train (``train.py``,
+``cnn_spec.py``).  Model card: ``card.json`` / ``card_cnn.json`` / ``README.md`` beside this
+file.
 
 Examples
 --------

@@ -1,4 +1,4 @@
-"""Experiment (issue 16): a small CNN on state-warped per-cycle log spectrograms.
+"""Per-cycle CNN of the shipped abnormality classifier (issue 16): state-warped log spectrograms.
 
 Every complete heart cycle found by the LR-HSMM segmenter (:func:`telediag.dsp.pcg.analyze_signal`)
 becomes a ``(N_BANDS, N_FRAMES)`` log band-power image: the S1, systole, S2 and diastole
@@ -19,8 +19,10 @@ Device invariance:
 
 A recording's probability is the sigmoid of the mean cycle logit.  Cross-validation: leave one
 database out over PhysioNet 2016 a, b, c, d, f *and* CirCor (each trained on the other five,
-CirCor murmur Present -> abnormal), plus stratified 5-fold over all recordings.  Needs torch
-(``train`` extra).  Not part of CI.
+CirCor murmur Present -> abnormal), plus stratified 5-fold over all recordings.  The runtime
+(:class:`telediag.models.pcg_abnormal.PCGClassifier`) needs only NumPy/SciPy and ONNX Runtime
+(:func:`cycle_log_power`, :func:`normalise_recording`, ``pcg_abnormal_cnn.onnx``); training
+(``--final``) and the cross-validation need torch (``train`` extra), never run in CI.
 
 Usage::
 
