@@ -444,3 +444,41 @@ def test_metric_shape_errors() -> None:
         dice_iou(np.zeros((3, 3)), np.zeros((3, 4)))
     with pytest.raises(DataError, match="N, H, W"):
         per_image_dice_iou(np.zeros((3, 3)), np.zeros((3, 3)))
+
+
+# -- issue 21: the Numba pre/post-processing must equal the SciPy/NumPy definitions bit for bit
+
+
+@pytest.mark.parametrize("shape,side", [((480, 640, 3), 256), ((480, 640, 3), 192), ((720, 1280, 3), 224),
+                                        ((97, 131, 3), 256)])
+def test_fast_resize_is_bit_identical(shape: tuple[int, int, int], side: int) -> None:
+    from telediag.models.polyp_seg._resize import resize_chw, resize_chw_fast
+
+    x = np.random.default_rng(side).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(resize_chw_fast(x, side, side), resize_chw(x, side, side))
+    np.testing.assert_array_equal(resize_chw_fast(x[:, ::-1], side, side), resize_chw(x[:, ::-1], side, side))
+
+
+@pytest.mark.parametrize("variant", ["fp32", "student_int8"])
+def test_predict_equals_the_reference_post_processing(variant: str) -> None:
+    """prob_map/mask/boxes of predict() == clip(resize(low)) > threshold and the region_boxes loop."""
+    from scipy import ndimage
+
+    from telediag.models.polyp_seg._resize import resize_chw
+    from telediag.sources.synth_endoscopy import EndoscopySynth
+
+    seg = PolypSegmenter(threads=1, variant=variant).load()
+    synth = EndoscopySynth(640, 480, 30.0, seed=3)
+    for i in (0, 7, 15):
+        rgb = np.ascontiguousarray(synth.frame(i)[0])
+        low = seg.network_prob(resize_chw(rgb, seg.input_size, seg.input_size)[None])
+        prob = np.clip(resize(low, 480, 640), 0.0, 1.0)
+        mask = prob > seg.threshold
+        # float64 prob: region_boxes takes its NumPy loop (the reference), not the Numba pass
+        ref = region_boxes(low, prob.astype(np.float64), mask, seg.threshold, min_area_frac=seg.min_box_area_frac)
+        r = seg.predict(rgb)
+        np.testing.assert_array_equal(r.mask, mask)
+        np.testing.assert_array_equal(r.prob_map, prob)
+        assert r.boxes == ref and r.polyp_probability == float(
+            ndimage.uniform_filter(low, size=3, mode="nearest").max())
+        assert mask.any() or i == 0  # the synthetic frames have a polyp-like blob

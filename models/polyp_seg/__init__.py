@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,14 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from telediag.errors import ModelError
-from telediag.models.polyp_seg._resize import resize, resize_chw
+from telediag.models.polyp_seg._resize import (
+    region_stats,
+    resize,  # noqa: F401 - used by the doctests
+    resize_chw_fast,
+    upsample_block,
+    upsample_prob,
+    warm_kernels,
+)
 
 __all__ = ["CARD_PATH", "MODEL_PATH", "PolypResult", "PolypSegmenter", "region_boxes"]
 
@@ -43,36 +49,6 @@ CARD_PATH = Path(__file__).with_name("card.json")
 MIN_SIDE = 16  # smallest frame side accepted
 TTA_MODES = ("none", "h", "hv")  # test-time flips averaged: none, horizontal, horizontal+vertical
 MERGE_FRAC = 0.016  # mask fragments closer than this fraction of the map's longer side share a box
-
-
-@dataclass(frozen=True, slots=True)
-class PolypResult:
-    """Segmentation of one frame.
-
-    Attributes
-    ----------
-    prob_map : ndarray, float32, shape (H, W)
-        Per-pixel polyp probability at the input frame's size.
-    mask : ndarray, bool, shape (H, W)
-        ``prob_map > threshold``.
-    polyp_probability : float
-        Frame-level score in [0, 1]: the largest 3x3-averaged value of the network-resolution
-        probability map. A heuristic, not a calibrated probability (the training set has a
-        polyp in every image).
-    boxes : list of (x0, y0, x1, y1, score)
-        One box per **region** of ``mask`` (see :func:`region_boxes`: 8-connected components,
-        fragments closer than ``MERGE_FRAC`` of the map merged) of at least
-        ``min_box_area_frac`` of the frame, in pixels (x1, y1 exclusive), score = the region's
-        peak probability; sorted by score, highest first.
-    input_size : int
-        The network input side this frame was analysed at.
-    """
-
-    prob_map: NDArray[np.float32]
-    mask: NDArray[np.bool_]
-    polyp_probability: float
-    boxes: list[tuple[int, int, int, int, float]] = field(default_factory=list)
-    input_size: int = 0
 
 
 def _nearest_index(n_out: int, n_in: int) -> NDArray[np.intp]:
@@ -122,6 +98,9 @@ def region_boxes(
     ri, ci = _nearest_index(H, lm.shape[0]), _nearest_index(W, lm.shape[1])
     min_area = min_area_frac * mask.size
     boxes = []
+    p = np.asarray(prob)
+    if n and mask.dtype == np.bool_ and p.dtype == np.float32 and mask.flags.c_contiguous and p.flags.c_contiguous:
+        return _stats_boxes(labels, n, p, mask, ri, ci, 0, 0, min_area)
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
@@ -138,6 +117,78 @@ def region_boxes(
                       int(r0 + rows[-1] + 1), peak))
     boxes.sort(key=lambda b: -b[4])
     return boxes
+
+
+def _stats_boxes(labels: NDArray[np.int32], n: int, prob: NDArray[np.float32], mask: NDArray[np.bool_],
+                 ri: NDArray[np.intp], ci: NDArray[np.intp], y0: int, x0: int,
+                 min_area: float) -> list[tuple[int, int, int, int, float]]:
+    """Boxes of :func:`region_boxes` from one Numba pass (:func:`region_stats`) over a block of the
+    frame whose top-left pixel is ``(y0, x0)`` (``ri``/``ci``: that block's nearest cells)."""
+    st = region_stats(mask, prob, labels.astype(np.int32, copy=False), ri, ci, n)
+    boxes = []
+    for k in range(1, n + 1):
+        area = int(st[k, 0])
+        if area == 0 or area < min_area:
+            continue
+        boxes.append((x0 + int(st[k, 3]), y0 + int(st[k, 1]), x0 + int(st[k, 4]) + 1, y0 + int(st[k, 2]) + 1,
+                      float(prob[st[k, 5], st[k, 6]])))
+    boxes.sort(key=lambda b: -b[4])
+    return boxes
+
+
+def _region_labels(low: NDArray[np.floating[Any]], threshold: float,
+                   merge_frac: float = MERGE_FRAC) -> tuple[NDArray[np.int32], int]:
+    """:func:`region_boxes`'s regions on the network map: dilated above-threshold cells, 8-connected."""
+    lm = np.asarray(low) > threshold
+    grow = max(1, int(round(merge_frac * max(lm.shape) / 2)))
+    grown = ndimage.binary_dilation(lm, structure=_EIGHT, iterations=grow) if lm.any() else lm
+    labels, n = ndimage.label(grown, structure=_EIGHT)
+    return labels, int(n)
+
+
+class PolypResult:
+    """Segmentation of one frame (see the attributes); ``prob_map`` is computed when first read.
+
+    Attributes
+    ----------
+    prob_map : ndarray, float32, shape (H, W)
+        Per-pixel polyp probability at the input frame's size.
+    mask : ndarray, bool, shape (H, W)
+        ``prob_map > threshold``.
+    polyp_probability : float
+        Frame-level score in [0, 1]: the largest 3x3-averaged value of the network-resolution
+        probability map. A heuristic, not a calibrated probability (the training set has a
+        polyp in every image).
+    boxes : list of (x0, y0, x1, y1, score)
+        One box per **region** of ``mask`` (see :func:`region_boxes`: 8-connected components,
+        fragments closer than ``MERGE_FRAC`` of the map merged) of at least
+        ``min_box_area_frac`` of the frame, in pixels (x1, y1 exclusive), score = the region's
+        peak probability; sorted by score, highest first.
+    input_size : int
+        The network input side this frame was analysed at.
+    """
+
+    __slots__ = ("_lazy", "_prob", "boxes", "input_size", "mask", "polyp_probability")
+
+    def __init__(self, prob_map: NDArray[np.float32] | None, mask: NDArray[np.bool_], polyp_probability: float,
+                 boxes: list[tuple[int, int, int, int, float]] | None = None, input_size: int = 0, *,
+                 lazy: tuple[NDArray[np.float32], int, int] | None = None) -> None:
+        if prob_map is None and lazy is None:
+            raise ValueError("PolypResult needs prob_map or lazy=(low, height, width)")
+        self._prob = prob_map
+        self._lazy = lazy
+        self.mask = mask
+        self.polyp_probability = polyp_probability
+        self.boxes = [] if boxes is None else boxes
+        self.input_size = input_size
+
+    @property
+    def prob_map(self) -> NDArray[np.float32]:
+        if self._prob is None:
+            assert self._lazy is not None
+            low, h, w = self._lazy
+            self._prob = upsample_prob(low, h, w, 0.5)[0]
+        return self._prob
 
 
 class PolypSegmenter:
@@ -305,6 +356,7 @@ class PolypSegmenter:
         self.threshold, self.tta = float(threshold), str(tta)
         self._session, self._input_name, self.input_size = sess, inp.name, size
         self.input_sizes = sizes
+        warm_kernels()  # compile (cold cache) or load the Numba kernels now, not on the first frame
         return self
 
     @property
@@ -348,7 +400,7 @@ class PolypSegmenter:
         self._require_loaded()
         x = self._check_frame(rgb)
         s = self._size(input_size)
-        return resize_chw(x, s, s)[None]
+        return resize_chw_fast(x, s, s)[None]  # bit-identical to resize_chw (tests), faster
 
     def predict_batch_prob(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """Run the network on preprocessed inputs ``(N, 3, S, S)`` -> ``(N, S/k, S/k)`` probs.
@@ -417,11 +469,20 @@ class PolypSegmenter:
         x = self.preprocess(rgb, s)
         low = self.network_prob(x)
         h, w = rgb.shape[:2]
-        prob = np.clip(resize(low, h, w), 0.0, 1.0)
-        mask = prob > self.threshold
+        # mask = clip(resize(low, h, w), 0, 1) > threshold, computed only on the block of the frame
+        # that can exceed the threshold (bit-identical there; False elsewhere); prob_map on demand
+        y0, x0, pb, mb = upsample_block(low, h, w, self.threshold)
+        mask = np.zeros((h, w), np.bool_)
+        mask[y0:y0 + mb.shape[0], x0:x0 + mb.shape[1]] = mb
         score = float(ndimage.uniform_filter(low, size=3, mode="nearest").max())
-        boxes = region_boxes(low, prob, mask, self.threshold, min_area_frac=self.min_box_area_frac)
-        return PolypResult(prob, mask, score, boxes, s)
+        boxes: list[tuple[int, int, int, int, float]] = []
+        if mb.any():
+            labels, n = _region_labels(low, self.threshold)
+            if n:
+                ri, ci = _nearest_index(h, low.shape[0]), _nearest_index(w, low.shape[1])
+                boxes = _stats_boxes(labels, n, pb, mb, ri[y0:y0 + mb.shape[0]], ci[x0:x0 + mb.shape[1]], y0, x0,
+                                     self.min_box_area_frac * h * w)
+        return PolypResult(None, mask, score, boxes, s, lazy=(low, h, w))
 
     def _require_loaded(self) -> None:
         if self._session is None:
