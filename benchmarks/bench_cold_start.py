@@ -15,8 +15,21 @@ record:
   that queued during warm-up, and the run's p99 *without* them.
 
     python benchmarks/bench_cold_start.py                 # cold then warm, default settings
+    python benchmarks/bench_cold_start.py --demo          # ... then `telediag demo` -> traces on screen
+    python benchmarks/bench_cold_start.py --no-aot        # kernels JIT (TELEDIAG_AOT=0): the old path
     python benchmarks/bench_cold_start.py --serial        # cold with [engine].warmup_parallel = false
     python benchmarks/bench_cold_start.py --json out.json
+
+"Cold" is an empty ``NUMBA_CACHE_DIR`` (a new temporary folder); "warm" reuses the folder the cold
+run filled. The kernels compiled ahead of time by ``make`` (``telediag/engine/aot.py``) do not
+live in the Numba cache: every result records whether they were in use (``aot``), and
+``--no-aot`` measures the JIT path. ``load_before``/``load_after``: the 1-minute load average
+(2 cores; other work on the machine inflates every figure).
+
+``--demo``: ``telediag demo`` started at t = 0, a headless Debian chromium (launched beforehand,
+driven by Playwright) opening the viewer as soon as it answers: ``viewer_page_s``, then
+``ecg_on_screen_s`` / ``pcg_on_screen_s`` when the page has drawn samples of the ECG (bed-1) and
+heart-sound (bed-2) traces; a screenshot is left in the temp folder.
 
 ``pytest benchmarks/bench_cold_start.py`` runs one start with the session's own Numba cache as a
 smoke test (the cold case takes a minute or more of compilation and is left to the script).
@@ -39,6 +52,19 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) the process has used so far; None off Linux.
+
+    Under load the wall-clock figures stretch with the machine's other work; the CPU a start needs
+    does much less, so it is the figure to compare across runs (an idle machine would then show
+    about max(CPU seconds, the data floor) plus a little I/O)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -88,8 +114,11 @@ def _source(ingest: str, sig: np.ndarray, fs: float, seconds: float, t_start: fl
     ctx.term()
 
 
-def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = True, timeout_s: float = 300.0) -> dict[str, Any]:
+def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = True, timeout_s: float = 300.0,
+            aot: bool = True) -> dict[str, Any]:
     """One engine start with ``NUMBA_CACHE_DIR=cache_dir``; see the module doc for the fields."""
+    import zmq
+
     from telediag.client import Subscriber
 
     ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
@@ -101,7 +130,9 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if cache_dir is not None:  # None: the cache the rest of the session uses (warm after the tests)
             env["NUMBA_CACHE_DIR"] = cache_dir
-        sub = Subscriber(publish, topics=["beats/cold/", "stats/", "ecg/cold/"])
+        # reconnect every 10 ms (default 100 ms): with AOT kernels the engine publishes its backlog
+        # ~0.1 s after binding, and a SUB that joins later misses what came before (PUB/SUB)
+        sub = Subscriber(publish, topics=["beats/cold/", "stats/", "ecg/cold/"], sockopts={zmq.RECONNECT_IVL: 10})
         t_start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -111,7 +142,8 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
         src = threading.Thread(target=_source, args=(ingest, sig, fs, seconds, t_start, sent, clock, done),
                                daemon=True)
         src.start()
-        res: dict[str, Any] = {"signal": name, "parallel_warmup": parallel, "seconds_sent": seconds}
+        res: dict[str, Any] = {"signal": name, "parallel_warmup": parallel, "seconds_sent": seconds,
+                               "aot": _aot_status(env), "load_before": os.getloadavg()[0]}
         first_stats = first_beat = None
         beat_src = None
         seqs: list[int] = []
@@ -134,6 +166,7 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
                 elif c.kind == "beats":
                     if first_beat is None:
                         first_beat = now
+                        res["engine_cpu_s_at_first_beat"] = _cpu_s(proc.pid)
                         beat_src = (c.t0_ns - clock.get("t0_ns", c.t0_ns)) / 1e9
                 elif c.kind == "ecg":
                     seqs.append(int(c.meta["src_seq"]))
@@ -152,11 +185,91 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
         warm = last_stats.get("warmup", {})
         res["engine_warmup_s"] = warm.get("s")
         res["engine_warmup_kinds_s"] = warm.get("kinds_s")
+        res["engine_aot"] = warm.get("aot")  # what the engine itself reports (stats warmup.aot)
         res["latency_during_warmup_ms"] = warm.get("latency_ms")
         res["latency_after_warmup_ms"] = last_stats.get("latency_ms")
+        res["load_after"] = os.getloadavg()[0]
         if proc.returncode not in (0, None):
             res["stderr_tail"] = err.decode(errors="replace")[-2000:]
         return res
+
+
+def _env(cache_dir: str | None, aot: bool) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TELEDIAG_AOT": "1" if aot else "0"}
+    if cache_dir is not None:  # None: the cache the rest of the session uses (warm after the tests)
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    return env
+
+
+def _aot_status(env: dict[str, str]) -> str:
+    """Whether the engine started with ``env`` will use the AOT kernels (engine/aot.py), and why not."""
+    r = subprocess.run([sys.executable, "-m", "telediag.engine.aot", "status"], env=env, capture_output=True,
+                       text=True, check=False)
+    try:
+        st = json.loads(r.stdout)
+    except ValueError:
+        return f"unknown ({r.stderr.strip()[-200:]})"
+    return "ok" if st["aot"] else f"off: {st['reason']}"
+
+
+def measure_demo(cache_dir: str | None, *, aot: bool = True, timeout_s: float = 300.0) -> dict[str, Any]:
+    """``telediag demo`` started at t = 0 with ``NUMBA_CACHE_DIR=cache_dir``; a headless Debian
+    chromium (launched before t = 0, Playwright driving it as in tests/test_viewer_browser.py) opens
+    the viewer as soon as it answers. Seconds from t = 0 until the viewer page loads, and until the
+    ECG (bed-1) and heart-sound (bed-2) traces have samples drawn on the page's canvas."""
+    from playwright.sync_api import Error as PwError
+    from playwright.sync_api import sync_playwright
+
+    ingest, publish, http = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", _free_port()
+    env = _env(cache_dir, aot)
+    res: dict[str, Any] = {"aot": _aot_status(env), "load_before": os.getloadavg()[0]}
+    want = {"ecg_on_screen_s": "ecg/bed-1/ecg/filtered", "pcg_on_screen_s": "pcg/bed-2/pcg/filtered"}
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args, timeout=60_000,
+                                     chromium_sandbox=False)
+        page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "telediag", "demo", "--duration", "0", "--ingest", ingest,
+                                 "--publish", publish, "--viewer-port", str(http), "--record-dir", ""],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = t0 + timeout_s
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    page.goto(f"http://127.0.0.1:{http}/", timeout=2_000)
+                    res["viewer_page_s"] = time.monotonic() - t0
+                    break
+                except PwError:
+                    time.sleep(0.1)
+            while "viewer_page_s" in res and time.monotonic() < deadline and proc.poll() is None:
+                st = page.evaluate("() => window.telediag ? window.telediag.state() : null")
+                now = time.monotonic() - t0
+                for key, topic in want.items():
+                    tr = (st or {}).get("streams", {}).get(topic)
+                    if key not in res and tr and tr.get("drawn", 0) > 0:
+                        res[key] = now
+                        res[key[:-2] + "_demo_cpu_s"] = _cpu_s(proc.pid)
+                if all(k in res for k in want):
+                    break
+                time.sleep(0.05)
+            shot = Path(tempfile.gettempdir()) / "bench_cold_start_demo.png"
+            page.screenshot(path=str(shot))
+            res["screenshot"] = str(shot)
+        finally:
+            browser.close()
+            proc.terminate()
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+    res["demo_exit"] = proc.returncode
+    res["load_after"] = os.getloadavg()[0]
+    if proc.returncode not in (0, -15, None):
+        res["stderr_tail"] = err.decode(errors="replace")[-2000:]
+    return res
 
 
 def test_start_smoke() -> None:
@@ -175,13 +288,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serial", action="store_true", help="cold run with warmup_parallel = false")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up on a start after this many seconds")
+    ap.add_argument("--no-aot", action="store_true",
+                    help="TELEDIAG_AOT=0: the kernels JIT (the state before engine/aot.py, or without a C compiler)")
+    ap.add_argument("--demo", action="store_true", help="also measure `telediag demo` -> traces on screen (chromium)")
+    ap.add_argument("--demo-only", action="store_true", help="only the demo measurement")
     a = ap.parse_args(argv)
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        out["cold"] = measure(cache, seconds=a.seconds, parallel=not a.serial, timeout_s=a.timeout)
-        print(json.dumps({"cold": out["cold"]}, indent=1), flush=True)
-        out["warm"] = measure(cache, seconds=a.seconds, timeout_s=a.timeout)
-        print(json.dumps({"warm": out["warm"]}, indent=1), flush=True)
+    out: dict[str, Any] = {}
+    aot = not a.no_aot
+    if not a.demo_only:
+        with tempfile.TemporaryDirectory() as cache:
+            out["cold"] = measure(cache, seconds=a.seconds, parallel=not a.serial, timeout_s=a.timeout, aot=aot)
+            print(json.dumps({"cold": out["cold"]}, indent=1), flush=True)
+            out["warm"] = measure(cache, seconds=a.seconds, timeout_s=a.timeout, aot=aot)
+            print(json.dumps({"warm": out["warm"]}, indent=1), flush=True)
+    if a.demo or a.demo_only:
+        with tempfile.TemporaryDirectory() as cache:
+            out["demo_cold"] = measure_demo(cache, aot=aot, timeout_s=a.timeout)
+            print(json.dumps({"demo_cold": out["demo_cold"]}, indent=1), flush=True)
+            out["demo_warm"] = measure_demo(cache, aot=aot, timeout_s=a.timeout)
+            print(json.dumps({"demo_warm": out["demo_warm"]}, indent=1), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
