@@ -102,3 +102,74 @@ def test_unsupported_or_different_graphs_keep_onnx_runtime(pair: tuple[BeatClass
     t = trees.TreeEnsemble(attrs, 1)
     x = np.array([[0.5], [0.6], [np.nan]], np.float32)
     assert t.predict(x).tolist() == [[1.0, 0.0], [0.0, 2.0], [0.0, 2.0]]  # NaN: false branch (no missing flag)
+
+
+def _random_tree_attrs(rng: np.random.Generator, n_trees: int, n_leaves: int, n_feat: int,
+                       n_cls: int) -> dict:
+    """Random ONNX-ML tree attributes (BRANCH_LEQ), leaves split at random."""
+    a: dict = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_featureids", "nodes_values",
+                               "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+                               "class_treeids", "class_nodeids", "class_ids", "class_weights")}
+    for t in range(n_trees):
+        nodes = [[0, "LEAF", 0, 0.0, 0, 0, 0]]  # id, mode, feat, thr, true, false, miss
+        leaves = [0]
+        while len(leaves) < n_leaves:
+            k = leaves.pop(int(rng.integers(len(leaves))))
+            a_id, b_id = len(nodes), len(nodes) + 1
+            nodes[k][1:] = ["BRANCH_LEQ", int(rng.integers(n_feat)), float(rng.normal()), a_id, b_id,
+                            int(rng.integers(2))]
+            nodes += [[a_id, "LEAF", 0, 0.0, 0, 0, 0], [b_id, "LEAF", 0, 0.0, 0, 0, 0]]
+            leaves += [a_id, b_id]
+        for nid, mode, f, thr, tr, fl, miss in nodes:
+            for key, v in zip(("nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_featureids", "nodes_values",
+                               "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true"),
+                              (t, nid, mode.encode(), f, thr, tr, fl, miss), strict=True):
+                a[key].append(v)
+            if mode == "LEAF":
+                a["class_treeids"].append(t)
+                a["class_nodeids"].append(nid)
+                a["class_ids"].append(t % n_cls)
+                a["class_weights"].append(float(rng.normal()))
+    a["classlabels_int64s"] = list(range(n_cls))
+    a["post_transform"] = b"SOFTMAX"
+    return a
+
+
+def _naive(a: dict, x: np.ndarray, n_cls: int) -> np.ndarray:
+    """Node-by-node reference: float32 sums in tree order, ONNX Runtime's softmax."""
+    node = {(t, n): i for i, (t, n) in enumerate(zip(a["nodes_treeids"], a["nodes_nodeids"], strict=True))}
+    leaf_w = {(t, n): (c, np.float32(w)) for t, n, c, w in zip(a["class_treeids"], a["class_nodeids"],
+                                                                 a["class_ids"], a["class_weights"], strict=True)}
+    out = np.zeros((x.shape[0], n_cls), np.float32)
+    for r in range(x.shape[0]):
+        s = np.zeros(n_cls, np.float32)
+        for t in sorted(set(a["nodes_treeids"])):
+            i = node[(t, 0)]
+            while a["nodes_modes"][i] != b"LEAF":
+                v = x[r, a["nodes_featureids"][i]]
+                go = v <= np.float32(a["nodes_values"][i]) or (a["nodes_missing_value_tracks_true"][i] and np.isnan(v))
+                i = node[(t, a["nodes_truenodeids"][i] if go else a["nodes_falsenodeids"][i])]
+            c, w = leaf_w[(t, a["nodes_nodeids"][i])]
+            s[c] = np.float32(s[c] + w)
+        e = np.exp((s - s.max()).astype(np.float32)).astype(np.float32)
+        tot = np.float32(0)
+        for v in e:
+            tot = np.float32(tot + v)
+        out[r] = e / tot
+    return out
+
+
+@pytest.mark.parametrize("n_leaves", [3, 16, 17, 40])
+def test_quickscorer_equals_node_by_node_traversal(n_leaves: int) -> None:
+    """16-bit masks with the lowest-bit table, and 32/64-bit masks with the shift loop."""
+    rng = np.random.default_rng(n_leaves)
+    a = _random_tree_attrs(rng, n_trees=12, n_leaves=n_leaves, n_feat=6, n_cls=3)
+    ens = trees.TreeEnsemble(a, 6)
+    assert ens.n_mask.dtype == (np.uint16 if n_leaves <= 16 else np.uint32 if n_leaves <= 32 else np.uint64)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    x[::9, 2] = np.nan
+    x[1::9, 0] = np.float32(a["nodes_values"][0])  # exactly on a threshold
+    got = ens.predict(x)
+    want = _naive(a, x, 3)
+    assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)  # the reference's exp is NumPy's

@@ -45,15 +45,13 @@ F32Array = NDArray[np.float32]
 @numba.njit(cache=True, nogil=True)
 def _predict(x: Any, f_start: Any, n_thr: Any, n_tree: Any, n_mask: Any, n_miss: Any, leaf_base: Any,
              w_start: Any, w_class: Any, w_value: Any, single: bool, base: Any,
-             softmax: bool) -> Any:  # pragma: no cover - compiled
+             softmax: bool, allset: Any, one: Any, lowest: Any) -> Any:  # pragma: no cover - compiled
     n, n_feat = x.shape
     n_trees = leaf_base.shape[0]
     n_cls = base.shape[0]
     out = np.zeros((n, n_cls), np.float32)
-    bits = np.empty(n_trees, np.uint64)
+    bits = np.full(n_trees, allset)  # the masks' width (16, 32 or 64 leaves a tree at most)
     score = np.zeros(n_cls, np.float32)
-    allset = ~np.uint64(0)
-    one = np.uint64(1)
     for i in range(n):
         for t in range(n_trees):
             bits[t] = allset
@@ -81,9 +79,12 @@ def _predict(x: Any, f_start: Any, n_thr: Any, n_tree: Any, n_mask: Any, n_miss:
         for t in range(n_trees):
             b = bits[t]
             leaf = leaf_base[t]
-            while (b & one) == 0:  # the exit leaf: the lowest bit still set
-                b >>= one
-                leaf += 1
+            if lowest.shape[0]:  # the exit leaf: the lowest bit still set (a table for 16-bit masks)
+                leaf += lowest[b]
+            else:
+                while (b & one) == 0:
+                    b >>= one
+                    leaf += 1
             if single:  # one weight a leaf (LightGBM): w_class/w_value indexed by leaf
                 score[w_class[leaf]] = score[w_class[leaf]] + w_value[leaf]
             else:
@@ -157,7 +158,7 @@ class TreeEnsemble:
         leaf_of: dict[tuple[int, int], int] = {}  # (tree, node id) -> global leaf index
         leaf_base = np.zeros(len(trees), np.int64)
         rows: list[tuple[int, float, int, int, bool]] = []  # feature, threshold, tree, mask, miss
-        n_leaves = 0
+        n_leaves = max_leaves = 0
         for ti, t in enumerate(trees):
             leaf_base[ti] = n_leaves
             if (t, 0) not in at:
@@ -183,18 +184,29 @@ class TreeEnsemble:
             walk(0)
             if len(local) > 64:
                 raise ValueError(f"tree {t} has {len(local)} leaves (at most 64 supported)")
-            full = (1 << 64) - 1
             for i, lo, mid in spans:
                 true_bits = ((1 << mid) - 1) ^ ((1 << lo) - 1)
-                rows.append((fids[i], float(vals[i]), ti, full ^ true_bits, bool(mtt[i])))
+                rows.append((fids[i], float(vals[i]), ti, true_bits, bool(mtt[i])))
+            max_leaves = max(max_leaves, len(local))
             for k, node in enumerate(local):
                 leaf_of[(t, node)] = n_leaves + k
             n_leaves += len(local)
         rows.sort(key=lambda r: (r[0], r[1]))
         self.f_start = np.searchsorted(np.array([r[0] for r in rows], np.int64), np.arange(n_features + 1))
         self.n_thr = np.array([r[1] for r in rows], np.float32)
-        self.n_tree = np.array([r[2] for r in rows], np.int64)
-        self.n_mask = np.array([r[3] for r in rows], np.uint64)
+        # the narrowest mask that holds a tree's leaves: fewer bytes to stream per row
+        mtype = np.uint16 if max_leaves <= 16 else np.uint32 if max_leaves <= 32 else np.uint64
+        width = np.dtype(mtype).itemsize * 8
+        self.allset, self.one = mtype((1 << width) - 1), mtype(1)
+        self.n_tree = np.array([r[2] for r in rows], np.int32)
+        if width == 16:  # index of the lowest set bit of every 16-bit value (0 for 0: never looked up)
+            v = np.arange(1 << 16)
+            self.lowest = np.zeros(1 << 16, np.int64)
+            for k in range(15, -1, -1):
+                self.lowest[(v >> k) & 1 == 1] = k
+        else:
+            self.lowest = np.zeros(0, np.int64)
+        self.n_mask = np.array([((1 << width) - 1) ^ r[3] for r in rows], mtype)
         self.n_miss = np.array([r[4] for r in rows], np.bool_)
         self.leaf_base = leaf_base
         labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or []
@@ -235,7 +247,7 @@ class TreeEnsemble:
             raise ValueError(f"x must have shape (n, {self.n_features}), got {x.shape}")
         return _predict(x, self.f_start, self.n_thr, self.n_tree, self.n_mask, self.n_miss,  # type: ignore[no-any-return]
                         self.leaf_base, self.w_start, self.w_class, self.w_value, self.single, self.base,
-                        self.softmax)
+                        self.softmax, self.allset, self.one, self.lowest)
 
 
 class FastBeatClassifier:
