@@ -255,10 +255,11 @@ def draw_overlay(rgb: NDArray[np.uint8], mask: NDArray[Any], boxes: list[list[fl
     out = np.array(rgb, dtype=np.uint8, copy=True)
     h, w = out.shape[:2]
     m = _resize_nearest(mask, h, w)
-    if m.any():
-        ys, xs = np.nonzero(m)
-        y0, y1 = max(ys.min() - 2, 0), min(ys.max() + 3, h)
-        x0, x1 = max(xs.min() - 2, 0), min(xs.max() + 3, w)
+    rows = np.flatnonzero(m.any(axis=1))  # the mask's extent (cheaper than np.nonzero of every pixel)
+    if rows.size:
+        cols = np.flatnonzero(m[rows[0] : rows[-1] + 1].any(axis=0))
+        y0, y1 = max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, h)
+        x0, x1 = max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, w)
         sub = m[y0:y1, x0:x1]
         pad = np.pad(sub, 1)
         interior = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:] & sub
