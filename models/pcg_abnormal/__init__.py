@@ -5,7 +5,7 @@ Runtime: NumPy/SciPy features (:mod:`telediag.models.pcg_abnormal.features`, bui
 (:mod:`telediag.models.pcg_abnormal.cnn_spec`), two ONNX Runtime models (a logistic regression
 on the features, ``pcg_abnormal.onnx``, and a small per-cycle CNN, ``pcg_abnormal_cnn.onnx``,
 combined as ``card_cnn.json`` says); torch is needed only to train (``train.py``,
-``cnn_spec.py``).  Model card: ``card.json`` / ``card_cnn.json`` / ``README.md`` beside this
+``cnn_train.py``).  Model card: ``card.json`` / ``card_cnn.json`` / ``README.md`` beside this
 file.
 
 Examples

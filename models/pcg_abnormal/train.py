@@ -1087,11 +1087,8 @@ def render_readme(card: dict[str, Any]) -> str:
     rows = card["metrics"].get("cv_leave_one_set_out") or []
     pooled = next((r for r in rows if r["fold"] == "pooled"), {})
     circ = next((r for r in rows if r["fold"] == CIRCOR), {})
-    from telediag.models.pcg_abnormal.cnn_spec import (
-        CNN_CARD,
-        render_cnn_details,
-        render_cnn_section,
-    )
+    from telediag.models.pcg_abnormal.cnn_spec import CNN_CARD
+    from telediag.models.pcg_abnormal.cnn_train import render_cnn_details, render_cnn_section
 
     cnn_card = json.loads(CNN_CARD.read_text()) if CNN_CARD.is_file() else None
     return README_TEMPLATE.format(
