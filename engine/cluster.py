@@ -297,8 +297,17 @@ class LocalRayCluster:
             self.add_node()
         return self.address
 
-    def add_node(self) -> None:
-        self._ray_cmd("start", "--address", self.address, "--num-cpus", f"{self.cpus:g}", "--disable-usage-stats")
+    def add_node(self, attempts: int = 3) -> None:
+        """Start one more node; retried, since on a busy machine joining can time out on the GCS."""
+        for k in range(attempts):
+            try:
+                self._ray_cmd("start", "--address", self.address, "--num-cpus", f"{self.cpus:g}",
+                              "--disable-usage-stats")
+                return
+            except EngineError:
+                if k == attempts - 1:
+                    raise
+                time.sleep(2.0)
 
     def stop(self) -> None:
         try:
