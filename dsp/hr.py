@@ -77,6 +77,7 @@ _I_LAST = 0  # last accepted beat sample (-1: none yet)
 _I_NRR = 1  # intervals in the ring buffer (<= n_intervals)
 _I_POS = 2  # next write position in the ring buffer
 _I_REJ = 3  # beats discarded as double detections
+_SMALL = 64  # HeartRateMeter.update_lists runs the kernel's steps in Python up to this many beats
 _F_HR = 0  # last reading (bpm), NaN when none
 _F_AVG = 1  # averaged RR interval (samples) behind the last reading, NaN when none
 
@@ -342,8 +343,61 @@ class HeartRateMeter:
         >>> HeartRateMeter(250.0, n_intervals=4).update_lists([0, 250, 500])
         ([0, 250, 500], [nan, nan, 60.0])
         """
+        if type(beat_samples) is list and len(beat_samples) <= _SMALL:
+            small = self._update_small(beat_samples)
+            if small is not None:
+                return small
         n, out_s, out_h = self._run(beat_samples)
         return out_s[:n].tolist(), out_h[:n].tolist()
+
+    def _update_small(self, beats: list[int]) -> tuple[list[int], list[float]] | None:
+        """:func:`_hr_kernel` in plain Python for the few beats of a chunk (no array round
+        trip): the same integer steps and the same float64 operations, so the same readings
+        and state (``tests/test_ecg_fast_paths.py``). ``None`` when the input is not a list
+        of valid plain ints (the array path then raises its precise error)."""
+        st = self.state
+        lo = max(st.last_beat, 0)
+        for b in beats:
+            if type(b) is not int or b < lo:
+                return None
+            lo = b
+        rr = st.rr_buf.tolist()
+        n_int = len(rr)
+        last, n_rr, pos, rej = st.last_beat, st.n_rr, st.pos, st.n_rejected
+        hr, avg = st.hr_bpm, st.avg_rr
+        median = self.rule == "median"
+        out_s: list[int] = []
+        out_h: list[float] = []
+        for b in beats:
+            if last >= 0:
+                d = b - last
+                if d < self._min_rr:
+                    rej += 1
+                    continue
+                if d > self._asystole:
+                    n_rr = 0
+                    pos = 0
+                else:
+                    rr[pos] = d
+                    pos = (pos + 1) % n_int
+                    if n_rr < n_int:
+                        n_rr += 1
+            last = b
+            n = n_rr
+            if n >= self.min_intervals and n > 0:
+                if median:
+                    srt = sorted(rr[:n])
+                    avg = float(srt[n // 2]) if n % 2 == 1 else 0.5 * (float(srt[n // 2 - 1]) + float(srt[n // 2]))
+                else:
+                    avg = float(sum(rr[:n])) / n
+                hr = 60.0 * self.fs / avg
+            else:
+                avg = hr = math.nan
+            out_s.append(b)
+            out_h.append(hr)
+        self.state = HeartRateState(rr_buf=np.array(rr, np.int64), n_rr=n_rr, pos=pos, last_beat=last,
+                                    n_rejected=rej, hr_bpm=hr, avg_rr=avg)
+        return out_s, out_h
 
     def _run(self, beat_samples: ArrayLike) -> tuple[int, IntArray, FloatArray]:
         """Validate, run the kernel, keep the new state; the readings as arrays (first ``n``)."""

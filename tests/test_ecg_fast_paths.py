@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from telediag.dsp.hr import HeartRateMeter, _display, _display_one
 from telediag.engine.stages.ecg_parts.clock import Timeline
+from telediag.errors import DSPError
 
 
 def _same(a: float, b: float) -> bool:
@@ -86,3 +88,31 @@ def test_filter_stage_finite_check_by_sum() -> None:
     assert np.array_equal(np.isnan(y), ~np.isfinite(holes))
     clean = run(x)
     assert np.array_equal(clean[:700], y[:700])
+
+
+def test_hr_small_python_path_equals_kernel() -> None:
+    """``update_lists`` on a short list (Python steps) == ``update`` (Numba kernel): readings and state."""
+    rng = np.random.default_rng(7)
+    for rule, n_int, min_int in (("median", 8, None), ("median", 5, 3), ("mean", 8, None), ("mean", 1, 1)):
+        a = HeartRateMeter(360.0, n_intervals=n_int, rule=rule, min_intervals=min_int)  # type: ignore[arg-type]
+        b = HeartRateMeter(360.0, n_intervals=n_int, rule=rule, min_intervals=min_int)  # type: ignore[arg-type]
+        t = 5
+        for _ in range(300):
+            chunk = []
+            for _ in range(int(rng.integers(0, 7))):
+                t += int(rng.choice([0, 30, rng.integers(100, 700), 2000]))  # repeats, double detections, gaps
+                chunk.append(t)
+            s_list, h_list = a.update_lists(chunk)
+            rows = b.update(np.array(chunk, np.int64))
+            assert s_list == rows["sample"].tolist()
+            assert all(_same(x, y) for x, y in zip(h_list, rows["hr_bpm"].tolist(), strict=True))
+            sa, sb = a.state, b.state
+            assert (sa.n_rr, sa.pos, sa.last_beat, sa.n_rejected) == (sb.n_rr, sb.pos, sb.last_beat, sb.n_rejected)
+            assert _same(sa.hr_bpm, sb.hr_bpm) and _same(sa.avg_rr, sb.avg_rr)
+            assert np.array_equal(sa.rr_buf, sb.rr_buf)
+    m = HeartRateMeter(360.0)
+    m.update_lists([10, 400])
+    with pytest.raises(DSPError, match="back in time"):
+        m.update_lists([300])
+    with pytest.raises(DSPError, match=">= 0"):
+        HeartRateMeter(360.0).update_lists([-1])

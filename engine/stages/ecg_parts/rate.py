@@ -46,7 +46,7 @@ class RateMonitor:
     def beats_hr(self, samples: Sequence[int]) -> list[dict[str, Any]]:
         """Feed usable beats (received indices, in order) to the rate meter; one reading each."""
         out = []
-        for s, h in zip(*self.hr.update_lists(np.asarray(samples, dtype=np.int64)), strict=True):
+        for s, h in zip(*self.hr.update_lists(list(samples)), strict=True):
             src, t = self.stamp(s)
             out.append({"sample": src, "t_ns": t, "hr_bpm": num(h), "on_beat": True, "signal_ok": True})
         return out

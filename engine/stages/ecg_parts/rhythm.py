@@ -61,13 +61,17 @@ class RhythmMonitor:
         """Feed usable beats (in order); their rhythm-aware labels and the AF alarm transitions."""
         if not self.enabled or not samples:
             return labels, []
-        broken = []
-        for s in samples:
-            a = self.last
-            while len(self.spans) > 0 and a is not None and self.spans[0][1] <= a:
-                self.spans.popleft()
-            broken.append(a is not None and any(lo <= s and hi > a for lo, hi in self.spans))
-            self.last = s
+        if not self.spans:  # no unusable span pending: no interval is broken
+            broken = [False] * len(samples)
+            self.last = samples[-1]
+        else:
+            broken = []
+            for s in samples:
+                a = self.last
+                while len(self.spans) > 0 and a is not None and self.spans[0][1] <= a:
+                    self.spans.popleft()
+                broken.append(a is not None and any(lo <= s and hi > a for lo, hi in self.spans))
+                self.last = s
         trans, state = self.det.beats(samples, labels, broken)
         events = []
         for t in trans:
