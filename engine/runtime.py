@@ -99,6 +99,7 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._router_thread: threading.Thread | None = None
         self.routed = 0
+        self._add_requests = 0  # SIGUSR1 (process/ray mode): add one worker
         self.started = threading.Event()
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -357,6 +358,11 @@ class Engine:
     def wait(self, poll_s: float = 0.2) -> None:
         """Block until :meth:`stop` is called or a worker dies (then record the failure and stop)."""
         while not self._stop.wait(poll_s):
+            while self._add_requests > 0 and self.pool is not None:  # SIGUSR1: scale out by one worker
+                self._add_requests -= 1
+                i = self.pool.add_worker()
+                print(f"telediag engine: adding worker {i} (a warm spare takes it; its streams move with "
+                      "stream_moved)", flush=True)
             why = self.dead_worker()
             if why is not None:
                 if self.error is None:
@@ -419,7 +425,8 @@ class Engine:
         """Run in the foreground until SIGINT/SIGTERM (main thread only).
 
         The first signal drains and stops (bounded by ``drain_max_s`` plus a grace period);
-        a second one stops at once. A worker that dies ends the run with
+        a second one stops at once. In process and ray modes SIGUSR1 adds one worker (scale out;
+        only the streams it wins move, each with ``stream_moved``). A worker that dies ends the run with
         :class:`EngineError`, so ``telediag run`` exits non-zero instead of hanging.
         """
 
@@ -428,7 +435,12 @@ class Engine:
                 self.force_stop()
             self.stop()
 
+        def on_usr1(signum: int, frame: FrameType | None) -> None:
+            self._add_requests += 1  # handled in wait(): process and ray modes
+
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.pool is not None or self.process_mode:
+            old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
         try:
             try:
                 self.start()
