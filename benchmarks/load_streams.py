@@ -337,6 +337,7 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
         gen.start()
         time.sleep(1.0)
         cpu0, t0 = _cpu_s_tree(eng.pid, worker_mode), time.monotonic()
+        fe0 = _cpu_s([Path(f"/proc/{eng.pid}")])  # the engine process alone: front end (+ workers in thread mode)
         ray0 = _cpu_s(_ray_procs(actors=False)) if worker_mode == "ray" else 0.0
         ready.set()
         last: dict = {}
@@ -352,6 +353,7 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
                 done_at = time.monotonic()
                 break
         cpu1 = _cpu_s_tree(eng.pid, worker_mode)
+        fe1 = _cpu_s([Path(f"/proc/{eng.pid}")])
         ray1 = _cpu_s(_ray_procs(actors=False)) if worker_mode == "ray" else 0.0
         gen.join(30)
     finally:
@@ -366,7 +368,8 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
     wall = (done_at or time.monotonic()) - t0
     res = {"mode": worker_mode, "workers": workers, "streams": n_streams, "chunks": want, "wall_s": round(wall, 2),
            "chunks_per_s": round(want / wall, 1), "cpu_s": round(cpu1 - cpu0, 2),
-           "cpu_us_per_chunk": round((cpu1 - cpu0) / want * 1e6, 1), "complete": done_at is not None,
+           "cpu_us_per_chunk": round((cpu1 - cpu0) / want * 1e6, 1),
+           "engine_process_us_per_chunk": round((fe1 - fe0) / want * 1e6, 1), "complete": done_at is not None,
            "load_avg": os.getloadavg()[0]}
     if worker_mode == "ray":
         res["ray_cpu_s"] = round(ray1 - ray0, 2)  # raylets, GCS: Ray's control plane, not in cpu_s
@@ -405,12 +408,16 @@ def _sweep(a: argparse.Namespace, mode: str, workers: int) -> int:
 
 def _in_loopback_namespace(argv: list[str]) -> int:
     """Re-run this benchmark inside a loopback-only network + pid namespace (Ray stays on 127.0.0.1)."""
-    from telediag.engine.cluster import loopback_namespace_cmd, loopback_namespace_unavailable
+    from telediag.engine.cluster import (
+        LOCAL_RAY_ENV,
+        loopback_namespace_cmd,
+        loopback_namespace_unavailable,
+    )
 
     why = loopback_namespace_unavailable()
     if why is not None:
         raise SystemExit(f"ray mode without --ray-address needs a loopback-only namespace: {why}")
-    env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", **LOCAL_RAY_ENV}
     return subprocess.call(loopback_namespace_cmd([sys.executable, os.path.abspath(__file__), *argv]), env=env)
 
 

@@ -259,6 +259,13 @@ class RayPool(WorkerPool):
         return clean
 
 
+#: Environment of a throw-away local cluster and its drivers: no usage stats, and token auth off
+#: explicitly (Ray >= 2.5x turns it on for a new local cluster and leaves ~/.ray/auth_token behind,
+#: after which nodes started without the token cannot join). The loopback-only namespace is the
+#: isolation here; a real cluster keeps whatever auth its operators set.
+LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
 class LocalRayCluster:
     """A throw-away Ray cluster of ``nodes`` local nodes (``ray start --head`` / ``ray start --address``).
 
@@ -282,7 +289,7 @@ class LocalRayCluster:
     def _ray_cmd(self, *args: str, timeout: float = 120) -> str:
         import subprocess
 
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, **LOCAL_RAY_ENV}
         r = subprocess.run([self.ray_cli, *args], capture_output=True, text=True, timeout=timeout, env=env)
         if r.returncode != 0:
             raise EngineError(f"ray {' '.join(args)} failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")

@@ -49,7 +49,11 @@ def test_ray_backend_in_a_loopback_namespace() -> None:
         import ray  # noqa: F401
     except ImportError:
         pytest.skip("ray is not installed (pip install 'telediag[cluster]')")
-    from telediag.engine.cluster import loopback_namespace_cmd, loopback_namespace_unavailable
+    from telediag.engine.cluster import (
+        LOCAL_RAY_ENV,
+        loopback_namespace_cmd,
+        loopback_namespace_unavailable,
+    )
 
     why = loopback_namespace_unavailable()
     if why is not None:
@@ -57,7 +61,7 @@ def test_ray_backend_in_a_loopback_namespace() -> None:
     here = Path(__file__)
     cmd = loopback_namespace_cmd([sys.executable, "-m", "pytest", str(here), "-q", "-x", "-s",
                                   "-p", "no:cacheprovider", "--timeout", "120", "-k", "not in_a_loopback_namespace"])
-    env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", **LOCAL_RAY_ENV}
     try:
         r = subprocess.run(cmd, cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=270)
     except subprocess.TimeoutExpired as e:  # the pid namespace's processes die with its first process
@@ -72,8 +76,9 @@ def test_ray_backend_in_a_loopback_namespace() -> None:
 # -- inside the namespace -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    from telediag.engine.cluster import LocalRayCluster
+    from telediag.engine.cluster import LOCAL_RAY_ENV, LocalRayCluster
 
+    os.environ.update(LOCAL_RAY_ENV)  # this process is the engine's Ray driver
     tmp = tempfile.mkdtemp(prefix="ray-")
     cl = LocalRayCluster(tmp, nodes=2, cpus_per_node=1)
     try:
