@@ -22,6 +22,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from telediag.engine.warmup import import_scipy_signal
+
+    import_scipy_signal()  # before the stages import it: engine start-up time (issue 18)
     from telediag.engine.config import load_config
     from telediag.engine.runtime import Engine
 
@@ -207,6 +210,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from telediag.engine.warmup import import_scipy_signal
+
+    import_scipy_signal()  # before the stages import it: engine start-up time (issue 18)
     from telediag.demo import run_demo
 
     return run_demo(args)

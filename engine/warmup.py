@@ -43,6 +43,50 @@ WARMUP_SPECS: dict[str, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
 SPAWN_AFTER_S = 1.0
 
 
+class _PlainDoc:
+    """Stand-in for SciPy's ``FunctionDoc`` while :func:`import_scipy_signal` runs: the docstring
+    unchanged (what ``str(FunctionDoc(f))`` gives after its first line), no sections parsed."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def __getitem__(self, key: str) -> list[str]:
+        return []
+
+    def __str__(self) -> str:
+        return "\n" + (getattr(self.f, "__doc__", None) or "")
+
+
+def import_scipy_signal() -> None:
+    """Import :mod:`scipy.signal` without SciPy's import-time docstring rewriting (engine start).
+
+    SciPy >= 1.15 decorates each public function with ``xp_capabilities``, which parses its
+    numpydoc docstring (``scipy._lib._docscrape``) at import to append an array-API support table:
+    ~30 % of ``import scipy.signal`` (0.28 of 1.0 CPU seconds measured), on the critical path of
+    every engine start (the ECG filter designs need scipy.signal). Here that one import runs with
+    the parser swapped for :class:`_PlainDoc` (docstrings stay as written, without the table), and
+    the parser is put back at once, so later imports are unchanged. Called by ``telediag run`` and
+    ``telediag demo`` only, before anything imports scipy.signal; a no-op if it is already imported
+    or SciPy's internals differ.
+    """
+    import sys
+
+    if "scipy.signal" in sys.modules:
+        return
+    try:
+        import scipy._lib._array_api as xa
+    except ImportError:
+        return
+    orig = getattr(xa, "FunctionDoc", None)
+    if orig is None:
+        return
+    xa.FunctionDoc = _PlainDoc
+    try:
+        import scipy.signal  # noqa: F401
+    finally:
+        xa.FunctionDoc = orig
+
+
 def warm_kind(config: Config, kind: str) -> None:
     """Run eight seconds of synthetic signal through the ``kind`` pipeline (best effort).
 

@@ -10,6 +10,8 @@ published once and in order, the queued ones counted in ``warmup.latency_ms``, t
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 
@@ -91,3 +93,26 @@ def test_warm_up_backlog_is_in_order_and_reported_apart(monkeypatch: pytest.Monk
     assert warm["count"] >= 5 and steady["count"] >= 5 and warm["count"] + steady["count"] == n
     assert warm["max"] > 1000 * (SLOW_S - 0.5)  # the backlog waited for the warm-up ...
     assert steady["p99"] < warm["max"] / 4  # ... and the run's percentiles do not carry it
+
+
+def test_scipy_signal_fast_import_restores_scipy_and_keeps_docstrings() -> None:
+    """``telediag run``/``demo`` import scipy.signal without SciPy's docstring rewriting; the parser
+    is put back afterwards, the functions work and keep their own docstrings. In a fresh process:
+    this one has imported scipy.signal long ago."""
+    code = (
+        "import sys\n"
+        "from telediag.engine.warmup import import_scipy_signal\n"
+        "import scipy._lib._array_api as xa\n"
+        "orig = xa.FunctionDoc\n"
+        "import_scipy_signal()\n"
+        "import scipy.signal as s\n"
+        "assert xa.FunctionDoc is orig, xa.FunctionDoc\n"
+        "assert 'Butterworth' in s.butter.__doc__\n"
+        "sos = s.butter(4, [5.0, 15.0], btype='bandpass', fs=360.0, output='sos')\n"
+        "print(repr(sos.tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    import scipy.signal
+
+    ref = scipy.signal.butter(4, [5.0, 15.0], btype="bandpass", fs=360.0, output="sos").tolist()
+    assert out.stdout.strip() == repr(ref)
