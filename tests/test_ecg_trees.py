@@ -173,3 +173,28 @@ def test_quickscorer_equals_node_by_node_traversal(n_leaves: int) -> None:
     want = _naive(a, x, 3)
     assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)  # the reference's exp is NumPy's
+
+
+def test_array_cache_round_trip_and_damage(pair: tuple[BeatClassifier, trees.FastBeatClassifier], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsed trees are cached as a plain .npz by the model's SHA-256; a warm load needs no
+    ``onnx`` import and gives the same output; a damaged cache is parsed again."""
+    import sys
+
+    clf, ref = pair
+    monkeypatch.setenv("TELEDIAG_CACHE_DIR", str(tmp_path))
+    first = trees.fast_classifier(clf)
+    files = list(tmp_path.glob("ecg_beats_trees-*.npz"))
+    assert first is not None and len(files) == 1
+    rows = trees._check_rows(ref.trees, np.random.default_rng(11))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails: only the cache can serve
+    warm = trees.fast_classifier(clf)
+    assert warm is not None
+    assert warm.probs(rows).tobytes() == ref.probs(rows).tobytes()
+    files[0].write_bytes(b"not an npz")
+    assert trees.fast_classifier(clf) is None  # damaged cache and no onnx: ONNX Runtime is kept
+    monkeypatch.delitem(sys.modules, "onnx")
+    again = trees.fast_classifier(clf)  # parsed again, cache rewritten
+    assert again is not None and again.probs(rows).tobytes() == ref.probs(rows).tobytes()
+    with np.load(files[0], allow_pickle=False) as z:
+        assert "n_mask" in z.files

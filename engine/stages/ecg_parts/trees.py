@@ -23,6 +23,9 @@ still set. The arithmetic is ONNX Runtime's, so the output is the same float32 a
 * ``Mul`` by a scalar and ``MatMul`` by a 0/1 matrix with at most two ones per column are
   exact in float32 whatever the summation order.
 
+The parsed arrays are cached by the model's SHA-256 (``~/.cache/telediag``, see :func:`_cache_path`;
+plain ``.npz``, never pickled), so an engine start neither imports ``onnx`` nor walks the trees;
+the ``onnx`` package is needed only to parse a model the first time (without it: ONNX Runtime).
 :func:`fast_classifier` builds the kernel model only for a graph of exactly that shape and
 only when it reproduces ONNX Runtime's output bit for bit on a check batch (rows at and just
 above thresholds, random rows, NaN rows); otherwise it returns ``None`` and the caller keeps
@@ -31,6 +34,7 @@ ONNX Runtime. ``tests/test_ecg_trees.py`` compares both on every beat of real re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +130,18 @@ def _merge(p: Any, m: Any) -> Any:  # pragma: no cover - compiled
     return out
 
 
+def _lowest16() -> NDArray[np.int64]:
+    """Index of the lowest set bit of every 16-bit value (0 for 0, never looked up)."""
+    v = np.arange(1 << 16)
+    out = np.zeros(1 << 16, np.int64)
+    for k in range(15, -1, -1):
+        out[(v >> k) & 1 == 1] = k
+    return out
+
+
+_LOWEST16 = _lowest16()
+
+
 class TreeEnsemble:
     """An ``ai.onnx.ml`` ``TreeEnsembleClassifier`` (``BRANCH_LEQ``/``LEAF`` nodes, at most 64
     leaves a tree) in QuickScorer form; :meth:`predict` returns the post-transformed class
@@ -197,15 +213,7 @@ class TreeEnsemble:
         # the narrowest mask that holds a tree's leaves: fewer bytes to stream per row
         mtype = np.uint16 if max_leaves <= 16 else np.uint32 if max_leaves <= 32 else np.uint64
         width = np.dtype(mtype).itemsize * 8
-        self.allset, self.one = mtype((1 << width) - 1), mtype(1)
         self.n_tree = np.array([r[2] for r in rows], np.int32)
-        if width == 16:  # index of the lowest set bit of every 16-bit value (0 for 0: never looked up)
-            v = np.arange(1 << 16)
-            self.lowest = np.zeros(1 << 16, np.int64)
-            for k in range(15, -1, -1):
-                self.lowest[(v >> k) & 1 == 1] = k
-        else:
-            self.lowest = np.zeros(0, np.int64)
         self.n_mask = np.array([((1 << width) - 1) ^ r[3] for r in rows], mtype)
         self.n_miss = np.array([r[4] for r in rows], np.bool_)
         self.leaf_base = leaf_base
@@ -239,6 +247,50 @@ class TreeEnsemble:
         self.softmax = post == "SOFTMAX"
         self.n_features = n_features
         self.n_classes = n_cls
+        self._finish()
+
+    _ARRAYS = ("f_start", "n_thr", "n_tree", "n_mask", "n_miss", "leaf_base", "w_start", "w_class", "w_value",
+               "base")
+
+    def _finish(self) -> None:
+        """Fields derived from the mask width: all-ones, one, the lowest-set-bit table."""
+        mtype = self.n_mask.dtype.type
+        width = self.n_mask.dtype.itemsize * 8
+        self.allset, self.one = mtype((1 << width) - 1), mtype(1)
+        self.lowest = _LOWEST16 if width == 16 else np.zeros(0, np.int64)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The flat arrays (for :meth:`from_arrays`; no object arrays, loadable without pickle)."""
+        out = {k: getattr(self, k) for k in self._ARRAYS}
+        out["flags"] = np.array([self.single, self.softmax, self.n_features, self.n_classes], np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> TreeEnsemble:
+        """Rebuild from :meth:`to_arrays` (shapes and dtypes checked; values are checked against
+        ONNX Runtime by :func:`fast_classifier`)."""
+        self = cls.__new__(cls)
+        want = {"f_start": np.int64, "n_thr": np.float32, "n_tree": np.int32, "n_miss": np.bool_, "leaf_base": np.int64,
+                "w_start": np.int64, "w_class": np.int64, "w_value": np.float32, "base": np.float32}
+        for k in cls._ARRAYS:
+            v = np.asarray(a[k])
+            if k in want and v.dtype != want[k] or v.ndim != 1:
+                raise ValueError(f"cached tree array {k} has dtype {v.dtype} / shape {v.shape}")
+            setattr(self, k, np.ascontiguousarray(v))
+        if self.n_mask.dtype not in (np.uint16, np.uint32, np.uint64):
+            raise ValueError(f"cached masks have dtype {self.n_mask.dtype}")
+        single, softmax, n_feat, n_cls = (int(v) for v in np.asarray(a["flags"], np.int64).tolist())
+        self.single, self.softmax, self.n_features, self.n_classes = bool(single), bool(softmax), n_feat, n_cls
+        n_nodes, n_leaves = self.n_thr.size, self.w_start.size - 1
+        if self.f_start.size != n_feat + 1 or self.f_start[-1] != n_nodes or self.base.size != n_cls \
+                or not (self.n_tree.size == self.n_mask.size == self.n_miss.size == n_nodes) \
+                or (n_nodes and (self.n_tree.min() < 0 or self.n_tree.max() >= self.leaf_base.size)) \
+                or (self.single and self.w_class.size != n_leaves) or self.w_start[-1] != self.w_value.size \
+                or (self.w_class.size and (self.w_class.min() < 0 or self.w_class.max() >= n_cls)) \
+                or (self.leaf_base.size and (self.leaf_base.min() < 0 or self.leaf_base.max() >= n_leaves)):
+            raise ValueError("cached tree arrays are inconsistent")
+        self._finish()
+        return self
 
     def predict(self, x: F32Array) -> F32Array:
         """Class scores of the rows of ``x`` (float32, ``(n, n_features)``)."""
@@ -345,19 +397,58 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
 
 def _check_rows(trees: TreeEnsemble, rng: np.random.Generator) -> F32Array:
     """Rows that hit many tests on both sides: thresholds, the next float up, random, NaN."""
-    n_feat = trees.n_features
-    rows = np.empty((512, n_feat), np.float32)
+    n_feat, n = trees.n_features, 512
+    rows = rng.normal(0.0, 3.0, (n, n_feat)).astype(np.float32)
+    r = np.arange(n) % 3
     for f in range(n_feat):
         t = trees.n_thr[trees.f_start[f]:trees.f_start[f + 1]]
-        for r in range(rows.shape[0]):
-            if t.size and r % 3:
-                v = t[rng.integers(t.size)]
-                rows[r, f] = v if r % 3 == 1 else np.nextafter(v, np.float32(np.inf))
-            else:
-                rows[r, f] = np.float32(rng.normal(0.0, 3.0))
-    for r in range(0, rows.shape[0], 13):
-        rows[r, rng.integers(n_feat, size=max(1, n_feat // 8))] = np.nan
+        if t.size:
+            v = t[rng.integers(t.size, size=n)]
+            rows[r == 1, f] = v[r == 1]
+            rows[r == 2, f] = np.nextafter(v[r == 2], np.float32(np.inf))
+    for k in range(0, n, 13):
+        rows[k, rng.integers(n_feat, size=max(1, n_feat // 8))] = np.nan
     return rows
+
+
+def _cache_path(sha256: str) -> Path | None:
+    """Where the tree arrays of the model with this SHA-256 are cached (``$TELEDIAG_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/telediag``, else ``~/.cache/telediag``)."""
+    if not sha256:
+        return None
+    root = os.environ.get("TELEDIAG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "telediag")
+    return Path(root) / f"ecg_beats_trees-{sha256[:32]}.npz"
+
+
+def _load(path: Path, sha256: str) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None, int] | None:
+    """The parsed graph: from the array cache when present (no ``onnx`` import, no tree walk:
+    the engine's start), else from the ONNX file (then cached). Never unpickles."""
+    cache = _cache_path(sha256)
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+            trees = TreeEnsemble.from_arrays(a)
+            tail = np.asarray(a["tail"], np.float32)
+            scale = None if not tail.size else np.float32(tail[0])
+            merge = np.ascontiguousarray(a["merge"], np.float32) if a["merge"].size else None
+            return trees, scale, merge, int(a["n_rr"])
+        except Exception:  # noqa: BLE001 - a damaged cache: parse the model again
+            pass
+    parsed = _parse(path)
+    if parsed is not None and cache is not None:
+        trees, scale, merge, n_rr = parsed
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+            arrays = {**trees.to_arrays(), "tail": np.array([] if scale is None else [scale], np.float32),
+                      "merge": np.zeros((0, 0), np.float32) if merge is None else merge, "n_rr": np.array(n_rr)}
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, cache)
+        except OSError:  # a read-only home: parse on every start
+            pass
+    return parsed
 
 
 def fast_classifier(base: Any) -> FastBeatClassifier | None:
@@ -368,7 +459,7 @@ def fast_classifier(base: Any) -> FastBeatClassifier | None:
         shapes = {s.name: s.shape for s in base.model.inputs}
         if set(shapes) != {"morph", "rr"}:
             return None
-        parsed = _parse(Path(base.model.path))
+        parsed = _load(Path(base.model.path), str(getattr(base.model, "sha256", "")))
         if parsed is None:
             return None
         trees, scale, merge, n_rr = parsed
