@@ -27,6 +27,10 @@ one) x ONNX Runtime threads (1, 2), with the stage's adaptation on, plus a basel
 * ``analysed_fps``, ``drops`` (latest-frame-wins), ``ecg_lost_samples`` (must be 0),
   ``ecg_p99_ms`` (the engine's ECG latency percentile);
 * ``annotated_frames``: annotated packets published (one per frame that reached the stage);
+* ``redrawn``: frames the worker dropped for a newer one that still got the last overlay;
+* cases ``default_1t_vproc`` / ``default_1t_procs_vproc``: the video worker in its own OS
+  process (``[engine] video_worker = "process"``), with the ECG workers as threads / processes;
+  ``BENCH_VIDEO_REPEAT=3`` runs every case 3 times (interleaved), each run reported;
 * ``model``: the shipped ``polyp_seg`` model when installed, otherwise the TEST-ONLY
   stand-in from ``tests/test_video_fallback.py``, clearly labelled (figures then measure
   the pipeline, not the real network).
@@ -140,8 +144,11 @@ def _scenario(model: str, pk: list[tuple[bytes, bool]], seconds: float,
     cfg = load_config()
     polyp = dict(polyp or {})
     worker_mode = polyp.pop("worker_mode", None)
+    video_worker = polyp.pop("video_worker", None)
     if worker_mode is not None:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, worker_mode=worker_mode))
+    if video_worker is not None:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, video_worker=video_worker))
     if model == "polyp_seg" and polyp:
         cfg = parse_config({"pipeline": {"video": {"polyp": {"stage": "polyp_seg", **polyp}}}},
                            "<bench>", base=cfg)
@@ -155,6 +162,9 @@ def _scenario(model: str, pk: list[tuple[bytes, bool]], seconds: float,
         cfg.engine, ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*", stats_interval_s=0.25))
     eng = Engine(cfg, drain_idle_s=0.2)
     eng.start()
+    serving = getattr(eng.video_worker, "serving", None)
+    if serving is not None and not serving.wait(120):  # the video process's imports (own-process case)
+        raise RuntimeError("the video process did not start within 120 s")
     sub = Subscriber(eng.publish_endpoint, topics=["polyp/", "video/room-1/endo/annotated", "ecg/", "stats/"])
     assert sub.wait_connected(5)
     got: dict[str, Any] = {"polyp": [], "annotated": [], "ecg_samples": 0, "stats": {}, "ecg_ms": [],
@@ -214,7 +224,8 @@ def _scenario(model: str, pk: list[tuple[bytes, bool]], seconds: float,
     mm = np.array(got["model_ms"] or [np.nan])
     return {
         "model": model if model == "polyp_seg" else f"STAND-IN {model} (test-only; polyp_seg not installed)",
-        "polyp_params": {**polyp, **({"worker_mode": worker_mode} if worker_mode else {})},
+        "polyp_params": {**polyp, **({"worker_mode": worker_mode} if worker_mode else {}),
+                         **({"video_worker": video_worker} if video_worker else {})},
         "seconds": round(elapsed, 2),
         "frames_sent": sent,
         "analysed": len(got["polyp"]),
@@ -227,7 +238,9 @@ def _scenario(model: str, pk: list[tuple[bytes, bool]], seconds: float,
         "reused": got["reused"],
         "annotated_frames": len(got["annotated"]),
         "drops": int(video.get("drops", 0)),
-        "router_drops": int(sum(eng.video_dropped.values())),
+        "router_drops": int(sum(eng.video_dropped.values())) + int(stats.get("engine/video", {}).get(
+            "forward_drops", 0)),  # + packets the video process's host dropped (own-process case)
+        "redrawn": int(stats.get("engine/video", {}).get("redrawn_frames", 0)),
         "polyp_p50_ms": round(float(np.percentile(pl, 50)), 2),
         "polyp_p99_ms": round(float(np.percentile(pl, 99)), 2),
         "annotated_p50_ms": round(float(np.percentile(al, 50)), 2),
@@ -251,7 +264,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("default_2t", {"threads": 2}),
     # ECG workers in their own OS processes ([engine] worker_mode, the scale-out work)
     ("default_1t_procs", {"threads": 1, "worker_mode": "process"}),
+    # the video worker in its own OS process ([engine] video_worker, engine/video_proc.py)
+    ("default_1t_vproc", {"threads": 1, "video_worker": "process"}),
+    ("default_1t_procs_vproc", {"threads": 1, "worker_mode": "process", "video_worker": "process"}),
 ]
+#: ``BENCH_VIDEO_REPEAT=3``: run every case 3 times (interleaved: case 1..n, then again), each run reported
+REPEAT = max(1, int(os.environ.get("BENCH_VIDEO_REPEAT", "1")))
 
 
 def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[bytes, bool]]) -> None:
@@ -261,15 +279,19 @@ def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[
         cases = cases[3:4] if model == "polyp_seg" else cases
     results: dict[str, dict[str, Any]] = {}
 
+    repeat = 1 if benchmark.disabled else REPEAT
+
     def run() -> None:
-        for name, polyp in cases:
-            try:
-                results[name] = _scenario(model, packets, seconds, polyp)
-            except Exception as e:  # an optional engine mode that cannot start here: say so
-                if "worker_mode" not in polyp:
-                    raise
-                results[name] = {"error": f"{type(e).__name__}: {e}"}
-            time.sleep(1.0)
+        for r in range(repeat):
+            for name, polyp in cases:
+                key = name if repeat == 1 else f"{name}#{r + 1}"
+                try:
+                    results[key] = _scenario(model, packets, seconds, polyp)
+                except Exception as e:  # an optional engine mode that cannot start here: say so
+                    if "worker_mode" not in polyp and "video_worker" not in polyp:
+                        raise
+                    results[key] = {"error": f"{type(e).__name__}: {e}"}
+                time.sleep(1.0)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     src = "bench_video_latency.py::test_video_latency_with_ecg"
@@ -279,7 +301,7 @@ def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[
             continue
         raw = result.pop("_raw_ms")
         benchmark.extra_info[name] = result
-        if name.startswith("default_1t") or name == "stand-in":
+        if name in ("default_1t", "default_1t#1", "stand-in"):
             record_latency("video: frame -> polyp record", raw["polyp"], source=src,
                            extra_info=benchmark.extra_info,
                            note=f"640x480 H.264 at 30 fps, {seconds:g} s, with 2 ECG streams; "
@@ -290,18 +312,18 @@ def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[
                            extra_info=benchmark.extra_info,
                            note="ECG chunk (100 ms) last sample -> published, while the video pipeline runs")
     keys = ("analysed", "analysed_over_source", "analysed_fps", "budget_used", "model_ms_p50", "input_sizes",
-            "reused", "annotated_frames", "polyp_p50_ms", "polyp_p99_ms", "annotated_p99_ms",
+            "reused", "redrawn", "annotated_frames", "polyp_p50_ms", "polyp_p99_ms", "annotated_p99_ms",
             "ecg_lost_samples", "ecg_p99_ms", "router_drops", "drops")
     print("\nvideo latency with ECG (640x480 H.264 @ 30 fps + 2 ECG streams, "
-          f"{seconds:g} s per case):")
-    print("case".ljust(18) + " ".join(k[:14].rjust(14) for k in keys))
+          f"{seconds:g} s per case, load {os.getloadavg()[0]:.1f} at the end):")
+    print("case".ljust(24) + " ".join(k[:14].rjust(14) for k in keys))
     for name, r in results.items():
         if "error" in r:
-            print(name.ljust(18) + " could not run: " + r["error"][:200])
+            print(name.ljust(24) + " could not run: " + r["error"][:200])
             continue
         cells = ["/".join(f"{a}:{b}" for a, b in v.items()) if isinstance(v, dict) else str(v)
                  for v in (r[k] for k in keys)]
-        print(name.ljust(18) + " ".join(c.rjust(14) for c in cells))
+        print(name.ljust(24) + " ".join(c.rjust(14) for c in cells))
     for r in results.values():
         if "error" in r:
             continue
@@ -373,6 +395,7 @@ def test_frame_chain_fp32_vs_default(benchmark: Any, model: str, packets: list[t
         enc.open(StreamSpec("b/endo/annotated", "video", 0.0))
         chains[name] = (seg, enc)
     cpu: dict[str, list[float]] = {n: [] for n in chains}
+    stage: dict[str, list[float]] = {n: [] for n in chains}
     rounds = 1 if benchmark.disabled else 3
 
     def run() -> None:
@@ -381,13 +404,20 @@ def test_frame_chain_fp32_vs_default(benchmark: Any, model: str, packets: list[t
                 for n, (seg, enc) in chains.items():
                     t = time.thread_time()
                     a = seg.process(f).signal
+                    t1 = time.thread_time()
                     assert a is not None
                     enc.process(a)
                     cpu[n].append(time.thread_time() - t)
+                    stage[n].append(t1 - t)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     med = {n: float(np.median(v)) * 1e3 for n, v in cpu.items()}
+    smed = {n: float(np.median(v)) * 1e3 for n, v in stage.items()}
     benchmark.extra_info.update(fp32_cpu_ms=round(med["fp32"], 2), default_cpu_ms=round(med["default"], 2),
-                                ratio_fp32_over_default=round(med["fp32"] / med["default"], 2))
-    print(f"\nper frame (model + overlay + encode, CPU ms): fp32 {med['fp32']:.2f}, default "
+                                ratio_fp32_over_default=round(med["fp32"] / med["default"], 2),
+                                stage_fp32_cpu_ms=round(smed["fp32"], 2), stage_default_cpu_ms=round(smed["default"], 2),
+                                stage_ratio_fp32_over_default=round(smed["fp32"] / smed["default"], 2))
+    print(f"\nper frame, CPU ms (one ORT thread, interleaved): polyp stage (resize, network, upsample, "
+          f"boxes, record, overlay): fp32 {smed['fp32']:.2f}, default {smed['default']:.2f}, ratio "
+          f"{smed['fp32'] / smed['default']:.2f}; + H.264 encode: fp32 {med['fp32']:.2f}, default "
           f"{med['default']:.2f}, ratio {med['fp32'] / med['default']:.2f}")

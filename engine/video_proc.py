@@ -84,6 +84,7 @@ def video_main(config: Config, inbox_addr: str, out_addr: str, conn: Any, parent
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112 - the stream is refused later with a clear reason
             continue
+    _warm(config)
     try:
         conn.send("warm")  # (read by VideoProcess.spare_warm)
     except OSError:  # already assigned: the host closed its end after sending the assignment
@@ -107,6 +108,24 @@ def video_main(config: Config, inbox_addr: str, out_addr: str, conn: Any, parent
         w.run()
     finally:
         ctx.destroy(linger=2000)
+
+
+def _warm(config: Config) -> None:  # pragma: no cover - runs in the child process
+    """Load the video pipeline's polyp models before serving (so a stream, or the streams a
+    replacement takes over, do not wait for ONNX Runtime and the kernels); failures are left to
+    the stream's open, which reports them."""
+    from telediag.engine.stages.video import load_segmenter
+
+    for sc in config.pipelines.get("video", ()):
+        if getattr(sc.stage_type, "type_name", "") != "polyp_seg":
+            continue
+        p: Any = sc.params
+        if p.model != "polyp_seg":
+            continue  # registered stand-ins are built per stream
+        try:
+            load_segmenter(p.model, p.variant, p.threads)
+        except Exception:  # noqa: BLE001, S112 - reported when a stream opens
+            continue
 
 
 def _registered_modules(config: Config) -> list[str]:

@@ -76,6 +76,10 @@ class Segmenter(Protocol):
 
 
 _SEGMENTERS: dict[str, Callable[[], Segmenter]] = {}
+#: Loaded ``polyp_seg`` models by (variant, threads), shared by the streams of this process (a
+#: stream opens at once, with the ONNX Runtime session and kernels already loaded; ``predict`` is
+#: stateless and a worker runs its streams one at a time).
+_LOADED: dict[tuple[str, int], Any] = {}
 
 
 def register_segmenter(name: str, factory: Callable[[], Segmenter]) -> None:
@@ -99,7 +103,9 @@ def load_segmenter(name: str = "polyp_seg", variant: str = "", threads: int = 1)
 
     ``variant`` picks one of the shipped model's variants (``"fp32"``, ``"int8"``, ...; empty:
     the model card's default) and ``threads`` its ONNX Runtime intra-op threads (1 keeps the
-    other core of a 2-core machine for biosignals); other segmenters take neither.
+    other core of a 2-core machine for biosignals); other segmenters take neither. The shipped
+    model is loaded once per (variant, threads) in a process and shared; registered segmenters
+    are built by their factory on every call.
     """
     if name == "polyp_seg":
         try:
@@ -109,9 +115,14 @@ def load_segmenter(name: str = "polyp_seg", variant: str = "", threads: int = 1)
                 f"the polyp segmentation model is not installed (cannot import "
                 f"telediag.models.polyp_seg: {e}); train/ship models/polyp_seg or set "
                 "[pipeline.video.polyp] model to a registered segmenter") from e
+        key = (variant, threads)
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
         try:
-            seg = PolypSegmenter(threads=threads, variant=variant or None)
-            return seg.load()  # type: ignore[no-any-return]
+            seg = PolypSegmenter(threads=threads, variant=variant or None).load()
+            _LOADED[key] = seg
+            return seg  # type: ignore[no-any-return]
         except ModelError:
             raise
         except Exception as e:
