@@ -449,6 +449,18 @@ PhysioNet sets, CirCor on all five; calibrated):
 Random 5-fold over all six databases (one seed, CNN alone):
 
 {_table(m.get('random_5fold_cnn'))}
+Tried and not kept (all on the reporting folds, pooled leave-one-database-out MAcc): seed
+noise - seed 0 alone 0.642, seeds 1+2 0.627, the shipped three 0.636; adding the feature model
+(mean logit, weight 0.25 / 0.5) 0.632 / 0.625 (its AUC is higher, 0.674 vs 0.656 for seed 0,
+but the pooled decision is not better); a threshold per held-out database chosen on the other
+databases' held-out predictions (a proxy for a nested leave-one-database-out threshold, which
+would retrain 30 networks) 0.664 with thresholds 0.53-0.77 (Se 0.45, Sp 0.88) - a threshold
+does not transfer between devices, so 0.5 stays; a 2-D CNN over (band, frame) was 10x slower
+to train on one core and was not cross-validated.  The earlier band-envelope CNN of issue 5
+(`cnn_cv.py`): 0.52-0.57.  Set f stays at chance (AUC 0.39-0.43, as the feature model's 0.39):
+its abnormal recordings score *lower* than its normal ones.  Not tried (time): an ablation
+without the augmentation, nested leave-one-database-out thresholds with retraining, more
+epochs.
 """
 
 
