@@ -177,24 +177,61 @@ def test_quickscorer_equals_node_by_node_traversal(n_leaves: int) -> None:
 
 def test_array_cache_round_trip_and_damage(pair: tuple[BeatClassifier, trees.FastBeatClassifier], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parsed trees are cached as a plain .npz by the model's SHA-256; a warm load needs no
-    ``onnx`` import and gives the same output; a damaged cache is parsed again."""
-    import sys
-
+    """The parsed trees are cached as a plain .npz by the model's SHA-256; a warm load reads no
+    model file and gives the same output; a damaged cache is parsed again and rewritten."""
     clf, ref = pair
     monkeypatch.setenv("TELEDIAG_CACHE_DIR", str(tmp_path))
     first = trees.fast_classifier(clf)
     files = list(tmp_path.glob("ecg_beats_trees-*.npz"))
     assert first is not None and len(files) == 1
     rows = trees._check_rows(ref.trees, np.random.default_rng(11))
-    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails: only the cache can serve
+
+    def no_parse(path: Path) -> None:
+        raise AssertionError("a warm load must not parse the model file")
+
+    monkeypatch.setattr(trees, "_parse", no_parse)
     warm = trees.fast_classifier(clf)
     assert warm is not None
     assert warm.probs(rows).tobytes() == ref.probs(rows).tobytes()
+    monkeypatch.undo()
+    monkeypatch.setenv("TELEDIAG_CACHE_DIR", str(tmp_path))
     files[0].write_bytes(b"not an npz")
-    assert trees.fast_classifier(clf) is None  # damaged cache and no onnx: ONNX Runtime is kept
-    monkeypatch.delitem(sys.modules, "onnx")
     again = trees.fast_classifier(clf)  # parsed again, cache rewritten
     assert again is not None and again.probs(rows).tobytes() == ref.probs(rows).tobytes()
     with np.load(files[0], allow_pickle=False) as z:
         assert "n_mask" in z.files
+
+
+def test_onnx_lite_reads_what_the_onnx_package_reads(pair: tuple[BeatClassifier, trees.FastBeatClassifier]) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    from telediag.engine.stages.ecg_parts.onnx_lite import load_graph
+
+    clf, _ = pair
+    path = Path(clf.model.path)
+    g = load_graph(path)
+    m = onnx.load(str(path)).graph
+    assert [n.op_type for n in g.nodes] == [n.op_type for n in m.node]
+    assert [n.outputs for n in g.nodes] == [list(n.output) for n in m.node]
+    for mine, theirs in zip(g.nodes, m.node, strict=True):
+        ref = {a.name: helper.get_attribute_value(a) for a in theirs.attribute}
+        assert set(mine.attrs) == set(ref)
+        for k, v in ref.items():
+            w = mine.attrs[k]
+            assert (np.array_equal(v, w) if isinstance(v, np.ndarray) else list(v) == list(w)
+                    if isinstance(v, list) else v == w), k
+    for t in m.initializer:
+        a = numpy_helper.to_array(t)
+        assert a.dtype == g.initializers[t.name].dtype and np.array_equal(a, g.initializers[t.name])
+    assert g.outputs == [o.name for o in m.output]
+
+
+def test_onnx_lite_rejects_garbage(tmp_path: Path) -> None:
+    from telediag.engine.stages.ecg_parts.onnx_lite import load_graph
+
+    for i, junk in enumerate((b"\xff" * 20, b"\x3a\x05abc", b"")):
+        p = tmp_path / f"junk{i}.onnx"
+        p.write_bytes(junk)
+        with pytest.raises(ValueError):
+            load_graph(p)

@@ -23,9 +23,10 @@ still set. The arithmetic is ONNX Runtime's, so the output is the same float32 a
 * ``Mul`` by a scalar and ``MatMul`` by a 0/1 matrix with at most two ones per column are
   exact in float32 whatever the summation order.
 
-The parsed arrays are cached by the model's SHA-256 (``~/.cache/telediag``, see :func:`_cache_path`;
-plain ``.npz``, never pickled), so an engine start neither imports ``onnx`` nor walks the trees;
-the ``onnx`` package is needed only to parse a model the first time (without it: ONNX Runtime).
+The model file is read by :mod:`~telediag.engine.stages.ecg_parts.onnx_lite` (no ``onnx``
+package needed); the parsed arrays are cached by the model's SHA-256 (``~/.cache/telediag``, see
+:func:`_cache_path`; plain ``.npz``, never pickled), so an engine start neither parses the file
+nor walks the trees.
 :func:`fast_classifier` builds the kernel model only for a graph of exactly that shape and
 only when it reproduces ONNX Runtime's output bit for bit on a check batch (rows at and just
 above thresholds, random rows, NaN rows); otherwise it returns ``None`` and the caller keeps
@@ -342,29 +343,26 @@ class FastBeatClassifier:
 
 def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None, int] | None:
     """The tree ensemble and the constant tail of a ``TreeEnsembleClassifier`` graph, or None."""
-    import onnx
-    from onnx import helper, numpy_helper
+    from telediag.engine.stages.ecg_parts.onnx_lite import load_graph
 
-    g = onnx.load(str(path)).graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    ens = [n for n in g.node if n.op_type == "TreeEnsembleClassifier"]
-    if len(ens) != 1 or [o.name for o in g.output] != ["probs"]:
+    g = load_graph(path)
+    inits = g.initializers
+    ens = [n for n in g.nodes if n.op_type == "TreeEnsembleClassifier"]
+    if len(ens) != 1 or g.outputs != ["probs"]:
         return None
     node = ens[0]
-    feed = {i.name: i for i in g.input}
-    if len(node.input) != 1 or node.input[0] != "rr" or "rr" not in feed or len(node.output) != 2:
+    if node.domain != "ai.onnx.ml" or node.inputs != ["rr"] or "rr" not in g.inputs or len(node.outputs) != 2:
         return None
-    shape = [d.dim_value for d in feed["rr"].type.tensor_type.shape.dim]
+    shape = g.inputs["rr"]
     if len(shape) != 2 or shape[1] <= 0:
         return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    trees = TreeEnsemble(attrs, int(shape[1]))
+    trees = TreeEnsemble(node.attrs, int(shape[1]))
     # probability output -> "probs" through Identity / Mul(constant scalar) / MatMul(constant)
     by_input: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
+    for n in g.nodes:
+        for i in n.inputs:
             by_input.setdefault(i, []).append(n)
-    cur = node.output[1]
+    cur = node.outputs[1]
     scale: np.float32 | None = None
     merge: F32Array | None = None
     mul_seen = False
@@ -373,7 +371,7 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
         if len(nxt) != 1:
             return None
         n = nxt[0]
-        other = [i for i in n.input if i != cur]
+        other = [i for i in n.inputs if i != cur]
         if n.op_type == "Identity":
             pass
         elif n.op_type == "Mul" and len(other) == 1 and other[0] in inits and inits[other[0]].size == 1 \
@@ -382,7 +380,7 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
             scale = np.float32(inits[other[0]].reshape(()))
             if scale == np.float32(1.0):
                 scale = None  # x * 1 == x exactly
-        elif n.op_type == "MatMul" and list(n.input) == [cur, *other] and len(other) == 1 \
+        elif n.op_type == "MatMul" and n.inputs == [cur, *other] and len(other) == 1 \
                 and other[0] in inits and merge is None:
             mat = np.asarray(inits[other[0]], np.float32)
             if mat.ndim != 2 or mat.shape[0] != trees.n_classes or not np.isin(mat, (0.0, 1.0)).all() \
@@ -391,7 +389,9 @@ def _parse(path: Path) -> tuple[TreeEnsemble, np.float32 | None, F32Array | None
             merge = np.ascontiguousarray(mat)
         else:
             return None
-        cur = n.output[0]
+        if n.domain not in ("", "ai.onnx") or len(n.outputs) != 1:
+            return None
+        cur = n.outputs[0]
     return trees, scale, merge, int(shape[1])
 
 
