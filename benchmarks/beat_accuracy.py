@@ -44,8 +44,16 @@ def _pc(v: float | None) -> str:
 def rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(protocol label, metrics dict) of every protocol in the card's ``metrics``."""
     out: list[tuple[str, dict[str, Any]]] = []
-    for model, label in (("gbt", "trees (shipped)"), ("mlp", "MLP (compared)")):
-        m = metrics.get(model)
+    models = [("gbt", "trees (shipped)", metrics.get("gbt"))]
+    if metrics.get("gbt", {}).get("with_rhythm"):  # the labels the engine publishes
+        models.append(("gbt", "trees + AF (engine labels)", metrics["gbt"]["with_rhythm"]))
+    models.append(("mlp", "MLP (compared)", metrics.get("mlp")))
+    prev = metrics.get("previous_2.0.0")
+    if prev:
+        models.append(("gbt", "2.0.0 trees (before)", prev))
+        if prev.get("with_rhythm"):
+            models.append(("gbt", "2.0.0 trees + AF (before)", prev["with_rhythm"]))
+    for _, label, m in models:
         if not m:
             continue
         for db in ("pooled", "mitdb", "svdb"):

@@ -2,7 +2,8 @@
 
 fp32 and int8 ONNX models run with ONNX Runtime (intra/inter-op threads = 1) on real beat
 inputs (MIT-BIH 208, first 10 minutes; seeded synthetic inputs when the data are absent);
-the feature builder's cost per beat is measured too.  Target: <= 20 us per beat batched.
+the feature builder's cost per beat is measured too, and its per-patient normalisation step
+alone (:func:`test_patient_norm`).  Target: <= 20 us per beat batched.
 ``extra_info["us_per_beat"]`` holds the per-beat figure.
 
 Run: ``pytest benchmarks/bench_beat_classifier.py`` (smoke: ``--benchmark-disable``).
@@ -82,6 +83,22 @@ def test_features(benchmark) -> None:  # type: ignore[no-untyped-def]
     x, fs = _signal()
     x = x[: int(120 * fs)]
     _time_features(benchmark, x, fs, detect(x, fs))
+
+
+def test_patient_norm(benchmark, feats: BeatFeatures) -> None:  # type: ignore[no-untyped-def]
+    """The per-patient normalisation step alone (2.1: 49 columns minus their running median over
+    256 beats), per beat: a part of :func:`test_features`, its peer in the same run."""
+    from telediag.models.ecg_beats.features import PatientNorm
+
+    rows = feats.rr.copy()
+    PatientNorm().fill(rows)  # warm Numba
+
+    def run() -> None:
+        PatientNorm().fill(rows)
+
+    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    if benchmark.stats is not None:
+        benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / len(feats) * 1e6
 
 
 def test_features_two_leads(benchmark) -> None:  # type: ignore[no-untyped-def]

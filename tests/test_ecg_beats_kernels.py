@@ -20,6 +20,7 @@ from telediag.dsp.qrs import detect
 from telediag.errors import ModelError
 from telediag.models.ecg_beats import _feature_kernels as fk
 from telediag.models.ecg_beats.features import (
+    ABSOLUTE_RATE,
     AMP_HALF_S,
     BAND_HZ,
     IRREG_BEATS,
@@ -27,13 +28,20 @@ from telediag.models.ecg_beats.features import (
     MEDIAN_BEATS,
     N_BASE_RR,
     N_MORPH,
+    N_RAW,
+    N_RR,
+    NORM_BEATS,
+    NORM_FEATURES,
+    NORM_SOURCE,
     PATIENT_WINDOW_S,
     POST_S,
     PRE_S,
+    RAW_FEATURES,
     SCALE_BEATS,
     TEMPLATE_BEATS,
     BeatFeatures,
     BeatFeatureStream,
+    PatientNorm,
     beat_features,
 )
 
@@ -98,7 +106,8 @@ def reference_features(x: np.ndarray, fs: float, beats: np.ndarray) -> tuple[np.
         morph_out[k] = np.stack([w, diff])
     ctx = reference_context(np.asarray(beats, np.int64), fs)
     tpl = reference_template(morph_out)
-    return np.concatenate([rr_out, ctx, tpl], axis=1), morph_out
+    raw = np.concatenate([rr_out, ctx, tpl], axis=1)
+    return np.concatenate([raw, reference_norm(raw)], axis=1), morph_out
 
 
 def reference_context(b: np.ndarray, fs: float) -> np.ndarray:
@@ -213,6 +222,32 @@ def _assert_close(got: BeatFeatures, rr: np.ndarray, morph: np.ndarray, morph2: 
         assert np.all(got.morph[:, 2:] == 0)
     else:
         np.testing.assert_allclose(got.morph[:, 2:], morph2, rtol=1e-5, atol=1e-6)
+
+
+def reference_norm(raw: np.ndarray) -> np.ndarray:
+    """Per-patient normalised columns the obvious way: each NORM_SOURCE column minus its
+    median over this beat and the previous NORM_BEATS - 1 beats."""
+    cols = [RAW_FEATURES.index(n) for n in NORM_SOURCE]
+    x = raw[:, cols].astype(np.float64)
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = x[i] - np.median(x[max(0, i - NORM_BEATS + 1) : i + 1], axis=0)
+    return out.astype(np.float32)
+
+
+def test_patient_norm_equals_reference_with_a_full_ring() -> None:
+    """More rows than NORM_BEATS (the ring evicts), pushed in uneven pieces, with ties."""
+    rng = np.random.default_rng(7)
+    raw = rng.normal(size=(3 * NORM_BEATS + 17, N_RR)).astype(np.float32)
+    raw[::5, :] = np.round(raw[::5, :], 1)  # repeated values
+    raw[:, N_RAW:] = np.nan  # filled by the kernel
+    want = reference_norm(raw[:, :N_RAW])
+    pn = PatientNorm()
+    for lo, hi in ((0, 1), (1, 40), (40, 300), (300, raw.shape[0])):
+        pn.fill(raw[lo:hi])
+    np.testing.assert_allclose(raw[:, N_RAW:], want, rtol=1e-6, atol=1e-6)
+    assert NORM_FEATURES == tuple("d_" + n for n in NORM_SOURCE)
+    assert not set(NORM_SOURCE) & set(ABSOLUTE_RATE)
 
 
 # -- against the oracle ------------------------------------------------------------------------

@@ -676,3 +676,73 @@ def template_rows(morph: NDArray[np.float32], lim: float, out: NDArray[np.float3
             if np.isnan(v):
                 v = 0.0
             out[j, i] = min(max(v, -lim), lim)
+
+
+# -- per-patient normalisation (feature minus its running median over the patient's beats) -----
+#: ``ctr`` of :func:`norm_rows`: ring position of the oldest kept row, rows kept
+C_NORM_HEAD = 0
+C_NORM_COUNT = 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sorted_swap(s: NDArray[np.float64], count: int, old: float, new: float) -> None:
+    """Replace one ``old`` by ``new`` in the sorted ``s[:count]``, moving only the values
+    between their two positions (a slowly changing feature moves few)."""
+    lo, hi = 0, count
+    while lo < hi:  # leftmost position of `old`
+        mid = (lo + hi) >> 1
+        if s[mid] < old:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo
+    if new > old:
+        while j + 1 < count and s[j + 1] < new:
+            s[j] = s[j + 1]
+            j += 1
+    else:
+        while j > 0 and s[j - 1] > new:
+            s[j] = s[j - 1]
+            j -= 1
+    s[j] = new
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def norm_rows(
+    rr: NDArray[np.float32], cols: NDArray[np.int64], first_out: int, ring: NDArray[np.float64],
+    srt: NDArray[np.float64], ctr: NDArray[np.int64],
+) -> None:
+    """Per-patient normalised columns: ``rr[j, first_out + c] = rr[j, cols[c]] - median`` of
+    ``rr[., cols[c]]`` over this beat and the beats before it (at most ``ring.shape[0]``),
+    for the rows of ``rr`` in order, with the state carried across calls.
+
+    ``ring`` (K, m) holds the last K rows' values in arrival order, ``srt`` (m, K) the same
+    sorted per column, ``ctr`` the ring's head and count (:data:`C_NORM_HEAD`,
+    :data:`C_NORM_COUNT`).
+    """
+    n = rr.shape[0]
+    m = cols.size
+    k_max = ring.shape[0]
+    for j in range(n):
+        head = ctr[C_NORM_HEAD]
+        count = ctr[C_NORM_COUNT]
+        full = count == k_max
+        p = head if full else (head + count) % k_max
+        for c in range(m):
+            v = np.float64(rr[j, cols[c]])
+            if full:
+                _sorted_swap(srt[c], count, ring[p, c], v)
+            else:
+                sorted_replace(srt[c], count, 0.0, v, False)
+            ring[p, c] = v
+        if full:
+            ctr[C_NORM_HEAD] = (head + 1) % k_max
+        else:
+            count += 1
+            ctr[C_NORM_COUNT] = count
+        h = count >> 1
+        odd = count & 1
+        for c in range(m):
+            sc = srt[c]
+            med = sc[h] if odd else (sc[h - 1] + sc[h]) / 2.0
+            rr[j, first_out + c] = rr[j, cols[c]] - med

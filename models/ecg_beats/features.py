@@ -43,8 +43,12 @@ Each beat found by :func:`telediag.dsp.qrs.detect` becomes two arrays:
     32-RR baseline; see :func:`._feature_kernels.context_rows`) and
     :data:`TEMPLATE_FEATURES` (18: beat against the running template over the window, QRS,
     P-wave and ST-T regions; widths, slopes, amplitudes; see
-    :func:`._feature_kernels.template_rows`), so :data:`N_RR` = 53 and
-    :data:`RR_FEATURES` lists them all (the first 16 are :data:`BASE_RR_FEATURES`).
+    :func:`._feature_kernels.template_rows`): the 53 :data:`RAW_FEATURES`.  Since version
+    2.1 it ends with :data:`NORM_FEATURES` (49, :class:`PatientNorm`): every raw column but
+    the four absolute-rate ones minus its running median over the patient's last
+    :data:`NORM_BEATS` beats (per-patient normalisation: Llamedo & Martinez 2011,
+    Mondejar-Guerra et al. 2019), so :data:`N_RR` = 102 and :data:`RR_FEATURES` lists them
+    all (the first 16 are :data:`BASE_RR_FEATURES`).
 
 ``morph`` (float32, shape ``(2 * n_leads, N_MORPH)``)
     :data:`MORPH_CHANNELS` = 2 channels per lead: channels 0-1 come from the detection lead;
@@ -122,6 +126,7 @@ from telediag.models.ecg_beats import _feature_kernels as _fk
 __all__ = [
     "AAMI_CLASSES",
     "AAMI_MAP",
+    "ABSOLUTE_RATE",
     "BAND_HZ",
     "BASE_RR_FEATURES",
     "CONTEXT_FEATURES",
@@ -132,10 +137,16 @@ __all__ = [
     "N_MORPH",
     "MORPH_CHANNELS",
     "N_BASE_RR",
+    "N_RAW",
     "N_RR",
+    "NORM_BEATS",
+    "NORM_FEATURES",
+    "NORM_SOURCE",
     "PATIENT_WINDOW_S",
+    "PatientNorm",
     "POST_S",
     "PRE_S",
+    "RAW_FEATURES",
     "RR_FEATURES",
     "SCALE_BEATS",
     "TEMPLATE_BEATS",
@@ -231,10 +242,25 @@ TEMPLATE_FEATURES: tuple[str, ...] = (
     "t_p_ratio",
     "t_st_diff",
 )
-#: every column of ``rr``: the RR features, the RR context and the template features
-RR_FEATURES: tuple[str, ...] = BASE_RR_FEATURES + CONTEXT_FEATURES + TEMPLATE_FEATURES
+#: the RR features, the RR context and the template features (the columns before version 2.1)
+RAW_FEATURES: tuple[str, ...] = BASE_RR_FEATURES + CONTEXT_FEATURES + TEMPLATE_FEATURES
+#: absolute-rate columns (seconds, not ratios): built, but no model reads them (a fast regular
+#: rhythm is a sinus tachycardia in one patient and an SVT run in another)
+ABSOLUTE_RATE: tuple[str, ...] = ("patient_s", "pre_s", "c_short_s", "c_med_s")
+#: beats of the running per-patient median that :data:`NORM_FEATURES` subtract (~3-4 min)
+NORM_BEATS = 256
+#: the columns of :data:`RAW_FEATURES` that get a per-patient normalised copy (all but the
+#: absolute-rate ones)
+NORM_SOURCE: tuple[str, ...] = tuple(n for n in RAW_FEATURES if n not in ABSOLUTE_RATE)
+#: ``d_<name>`` = ``<name>`` minus its median over this beat and the patient's previous
+#: :data:`NORM_BEATS` - 1 beats (:func:`._feature_kernels.norm_rows`)
+NORM_FEATURES: tuple[str, ...] = tuple("d_" + n for n in NORM_SOURCE)
+#: every column of ``rr``: :data:`RAW_FEATURES` then :data:`NORM_FEATURES`
+RR_FEATURES: tuple[str, ...] = RAW_FEATURES + NORM_FEATURES
 N_BASE_RR = len(BASE_RR_FEATURES)
+N_RAW = len(RAW_FEATURES)
 N_RR = len(RR_FEATURES)
+_NORM_COLS = np.array([RAW_FEATURES.index(n) for n in NORM_SOURCE], np.int64)
 #: beats after a beat that must be detected before it is emitted (its next RR and the
 #: :data:`._feature_kernels.CTX_FUTURE` RRs after that)
 LOOKAHEAD_BEATS = _fk.CTX_FUTURE + 1
@@ -373,6 +399,39 @@ class FeatureState:
         self.ctr[_fk.C_RR_HEAD] = 0
 
 
+class PatientNorm:
+    """Running per-patient normalisation of the ``rr`` rows of one stream (state + kernel).
+
+    Fills the :data:`NORM_FEATURES` columns of each row from its :data:`NORM_SOURCE` columns:
+    the value minus its median over this beat and the previous :data:`NORM_BEATS` - 1 beats of
+    the same stream (causal, so streaming equals one pass). Per-patient normalisation is the
+    lever of the inter-patient classifiers of Llamedo & Martinez (2011) and Mondejar-Guerra et
+    al. (2019): what is premature, wide or different *for this patient*.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.zeros((3, N_RR), np.float32)
+    >>> rows[:, RR_FEATURES.index("c_pre")] = [1.0, 1.0, 0.5]
+    >>> PatientNorm().fill(rows)
+    >>> rows[:, RR_FEATURES.index("d_c_pre")].tolist()
+    [0.0, 0.0, -0.5]
+    """
+
+    __slots__ = ("ring", "srt", "ctr")
+
+    def __init__(self) -> None:
+        m = _NORM_COLS.size
+        self.ring = np.zeros((NORM_BEATS, m))  # the last NORM_BEATS rows, arrival order
+        self.srt = np.zeros((m, NORM_BEATS))  # the same, sorted per column
+        self.ctr = np.zeros(2, np.int64)  # ring head, rows kept
+
+    def fill(self, rr: F32Array) -> None:
+        """Fill the normalised columns of ``rr`` (n, :data:`N_RR`) in place, rows in order."""
+        if rr.shape[0]:
+            _fk.norm_rows(rr, _NORM_COLS, N_RAW, self.ring, self.srt, self.ctr)
+
+
 class BeatFeatureStream:
     """Streaming feature builder for one ECG stream: feed samples and detected beats in chunks.
 
@@ -442,6 +501,7 @@ class BeatFeatureStream:
         self._hist = np.empty(0, np.int64)  # the last _HIST emitted beats (context)
         self._state = FeatureState()
         self._state2 = FeatureState()
+        self._norm = PatientNorm()
         self._finished = False
 
     @property
@@ -597,7 +657,8 @@ class BeatFeatureStream:
         rr[:, :N_BASE_RR] = base
         pos = np.concatenate((self._hist, ahead))
         _fk.context_rows(pos, self._hist.size, self.fs, _RATIO_MAX, rr[:, N_BASE_RR:_N_CTX_END])
-        _fk.template_rows(morph, _TEMPLATE_MAX, rr[:, _N_CTX_END:])
+        _fk.template_rows(morph, _TEMPLATE_MAX, rr[:, _N_CTX_END:N_RAW])
+        self._norm.fill(rr)
         self._hist = pos[: self._hist.size + n_ok][-_HIST:]
         if self._n_leads == 2:
             morph2 = np.empty_like(morph)
@@ -658,7 +719,7 @@ def beat_features(signal: ArrayLike, fs: float, beats: ArrayLike) -> BeatFeature
     >>> ecg = np.exp(-(((t % 1.0) - 0.5) ** 2) / (2 * 0.01 ** 2))
     >>> f = beat_features(ecg, fs, (np.arange(6) + 0.5) * fs)
     >>> f.rr.shape, f.morph.shape
-    ((6, 16), (6, 2, 96))
+    ((6, 102), (6, 2, 96))
     """
     stream = BeatFeatureStream(fs, keep_s=max(3.0, PRE_S + POST_S + 1.0))
     sig = np.asarray(signal, dtype=np.float64)

@@ -53,15 +53,18 @@ from numpy.typing import NDArray
 from telediag.models.ecg_beats import _feature_kernels as _fk
 from telediag.models.ecg_beats.features import (
     AAMI_CLASSES,
+    ABSOLUTE_RATE,
     BAND_HZ,
     LOOKAHEAD_BEATS,
     N_BASE_RR,
     N_MORPH,
+    N_RAW,
     N_RR,
     POST_S,
     PRE_S,
     RR_FEATURES,
     TEMPLATE_FEATURES,
+    PatientNorm,
     aami_label,
     beat_features,
 )
@@ -73,14 +76,13 @@ DS1 = (
 SVDB = [str(r) for r in (*range(800, 813), *range(820, 830), *range(840, 895))]
 MATCH_S = 0.150
 #: identifies the feature definition stored in a ``--cache`` file (rebuilt when it differs)
-FEATURE_VERSION = "4:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}:{LOOKAHEAD_BEATS}"
-VERSION = "2.0.0"
+FEATURE_VERSION = "5:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}:{LOOKAHEAD_BEATS}"
+VERSION = "2.1.0"
 N_CLASSES = len(AAMI_CLASSES)
-_T0 = N_RR - len(TEMPLATE_FEATURES)  # first template-feature column of ``rr``
-#: absolute-rate columns (seconds, not ratios): excluded from the models by default. A fast
-#: regular rhythm is a sinus tachycardia in one patient (svdb 848: N) and a long SVT run in
-#: another (svdb 865: S); only the per-patient ratios transfer.
-ABSOLUTE_RATE = ("patient_s", "pre_s", "c_short_s", "c_med_s")
+_T0 = N_RAW - len(TEMPLATE_FEATURES)  # first template-feature column of ``rr``
+# ABSOLUTE_RATE (features.py): absolute-rate columns (seconds, not ratios), excluded from the
+# models by default. A fast regular rhythm is a sinus tachycardia in one patient (svdb 848: N)
+# and a long SVT run in another (svdb 865: S); only the per-patient ratios transfer.
 
 
 # --------------------------------------------------------------------------------------
@@ -134,7 +136,8 @@ def load_record(path: Path) -> dict[str, Any]:
     det = detect(x, fs)
     feats = beat_features(np.stack([x, sig[:, lead2]], axis=1), fs, det)
     rr2 = feats.rr.copy()
-    _fk.template_rows(np.ascontiguousarray(feats.morph[:, 2:4]), 20.0, rr2[:, _T0:])
+    _fk.template_rows(np.ascontiguousarray(feats.morph[:, 2:4]), 20.0, rr2[:, _T0:N_RAW])
+    PatientNorm().fill(rr2)  # the second lead's own per-patient normalisation
     labels_all = np.array([aami_label(s) for s in ann.symbol], np.int64)
     keep = labels_all >= 0
     ref = np.asarray(ann.sample, np.int64)[keep]
@@ -152,6 +155,7 @@ def load_record(path: Path) -> dict[str, Any]:
         "n_ref": np.bincount(ref_lab, minlength=N_CLASSES),
         "fs": np.array(fs),
         "lead": np.array(f"{names[lead]}+{names[lead2]}"),
+        "det": det.astype(np.int64),  # every detection (the rhythm monitor's beat times)
     }
 
 
@@ -162,7 +166,7 @@ def record_ids() -> list[str]:
 
 def load_all(data: Path, cache: Path | None) -> dict[str, dict[str, Any]]:
     """Every DS1 and svdb record, cached as one ``.npz`` when ``cache`` is given."""
-    keys = ("rr", "rr2", "morph", "y", "missed", "n_ref", "fs", "lead")
+    keys = ("rr", "rr2", "morph", "y", "missed", "n_ref", "fs", "lead", "det")
     if cache is not None and cache.exists():
         z = np.load(cache, allow_pickle=False)
         if "feature_version" in z.files and str(z["feature_version"]) == FEATURE_VERSION:
@@ -224,6 +228,33 @@ def fit_gbt(x: NDArray[np.float32], y: NDArray[np.int64], a: argparse.Namespace)
     }
     ds = lgb.Dataset(x, y, weight=class_weights(y, a.weight_power), free_raw_data=True)
     return lgb.train(params, ds, a.rounds)
+
+
+def float32_thresholds(booster: Any) -> Any:
+    """The same trees with every split threshold ``t`` replaced by the largest float32 value
+    ``<= t``: for float32 inputs ``x``, ``x <= t`` is then unchanged (LightGBM compares in
+    double), and the ONNX export, which stores thresholds as float32, takes them exactly.
+    Without it a threshold rounded *up* to float32 can land on a feature value the data
+    take (discrete features: ``c_rank``, ``irr_pnn50`` and their per-patient differences), so
+    the exported trees would send those rows the other way (2.1 before this fix: max
+    probability difference 0.15, 203 of 235 k arg-max flips)."""
+    import lightgbm as lgb
+
+    def floor32(t: float) -> float:
+        v = np.float32(t)
+        if float(v) > t:
+            v = np.nextafter(v, np.float32(-np.inf))
+        return float(v)
+
+    lines = []
+    for line in booster.model_to_string().split("\n"):
+        if line.startswith("tree_sizes="):  # byte offsets of the trees: parse sequentially
+            continue
+        if line.startswith("threshold="):
+            vals = [floor32(float(t)) for t in line[len("threshold="):].split()]
+            line = "threshold=" + " ".join(repr(v) for v in vals)
+        lines.append(line)
+    return lgb.Booster(model_str="\n".join(lines))
 
 
 def fit_mlp(x: NDArray[np.float32], y: NDArray[np.int64], a: argparse.Namespace) -> Any:
@@ -386,23 +417,44 @@ def folds(recs: list[str], k: int, seed: int) -> list[list[str]]:
     return [order[i::k] for i in range(k)]
 
 
+def rhythm_labels(det: NDArray[np.int64], fs: float, labels: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The labels the engine publishes: the model's labels of every detection of a record
+    passed through the engine's rhythm monitor
+    (:class:`telediag.engine.stages.ecg_parts.rhythm.RhythmMonitor`, the AF detector of
+    :mod:`telediag.dsp.af` with its shipped parameters), which turns ``S`` into ``N`` while
+    AF is on (AAMI EC57: beats in AF are N). Every detection is treated as usable (the engine
+    leaves beats of unusable signal out of the rhythm monitor)."""
+    from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
+
+    names = [AAMI_CLASSES[int(i)] for i in labels]
+    out, _ = RhythmMonitor(fs).beats(det.tolist(), list(names))
+    return np.array([AAMI_CLASSES.index(str(c)) for c in out], np.int64)
+
+
 def evaluate(
     d: dict[str, dict[str, Any]], model: Any, recs: list[str], cms: dict[str, NDArray[np.int64]],
     probs: dict[str, NDArray[np.float64]] | None = None,
+    cms_rhythm: dict[str, NDArray[np.int64]] | None = None,
 ) -> None:
     """Add the confusion matrices of ``recs`` (by database and pooled) to ``cms`` (and the
-    held-out probabilities to ``probs``)."""
+    held-out probabilities to ``probs``); ``cms_rhythm`` gets those of the labels after the
+    engine's rhythm monitor (:func:`rhythm_labels`: S -> N inside detected AF)."""
     for r in recs:
         keep = d[r]["y"] >= 0
-        pr = predict(model, d[r]["rr"][keep])
+        pr_all = predict(model, d[r]["rr"])
+        pr = pr_all[keep]
         if probs is not None:
             probs[r] = pr
-        p = pr.argmax(axis=1)
-        cm = confusion(d[r]["y"][keep], p)
         db = r.split("/")[0]
-        for key in (db, "pooled"):
-            cms.setdefault(key, np.zeros((N_CLASSES, N_CLASSES), np.int64))
-            cms[key] += cm
+        todo = [(cms, pr.argmax(axis=1))]
+        if cms_rhythm is not None:
+            lab = rhythm_labels(d[r]["det"], float(d[r]["fs"]), pr_all.argmax(axis=1))
+            todo.append((cms_rhythm, lab[keep]))
+        for target, p in todo:
+            cm = confusion(d[r]["y"][keep], p)
+            for key in (db, "pooled"):
+                target.setdefault(key, np.zeros((N_CLASSES, N_CLASSES), np.int64))
+                target[key] += cm
 
 
 def run_protocols(
@@ -418,27 +470,35 @@ def run_protocols(
     out: dict[str, Any] = {}
     t0 = time.time()
     cross = (("train_DS1_test_svdb", ds1, sv), ("train_svdb_test_DS1", sv, ds1))
+    rh: dict[str, Any] = {}  # the same protocols on the labels after the rhythm monitor
     for name, train, test in cross if "cross" in a.protocols else ():
         cms: dict[str, NDArray[np.int64]] = {}
+        cmr: dict[str, NDArray[np.int64]] = {}
         oof: dict[str, NDArray[np.float64]] = {}
-        evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), test, cms, oof)
+        evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), test, cms, oof, cmr)
         if a.oof is not None:
             np.savez(a.oof / f"{label}_{name}.npz", **oof)
         db = test[0].split("/")[0]
         out[name] = metrics(cms[db], missed[db])
+        rh[name] = metrics(cmr[db], missed[db])
         print(format_row(f"{label} {name}", out[name]), f"({time.time() - t0:.0f} s)", file=sys.stderr)
-    if "cv" not in a.protocols:
-        return out
-    cms = {}
-    oof = {}
-    for f in folds(recs, a.folds, a.seed):
-        train = [r for r in recs if r not in f]
-        evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), f, cms, oof)
-    if a.oof is not None:
-        np.savez(a.oof / f"{label}_cv.npz", **oof)
-    out["cv"] = {db: metrics(cms[db], missed[db]) for db in ("pooled", "mitdb", "svdb")}
-    for db in ("pooled", "mitdb", "svdb"):
-        print(format_row(f"{label} CV {db}", out["cv"][db]), f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        print(format_row(f"{label}+AF {name}", rh[name]), file=sys.stderr)
+    if "cv" in a.protocols:
+        cms = {}
+        cmr = {}
+        oof = {}
+        for f in folds(recs, a.folds, a.seed):
+            train = [r for r in recs if r not in f]
+            evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), f, cms, oof, cmr)
+        if a.oof is not None:
+            np.savez(a.oof / f"{label}_cv.npz", **oof)
+        out["cv"] = {db: metrics(cms[db], missed[db]) for db in ("pooled", "mitdb", "svdb")}
+        rh["cv"] = {db: metrics(cmr[db], missed[db]) for db in ("pooled", "mitdb", "svdb")}
+        for db in ("pooled", "mitdb", "svdb"):
+            print(format_row(f"{label} CV {db}", out["cv"][db]), f"({time.time() - t0:.0f} s)", file=sys.stderr)
+            print(format_row(f"{label}+AF CV {db}", rh["cv"][db]), file=sys.stderr)
+    if rh:
+        out["with_rhythm"] = rh
     return out
 
 
@@ -509,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oof", type=Path, default=None,
                     help="folder for the held-out probabilities of every protocol (.npz)")
     ap.add_argument("--no-export", action="store_true", help="protocols only")
+    ap.add_argument("--previous-card", type=Path, default=None,
+                    help="card.json of the previous version: its protocol figures are kept in "
+                         "the new card as metrics['previous_2.0.0'] (before/after)")
     a = ap.parse_args(argv)
 
     d = load_all(a.data, a.cache)
@@ -522,12 +585,18 @@ def main(argv: list[str] | None = None) -> int:
         report["gbt"] = run_protocols(d, a, fit_gbt, "gbt")
         if a.compare_mlp:
             report["mlp"] = run_protocols(d, a, fit_mlp, "mlp")
+    if a.previous_card is not None:
+        old = json.loads(a.previous_card.read_text())
+        report["previous_2.0.0"] = old["metrics"]["gbt"]
+        for k in ("mlp", "comparison_lookahead3"):  # the 2.0.0 comparisons, kept as measured
+            if k in old["metrics"]:
+                report[f"{k}_2.0.0"] = old["metrics"][k]
     if a.cv_json is not None:
         a.cv_json.write_text(json.dumps(report, indent=1, allow_nan=False))
     if a.no_export:
         return 0
     x, y, _ = stack(d, record_ids(), a.lead2, a.n_keep, a.seed)
-    booster = fit_gbt(x, y, a)
+    booster = float32_thresholds(fit_gbt(x, y, a))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "ecg_beats.onnx"
     export_onnx(booster, path)
@@ -632,6 +701,12 @@ def write_card(
             "'train_DS1_test_svdb' / 'train_svdb_test_DS1' = cross-database. Hyper-parameters "
             "(rounds, leaves, class-weight power, lead augmentation) were chosen by comparing a "
             "few settings on these same protocols (not nested): they are mildly optimistic. "
+            "'gbt.with_rhythm': the same protocols on the labels the engine publishes, i.e. "
+            "after its rhythm monitor (telediag.dsp.af AF detector, shipped parameters, which "
+            "were chosen on the 26 MIT-BIH records here incl. DS1's 201/203) turned S into N "
+            "inside detected AF (AAMI EC57: AF beats are N); every detection fed as usable. "
+            "'previous_2.0.0': the 2.0.0 model's protocols (same data, 53 columns, no "
+            "rhythm rows then). "
             "'baseline_1.3.0': the previous model (trained on DS1) on svdb and, as a "
             "resubstitution figure only, on its own DS1 training records. Figures of the "
             "protocols come from LightGBM on the fold models; the exported file reproduces "
@@ -656,7 +731,7 @@ def write_card(
             "excluded_features": [f for f in a.exclude.split(",") if f],
             "lightgbm": lightgbm.__version__, "onnxmltools": onnxmltools.__version__,
         },
-        "reproduce": 'git show d6b9980~1:models/ecg_beats/ecg_beats.onnx > /tmp/ecg_beats_1.3.0.onnx && nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --baseline /tmp/ecg_beats_1.3.0.onnx (metrics.comparison_lookahead3: the same with CTX_FUTURE = 2 in _feature_kernels.py and --compare-mlp)',
+        "reproduce": 'git show d6b9980~1:models/ecg_beats/ecg_beats.onnx > /tmp/ecg_beats_1.3.0.onnx && git show 2a5c929:models/ecg_beats/card.json > /tmp/card_2.0.0.json && OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data --out models/ecg_beats --cache /tmp/ecg_beats_v21.npz --baseline /tmp/ecg_beats_1.3.0.onnx --previous-card /tmp/card_2.0.0.json (metrics.*_2.0.0: copied from the 2.0.0 card)',
     }
     card_path.write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
 
