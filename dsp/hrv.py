@@ -132,8 +132,12 @@ def _hrv_kernel(
     out: FloatArray,
     out_sample: IntArray,
     out_counts: IntArray,
+    last_only: bool = False,
 ) -> int:
-    """Process beats; update state in place; write one row per new interval; return #rows."""
+    """Process beats; update state in place; write one row per new interval; return #rows.
+
+    ``last_only``: the window metrics (``out``) only for the last beat (the other rows keep
+    their sample and counts; :meth:`HRVMeter.update_last` reads the last row only)."""
     cap = ring_end.shape[0]
     ms = 1000.0 / fs
     n_out = 0
@@ -177,6 +181,12 @@ def _hrv_kernel(
         # metrics over the window, oldest first
         n = istate[_I_COUNT]
         head = istate[_I_HEAD]
+        if last_only and i != beats.shape[0] - 1:
+            out_sample[n_out] = b
+            out_counts[n_out, 0] = n
+            out_counts[n_out, 1] = -1  # not computed
+            n_out += 1
+            continue
         total = 0.0
         for k in range(n):
             total += ring_rr[(head + k) % cap] * ms
@@ -595,14 +605,14 @@ class HRVMeter:
         >>> m.update_last(np.cumsum([800, 850, 800, 850, 800]))[:3]
         (4100, 3, 2)
         """
-        n, samples, counts, vals = self._run(beat_samples, labels)
+        n, samples, counts, vals = self._run(beat_samples, labels, last_only=True)
         if n == 0:
             return None
         v = vals[n - 1].tolist()
         return (int(samples[n - 1]), int(counts[n - 1, 0]), int(counts[n - 1, 1]), v[0], v[1], v[2], v[3], v[4])
 
     def _run(
-        self, beat_samples: ArrayLike, labels: ArrayLike | Iterable[str] | None
+        self, beat_samples: ArrayLike, labels: ArrayLike | Iterable[str] | None, last_only: bool = False
     ) -> tuple[int, IntArray, IntArray, FloatArray]:
         """Validate, run the kernel (state updated in place); rows as arrays."""
         beats = _as_beats(beat_samples)
@@ -633,6 +643,7 @@ class HRVMeter:
             vals,
             samples,
             counts,
+            last_only,
         )
         return int(n), samples, counts, vals
 

@@ -116,3 +116,30 @@ def test_hr_small_python_path_equals_kernel() -> None:
         m.update_lists([300])
     with pytest.raises(DSPError, match=">= 0"):
         HeartRateMeter(360.0).update_lists([-1])
+
+
+def test_hrv_update_last_equals_last_row_of_update() -> None:
+    """``update_last`` (window metrics computed for the last beat only) == ``update``'s last row."""
+    from telediag.dsp.hrv import HRVMeter
+
+    rng = np.random.default_rng(9)
+    a, b = HRVMeter(360.0, window_s=30.0), HRVMeter(360.0, window_s=30.0)
+    t = 0
+    for _ in range(400):
+        chunk, labels = [], []
+        for _ in range(int(rng.integers(0, 6))):
+            t += int(rng.choice([rng.integers(200, 420), 90, 900]))
+            chunk.append(t)
+            labels.append(bool(rng.random() > 0.1))
+        got = a.update_last(np.array(chunk, np.int64), np.array(labels, np.bool_))
+        rows = b.update(np.array(chunk, np.int64), np.array(labels, np.bool_))
+        if not rows.size:
+            assert got is None
+            continue
+        r = rows[-1]
+        want = (int(r["sample"]), int(r["n_nn"]), int(r["n_diff"]), *(float(r[k]) for k in
+                ("mean_nn_ms", "sdnn_ms", "rmssd_ms", "pnn50", "mean_hr_bpm")))
+        assert got is not None and all(_same(x, y) if isinstance(x, float) else x == y
+                                       for x, y in zip(got, want, strict=True))
+        for name in ("scalars", "ring_end", "ring_rr", "ring_cons"):
+            assert np.array_equal(getattr(a.state, name), getattr(b.state, name))
