@@ -20,7 +20,11 @@ records; EC57 / de Chazal 2004 conventions: VEB FP = Nv + Sv, SVEB FP = Ns + Vs 
 * cross-database: train DS1 -> test svdb, and train svdb -> test DS1;
 * the previous model (1.3.0, trained on DS1 only) on svdb, and on DS1 as a resubstitution
   figure (its training records), for the before/after comparison;
-* the same protocols for the small MLP compared with the trees.
+* every protocol also on the labels the engine publishes: the model's labels after the
+  engine's rhythm monitor (AF detector of ``telediag.dsp.af``), which calls S beats inside
+  detected atrial fibrillation N ("trees + AF (engine labels)" rows);
+* the previous version's (2.0.0) figures, for the before/after comparison;
+* per-class gross Se / +P / F1 (N S V F Q) of every protocol and database (second table).
 """
 
 from __future__ import annotations
@@ -88,6 +92,20 @@ def table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def class_table(metrics: dict[str, Any]) -> str:
+    """Markdown table: gross Se / +P / F1 of every AAMI class per protocol and database (plain
+    per-class figures from the confusion matrix; F is merged into N by the model, so its Se is 0)."""
+    head = "| protocol | " + " | ".join(f"{c} Se | {c} +P | {c} F1" for c in "NSVFQ") + " |"
+    lines = [head, "|---|" + "---:|" * 15]
+    for name, m in rows(metrics):
+        cells = []
+        for c in "NSVFQ":
+            k = m["classes"][c]
+            cells += [_pc(k["se"]), _pc(k["ppv"]), _pc(k["f1"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     """Largest absolute difference between the headline figures of two metrics dicts."""
     worst = 0.0
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     card = json.loads(CARD.read_text())
     print(f"## ecg_beats {card['version']}: figures recorded in the card\n")
     print(table(card["metrics"]))
+    print("\n### per class (gross, every protocol and database)\n")
+    print(class_table(card["metrics"]))
     if not a.rerun:
         return 0
     from telediag.models.ecg_beats import train
