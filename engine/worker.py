@@ -150,6 +150,7 @@ class Worker:
         self.warming = True  # until the inbox is first found empty after the warm-up (caught up)
         self._ready_ns = 1 << 62  # wall-clock time the worker became ready (set in _serve)
         self._backlog = False  # a chunk from before ready was seen
+        self._fresh = False  # a chunk sent after ready was published
         self.caught_up_s: float | None = None
         self._limit = _RateLimit(config.engine.max_events_per_s)
         self._started = time.time()
@@ -360,6 +361,8 @@ class Worker:
             st.stats.chunks_out += 1
             if sent_ref is not None:
                 lat = (pub_ns - sent_ref) * 1e-9
+                if sent_ref >= self._ready_ns:
+                    self._fresh = True
                 if self.warming and (self._backlog or sent_ref < self._ready_ns):
                     # queued during (or behind) the warm-up: reported apart, not in the run's percentiles
                     self._backlog = True
@@ -599,7 +602,11 @@ class Worker:
                     self.handle(msg[1:])
                     if self.progress and not self._pending:
                         self._send_progress()
-                if self.warming and not inbox.poll(0):  # nothing queued any more: caught up
+                # caught up: nothing queued and a chunk sent after ready handled; else 2 s after ready
+                # with no backlog (an idle engine), 30 s with one (sources whose clocks run late). An
+                # inbox empty only because the router has not forwarded the ingest backlog yet is not.
+                if self.warming and not inbox.poll(0) and (
+                        self._fresh or time.time_ns() - self._ready_ns > (30 if self._backlog else 2) * 10**9):
                     self.warming = False
                     self.caught_up_s = round(time.time() - self._started, 3)
                 if self._pending and (len(self._pending) >= batch_max
