@@ -145,3 +145,63 @@ def test_features_streaming_1s_chunks(benchmark) -> None:  # type: ignore[no-unt
     if benchmark.stats is not None:
         benchmark.extra_info["us_per_beat"] = benchmark.stats.stats.median / b.size * 1e6
         benchmark.extra_info["us_per_chunk"] = benchmark.stats.stats.median / len(cuts) * 1e6
+
+
+def compare(old_dir: Path, rounds: int = 7) -> list[str]:
+    """Per-beat cost of an older model directory (``card.json`` + ``.onnx``, e.g. 2.0.0 from
+    git) against the shipped one, interleaved in this process, one thread: the engine's tree
+    kernel (:func:`telediag.engine.stages.ecg_parts.trees.fast_classifier`) and ONNX Runtime,
+    batches of 1 and 256, on the features of MIT-BIH 208 (best of ``rounds``). A model with a
+    narrower ``rr`` input gets the first columns (the older builder's, which come first)."""
+    import time
+
+    from telediag.dsp.qrs import detect
+    from telediag.engine.stages.ecg_parts.trees import fast_classifier
+
+    x, fs = _signal()
+    f = beat_features(x, fs, detect(x, fs))
+    out = []
+    models = {"old": BeatClassifier.load(directory=old_dir), "new": BeatClassifier.load()}
+    rr = {}
+    for k, m in models.items():
+        width = int(m.model.card["inputs"][1]["shape"][1])
+        rr[k] = np.ascontiguousarray(f.rr[:, :width])
+    morph = np.ascontiguousarray(f.morph[:, :2])
+    fast = {k: fast_classifier(m) for k, m in models.items()}
+
+    def per_beat(fn, batch: int) -> float:  # type: ignore[no-untyped-def]
+        n = 1024 if batch > 1 else 256
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for i in range(0, n, batch):
+                fn(i, i + batch)
+            best = min(best, (time.perf_counter() - t) / n)
+        return best * 1e6
+
+    for batch in (1, 256):
+        res = {}
+        for _ in range(2):  # interleaved twice, best kept
+            for k, m in models.items():
+                ort_fn = lambda a, b, m=m, k=k: m.model.run({"morph": morph[a:b], "rr": rr[k][a:b]})  # noqa: E731
+                res[("ort", k)] = min(res.get(("ort", k), 1e9), per_beat(ort_fn, batch))
+                if fast[k] is not None:
+                    fk = fast[k]
+                    res[("kernel", k)] = min(res.get(("kernel", k), 1e9),
+                                             per_beat(lambda a, b, fk=fk, k=k: fk.probs(rr[k][a:b]), batch))
+        for eng in ("kernel", "ort"):
+            if ("kernel" == eng) and (("kernel", "old") not in res or ("kernel", "new") not in res):
+                continue
+            o, n_ = res[(eng, "old")], res[(eng, "new")]
+            out.append(f"{eng:6s} batch {batch:3d}: old {o:6.1f} us/beat, new {n_:6.1f} us/beat ({n_ / o:.2f}x)")
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="old vs shipped beat model, per-beat cost in one run")
+    ap.add_argument("--compare", type=Path, required=True,
+                    help="directory with the older card.json + ecg_beats.onnx")
+    for line in compare(ap.parse_args().compare):
+        print(line)
