@@ -456,11 +456,13 @@ but the pooled decision is not better); a threshold per held-out database chosen
 databases' held-out predictions (a proxy for a nested leave-one-database-out threshold, which
 would retrain 30 networks) 0.664 with thresholds 0.53-0.77 (Se 0.45, Sp 0.88) - a threshold
 does not transfer between devices, so 0.5 stays; a 2-D CNN over (band, frame) was 10x slower
-to train on one core and was not cross-validated.  The earlier band-envelope CNN of issue 5
+to train on one core and was not cross-validated; without the device augmentation (seed 0)
+0.618 (AUC 0.637; a .625, b .653, c .908, d .714, f .525, CirCor .722) against 0.642 (AUC
+0.656) with it - a gain of the order of the seed noise.  The earlier band-envelope CNN of issue 5
 (`cnn_cv.py`): 0.52-0.57.  Set f stays at chance (AUC 0.39-0.43, as the feature model's 0.39):
-its abnormal recordings score *lower* than its normal ones.  Not tried (time): an ablation
-without the augmentation, nested leave-one-database-out thresholds with retraining, more
-epochs.
+its abnormal recordings score *lower* than its normal ones.  Not tried (time): nested
+leave-one-database-out thresholds with retraining, more epochs or wider networks.
+
 """
 
 
