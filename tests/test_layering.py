@@ -77,7 +77,8 @@ def _layer_key(module: str) -> str:
         raise ValueError(module)
     if len(parts) == 1:
         return "telediag"
-    if parts[1] == "models" and parts[-1] in TRAINING_MODULES:
+    # any component: `from telediag.models.x.train import fit` gives telediag.models.x.train.fit
+    if parts[1] == "models" and any(p in TRAINING_MODULES for p in parts[2:]):
         return "telediag.training"
     key = ".".join(parts[:2])
     if key not in LAYERS:
@@ -165,6 +166,8 @@ def test_allow_list_entries_are_still_needed() -> None:
         ("telediag.engine.stages.video", "import telediag.sources.video_codec\n", True),
         ("telediag.sources.pcg_cli", "def f():\n    from telediag.evaluation import x\n", True),
         ("telediag.models.polyp_seg", "from telediag.models.polyp_seg import train\n", True),
+        ("telediag.models.pcg_abnormal", "from telediag.models.pcg_abnormal.train import fit\n", True),
+        ("telediag.models.pcg_abnormal", "from .cnn_train import fit\n", True),
         ("telediag.models.polyp_seg.train", "from telediag.evaluation.seg_metrics import f\n", False),
         ("telediag.sources.replay", "from telediag import cli\n", True),
         ("telediag.engine.stage", "from ..transports.wire import Chunk\n", False),
