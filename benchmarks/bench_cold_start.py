@@ -37,7 +37,9 @@ driven by Playwright) opening the viewer as soon as it answers: ``viewer_page_s`
 heart-sound (bed-2) traces; a screenshot is left in the temp folder.
 
 ``pytest benchmarks/bench_cold_start.py`` runs one start with the session's own Numba cache as a
-smoke test (the cold case takes a minute or more of compilation and is left to the script).
+smoke test, and one on an empty cache that must compile nothing (the cache folder stays empty)
+when the AOT kernels are built; the cold case without them (minutes of compilation) is left to
+the script.
 """
 
 from __future__ import annotations
@@ -293,6 +295,26 @@ def test_start_smoke() -> None:
     r = measure(None, seconds=4.0)
     assert r["first_beat_s"] is not None and r["in_order"], r
     assert r["engine_exit"] == 0, r
+
+
+def test_cold_start_compiles_nothing(tmp_path: Path) -> None:
+    """With the AOT kernels (``make``), a start on an EMPTY Numba cache serves real ECG to its first
+    beat without compiling a kernel: the cache folder is still empty afterwards (every JIT compile
+    of a ``cache=True`` kernel would have written it). Load-independent, unlike a time. Skipped
+    where the AOT kernels are not in use, except under CI, where ``make`` has just built them."""
+    env = _env(str(tmp_path / "numba-cache"), True)
+    status = _aot_status(env)
+    if status != "ok":
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"AOT kernels not in use under CI: {status}")
+        import pytest
+
+        pytest.skip(f"AOT kernels not in use: {status}")
+    r = measure(str(tmp_path / "numba-cache"), seconds=4.0)
+    assert r["first_beat_s"] is not None and r["in_order"] and r["engine_exit"] == 0, r
+    assert r["engine_aot"]["aot"], r
+    written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
+    assert not written, f"kernels compiled at start despite the AOT kernels: {written[:10]}"
 
 
 def main(argv: list[str] | None = None) -> int:
