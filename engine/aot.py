@@ -12,7 +12,9 @@ behind), records every kernel signature called from Python, and compiles all of 
 ``numba.pycc`` into one extension module, ``telediag/engine/_aot_kernels*.so``, beside a manifest
 ``_aot_kernels.json`` (signatures, hashes of the kernel sources, Numba version, CPU). This is
 compiled machine code like any C extension, not a Numba cache: it is used whatever
-``NUMBA_CACHE_DIR`` holds, and an empty cache stays empty when it serves.
+``NUMBA_CACHE_DIR`` holds, and an empty cache stays empty when it serves. ``make`` installs
+editable (the module lands in the source tree, gitignored); after a plain ``pip install``, run the
+build once (it writes beside the installed package).
 
 At run time :func:`install` (called by the engine's warm-up) checks the manifest against the
 sources and the machine and, if everything matches, registers each compiled function as an
