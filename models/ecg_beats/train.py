@@ -664,7 +664,9 @@ def write_card(
                  "median of the 8 RRs before and the one after the beat's two RRs, compensatory "
                  "pause, neighbours, 32-RR median and upper quartile) and 18 beat-versus-"
                  "template features (correlation over window/QRS/P/T, RMS, width, slope, "
-                 "amplitude and P-wave ratios); all per-patient normalised")},
+                 "amplitude and P-wave ratios); all per-patient normalised; since 2.1 followed by "
+                 "49 per-patient normalised copies (d_<name> = <name> minus its running median "
+                 "over the patient's last 256 beats, every column but the 4 absolute-rate ones)")},
         ],
         "feature_builder": "telediag.models.ecg_beats.features.BeatFeatureStream",
         "fs_handling": "any fs > 80 Hz: filter designed at fs, window at fixed instants; RR in "
