@@ -161,3 +161,13 @@ def test_stale_or_missing_extension_falls_back_to_jit(tmp_path: Path, monkeypatc
     assert str(aot._load()).startswith("not built")
     monkeypatch.setenv("TELEDIAG_AOT", "0")
     assert aot._load() == "disabled by TELEDIAG_AOT=0"
+
+
+def test_build_without_a_c_compiler_is_optional(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """No C compiler: ``make``'s ``build --optional`` goes on (exit 0, a warning), the kernels then JIT."""
+    monkeypatch.setattr(aot.shutil, "which", lambda _name: None)
+    assert aot.main(["build", "--optional", "--out", str(tmp_path)]) == 0
+    assert "no C compiler" in capsys.readouterr().err
+    assert aot.main(["build", "--out", str(tmp_path)]) == 1
+    assert not list(tmp_path.iterdir())
