@@ -160,6 +160,15 @@ def test_classifier_problem_never_refuses_the_stream(monkeypatch: pytest.MonkeyP
     r = run()
     assert len(r["flat"]["beats"]) >= 20 and all(b["label"] is None for b in r["flat"]["beats"])
     assert len(r["events"]) == 1 and "feature size mismatch" in r["events"][0]["detail"]
+    # the event is part of the published contract (transports/schemas/event.schema.json)
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "transports" / "schemas" / "event.schema.json")
+                        .read_text(encoding="utf-8"))
+    jsonschema.validate(r["events"][0], schema)
 
 
 def test_af_scoring_ec57_counts_and_reference_parsing() -> None:
