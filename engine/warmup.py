@@ -20,6 +20,7 @@ Children only compile: they run the same synthetic warm-up through the same stag
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import threading
 import time
@@ -41,6 +42,9 @@ WARMUP_SPECS: dict[str, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
 
 #: A first kind still warming after this long means a cold cache: compile the rest in parallel.
 SPAWN_AFTER_S = 1.0
+#: ... and after this long without AOT kernels, say (once) that the start compiles and why.
+NOTICE_AFTER_S = 3.0
+_NOTICED = False
 
 
 class _PlainDoc:
@@ -135,6 +139,16 @@ def _synthetic(kind: str, fs: float, n: int, n_ch: int, rng: np.random.Generator
     return (rng.standard_normal((n, n_ch)) * (0.05 + bursts[:, None])) * 0.1
 
 
+def _compiling_notice(reason: str) -> None:
+    global _NOTICED
+    if not _NOTICED:
+        _NOTICED = True
+        logging.getLogger("telediag.engine").warning(
+            "telediag: compiling Numba kernels before serving (ahead-of-time kernels not in use: %s); "
+            "on an empty Numba cache this takes about a minute, several on a busy machine. "
+            "`make aot` (python -m telediag.engine.aot build) compiles them once.", reason)
+
+
 def _child(config: Config, kind: str) -> None:  # pragma: no cover - runs in a child process
     warm_kind(config, kind)
 
@@ -157,10 +171,16 @@ def warm_pipelines(config: Config, *, parallel: bool = True, background: bool = 
     on_kind : callable, optional
         Called with ``(kind, seconds)`` as each kind becomes warm.
     """
-    if aot.install()["aot"]:
+    status = aot.install()
+    notice: threading.Timer | None = None
+    if status["aot"]:
         # the kernels are compiled already: a slow first kind is busy importing and loading models,
         # not compiling, and a child process would only repeat that work on the other core
         parallel = False
+    else:  # say why a start may take minutes, once per process, if it does
+        notice = threading.Timer(NOTICE_AFTER_S, _compiling_notice, args=(str(status.get("reason")),))
+        notice.daemon = True
+        notice.start()
     kinds: Sequence[str] = [k for k in WARMUP_SPECS if config.pipelines.get(k)]
     spent: dict[str, float] = {}
     if not kinds:
@@ -191,8 +211,9 @@ def warm_pipelines(config: Config, *, parallel: bool = True, background: bool = 
     warm_kind(config, first)
     with lock:
         first_done.set()
-    if timer is not None:
-        timer.cancel()
+    for tm in (timer, notice):
+        if tm is not None:
+            tm.cancel()
     spent[first] = time.perf_counter() - t
     if on_kind is not None:
         on_kind(first, spent[first])
