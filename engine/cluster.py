@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from telediag.engine.config import Config
-from telediag.engine.procs import WorkerPool, pool_worker, say_hello
+from telediag.engine.procs import WorkerPool, bundle_outputs, pool_worker, say_hello
 from telediag.errors import EngineError
 
 
@@ -65,6 +65,7 @@ class WorkerActor:
         ctrl = ctrl_addr
 
         def hello(endpoint: str) -> None:
+            bundle_outputs(self.w)
             info = {"pid": os.getpid(), "slot": slot, "inc": self.inc, "endpoint": endpoint, "node": host}
             reply = say_hello(self.ctx, ctrl, info, self._give_up.is_set)
             if reply is None:

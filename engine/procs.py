@@ -71,6 +71,8 @@ MOVE = b"M"
 RESUME = b"R"
 #: old owner -> collector, on the output pipe: ``[RELEASED, stream, json {last_seq, out_seq}]``
 RELEASED = b"\x00M"
+#: worker -> collector: several messages in one ``[BUNDLE, n1 (2 bytes LE), frames1..., n2, ...]``
+BUNDLE = b"\x00B"
 
 _M64 = (1 << 64) - 1
 
@@ -148,6 +150,61 @@ def on_control(w: Worker, tag: bytes, frames: Sequence[Any]) -> None:
             w._out_seq[str(t)] = max(w._out_seq.get(str(t), 0), int(q))
 
 
+class _Bundler:
+    """A pool worker's output socket: one message to the collector per source chunk, not per output.
+
+    Outputs are queued and sent together with the progress marker that follows them, as one
+    multipart ``BUNDLE`` message (ZeroMQ delivers it whole or not at all, so a chunk is never
+    half-published when a worker dies), which saves the collector a receive, and both sides an I/O
+    wake-up, per output. Markers, release markers and stats flush at once; so does anything the
+    worker sends outside a chunk (see :func:`bundle_outputs`).
+    """
+
+    MAX_FRAMES = 4096
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.frames: list[Any] = []
+
+    def send_multipart(self, frames: Sequence[Any], flags: int = 0, copy: bool = True) -> None:
+        fl = list(frames)
+        self.frames.append(len(fl).to_bytes(2, "little"))
+        self.frames.extend(fl)
+        first = fl[0]
+        first = first.bytes if hasattr(first, "bytes") else bytes(first)
+        if first in (PROGRESS, RELEASED) or first.startswith(b"stats/") or len(self.frames) > self.MAX_FRAMES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.frames:
+            frames, self.frames = self.frames, []
+            self.sock.send_multipart([BUNDLE, *frames], copy=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def bundle_outputs(w: Worker) -> None:
+    """Wrap ``w.out`` in a :class:`_Bundler` (call once the socket exists: in before_serve/after_bind)."""
+    if w.out is None or isinstance(w.out, _Bundler):
+        return
+    b = _Bundler(w.out)
+    w.out = b  # type: ignore[assignment]
+    handle, safe_flush = w.handle, w._safe_flush
+
+    def handle_then_flush(frames: Sequence[Any]) -> None:
+        handle(frames)
+        if not w._pending and not w._done:  # no progress marker follows (e.g. a rejected message): send now
+            b.flush()
+
+    def safe_flush_then_flush() -> None:
+        safe_flush()
+        b.flush()
+
+    w.handle = handle_then_flush  # type: ignore[method-assign]
+    w._safe_flush = safe_flush_then_flush  # type: ignore[method-assign]
+
+
 def pool_worker(config: Config, ctx: zmq.Context, inbox_addr: str, out_addr: str) -> Worker:
     """A :class:`Worker` set up for a pool: outputs PUSHed to the collector, progress markers, control tags."""
     w = Worker(-1, config, ctx, inbox_addr, out_addr)
@@ -205,6 +262,7 @@ def worker_main(config: Config, inbox_addrs: list[str], out_addr: str, ctrl_addr
     w.parallel_warmup = parallel_warmup
 
     def hello() -> None:
+        bundle_outputs(w)
         reply = say_hello(ctx, ctrl_addr, {"pid": os.getpid(), "slot": os.getpid(), "inc": str(os.getpid())},
                           lambda: os.getppid() != parent_pid)
         if reply is None:
@@ -444,7 +502,6 @@ class WorkerPool:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctrl, zmq.POLLIN)
-        progress = self.progress
         waiting = self._waiting  # (routing id, hello) of workers waiting for an index
         idle_since: float | None = None
         last_empty = 0.0  # when the output queue was last read empty
@@ -475,20 +532,14 @@ class WorkerPool:
                         except zmq.Again:
                             last_empty = time.monotonic()
                             break
-                        first = msg[0]
-                        if first == PROGRESS:
-                            for k in range(1, len(msg) - 1, 2):
-                                progress[msg[k].decode()] = int.from_bytes(msg[k + 1], "little")
-                            continue
-                        if first == RELEASED:
-                            rel = json.loads(msg[2])
-                            progress[msg[1].decode()] = int(rel["last_seq"])
-                            self.released[msg[1]] = rel
-                            continue
-                        if first.startswith(b"stats/engine/w"):
-                            msg = self._stats(msg)
-                        pub.send_multipart(msg)
-                        self.forwarded += 1
+                        if msg[0] == BUNDLE:
+                            i, end = 1, len(msg)
+                            while i < end:
+                                n = int.from_bytes(msg[i], "little")
+                                self._one(pub, msg[i + 1:i + 1 + n])
+                                i += 1 + n
+                        else:
+                            self._one(pub, msg)
                 elif self._stopping.is_set():
                     # stop once every worker has exited and their last messages are read
                     if self._all_exited():
@@ -502,6 +553,24 @@ class WorkerPool:
             ctrl.close(0)
             pub.close()
             self._collector_done.set()
+
+    def _one(self, pub: zmq.Socket, msg: list[Any]) -> None:
+        """One message from a worker: a progress or release marker, or an output to forward."""
+        first = msg[0]
+        if first == PROGRESS:
+            progress = self.progress
+            for k in range(1, len(msg) - 1, 2):
+                progress[msg[k].decode()] = int.from_bytes(msg[k + 1], "little")
+            return
+        if first == RELEASED:
+            rel = json.loads(msg[2])
+            self.progress[msg[1].decode()] = int(rel["last_seq"])
+            self.released[msg[1]] = rel
+            return
+        if first.startswith(b"stats/engine/w"):
+            msg = self._stats(msg)
+        pub.send_multipart(msg)
+        self.forwarded += 1
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         """Hook: a worker said hello (collector thread)."""
