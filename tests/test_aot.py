@@ -124,9 +124,14 @@ def test_aot_outputs_equal_jit_on_real_records(records: dict[str, tuple[np.ndarr
                 _run("pcg", pcg, fs_p, ("stetho",), ("adu",), 0.1))
 
     (aot_ecg, aot_pcg), compiled = _top_level_compiles(both, monkeypatch)
-    usable, _ = aot._usable(json.loads(aot.MANIFEST.read_text()))  # all of them unless a kernel was edited
+    manifest = json.loads(aot.MANIFEST.read_text())
+    usable, _ = aot._usable(manifest)  # all of them unless a kernel was edited since the build
     exported = {f"{e['module']}.{e['qualname']}" for e in usable}
+    edited = {f"{e['module']}.{e['qualname']}" for e in manifest["entries"]} - exported
     assert not exported & set(compiled), f"AOT kernels were JIT-compiled or loaded instead of called: {compiled}"
+    # and no other kernel either: real data (read-only arrays from the wire, float32 and float64
+    # chunks) calls exactly the signatures the build's synthetic warm-up recorded
+    assert set(compiled) <= edited, f"kernels not covered by the AOT build: {set(compiled) - edited}"
     assert len(aot_ecg) > 1000 and len(aot_pcg) > 100
     assert any(b"beats" in r[:64] for r in aot_ecg), "no beat published: the comparison would be empty"
 
