@@ -272,6 +272,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 REPEAT = max(1, int(os.environ.get("BENCH_VIDEO_REPEAT", "1")))
 
 
+@pytest.mark.timeout(3600)  # 8 cases x ~20 s, times BENCH_VIDEO_REPEAT (the smoke mode runs one 2 s case)
 def test_video_latency_with_ecg(benchmark: Any, model: str, packets: list[tuple[bytes, bool]]) -> None:
     seconds = 2.0 if benchmark.disabled else 10.0
     cases = CASES if model == "polyp_seg" else [("stand-in", {})]
