@@ -60,7 +60,7 @@ def test_ray_backend_in_a_loopback_namespace() -> None:
         pytest.skip(f"Ray tests need a loopback-only network namespace: {why}")
     here = Path(__file__)
     cmd = loopback_namespace_cmd([sys.executable, "-m", "pytest", str(here), "-q", "-x", "-s",
-                                  "-p", "no:cacheprovider", "--timeout", "120", "-k", "not in_a_loopback_namespace"])
+                                  "-p", "no:cacheprovider", "--timeout", "180", "-k", "not in_a_loopback_namespace"])
     env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", **LOCAL_RAY_ENV}
     try:
         r = subprocess.run(cmd, cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=270)
