@@ -391,6 +391,26 @@ def test_states_to_segments() -> None:
     assert segs[1].start == pytest.approx(0.03) and segs[1].end == pytest.approx(0.07)
 
 
+def test_shift_s1_boundaries_keeps_the_segmentation_contiguous() -> None:
+    states = [3, 3, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 0, 0]
+    segs = pcg.states_to_segments(states, t_max=0.29)
+    moved = pcg.shift_s1_boundaries(segs, 0.01, t_max=0.29)
+    assert [g.state for g in moved] == [g.state for g in segs]
+    for g0, g1 in zip(moved, moved[1:], strict=False):
+        assert g0.end == pytest.approx(g1.start)  # no gap, no overlap
+    s1_old = [0.5 * (g.start + g.end) for g in segs if g.state == "S1"]
+    s1_new = [0.5 * (g.start + g.end) for g in moved if g.state == "S1"]
+    assert s1_new[0] == pytest.approx(s1_old[0] + 0.01)
+    s2 = [(g.start, g.end) for g in moved if g.state == "S2"]
+    assert s2 == [(g.start, g.end) for g in segs if g.state == "S2"]  # S2 not moved
+    assert moved[-1].end <= 0.29 and moved[0].start == 0.0
+    # segment by segment (as the streaming segmenter publishes) gives the same result
+    one_by_one = [h for g in segs for h in pcg.shift_s1_boundaries([g], 0.01, t_max=0.29)]
+    assert one_by_one == moved
+    assert pcg.shift_s1_boundaries(segs, 0.0) == segs
+    assert pcg.load_params().extra.get("s1_shift_s") == pytest.approx(0.01)
+
+
 def _duration_tables_reference(params: pcg.PCGSegParams, hr: float, sys_s: float
                                ) -> tuple[np.ndarray, np.ndarray]:
     """Per-state loop (the pre-vectorisation form) of the HSMM duration tables."""
