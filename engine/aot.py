@@ -189,7 +189,8 @@ def _build_here(out_dir: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
 
     pcc.Flags = _Flags  # type: ignore[misc]
     cc = CC(EXT_NAME)
-    cc.output_dir = str(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=".aot-build-", dir=out_dir))  # same file system: atomic renames
+    cc.output_dir = str(stage)
     cc.target_cpu = "host"  # built where it runs; the manifest records the CPU and install() checks it
     cc.verbose = False
     entries: list[dict[str, Any]] = []
@@ -208,13 +209,22 @@ def _build_here(out_dir: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
         entries.append({"symbol": sym, "module": key[0], "qualname": key[1], "args": js,
                         "files": sorted(os.path.relpath(f, HERE.parent) for f in deps)})
     t1 = time.perf_counter()
-    cc.compile()
+    try:
+        cc.compile()
+        # a running engine may have the old module mapped: give the new one a new inode (rename),
+        # never rewrite the old file in place
+        for so in stage.glob(f"{EXT_NAME}*"):
+            os.replace(so, out_dir / so.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     t_cc = time.perf_counter() - t1
     root = HERE.parent
     manifest = {"entries": entries, "machine": _machine(),
                 "sources": {os.path.relpath(f, root): _sha(f) for f in sorted(files)},
                 "kinds": list(kinds), "build_s": {"jit": round(t_jit, 2), "pycc": round(t_cc, 2)}}
-    (out_dir / f"{EXT_NAME}.json").write_text(json.dumps(manifest, indent=1))
+    tmp = out_dir / f".{EXT_NAME}.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / f"{EXT_NAME}.json")
     return manifest
 
 
