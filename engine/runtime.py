@@ -387,7 +387,11 @@ class Engine:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         threads = ([self._router_thread] if self._router_thread is not None else []) + self._threads
-        ok = self._join_threads(threads, deadline)
+        ok = self._join_threads(threads[:1], deadline)  # the router: every STOP has been sent
+        stopping = getattr(self.pool, "_stopping", None)
+        if ok and stopping is not None:  # a worker process that now exits on STOP is not a crash to replace
+            stopping.set()
+        ok = ok and self._join_threads(threads, deadline)
         if ok and self.pool is not None:  # the router has sent STOP: the processes drain and exit
             left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
             ok = self.pool.stop(left)
