@@ -23,6 +23,7 @@ from test_video_fallback import FALLBACK_NAME
 from telediag.client import Subscriber
 from telediag.engine.runtime import Engine
 from telediag.engine.video_proc import VideoProcess
+from telediag.transports.outputs import check_body
 from telediag.transports.wire import Chunk, encode
 
 
@@ -135,6 +136,8 @@ def test_kill_9_of_the_video_process_loses_no_ecg_and_video_resumes(worker_mode:
     assert new_pid is not None and new_pid != pid
     restarted = [e for e in out["events"] if e["type"] == "worker_restarted"]
     assert len(restarted) == 1 and restarted[0]["worker"] == "video" and restarted[0]["exitcode"] == -9
+    for e in out["events"]:
+        check_body("event", e)  # the published contract (OUTPUTS.md, event.schema.json)
     sr = [e for e in out["events"] if e["type"] == "stream_restarted"]
     assert len(sr) == 1 and sr[0]["reason"] == "worker_restarted" and 0 <= sr[0]["last_seq"] < 45
     # video resumed: fresh analyses and annotated frames from packets sent after the kill
