@@ -305,7 +305,7 @@ def _install() -> dict[str, Any]:
         return STATUS
     t = time.perf_counter()
     loaded = _load()
-    n = 0
+    n = skipped = 0
     if isinstance(loaded, str):
         STATUS.update(aot=False, reason=loaded)
     else:
@@ -321,6 +321,12 @@ def _install() -> dict[str, Any]:
                 if not isinstance(disp, Dispatcher):
                     continue
                 tys = [_type_from_json(a) for a in e["args"]]
+                if tuple(tys) in disp.overloads:
+                    # already JIT-compiled in this process (a kernel called before install): a
+                    # second entry for the same types would make the C dispatcher's match
+                    # ambiguous, and every call would then take the slow Python path
+                    skipped += 1
+                    continue
                 _HELD.append(tys)
                 codes = [t._code for t in tys]
                 disp._insert(codes, getattr(ext, e["symbol"]), False)  # type: ignore[attr-defined]
@@ -332,7 +338,7 @@ def _install() -> dict[str, Any]:
                           "signatures JIT")
         except Exception as ex:  # noqa: BLE001
             STATUS.update(aot=n > 0, reason=f"partly installed: {ex!r}")
-    STATUS.update(done=True, overloads=n, s=round(time.perf_counter() - t, 3))
+    STATUS.update(done=True, overloads=n, already_jit=skipped, s=round(time.perf_counter() - t, 3))
     return STATUS
 
 
