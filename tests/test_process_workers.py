@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
+from pool_harness import check_restarted_streams, live, run_streams
 
-from telediag.client import Subscriber
 from telediag.engine.config import load_config
 from telediag.engine.runtime import Engine, owner_of
-from telediag.transports.wire import Chunk, encode
-
-FS = 360.0
 
 
 def _engine(mode: str, workers: int, **kw: Any) -> Engine:
@@ -48,11 +43,6 @@ def proc_engine() -> Iterator[Engine]:
     eng.join(30)
 
 
-def _chunk(stream: str, seq: int, x: np.ndarray) -> Chunk:
-    return Chunk.signal("ecg", stream, seq, seq * 50_000_000, x, FS, ("I", "II"), ("mV", "mV"),
-                        meta={"session": "p"})
-
-
 def test_owner_is_rendezvous_hashing() -> None:
     streams = [f"bed-{i}/ecg" for i in range(400)]
     three = [owner_of(s, 3) for s in streams]
@@ -63,42 +53,15 @@ def test_owner_is_rendezvous_hashing() -> None:
     assert all(b == 3 for _, b in moved) and 70 < len(moved) < 130
 
 
-def _run_streams(eng: Engine, streams: list[str], n_chunks: int) -> tuple[dict[str, list[Chunk]], list[dict]]:
-    rng = np.random.default_rng(3)
-    data = {s: rng.standard_normal((n_chunks * 30, 2)).cumsum(0) * 0.01 for s in streams}
-    with Subscriber(eng.publish_endpoint, topics=["ecg/", "event/"]) as sub:
-        assert sub.wait_connected(10)
-        ctx = zmq.Context()
-        p = ctx.socket(zmq.PUSH)
-        p.connect(eng.ingest_endpoint)
-        for k in range(n_chunks):
-            for s in streams:
-                p.send_multipart(encode(_chunk(s, k, data[s][k * 30:(k + 1) * 30])))
-        got: dict[str, list[Chunk]] = {}
-        events: list[dict] = []
-        end = time.monotonic() + 20
-        while time.monotonic() < end and sum(len(v) for v in got.values()) < n_chunks * len(streams):
-            c = sub.recv(timeout_s=0.1)
-            if c is None:
-                continue
-            if c.kind == "ecg":
-                got.setdefault(c.stream, []).append(c)
-            elif c.kind == "event":
-                events.append(c.body)
-        p.close()
-        ctx.term()
-    return got, events
-
-
 def test_process_and_thread_modes_publish_the_same_outputs(proc_engine: Engine) -> None:
     streams = [f"same-{i}/ecg" for i in range(4)]
     eng = _engine("thread", 2)
     try:
-        thread, _ = _run_streams(eng, streams, 8)
+        thread, _ = run_streams(eng, streams, 8, timeout_s=20)
     finally:
         eng.stop()
         eng.join(30)
-    process, _ = _run_streams(proc_engine, streams, 8)
+    process, _ = run_streams(proc_engine, streams, 8, timeout_s=20)
     assert sorted(thread) == sorted(process) == sorted(f"{s}/filtered" for s in streams)
     for s in thread:
         a, b = thread[s], process[s]
@@ -123,66 +86,18 @@ def test_kill_9_of_a_worker_process_mid_stream(proc_engine: Engine) -> None:
     others = [s for s in streams if owner_of(s, 2) != victim]
     assert mine and others
     period, n_chunks, kill_at = 0.05, 140, 40  # 7 s of 50 ms chunks per stream, kill after 2 s
-    sent = threading.Event()
-    killed: dict[str, float] = {}
 
-    def source() -> None:
-        ctx = zmq.Context()
-        p = ctx.socket(zmq.PUSH)
-        p.connect(eng.ingest_endpoint)
-        x = np.zeros((18, 2), "<f4")
-        t0 = time.monotonic()
-        for k in range(n_chunks):
-            d = t0 + k * period - time.monotonic()
-            if d > 0:
-                time.sleep(d)
-            if k == kill_at:
-                pid = next(pid for pid, i in pool.index_of.items() if i == victim)
-                os.kill(pid, signal.SIGKILL)
-                killed["t"] = time.monotonic()
-            for s in streams:
-                p.send_multipart(encode(_chunk(s, k, x)))
-        p.close(linger=10000)
-        ctx.term()
-        sent.set()
+    def kill() -> None:
+        pid = next(pid for pid, i in pool.index_of.items() if i == victim)
+        os.kill(pid, signal.SIGKILL)
 
-    seen: dict[str, list[int]] = {s: [] for s in streams}
-    events: list[dict] = []
-    with Subscriber(eng.publish_endpoint, topics=["ecg/", "event/"]) as sub:
-        assert sub.wait_connected(10)
-        th = threading.Thread(target=source, daemon=True)
-        th.start()
-        last = time.monotonic()
-        while time.monotonic() - last < 2.0 or not sent.is_set():
-            c = sub.recv(timeout_s=0.1)
-            if c is None:
-                continue
-            last = time.monotonic()
-            if c.kind == "ecg":
-                seen[c.stream.removesuffix("/filtered")].append(int(c.meta["src_seq"]))
-            elif c.kind == "event":
-                events.append(c.body)
-        th.join(5)
+    seen, _, events, killed = live(eng, streams, n_chunks, period, kill_at, kill, quiet_s=2.0)
     assert "t" in killed
     restarted_in = pool.assigned_at[victim] - killed["t"]
     print(f"worker {victim} killed; replacement serving after {restarted_in:.3f} s")
     assert 0 < restarted_in < 5.0, f"replacement took {restarted_in:.2f} s"
     assert any(e["type"] == "worker_restarted" and e["worker"] == victim for e in events)
-    everything = list(range(n_chunks))
-    for s in others:  # not a sample lost, no restart
-        assert seen[s] == everything, s
-        assert not [e for e in events if e.get("stream") == s and e["type"] in ("gap", "stream_restarted")]
-    for s in mine:
-        restarts = [e for e in events if e.get("stream") == s and e["type"] == "stream_restarted"]
-        assert len(restarts) == 1 and restarts[0]["reason"] == "worker_restarted", s
-        last_ok = restarts[0]["last_seq"]
-        gaps = [e for e in events if e.get("stream") == s and e["type"] == "gap"]
-        lost = [q for g in gaps for q in range(g["first_missing_seq"], g["last_missing_seq"] + 1)]
-        assert len(gaps) <= 1
-        # exact: what was published plus what the gap reports is every chunk, once, in order
-        assert sorted(seen[s] + lost) == everything, (s, last_ok, gaps)
-        assert seen[s] == sorted(seen[s]) and not set(seen[s]) & set(lost)
-        assert all(q <= last_ok for q in seen[s] if q < (lost[0] if lost else n_chunks))
+    check_restarted_streams(seen, events, mine, others, n_chunks)
 
 
 def test_sigterm_during_start_up_ends_the_engine_and_its_processes(tmp_path: Any) -> None:

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +27,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
+from pool_harness import check_restarted_streams, live, run_streams
 
-from telediag.client import Subscriber
 from telediag.engine.config import load_config
 from telediag.engine.procs import owner_of
 from telediag.engine.runtime import Engine
-from telediag.transports.wire import Chunk, encode
 
 INSIDE = os.environ.get("TELEDIAG_RAY_NETNS") == "1"
-FS = 360.0
 inside = pytest.mark.skipif(not INSIDE, reason="runs inside the loopback namespace (started by "
                             "test_ray_backend_in_a_loopback_namespace)")
 
@@ -109,11 +105,6 @@ def ray_engine(cluster: str) -> Iterator[Engine]:
     eng.join(60)
 
 
-def _chunk(stream: str, seq: int, x: np.ndarray) -> Chunk:
-    return Chunk.signal("ecg", stream, seq, seq * 50_000_000, x, FS, ("I", "II"), ("mV", "mV"),
-                        meta={"session": "p"})
-
-
 @inside
 def test_the_cluster_is_two_nodes_on_loopback(ray_engine: Engine) -> None:
     import ray
@@ -130,39 +121,17 @@ def test_the_cluster_is_two_nodes_on_loopback(ray_engine: Engine) -> None:
     assert len(ids) == 2, ids
 
 
-def _run_streams(eng: Engine, streams: list[str], n_chunks: int) -> dict[str, list[Chunk]]:
-    rng = np.random.default_rng(3)
-    data = {s: rng.standard_normal((n_chunks * 30, 2)).cumsum(0) * 0.01 for s in streams}
-    with Subscriber(eng.publish_endpoint, topics=["ecg/"]) as sub:
-        assert sub.wait_connected(10)
-        ctx = zmq.Context()
-        p = ctx.socket(zmq.PUSH)
-        p.connect(eng.ingest_endpoint)
-        for k in range(n_chunks):
-            for s in streams:
-                p.send_multipart(encode(_chunk(s, k, data[s][k * 30:(k + 1) * 30])))
-        got: dict[str, list[Chunk]] = {}
-        end = time.monotonic() + 30
-        while time.monotonic() < end and sum(len(v) for v in got.values()) < n_chunks * len(streams):
-            c = sub.recv(timeout_s=0.1)
-            if c is not None and c.kind == "ecg":
-                got.setdefault(c.stream, []).append(c)
-        p.close()
-        ctx.term()
-    return got
-
-
 @inside
 def test_ray_and_thread_modes_publish_the_same_outputs(ray_engine: Engine) -> None:
     streams = [f"same-{i}/ecg" for i in range(4)]
     eng = Engine(_cfg("thread", 2), drain_idle_s=0.2)
     eng.start()
     try:
-        thread = _run_streams(eng, streams, 8)
+        thread, _ = run_streams(eng, streams, 8)
     finally:
         eng.stop()
         eng.join(30)
-    ray_out = _run_streams(ray_engine, streams, 8)
+    ray_out, _ = run_streams(ray_engine, streams, 8)
     assert sorted(thread) == sorted(ray_out) == sorted(f"{s}/filtered" for s in streams)
     for s in thread:
         a, b = thread[s], ray_out[s]
@@ -177,54 +146,6 @@ def test_ray_and_thread_modes_publish_the_same_outputs(ray_engine: Engine) -> No
     assert {s: owned[s] for s in streams} == {s: owner_of(s, 2) for s in streams}
 
 
-def _live(eng: Engine, streams: list[str], n_chunks: int, period: float, at: int,
-          action: Any) -> tuple[dict[str, list[int]], dict[str, list[int]], list[dict], dict[str, float]]:
-    """Send ``n_chunks`` paced chunks per stream, call ``action()`` before chunk ``at``, collect outputs."""
-    sent = threading.Event()
-    marks: dict[str, float] = {}
-
-    def source() -> None:
-        ctx = zmq.Context()
-        p = ctx.socket(zmq.PUSH)
-        p.connect(eng.ingest_endpoint)
-        x = np.zeros((18, 2), "<f4")
-        t0 = time.monotonic()
-        for k in range(n_chunks):
-            d = t0 + k * period - time.monotonic()
-            if d > 0:
-                time.sleep(d)
-            if k == at:
-                action()
-                marks["t"] = time.monotonic()
-            for s in streams:
-                p.send_multipart(encode(_chunk(s, k, x)))
-        p.close(linger=10000)
-        ctx.term()
-        sent.set()
-
-    src: dict[str, list[int]] = {s: [] for s in streams}
-    out_seq: dict[str, list[int]] = {s: [] for s in streams}
-    events: list[dict] = []
-    with Subscriber(eng.publish_endpoint, topics=["ecg/", "event/"]) as sub:
-        assert sub.wait_connected(10)
-        th = threading.Thread(target=source, daemon=True)
-        th.start()
-        last = time.monotonic()
-        while time.monotonic() - last < 3.0 or not sent.is_set():
-            c = sub.recv(timeout_s=0.1)
-            if c is None:
-                continue
-            last = time.monotonic()
-            if c.kind == "ecg":
-                s = c.stream.removesuffix("/filtered")
-                src[s].append(int(c.meta["src_seq"]))
-                out_seq[s].append(c.seq)
-            elif c.kind == "event":
-                events.append(c.body)
-        th.join(10)
-    return src, out_seq, events, marks
-
-
 @inside
 def test_adding_a_worker_moves_only_its_share(ray_engine: Engine) -> None:
     pool = ray_engine.pool
@@ -234,7 +155,7 @@ def test_adding_a_worker_moves_only_its_share(ray_engine: Engine) -> None:
     moving = [s for s in streams if owner_of(s, n + 1) == n]
     assert moving and len(moving) < len(streams)
     added: dict[str, int] = {}
-    src, out_seq, events, marks = _live(ray_engine, streams, 120, 0.05, 30,
+    src, out_seq, events, marks = live(ray_engine, streams, 120, 0.05, 30,
                                         lambda: added.setdefault("i", pool.add_worker()))
     assert added["i"] == n and pool.n == n + 1, "the new worker was not serving before the streams ended"
     everything = list(range(120))
@@ -277,25 +198,11 @@ def test_kill_9_of_a_ray_actor_mid_stream(ray_engine: Engine) -> None:
         pid = next(pid for pid, i in pool.index_of.items() if i == victim)
         os.kill(pid, signal.SIGKILL)
 
-    src, _, events, marks = _live(ray_engine, streams, n_chunks, 0.05, kill_at, kill)
+    src, _, events, marks = live(ray_engine, streams, n_chunks, 0.05, kill_at, kill)
     restarted_in = pool.assigned_at[victim] - marks["t"]
     print(f"RAY kill -9 of worker actor {victim}: replacement serving after {restarted_in:.3f} s", flush=True)
     assert 0 < restarted_in < 5.0, f"replacement took {restarted_in:.2f} s"
     assert any(e["type"] == "worker_restarted" and e["worker"] == victim for e in events)
-    everything = list(range(n_chunks))
-    for s in others:  # not a sample lost, no restart
-        assert src[s] == everything, s
-        assert not [e for e in events if e.get("stream") == s and e["type"] in ("gap", "stream_restarted")]
-    lost_total = 0
-    for s in mine:
-        restarts = [e for e in events if e.get("stream") == s and e["type"] == "stream_restarted"]
-        assert len(restarts) == 1 and restarts[0]["reason"] == "worker_restarted", s
-        gaps = [e for e in events if e.get("stream") == s and e["type"] == "gap"]
-        lost = [q for g in gaps for q in range(g["first_missing_seq"], g["last_missing_seq"] + 1)]
-        assert len(gaps) <= 1
-        # exact: what was published plus what the gap reports is every chunk, once, in order
-        assert sorted(src[s] + lost) == everything, (s, gaps)
-        assert src[s] == sorted(src[s]) and not set(src[s]) & set(lost)
-        lost_total += len(lost)
+    lost_total = check_restarted_streams(src, events, mine, others, n_chunks)
     print(f"RAY kill -9: {len(mine)} streams restarted, {lost_total} chunks reported lost in exact gaps, "
           f"{len(others)} other streams lost nothing", flush=True)
