@@ -189,12 +189,7 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
         finally:
             done.set()
             sub.close()
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = _stop(proc)
         res.update(first_stats_s=first_stats, first_beat_s=first_beat, first_beat_source_s=beat_src,
                    chunks_sent=len(sent), chunks_published=len(seqs), in_order=seqs == list(range(len(sent))),
                    engine_exit=proc.returncode)
@@ -208,6 +203,16 @@ def measure(cache_dir: str | None, *, seconds: float = 12.0, parallel: bool = Tr
         if proc.returncode not in (0, None):
             res["stderr_tail"] = err.decode(errors="replace")[-2000:]
         return res
+
+
+def _stop(proc: subprocess.Popen) -> bytes:
+    """SIGTERM ``proc`` (SIGKILL after 30 s more) and return its stderr."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1]
 
 
 def _env(cache_dir: str | None, aot: bool) -> dict[str, str]:
@@ -284,12 +289,7 @@ def measure_demo(cache_dir: str | None, *, aot: bool = True, timeout_s: float = 
             res["screenshot"] = str(shot)
         finally:
             browser.close()
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = _stop(proc)
     res["demo_exit"] = proc.returncode
     res["load_after"] = os.getloadavg()[0]
     if proc.returncode not in (0, -15, None):
