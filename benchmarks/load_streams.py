@@ -69,6 +69,7 @@ def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, rec
     sock.setsockopt(zmq.SNDHWM, 100000)
     sock.connect(ingest)
     ready.wait()
+    cpu0 = time.process_time()
     n_chunks = int(seconds * 1000 / chunk_ms)
     period = chunk_ms / 1000
     offsets = [(i * 7919) % (len(sig) - per * n_chunks - 1) for i in range(n_streams)]
@@ -94,7 +95,8 @@ def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, rec
             sock.send_multipart(encode(c), copy=False)
     sock.close(linger=10000)
     ctx.term()
-    result.put({"chunks_per_stream": n_chunks, "samples_per_stream": n_chunks * per, "late_ticks": late})
+    result.put({"chunks_per_stream": n_chunks, "samples_per_stream": n_chunks * per, "late_ticks": late,
+                "cpu_s": time.process_time() - cpu0})
 
 
 CLASSIFY_PIPELINE = """
@@ -166,6 +168,53 @@ def _proc_tree(pid: int) -> list[Path]:
     return out
 
 
+def _thread_cpu_s(roles: dict[str, list[Path]]) -> dict[str, float]:
+    """CPU seconds (user + system) per ``role:thread name`` of the given processes (Linux ``/proc``).
+
+    Thread names are the OS names (``td-router``, ``td-collector``, ``td-proxy``, ``td-w0`` in the
+    engine; ``ZMQbg/IO/0`` for libzmq's I/O threads; ``python`` for a process's main thread).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for role, dirs in roles.items():
+        for d in dirs:
+            try:
+                tasks = list((d / "task").iterdir())
+            except OSError:
+                continue
+            for t in tasks:
+                try:
+                    comm = (t / "comm").read_text().strip()
+                    stat = (t / "stat").read_text()
+                except OSError:
+                    continue
+                f = stat[stat.rindex(")") + 2:].split()
+                key = f"{role}:{comm}"
+                out[key] = out.get(key, 0.0) + (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def _cpu_roles(eng_pid: int, gen_pid: int | None, mode: str) -> dict[str, list[Path]]:
+    tree = _proc_tree(eng_pid)
+    roles = {"engine": [d for d in tree if d.name == str(eng_pid)],  # front end (+ the workers in thread mode)
+             "workers": [d for d in tree if d.name != str(eng_pid)] + (_ray_procs(actors=True) if mode == "ray" else [])}
+    if gen_pid is not None:
+        roles["generator"] = [Path(f"/proc/{gen_pid}")]
+    return roles
+
+
+def _cpu_report(before: dict[str, float], after: dict[str, float], chunks: int) -> dict[str, object]:
+    """µs of CPU per source chunk: per thread, per role (engine process, worker processes, generator)."""
+    per = {k: round((after.get(k, 0.0) - before.get(k, 0.0)) / chunks * 1e6, 1) for k in after}
+    per = {k: v for k, v in sorted(per.items()) if v > 0}
+    roles: dict[str, float] = {}
+    for k, v in per.items():
+        r = k.partition(":")[0]
+        roles[r] = round(roles.get(r, 0.0) + v, 1)
+    engine_side = round(roles.get("engine", 0.0) + roles.get("workers", 0.0), 1)
+    return {"cpu_us_per_chunk": engine_side, "cpu_us_per_chunk_roles": roles, "cpu_us_per_chunk_threads": per}
+
+
 def _rss_kb_tree(pid: int) -> int | None:
     """Resident memory of ``pid`` and its children (worker processes), in kB (Linux)."""
     total, found = 0, False
@@ -194,7 +243,7 @@ def _cluster_toml(worker_mode: str) -> str:
 
 def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
              record: str | None = None, verbose: bool = True, classify: str = "on",
-             stagger: bool = True, workers: int = 1, worker_mode: str = "thread") -> dict:
+             stagger: bool = True, workers: int = 1, worker_mode: str = "thread", cpu_profile: bool = False) -> dict:
     ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     cfg_path = Path(f"/tmp/telediag-load-{os.getpid()}.toml")
     extra = Path(config).read_text() if config else CLASSIFY_PIPELINE.format(classify=classify)
@@ -216,6 +265,8 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
         gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result, stagger))
         gen.start()
         time.sleep(0.5)
+        cpu0 = _thread_cpu_s(_cpu_roles(eng.pid, gen.pid, worker_mode)) if cpu_profile else {}
+        cpu1: dict[str, float] = {}
         ready.set()
         gen.join(seconds * 4 + 60)
         sent = result.get(timeout=10)
@@ -232,6 +283,9 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
                 break
         sampler.drain()
         rss_kb = _rss_kb_tree(eng.pid)
+        if cpu_profile:  # the generator has exited: its own process_time() stands in for /proc
+            cpu1 = {**_thread_cpu_s(_cpu_roles(eng.pid, None, worker_mode)),
+                    "generator:python": cpu0.get("generator:python", 0.0) + sent["cpu_s"]}
     finally:
         sub.close()
         sampler.close()
@@ -256,6 +310,9 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
            "median_stream_p50_ms": p50, "worst_stream_p99_ms": p99,
            "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
            "ok": lost == 0 and errors == 0 and pooled["p99"] <= 50.0}
+    if cpu_profile:
+        res.update(_cpu_report(cpu0, cpu1, n_streams * sent["chunks_per_stream"]))
+        res["load_avg"] = os.getloadavg()[0]
     sampler.record(res, n_streams, seconds, chunk_ms)
     if verbose:
         print(json.dumps(res), flush=True)
@@ -442,6 +499,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="with --modes: repeat the whole alternation this often")
     ap.add_argument("--ray-address", default="", help="ray modes: an existing Ray cluster (default: a local "
                     "two-node cluster in a loopback-only namespace, started and stopped here)")
+    ap.add_argument("--cpu-profile", action="store_true",
+                    help="paced run: CPU µs per source chunk per process role and thread (engine front end, "
+                    "worker processes, load generator); a load-insensitive comparison of modes at a fixed load")
     ap.add_argument("--throughput", action="store_true",
                     help="saturation run: all data at once; report chunks/s and CPU per chunk (see run_throughput)")
     a = ap.parse_args()
@@ -473,8 +533,9 @@ def main() -> None:
                     results.setdefault(key, []).append(_sweep(a, mode, workers))
                 else:
                     r = run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
-                                 stagger=not a.burst, workers=workers, worker_mode=mode)
-                    results.setdefault(key, []).append(r["ok"])
+                                 stagger=not a.burst, workers=workers, worker_mode=mode, cpu_profile=a.cpu_profile)
+                    results.setdefault(key, []).append(
+                        (r["cpu_us_per_chunk"], r["cpu_us_per_chunk_roles"]) if a.cpu_profile else r["ok"])
         if len(modes) > 1 or a.rounds > 1:
             what = ("(cpu_us_per_chunk, chunks_per_s, load_avg)" if a.throughput else
                     "most streams held" if a.sweep else "held")

@@ -176,11 +176,14 @@ class RayPool(WorkerPool):
                 try:
                     ray.get(r)
                     self._finished.add(k)  # STOP reached it: a clean end
+                    self._maybe_retired(k)
                     continue
                 except Exception as e:  # noqa: BLE001 - RayActorError & co: this actor's process died
                     err = e
                 if self._stopping.is_set():
                     self._finished.add(k)
+                    continue
+                if self._maybe_retired(k, kill=False):  # removed and died on its way out: no restart
                     continue
                 with self._lock:
                     served = self._slot_index.pop(k, None)
@@ -201,6 +204,27 @@ class RayPool(WorkerPool):
                         self._watch[self.actors[k].watch.remote()] = k
                 if permanent or self.config.cluster.max_restarts == 0:
                     self._launch(parallel_warmup=False)
+
+    def _maybe_retired(self, k: int, kill: bool = True) -> bool:
+        """Slot ``k``'s actor ended; if it served a removed index (scale in), account and free it."""
+        with self._lock:
+            served = self._slot_index.get(k)
+            if served is None or served[0] not in self.retiring:
+                return False
+            del self._slot_index[k]
+            self._dead_incs.add(served[1])
+            for pid in [p for p, i in self.index_of.items() if i == served[0]]:
+                del self.index_of[pid]
+        self._finished.add(k)
+        self._retired(served[0], None)  # exit codes are not known for actors
+        with self._wlock:
+            a = self.actors.pop(k, None)
+        if a is not None:
+            try:  # its CPUs go back to the cluster; Ray must not restart it
+                self._ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        return True
 
     def _start_failed(self) -> str | None:
         ray = self._ray

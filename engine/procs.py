@@ -84,13 +84,16 @@ def _mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def owner_of(stream: bytes | str, n_workers: int) -> int:
+def owner_of(stream: bytes | str, n_workers: int, gone: frozenset[int] | set[int] = frozenset()) -> int:
     """The worker that owns ``stream``: rendezvous (highest-random-weight) hashing.
 
-    Every worker ``i`` gets the weight ``mix64(crc32(stream) << 8 | i)`` and the highest wins,
-    so the choice is stable across processes and machines, spreads evenly, and changing the
-    number of workers from ``n`` to ``n + 1`` moves only the streams the new worker wins (about
-    ``1 / (n + 1)`` of them); every other stream keeps its owner (Thaler & Ravishankar 1998).
+    Every worker ``i`` in ``range(n_workers)`` but not in ``gone`` (removed workers) gets the
+    weight ``mix64(crc32(stream) << 8 | i)`` and the highest wins, so the choice is stable across
+    processes and machines, spreads evenly, and changing the set of workers moves only the
+    streams of the worker that joined or left: going from ``n`` to ``n + 1`` workers moves only
+    the streams the new worker wins (about ``1 / (n + 1)`` of them), removing worker ``k`` moves
+    only ``k``'s streams (each to the worker with its next-highest weight); every other stream
+    keeps its owner (Thaler & Ravishankar 1998).
     """
     if n_workers <= 1:
         return 0
@@ -98,6 +101,8 @@ def owner_of(stream: bytes | str, n_workers: int) -> int:
     h = zlib.crc32(b) << 8
     best, best_w = 0, -1
     for i in range(n_workers):
+        if gone and i in gone:
+            continue
         w = _mix64(h | i)
         if w > best_w:
             best, best_w = i, w
@@ -214,6 +219,31 @@ def pool_worker(config: Config, ctx: zmq.Context, inbox_addr: str, out_addr: str
     return w
 
 
+def name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-visible name (``/proc/<pid>/task/<tid>/comm``, top, py-spy).
+
+    Lets a profiler or the capacity benchmark (``load_streams.py --cpu-profile``) charge CPU time
+    to the engine's router, collector, proxy and worker threads. At most 15 bytes are kept. No-op
+    outside Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except OSError:  # pragma: no cover
+        pass
+
+
+def named(target: Callable[[], None], name: str) -> Callable[[], None]:
+    """``target`` run under the OS thread name ``name`` (see :func:`name_os_thread`)."""
+    def run() -> None:
+        name_os_thread(name)
+        target()
+
+    return run
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
@@ -325,6 +355,10 @@ class WorkerPool:
         self.inbox_addrs: list[str] = []  # worker index -> its inbox address (the router connects there)
         self.routes_version = 0  # bumped whenever inbox_addrs, n or dead change (the router re-reads them)
         self.dead: set[int] = set()  # indices whose worker died and has no replacement yet
+        # scale-in: removed indices (owner_of skips them); those whose worker is still handing its
+        # streams over and has not exited yet are also in ``retiring`` (index -> time asked)
+        self.gone: set[int] = set()
+        self.retiring: dict[int, float] = {}
         self.released: dict[bytes, dict[str, Any]] = {}  # stream -> release info from its old owner
         self.out_addr = out_addr
         self.ctrl_addr = ctrl_addr
@@ -351,7 +385,12 @@ class WorkerPool:
 
     def owner(self, stream: str | bytes) -> int:
         """The index that owns ``stream`` among the indices served now."""
-        return owner_of(stream, self.n)
+        return owner_of(stream, self.n, self.gone)
+
+    def active(self) -> list[int]:
+        """The worker indices that own streams now (served, not removed)."""
+        with self._lock:
+            return [i for i in range(self.n) if i not in self.gone]
 
     # -- to be provided by a launcher ----------------------------------------------------------
     def _launch(self, parallel_warmup: bool) -> None:
@@ -382,7 +421,7 @@ class WorkerPool:
 
         Raises RuntimeError on failure, timeout or when ``cancel`` is set meanwhile.
         """
-        self._collector = threading.Thread(target=self._collect, name="telediag-collector", daemon=True)
+        self._collector = threading.Thread(target=named(self._collect, "td-collector"), name="telediag-collector", daemon=True)
         self._bound = threading.Event()
         self._collector.start()
         if not self._bound.wait(10):
@@ -400,7 +439,7 @@ class WorkerPool:
                 raise RuntimeError(f"{self.kind} workers did not start within {timeout_s} s")
             if cancel is not None and cancel.is_set():
                 raise RuntimeError("start-up cancelled")
-        self._supervisor = threading.Thread(target=self._supervise, name="telediag-supervisor", daemon=True)
+        self._supervisor = threading.Thread(target=named(self._supervise, "td-supervisor"), name="telediag-supervisor", daemon=True)
         self._supervisor.start()
 
     def add_worker(self) -> int:
@@ -410,11 +449,52 @@ class WorkerPool:
         a clean handover (``stream_moved``). Returns the new index.
         """
         with self._lock:
-            i = self.n_target
-            self.n_target += 1
+            reuse = sorted(i for i in self.gone if i not in self.retiring and i not in self._unassigned)
+            if reuse:  # a removed index comes back (its worker has left): the layout stays compact
+                i = reuse[0]
+            else:
+                i = self.n_target
+                self.n_target += 1
             self._unassigned.append(i)
         self._launch(parallel_warmup=False)
         return i
+
+    def remove_worker(self, index: int | None = None) -> int:
+        """Take one worker out (scale in) with a clean handover of its streams; returns its index.
+
+        ``index`` defaults to the highest active one. Only that worker's streams move: rendezvous
+        hashing gives each the worker with its next-highest weight, every other stream keeps its
+        owner. The router sends the worker ``MOVE`` for each of its streams (then ``STOP``), so it
+        runs their pending model work, closes their pipelines and publishes ``stream_moved``
+        before the new owners resume them from ``last_seq + 1`` (no chunk lost or repeated); then
+        it exits and ``event/engine`` gets ``worker_removed``. No replacement is started (a warm
+        spare stays a spare); :meth:`add_worker` later serves the index again.
+
+        Raises ValueError for an index that is not active, is dead (its replacement pending),
+        or is the last active one.
+        """
+        with self._lock:
+            active = [i for i in range(self.n) if i not in self.gone]
+            i = active[-1] if index is None and active else index
+            if i not in active:
+                raise ValueError(f"worker {i} is not an active worker index (active: {active})")
+            if len(active) < 2:
+                raise ValueError("cannot remove the last worker")
+            if i in self.dead or i in self._unassigned:
+                raise ValueError(f"worker {i} is being replaced after a crash; remove it once it serves")
+            self.gone.add(i)
+            self.retiring[i] = time.monotonic()
+            self.routes_version += 1
+        return i
+
+    def _retired(self, i: int, exitcode: int | None) -> None:
+        """The worker of removed index ``i`` has exited (after its handovers): say so, no restart."""
+        with self._lock:
+            asked = self.retiring.pop(i, None)
+            self.assigned_at.pop(i, None)
+            self.routes_version += 1
+            self._events.append({"type": "worker_removed", "worker": i, "exitcode": exitcode,
+                                 "after_s": round(time.monotonic() - asked, 3) if asked is not None else None})
 
     def _worker_died(self, i: int, exitcode: int | None) -> bool:
         """Account a dead worker that served index ``i``; False when it is a crash loop (give up)."""
@@ -475,12 +555,15 @@ class WorkerPool:
                     self.inbox_addrs.append("")
                 self.inbox_addrs[i] = inbox
                 self.dead.discard(i)
+                if i in self.gone:  # a removed index served again (add_worker): its streams arrive by handover
+                    self.gone.discard(i)
+                    new = True
                 if new:
-                    self.n = i + 1
+                    self.n = max(self.n, i + 1)
                 self.routes_version += 1
                 self._on_assigned(i, info)
             # a new index starts empty (its streams arrive by handover); a replacement resumes the dead one's
-            mine = {} if new else {s: q for s, q in self.progress.items() if owner_of(s, self.n) == i}
+            mine = {} if new else {s: q for s, q in self.progress.items() if owner_of(s, self.n, self.gone) == i}
             ctrl.send_multipart([ident, json.dumps({"index": i, "resume": mine, "inbox": inbox}).encode()])
 
     def _on_assigned(self, i: int, info: dict[str, Any]) -> None:
@@ -657,6 +740,9 @@ class ProcessPool(WorkerPool):
                 with self._lock:
                     self.procs.remove(p)
                     i = self.index_of.pop(p.pid, None)
+                if i is not None and i in self.retiring:  # removed (scale in): it left after its handovers
+                    self._retired(i, p.exitcode)
+                    continue
                 if i is not None and not self._worker_died(i, p.exitcode):
                     return
                 self._launch(parallel_warmup=False)  # the next spare (or this index's replacement)
@@ -702,6 +788,7 @@ class PoolRouter:
         self.outs: dict[int, zmq.Socket] = {}
         self.addrs: dict[int, str] = {}
         self.n = 0
+        self.gone: frozenset[int] = frozenset()  # removed indices (pool.gone as last read)
         self.version = -1
         self.owners: dict[bytes, int] = {}
         self.held: dict[bytes, tuple[int, float, deque[Any]]] = {}  # moving stream -> (new owner, since, chunks)
@@ -759,26 +846,30 @@ class PoolRouter:
                 addrs = list(pool.inbox_addrs[:pool.n])
                 n = pool.n
                 dead = set(pool.dead)
+                gone = frozenset(pool.gone)
             for i in dead:
                 if i not in self.down:
                     self.down[i] = deque()
             for i, a in enumerate(addrs):
-                if a and i not in dead and self.addrs.get(i) != a:
+                if a and i not in dead and i not in gone and self.addrs.get(i) != a:
                     self._connect(i, a)
             for i in [i for i in self.down if i not in dead and i in self.outs and i not in self.link_down]:
                 for msg in self.down.pop(i):
                     self._send(i, msg)
-            if n > self.n:
-                old_n, self.n = self.n, n
+            if n != self.n or gone != self.gone:
+                old_n, old_gone = self.n, self.gone
+                self.n, self.gone = n, gone
                 if old_n:
                     self._move(n)
+                for i in sorted(gone - old_gone):  # removed: after its MOVEs, STOP it and let it go
+                    self._retire(i)
         if self.held:
             self._release()
 
     def _move(self, n: int) -> None:
         now = time.monotonic()
         for s, i in list(self.owners.items()):
-            j = owner_of(s, n)
+            j = owner_of(s, n, self.gone)
             if j == i:
                 continue
             self.owners[s] = j
@@ -788,6 +879,34 @@ class PoolRouter:
             else:
                 self._send(i, [MOVE, s, str(j).encode()])
                 self.held[s] = (j, now, deque())
+
+    def _retire(self, i: int) -> None:
+        """A removed index: STOP after the MOVEs already queued to it, then drop its socket.
+
+        The worker hands over the streams it was told to move, closes any others, publishes its
+        last stats and exits (the pool counts that as a removal, not a crash). Chunks held for it
+        while its link was down (it died meanwhile) are not lost: their streams resume from the
+        collector's progress on their new owners (``stream_restarted`` + exact ``gap``).
+        """
+        self.down.pop(i, None)
+        s = self.outs.pop(i, None)
+        self.addrs.pop(i, None)
+        mon = self.monitors.pop(i, None)
+        self.link_down.discard(i)
+        if s is None:
+            return
+        try:
+            s.send(STOP, flags=zmq.NOBLOCK)
+        except zmq.Again:  # its inbox is full: it will have read everything before it sees STOP anyway
+            s.poll(2000, zmq.POLLOUT)
+            try:
+                s.send(STOP, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if mon is not None:
+            s.disable_monitor()
+            mon.close(0)
+        s.close(linger=5000)
 
     def _release(self) -> None:
         now = time.monotonic()
@@ -814,7 +933,7 @@ class PoolRouter:
             self._check_links()
         i = self.owners.get(stream)
         if i is None:
-            i = self.owners[stream] = owner_of(stream, self.n)
+            i = self.owners[stream] = owner_of(stream, self.n, self.gone)
             if len(self.owners) > 100_000:  # bounded: ids come from the network
                 self.owners.clear()
         if self.held and stream in self.held:

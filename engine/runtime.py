@@ -27,7 +27,7 @@ import zmq
 
 from telediag.engine.config import Config, load_config
 from telediag.engine.metrics import SocketMonitor
-from telediag.engine.procs import PoolRouter, ProcessPool, WorkerPool, owner_of
+from telediag.engine.procs import PoolRouter, ProcessPool, WorkerPool, named, owner_of
 from telediag.engine.video_proc import VideoProcess
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, STOP, Worker
@@ -100,6 +100,7 @@ class Engine:
         self._router_thread: threading.Thread | None = None
         self.routed = 0
         self._add_requests = 0  # SIGUSR1 (process/ray mode): add one worker
+        self._remove_requests = 0  # SIGUSR2 (process/ray mode): remove one worker
         self.started = threading.Event()
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -152,7 +153,7 @@ class Engine:
                 xpub.close(2000)
                 ctrl_in.close(0)
 
-        t = threading.Thread(target=proxy, name="telediag-proxy", daemon=True)
+        t = threading.Thread(target=named(proxy, "td-proxy"), name="telediag-proxy", daemon=True)
         t.start()
         self._proxy_thread = t
 
@@ -194,7 +195,7 @@ class Engine:
         else:
             self.workers[0].extra_stats = self.socket_stats  # connected subscribers etc. on stats/engine/w0
         for w in self.workers:
-            t = threading.Thread(target=w.run, name=f"telediag-w{w.index}", daemon=True)
+            t = threading.Thread(target=named(w.run, f"td-w{w.index}"), name=f"telediag-w{w.index}", daemon=True)
             t.start()
             self._threads.append(t)
             deadline = time.monotonic() + 300  # warm-up may compile Numba kernels on a cold cache
@@ -203,12 +204,12 @@ class Engine:
                     raise StartCancelled("stop requested during start-up")
                 if time.monotonic() > deadline:
                     raise EngineError(f"worker {w.index} did not start")
-        vt = threading.Thread(target=self.video_worker.run, name="telediag-video", daemon=True)
+        vt = threading.Thread(target=named(self.video_worker.run, "td-video"), name="telediag-video", daemon=True)
         vt.start()
         self._threads.append(vt)
         if not self.video_worker.ready.wait(10):
             raise EngineError("video worker did not start")
-        self._router_thread = threading.Thread(target=self._route, name="telediag-router", daemon=True)
+        self._router_thread = threading.Thread(target=named(self._route, "td-router"), name="telediag-router", daemon=True)
         self._router_thread.start()
         self.metrics = None
         if e.metrics:
@@ -222,7 +223,8 @@ class Engine:
     def worker_stats(self) -> list[dict[str, Any]]:
         """The last stats body of every biosignal worker (threads or processes)."""
         if self.process_mode:
-            return [self._proc_stats[i] for i in sorted(self._proc_stats)]
+            gone = self.pool.gone if self.pool is not None else set()
+            return [self._proc_stats[i] for i in sorted(self._proc_stats) if i not in gone]
         return [w.last_stats for w in self.workers]
 
     def _metrics_stats(self) -> list[dict[str, Any]]:
@@ -363,6 +365,15 @@ class Engine:
                 i = self.pool.add_worker()
                 print(f"telediag engine: adding worker {i} (a warm spare takes it; its streams move with "
                       "stream_moved)", flush=True)
+            while self._remove_requests > 0 and self.pool is not None:  # SIGUSR2: scale in by one worker
+                self._remove_requests -= 1
+                try:
+                    i = self.pool.remove_worker()
+                except ValueError as e:
+                    print(f"telediag engine: not removing a worker: {e}", flush=True)
+                    continue
+                print(f"telediag engine: removing worker {i} (its streams move to the others with "
+                      "stream_moved, then it exits)", flush=True)
             why = self.dead_worker()
             if why is not None:
                 if self.error is None:
@@ -430,7 +441,8 @@ class Engine:
 
         The first signal drains and stops (bounded by ``drain_max_s`` plus a grace period);
         a second one stops at once. In process and ray modes SIGUSR1 adds one worker (scale out;
-        only the streams it wins move, each with ``stream_moved``). A worker that dies ends the run with
+        only the streams it wins move, each with ``stream_moved``) and SIGUSR2 removes the highest
+        active one (scale in; only its streams move, each with ``stream_moved``, then it exits). A worker that dies ends the run with
         :class:`EngineError`, so ``telediag run`` exits non-zero instead of hanging.
         """
 
@@ -442,9 +454,13 @@ class Engine:
         def on_usr1(signum: int, frame: FrameType | None) -> None:
             self._add_requests += 1  # handled in wait(): process and ray modes
 
+        def on_usr2(signum: int, frame: FrameType | None) -> None:
+            self._remove_requests += 1  # handled in wait(): process and ray modes
+
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.pool is not None or self.process_mode:
             old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
+            old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
         try:
             try:
                 self.start()

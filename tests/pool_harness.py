@@ -133,3 +133,35 @@ def check_restarted_streams(src: dict[str, list[int]], events: list[dict], mine:
         assert all(q <= last_ok for q in src[s] if q < (lost[0] if lost else n_chunks)), (s, last_ok)
         lost_total += len(lost)
     return lost_total
+
+
+def check_removed_worker(src: dict[str, list[int]], out_seq: dict[str, list[int]], events: list[dict],
+                         n: int, victim: int, n_chunks: int) -> list[str]:
+    """Assert the outcome of removing worker ``victim`` of ``n`` mid-stream; return the moved streams.
+
+    Only the victim's streams moved, each with exactly one ``stream_moved`` to the worker with its
+    next-highest rendezvous weight; every stream's outputs cover every chunk once, in order, with
+    output ``seq`` contiguous and no ``gap``/``stream_restarted``; ``event/engine`` has one
+    ``worker_removed`` for the victim.
+    """
+    from telediag.engine.procs import owner_of
+
+    everything = list(range(n_chunks))
+    moving = [s for s in src if owner_of(s, n) == victim]
+    for s in src:
+        mine = [e for e in events if e.get("stream") == s]
+        why = (s, sorted(set(everything) - set(src[s])), [e for e in mine if e["type"] != "quality"])
+        assert src[s] == everything, why  # nothing lost, nothing twice, in order
+        assert out_seq[s] == list(range(len(out_seq[s]))), why  # output seq continues across the handover
+        assert not [e for e in mine if e["type"] in ("gap", "stream_restarted")], why
+        moved = [e for e in mine if e["type"] == "stream_moved"]
+        if s in moving:
+            assert len(moved) == 1, why
+            m = moved[0]
+            assert (m["from_worker"], m["to_worker"]) == (victim, owner_of(s, n, {victim})), m
+            assert 0 <= m["last_seq"] < n_chunks - 1, m
+        else:
+            assert not moved, why
+    removed = [e for e in events if e["type"] == "worker_removed"]
+    assert [e["worker"] for e in removed] == [victim], removed
+    return moving

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pool_harness import check_restarted_streams, live, run_streams
+from pool_harness import check_removed_worker, check_restarted_streams, live, run_streams
 
 from telediag.engine.config import load_config
 from telediag.engine.runtime import Engine, owner_of
@@ -51,6 +51,16 @@ def test_owner_is_rendezvous_hashing() -> None:
     # adding a 4th worker moves only the streams it wins; every other stream keeps its owner
     moved = [(a, b) for a, b in zip(three, four, strict=True) if a != b]
     assert all(b == 3 for _, b in moved) and 70 < len(moved) < 130
+
+
+def test_removing_a_worker_moves_only_its_streams() -> None:
+    streams = [f"bed-{i}/ecg" for i in range(400)]
+    three = [owner_of(s, 3) for s in streams]
+    without_1 = [owner_of(s, 3, {1}) for s in streams]
+    for a, b in zip(three, without_1, strict=True):
+        assert b == a if a != 1 else b in (0, 2)  # only worker 1's streams move...
+    went = [b for a, b in zip(three, without_1, strict=True) if a == 1]
+    assert min(went.count(0), went.count(2)) > 40  # ...spread over the workers left
 
 
 def test_process_and_thread_modes_publish_the_same_outputs(proc_engine: Engine) -> None:
@@ -163,3 +173,28 @@ def test_aggregate_pools_the_workers_histograms() -> None:
     assert agg["streams"] == 12 and agg["chunks_in"] == 120 and agg["rejects"] == {"topic": 3}
     assert agg["process_restarts"] == 3
     assert agg["latency_ms"] == pooled.summary_ms()
+
+
+def test_remove_a_worker_process_mid_stream(proc_engine: Engine) -> None:
+    """Scale in: worker 1 of 3 leaves during 20 live streams; only its streams move, nothing is lost."""
+    eng = proc_engine
+    pool = eng.pool
+    assert pool is not None
+    pool.add_worker()  # 3 workers first (a warm spare takes index 2), so a middle one can leave
+    deadline = time.monotonic() + 120
+    while (pool.n < 3 or 2 not in pool.assigned_at) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool.n == 3 and pool.active() == [0, 1, 2], "the third worker did not start"
+    victim, n, n_chunks = 1, 3, 120
+    streams = [f"ward-{i}/ecg" for i in range(20)]
+    pid = next(p for p, i in pool.index_of.items() if i == victim)
+    src, out_seq, events, marks = live(eng, streams, n_chunks, 0.05, 30, lambda: pool.remove_worker(victim))
+    moved = check_removed_worker(src, out_seq, events, n, victim, n_chunks)
+    assert moved and len(moved) < len(streams)
+    assert pool.active() == [0, 2] and victim not in pool.index_of.values()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and _state(pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or _state(pid) == "Z", "the removed worker process did not exit"
+    assert victim not in [b["worker"] for b in eng.worker_stats()]  # its stale stats are not aggregated
+    print(f"worker {victim} removed: {len(moved)} of {len(streams)} streams moved, the others kept their owner")
