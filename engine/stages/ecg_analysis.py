@@ -155,6 +155,11 @@ __all__ = [
 IntArray = NDArray[np.int64]
 
 _HOLDS = ("verdict", "none")
+JITTER_TOLERANCE_S = 0.1
+"""A ``t0_ns`` later than expected by less than this, on a chunk whose ``seq`` follows the previous
+one, is timestamp jitter for the alarms and the AF detector (no samples were lost in transport; a
+lost stretch this short cannot hold a whole QRS complex): they go on measuring intervals across it.
+Published sample indices still skip it (:class:`Timeline`)."""
 _UNITS_PER_MV = {"mv": 1.0, "uv": 1000.0, "µv": 1000.0, "μv": 1000.0, "v": 0.001}
 
 
@@ -185,6 +190,12 @@ class EcgAnalysisParams(StageParams):
         anything else counts as mV).
     adc_min, adc_max : float
         ADC rails in signal units (``-inf``/``inf``: unknown, the default).
+    implausible_mv : float
+        A sample whose magnitude exceeds this many mV (default 500: beyond the +-300 mV electrode
+        offset an ECG amplifier must tolerate, IEC 60601-2-27) is no ECG (a glitch, garbage,
+        unconverted counts): it is treated as missing (NaN: leads-off, never a beat), because a
+        single such spike would otherwise set the QRS detector's signal level so high that it
+        found no beat for minutes (false asystole); 0 turns the check off.
     flat_mv, noise_on, noise_off, usable_sqi : float
         Quality thresholds (see :mod:`telediag.dsp.quality`).
     suppress_unusable : bool
@@ -241,6 +252,7 @@ class EcgAnalysisParams(StageParams):
     units_per_mv: float = 0.0
     adc_min: float = -math.inf
     adc_max: float = math.inf
+    implausible_mv: float = 500.0
     flat_mv: float = 0.01
     noise_on: float = 0.3
     noise_off: float = 0.5
@@ -312,6 +324,8 @@ class EcgAnalysisParams(StageParams):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if not (math.isfinite(self.units_per_mv) and self.units_per_mv >= 0):
             raise ValueError(f"units_per_mv must be >= 0 (0: from the stream's units), got {self.units_per_mv}")
+        if not (math.isfinite(self.implausible_mv) and self.implausible_mv >= 0):
+            raise ValueError(f"implausible_mv must be >= 0 (0: off), got {self.implausible_mv!r}")
         if math.isnan(self.adc_min) or math.isnan(self.adc_max) or self.adc_min >= self.adc_max:
             raise ValueError(f"need adc_min < adc_max, got adc_min={self.adc_min}, adc_max={self.adc_max}")
         if not (math.isfinite(self.alarm_technical_s) and 0 < self.alarm_technical_s <= 60):
@@ -388,6 +402,8 @@ class EcgAnalysisState:
     n_beats, n_unusable : int
         Counters of published usable and unusable beats.
     closed : bool
+    last_seq : int or None
+        ``seq`` of the last chunk processed (tells timestamp jitter from loss).
     """
 
     detector: QRSDetector
@@ -403,6 +419,7 @@ class EcgAnalysisState:
     n_beats: int = 0
     n_unusable: int = 0
     closed: bool = False
+    last_seq: int | None = None
 
     @property
     def quality(self) -> SignalQuality:
@@ -456,6 +473,8 @@ class EcgAnalysis(Stage):
             units = spec.units if len(spec.units) == n_ch else ("mV",) * n_ch
             upm = [_UNITS_PER_MV.get(u.strip().lower(), 1.0) for u in units]
         keep = round(max(60.0, 2 * p.history_s) * fs)
+        self._implausible = (np.broadcast_to(np.asarray(upm, dtype=np.float64) * p.implausible_mv, (n_ch,)).copy()
+                             if p.implausible_mv > 0 else None)
         timeline = Timeline(fs, keep=keep)
         try:
             detector = QRSDetector(fs, **dict(p.qrs))
@@ -492,6 +511,7 @@ class EcgAnalysis(Stage):
                     self._clf_problem = f"the beat classifier cannot load: {type(e).__name__}: {e}"
 
         self._fs = fs
+        self._jitter_samples = max(1, round(JITTER_TOLERANCE_S * fs))
         self._stamp = stamp = timeline.stamp
         self._source = timeline.source
         cap = max(1, round(p.history_s * fs))
@@ -503,6 +523,7 @@ class EcgAnalysis(Stage):
             rhythm=rhythm, alarms=alarms, technical=technical, labeller=labeller,
             timeline=timeline, history=SignalHistory(np.zeros((cap, n_ch))),
         )
+        rhythm.attach(self.state.history, p.lead)  # AF needs absent P waves too (dsp.atrial)
         self.spec = spec
         self._stream = spec.stream
         self._lead_name = spec.channels[p.lead] if spec.channels else str(p.lead)
@@ -534,10 +555,20 @@ class EcgAnalysis(Stage):
             raise ConfigError(
                 f"stream {chunk.stream!r} opened with {n_ch} channel(s), chunk has shape {x.shape}"
             )
+        lim = self._implausible
+        if lim is not None and x.size:
+            wild = np.abs(x) > lim  # NaN compares false: stays NaN
+            if wild.any():
+                x = np.where(wild, np.nan, x)
         n = x.shape[0]
         start = st.n_seen
         lost = st.timeline.observe(start, chunk.t0_ns) if n else 0
-        if lost:  # no interval across a gap is measured (pause, asystole, AF)
+        contiguous = st.last_seq is not None and chunk.seq == st.last_seq + 1
+        st.last_seq = chunk.seq
+        if lost and not (contiguous and lost < self._jitter_samples):
+            # no interval across a gap is measured (pause, asystole, AF); a small t0 departure on
+            # a contiguous seq is timestamp jitter, not loss: counting it as a gap would restart
+            # the asystole interval at every jittery chunk and silence asystole
             if st.alarms is not None:
                 st.alarms.gap(start)
             st.rhythm.gap(start)
@@ -586,7 +617,43 @@ class EcgAnalysis(Stage):
             labelled = lab.finish(lab.push(np.empty(0), decided, final=True), None, n_seen=st.n_seen, final=True)
         empty = SQIUpdate.concatenate([], self.spec.n_channels if self.spec else 1)
         self._emit(out, decided, labelled, empty, [], end=st.n_seen, final=True, late=late)
+        self._end_open(out, st.n_seen)
         return out
+
+    def _end_open(self, out: Outputs, end: int) -> None:
+        """End every alarm and quality event still on when the stream closes (new session,
+        handover to another worker, engine stop): ``off``/``end`` at ``end`` with ``detail.reason
+        = "stream_closed"``, so no consumer keeps an alarm on that nothing would ever end. The
+        stream's next pipeline raises what still holds afresh."""
+        st = self.state
+        why = {"reason": "stream_closed"}
+        ends: list[AlarmEvent] = []
+        if st.alarms is not None:
+            for kind, onset in sorted(st.alarms.state.active.items(), key=lambda kv: kv[1]):
+                ends.append(AlarmEvent(kind, "off", onset, max(end, onset), dict(why)))
+            st.alarms.state.active.clear()
+        if st.rhythm.in_af:
+            onset = st.rhythm.onset if st.rhythm.onset is not None else end
+            ends.append(AlarmEvent("afib", "off", onset, max(end, onset), dict(why)))
+        tech = st.technical
+        if tech is not None and tech.state.active is not None:
+            t = tech.state
+            ends.append(AlarmEvent(t.active, "off", t.onset, max(end, t.onset), {"causes": sorted(t.cause), **why}))
+            t.active = None
+        for a in ends:
+            out.records.append(Chunk.record("alarm", self._stream, 0, self._stamp(a.onset)[1], self._alarm_body(a)))
+        for ev in st.quality.open_events():
+            body = self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset)))
+            out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
+
+    def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
+        stamp = self._stamp
+        on_src, on_t = stamp(a.onset)
+        return {"type": a.type, "state": a.state, "onset_sample": on_src, "onset_ns": on_t,
+                "end_sample": None if a.end is None else stamp(a.end)[0],
+                "end_ns": None if a.end is None else stamp(a.end)[1],
+                "detail": a.detail, "lead": self._lead_name,
+                "category": "technical" if a.type in TECHNICAL else "physiological"}
 
     # -- outputs --------------------------------------------------------------------------
     def _emit(self, out: Outputs, decided: list[Decided], labelled: list[Labelled], rows: SQIUpdate,
@@ -708,13 +775,8 @@ class EcgAnalysis(Stage):
         for tick_body in hrv_ticks:
             out.records.append(Chunk.record("hrv", self._stream, 0, tick_body["t_ns"], tick_body))
         for a in alarm_events:
-            on_src, on_t = stamp(a.onset)
-            body = {"type": a.type, "state": a.state, "onset_sample": on_src, "onset_ns": on_t,
-                    "end_sample": None if a.end is None else stamp(a.end)[0],
-                    "end_ns": None if a.end is None else stamp(a.end)[1],
-                    "detail": a.detail, "lead": self._lead_name,
-                    "category": "technical" if a.type in TECHNICAL else "physiological"}
-            out.records.append(Chunk.record("alarm", self._stream, 0, on_t, body))
+            body = self._alarm_body(a)
+            out.records.append(Chunk.record("alarm", self._stream, 0, body["onset_ns"], body))
         ev_bodies = [self._event_body(e) for e in events]
         if rows.block_start.size or ev_bodies or unusable or final:
             blocks = []
