@@ -191,3 +191,19 @@ def test_no_false_brady_after_saturation(rec101: np.ndarray, mitdb: Path) -> Non
     al, _, _ = run_stage(_artefact(rec101, "clipped", mitdb.parent / "nstdb"))
     assert "signal_unusable" in on(al)
     assert not on(al) & PHYSIO, al
+
+
+def test_implausible_bound_only_where_the_unit_is_known(rec101: np.ndarray) -> None:
+    # integer ADC units without gain (PROTOCOL 6.1: analysed as they are) must not be taken for
+    # out-of-range mV: MIT-BIH's raw values (~1024 +- 200 adu) keep their beats and raise no alarm
+    st = _analysis()
+    st.open(StreamSpec("s/ecg", "ecg", FS, NAMES, ("adu", "adu")))
+    adu = (rec101 * 200 + 1024).astype("<i2")
+    recs = []
+    for i, k in enumerate(range(0, len(adu), 360)):
+        recs += st.process(Chunk.signal("ecg", "s/ecg", i, round(k / FS * 1e9), adu[k:k + 360], FS, NAMES,
+                                        ("adu", "adu"))).records
+    recs += st.close().records
+    beats = [b for r in recs if r.kind == "beats" for b in r.body["beats"] if b["usable"]]
+    assert len(beats) > 50
+    assert not [r.body for r in recs if r.kind == "alarm"]

@@ -195,7 +195,8 @@ class EcgAnalysisParams(StageParams):
         offset an ECG amplifier must tolerate, IEC 60601-2-27) is no ECG (a glitch, garbage,
         unconverted counts): it is treated as missing (NaN: leads-off, never a beat), because a
         single such spike would otherwise set the QRS detector's signal level so high that it
-        found no beat for minutes (false asystole); 0 turns the check off.
+        found no beat for minutes (false asystole); 0 turns the check off. Only channels whose
+        unit is mV, uV or V (or with ``units_per_mv`` set) are checked: ADC units are not.
     flat_mv, noise_on, noise_off, usable_sqi : float
         Quality thresholds (see :mod:`telediag.dsp.quality`).
     suppress_unusable : bool
@@ -473,8 +474,13 @@ class EcgAnalysis(Stage):
             units = spec.units if len(spec.units) == n_ch else ("mV",) * n_ch
             upm = [_UNITS_PER_MV.get(u.strip().lower(), 1.0) for u in units]
         keep = round(max(60.0, 2 * p.history_s) * fs)
-        self._implausible = (np.broadcast_to(np.asarray(upm, dtype=np.float64) * p.implausible_mv, (n_ch,)).copy()
-                             if p.implausible_mv > 0 else None)
+        # the bound applies where the scale is known: units_per_mv given, or a channel in mV, uV or V
+        # (integer ADC units without gain, "adu" or "", are analysed as they are: no bound)
+        known = [p.units_per_mv > 0 or (i < len(spec.units) and spec.units[i].strip().lower() in _UNITS_PER_MV)
+                 for i in range(n_ch)]
+        self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
+                                      * p.implausible_mv, np.inf)
+                             if p.implausible_mv > 0 and any(known) else None)
         timeline = Timeline(fs, keep=keep)
         try:
             detector = QRSDetector(fs, **dict(p.qrs))
