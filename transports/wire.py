@@ -119,6 +119,16 @@ _VIDEO_KEYS: Final = ("codec", "width", "height", "pix_fmt", "fps", "keyframe")
 _PEEK_HEADER_BYTES: Final = 1 << 16  # largest header read for a reject's (stream, seq)
 
 
+#: Stream ids, and channel/unit tuples (by identity, with a reference held so the id stays
+#: theirs; only tuples of non-empty exact ``str``, valid as channels and as units), that passed
+#: their checks when a Chunk was built: both are immutable, so a pass stays a pass and the checks
+#: need not run again for every chunk and record of a stream (the engine builds several a chunk).
+#: Bounded: cleared when full.
+_STREAMS_OK: set[str] = set()
+_LABELS_OK: dict[int, tuple[str, ...]] = {}
+_OK_MAX: Final = 4096
+
+
 def _fail(reason: str, message: str) -> ProtocolError:
     return ProtocolError(reason, message)
 
@@ -451,11 +461,23 @@ class Chunk:
             raise _relabel(e) from None
 
     def _normalize(self) -> None:
+        # Each check below has a fast path for the values the engine builds (exact int / float
+        # in range, an already checked stream id or label tuple, empty meta) that accepts exactly
+        # what the full check accepts and leaves the value as the full check would.
         set_ = object.__setattr__
         _check_kind(self.kind)
-        _check_stream(self.stream)
-        set_(self, "seq", _check_int("seq", _index("seq", self.seq), 0, _I64_MAX))
-        set_(self, "t0_ns", _check_int("t0_ns", _index("t0_ns", self.t0_ns), _I64_MIN, _I64_MAX))
+        stream = self.stream
+        if type(stream) is not str or stream not in _STREAMS_OK:
+            _check_stream(stream)
+            if len(_STREAMS_OK) >= _OK_MAX:
+                _STREAMS_OK.clear()
+            _STREAMS_OK.add(stream)
+        seq = self.seq
+        if type(seq) is not int or not 0 <= seq <= _I64_MAX:
+            set_(self, "seq", _check_int("seq", _index("seq", seq), 0, _I64_MAX))
+        t0 = self.t0_ns
+        if type(t0) is not int or not _I64_MIN <= t0 <= _I64_MAX:
+            set_(self, "t0_ns", _check_int("t0_ns", _index("t0_ns", t0), _I64_MIN, _I64_MAX))
 
         n_set = (self.data is not None) + (self.body is not None) + (self.packet is not None)
         if n_set != 1:
@@ -483,25 +505,33 @@ class Chunk:
                     f"packet is {len(self.packet)} bytes, limit is {MAX_PAYLOAD_BYTES}",
                 )
 
-        if self.rate_hz is not None:
-            set_(self, "rate_hz", _check_positive_float("rate_hz", _real("rate_hz", self.rate_hz)))
-        if isinstance(self.channels, str) or isinstance(self.units, str):
-            raise _fail("bad_field", "channels and units must be sequences of strings, not str")
-        set_(
-            self,
-            "channels",
-            _check_labels("channels", _seq(self.channels), allow_empty_items=False),
-        )
-        set_(self, "units", _check_labels("units", _seq(self.units), allow_empty_items=True))
+        rate = self.rate_hz
+        if rate is not None and not (type(rate) is float and math.isfinite(rate) and rate > 0.0):
+            set_(self, "rate_hz", _check_positive_float("rate_hz", _real("rate_hz", rate)))
+        ch, un = self.channels, self.units
+        if not ((type(ch) is tuple and (not ch or _LABELS_OK.get(id(ch)) is ch))
+                and (type(un) is tuple and (not un or _LABELS_OK.get(id(un)) is un))):
+            if isinstance(ch, str) or isinstance(un, str):
+                raise _fail("bad_field", "channels and units must be sequences of strings, not str")
+            ch = _check_labels("channels", _seq(ch), allow_empty_items=False)
+            un = _check_labels("units", _seq(un), allow_empty_items=True)
+            set_(self, "channels", ch)
+            set_(self, "units", un)
+            if len(_LABELS_OK) >= _OK_MAX:
+                _LABELS_OK.clear()
+            for t in (ch, un):  # only tuples valid as channels and as units (no empty item)
+                if t and all(type(v) is str and v for v in t):
+                    _LABELS_OK[id(t)] = t
         if self.video is not None and not isinstance(self.video, VideoSpec):
             raise _fail("bad_field", f"video must be a VideoSpec, got {type(self.video).__name__}")
 
-        if self.meta is None:
+        meta = self.meta
+        if meta is None or (type(meta) is dict and not meta):
             set_(self, "meta", {})
-        elif not isinstance(self.meta, Mapping):
-            raise _fail("bad_field", f"meta must be a mapping, got {type(self.meta).__name__}")
+        elif not isinstance(meta, Mapping):
+            raise _fail("bad_field", f"meta must be a mapping, got {type(meta).__name__}")
         else:
-            meta = dict(self.meta)
+            meta = dict(meta)
             _check_doc(meta, "meta", "bad_field")
             set_(self, "meta", meta)
         _check_layout(
