@@ -50,7 +50,8 @@ def _free_port() -> int:
 
 
 def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, record: str | None,
-               ready: mp.Event, result: mp.Queue, stagger: bool = True, paced: bool = True) -> None:
+               ready: mp.Event, result: mp.Queue, stagger: bool = True, paced: bool = True,
+               join_spread_s: float = 0.0) -> None:
     import zmq
 
     from telediag.transports.wire import Chunk, encode
@@ -76,19 +77,29 @@ def _generator(ingest: str, n_streams: int, seconds: float, chunk_ms: float, rec
     # Independent sources are not synchronised: stream i sends its chunks at phase i/N of the
     # chunk period (a burst of all N at once is the worst case, not a real ward).
     phase = [i * period / n_streams for i in range(n_streams)] if stagger else [0.0] * n_streams
+    # Streams that all start in the same period also do their periodic work (the 1 s quality
+    # block, the 5 s HRV tick: counted in samples from each stream's start) in the same period.
+    # join_spread_s > 0: stream i joins join[i] periods late (spread evenly over join_spread_s,
+    # as monitors connected at different times), so that work is spread too; each stream still
+    # sends n_chunks, so the first and last join_spread_s of the run are a ramp.
+    m = int(round(join_spread_s / period)) if join_spread_s > 0 else 0
+    join = [(i * m) // max(1, n_streams) for i in range(n_streams)]
     start = time.time_ns()
     t_start = time.monotonic()
     late = 0
-    for k in range(n_chunks):
+    for tick in range(n_chunks + m):
         for i in range(n_streams):
+            k = tick - join[i]
+            if not 0 <= k < n_chunks:
+                continue
             if paced:
-                due = t_start + (k + 1) * period + phase[i]
+                due = t_start + (tick + 1) * period + phase[i]
                 d = due - time.monotonic()
                 if d > 0.0005:
                     time.sleep(d)
                 elif d < -0.010:
                     late += 1
-            t0 = start + int((k * period + phase[i]) * 1e9)
+            t0 = start + int((tick * period + phase[i]) * 1e9)
             o = offsets[i] + k * per
             c = Chunk.signal("ecg", f"load-{i}/ecg", k, t0, sig[o:o + per], fs, ("MLII", "V1"), ("mV", "mV"),
                              meta={"session": "load", "sent_ns": time.time_ns()})
@@ -243,7 +254,8 @@ def _cluster_toml(worker_mode: str) -> str:
 
 def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: str | None = None,
              record: str | None = None, verbose: bool = True, classify: str = "on",
-             stagger: bool = True, workers: int = 1, worker_mode: str = "thread", cpu_profile: bool = False) -> dict:
+             stagger: bool = True, workers: int = 1, worker_mode: str = "thread", cpu_profile: bool = False,
+             join_spread_s: float = 0.0) -> dict:
     ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     cfg_path = Path(f"/tmp/telediag-load-{os.getpid()}.toml")
     extra = Path(config).read_text() if config else CLASSIFY_PIPELINE.format(classify=classify)
@@ -262,7 +274,8 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
         _wait_idle(eng.pid, worker_mode)
         sampler.wait()
         ready, result = mp.Event(), mp.Queue()
-        gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result, stagger))
+        gen = mp.Process(target=_generator, args=(ingest, n_streams, seconds, chunk_ms, record, ready, result, stagger,
+                                                  True, join_spread_s))
         gen.start()
         time.sleep(0.5)
         cpu0 = _thread_cpu_s(_cpu_roles(eng.pid, gen.pid, worker_mode)) if cpu_profile else {}
@@ -305,7 +318,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     p50 = float(np.median([v["latency_ms"]["p50"] for v in streams.values()])) if streams else float("nan")
     errors = sum(v["errors"] + v["gaps"] for v in streams.values())
     res = {"streams": n_streams, "seconds": seconds, "chunk_ms": chunk_ms, "classify": classify,
-           "stagger": stagger, "workers": workers, "worker_mode": worker_mode, "lost_samples": int(lost),
+           "stagger": stagger, "join_spread_s": join_spread_s, "workers": workers, "worker_mode": worker_mode, "lost_samples": int(lost),
            "errors_or_gaps": errors, "p50_ms": pooled["p50"], "p99_ms": pooled["p99"], "max_ms": pooled["max"],
            "median_stream_p50_ms": p50, "worst_stream_p99_ms": p99,
            "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
@@ -450,7 +463,7 @@ def _sweep(a: argparse.Namespace, mode: str, workers: int) -> int:
     lo, hi, n = 0, None, max(1, a.streams)
     while hi is None or hi - lo > max(1, lo // 10):
         r = run_load(n, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify, stagger=not a.burst,
-                     workers=workers, worker_mode=mode)
+                     workers=workers, worker_mode=mode, join_spread_s=a.join_spread_s)
         if r["ok"]:
             lo = n
             n = n * 2 if hi is None else (lo + hi) // 2
@@ -499,6 +512,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="with --modes: repeat the whole alternation this often")
     ap.add_argument("--ray-address", default="", help="ray modes: an existing Ray cluster (default: a local "
                     "two-node cluster in a loopback-only namespace, started and stopped here)")
+    ap.add_argument("--join-spread-s", type=float, default=0.0,
+                    help="streams join over this many seconds instead of all in the first period, so their "
+                    "periodic work (1 s quality blocks, 5 s HRV ticks) is not synchronised (a ward whose monitors "
+                    "were connected at different times); 0 (default): all start together, the worst case, as "
+                    "after an engine restart")
     ap.add_argument("--cpu-profile", action="store_true",
                     help="paced run: CPU µs per source chunk per process role and thread (engine front end, "
                     "worker processes, load generator); a load-insensitive comparison of modes at a fixed load")
@@ -533,7 +551,8 @@ def main() -> None:
                     results.setdefault(key, []).append(_sweep(a, mode, workers))
                 else:
                     r = run_load(a.streams, a.seconds, a.chunk_ms, a.config, a.record, classify=a.classify,
-                                 stagger=not a.burst, workers=workers, worker_mode=mode, cpu_profile=a.cpu_profile)
+                                 stagger=not a.burst, workers=workers, worker_mode=mode, cpu_profile=a.cpu_profile,
+                                 join_spread_s=a.join_spread_s)
                     results.setdefault(key, []).append(
                         (r["cpu_us_per_chunk"], r["cpu_us_per_chunk_roles"]) if a.cpu_profile else r["ok"])
         if len(modes) > 1 or a.rounds > 1:

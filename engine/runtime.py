@@ -59,6 +59,8 @@ class Engine:
 
     #: Seconds :meth:`run` waits, beyond the drain, for workers to flush before giving up.
     JOIN_GRACE_S = 15.0
+    #: Most ingest messages the router forwards per wake-up before it looks at route changes again.
+    ROUTER_BATCH = 64
 
     def __init__(self, config: Config | None = None, *, drain_idle_s: float = 0.3, drain_max_s: float = 5.0) -> None:
         self.config = config or load_config()
@@ -259,10 +261,14 @@ class Engine:
         try:
             while not self._stop.is_set():
                 if pr is not None:
-                    pr.tick()  # follow worker restarts / added workers, finish stream handovers
+                    pr.tick()  # follow worker restarts / added or removed workers, finish stream handovers
                 if not ingest.poll(20 if pr is not None else 100):
                     continue
-                self._forward(ingest, outs, n)
+                # a batch per wake-up: one poll (and one GIL hand-back) per ROUTER_BATCH messages, not per message
+                for _ in range(self.ROUTER_BATCH):
+                    if not ingest.get(zmq.EVENTS) & zmq.POLLIN:
+                        break
+                    self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
             # bounded: a source that never stops sending must not keep the engine alive
             idle_ms = int(self.drain_idle_s * 1000)

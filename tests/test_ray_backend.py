@@ -9,7 +9,8 @@ checked bound to 127.0.0.1 with ``ray.nodes()``, and an engine with two worker a
 warm spare. Checked: same outputs as thread mode; adding a worker moves only the streams it
 wins, each with one ``stream_moved`` and no lost or repeated chunk; ``kill -9`` of an actor's
 process in the middle of live streams: a replacement serves within 5 s, exact gap ranges,
-nothing lost on the other workers' streams.
+nothing lost on the other workers' streams; removing a worker actor (scale in) moves only its
+streams, each with one ``stream_moved``, nothing lost, and the actor is gone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pool_harness import check_restarted_streams, live, run_streams
+from pool_harness import check_removed_worker, check_restarted_streams, live, run_streams
 
 from telediag.engine.config import load_config
 from telediag.engine.procs import owner_of
@@ -59,7 +60,7 @@ def test_ray_backend_in_a_loopback_namespace() -> None:
                                   "-p", "no:cacheprovider", "--timeout", "180", "-k", "not in_a_loopback_namespace"])
     env = {**os.environ, "TELEDIAG_RAY_NETNS": "1", **LOCAL_RAY_ENV}
     try:
-        r = subprocess.run(cmd, cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=270)
+        r = subprocess.run(cmd, cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=330)
     except subprocess.TimeoutExpired as e:  # the pid namespace's processes die with its first process
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         pytest.fail(f"Ray tests timed out:\n{out[-6000:]}")
@@ -154,6 +155,11 @@ def test_adding_a_worker_moves_only_its_share(ray_engine: Engine) -> None:
     streams = [f"bed-{i}/ecg" for i in range(20)]
     moving = [s for s in streams if owner_of(s, n + 1) == n]
     assert moving and len(moving) < len(streams)
+    # the new index goes to a warm spare: wait for one (under load its warm-up outlasts the fixture's)
+    deadline = time.monotonic() + 120
+    while pool.spares_ready() < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pool.spares_ready() >= 1, "no warm spare actor after 120 s"
     added: dict[str, int] = {}
     src, out_seq, events, marks = live(ray_engine, streams, 120, 0.05, 30,
                                         lambda: added.setdefault("i", pool.add_worker()))
@@ -206,3 +212,23 @@ def test_kill_9_of_a_ray_actor_mid_stream(ray_engine: Engine) -> None:
     lost_total = check_restarted_streams(src, events, mine, others, n_chunks)
     print(f"RAY kill -9: {len(mine)} streams restarted, {lost_total} chunks reported lost in exact gaps, "
           f"{len(others)} other streams lost nothing", flush=True)
+
+
+@inside
+def test_removing_a_worker_actor_moves_only_its_streams(ray_engine: Engine) -> None:
+    pool = ray_engine.pool
+    assert pool is not None
+    n = pool.n
+    assert n >= 3 and pool.active() == list(range(n)), pool.active()  # after the add test
+    victim, n_chunks = 1, 120
+    streams = [f"ward-{i}/ecg" for i in range(20)]
+    slot = next(k for k, (i, _) in pool._slot_index.items() if i == victim)  # type: ignore[attr-defined]
+    src, out_seq, events, marks = live(ray_engine, streams, n_chunks, 0.05, 30, lambda: pool.remove_worker(victim))
+    moved = check_removed_worker(src, out_seq, events, n, victim, n_chunks)
+    assert moved and len(moved) < len(streams)
+    deadline = time.monotonic() + 30
+    while slot in pool.actors and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
+    assert slot not in pool.actors and victim not in pool.active()  # type: ignore[attr-defined]
+    print(f"RAY remove worker {victim}: {len(moved)} of {len(streams)} streams moved to the others, "
+          "the rest kept their owner; no chunk lost; its actor was released", flush=True)
