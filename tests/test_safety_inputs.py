@@ -17,15 +17,22 @@ cut to 60 s, one engine per worker mode.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
+from telediag.client import Subscriber
 from telediag.engine.config import load_config
+from telediag.engine.runtime import Engine
 from telediag.engine.stage import StreamSpec
-from telediag.transports.wire import Chunk
+from telediag.errors import EngineError
+from telediag.transports.wire import Chunk, encode
 
 wfdb = pytest.importorskip("wfdb")
 
@@ -137,6 +144,21 @@ def test_one_absurd_sample_does_not_blind_the_detector(rec101: np.ndarray, value
     assert paired(al)
 
 
+@pytest.mark.parametrize("value", [3e38, 1e300])
+def test_one_absurd_sample_does_not_fill_the_filtered_trace(rec101: np.ndarray, value: float) -> None:
+    # before the fix the band-pass rang for minutes: 60 s after a 3e38 sample the displayed trace
+    # (ecg/<s>/filtered) still swung by 5.6e5 mV, after 1e300 by 1e267
+    f = next(s for s in load_config().pipelines["ecg"] if s.name == "filter").build()
+    f.open(StreamSpec("s/ecg", "ecg", FS, NAMES, UNITS))
+    x = rec101.copy()
+    x[int(10 * FS) + 5, 1] = value
+    out = [f.process(Chunk.signal("ecg", "s/ecg", i, round(k / FS * 1e9), x[k:k + 360], FS, NAMES, UNITS)).signal
+           for i, k in enumerate(range(0, len(x), 360))]
+    y = np.concatenate([c.data for c in out if c is not None])
+    assert np.isnan(y[int(10 * FS) + 5, 1])  # the glitch itself is shown as missing
+    assert np.nanmax(np.abs(y[int(12 * FS):])) < 10.0
+
+
 # -- alarms and quality events are never left on -------------------------------------------------
 def test_close_ends_open_alarms_and_quality_events(rec119: np.ndarray) -> None:
     # asystole until the stream closes (the source restarts, the stream moves, the engine stops):
@@ -207,3 +229,180 @@ def test_implausible_bound_only_where_the_unit_is_known(rec101: np.ndarray) -> N
     beats = [b for r in recs if r.kind == "beats" for b in r.body["beats"] if b["usable"]]
     assert len(beats) > 50
     assert not [r.body for r in recs if r.kind == "alarm"]
+
+
+# -- hostile ingest on a live engine (thread and process workers) --------------------------------
+CONTROL = tuple(f"ctl/{c}/ecg" for c in "abcdef")  # spread over the workers by rendezvous hashing
+Msg = list[bytes]
+
+
+def _sig(kind: str, stream: str, seq: int, x: np.ndarray, rate: float = FS, channels: tuple[str, ...] = NAMES,
+         units: tuple[str, ...] | None = None, t0: int | None = None, **meta: Any) -> Msg:
+    units = units if units is not None else ("mV",) * len(channels)
+    c = Chunk.signal(kind, stream, seq, seq * 10**9 if t0 is None else t0, x, rate, channels, units, meta=meta)
+    return [bytes(f) for f in encode(c)]
+
+
+def _mangle(frames: Msg, **header: Any) -> Msg:
+    """``frames`` with header fields replaced (``None`` deletes one): a message no sender should build."""
+    h = msgpack.unpackb(frames[1], raw=False)
+    for k, v in header.items():
+        if v is None:
+            h.pop(k, None)
+        else:
+            h[k] = v
+    return [frames[0], msgpack.packb(h, use_bin_type=True), frames[2]]
+
+
+def hostile() -> list[tuple[str, str, list[Msg], set[str]]]:
+    """(label, victim stream, messages, expected): ``expected`` holds reject reasons and event types
+    that must appear for the victim (``"published"``: an output of it came out). Each case has its
+    own victim stream, so every other stream, the control streams included, must be untouched."""
+    z = np.zeros((360, 2), "<f4")
+    ecg = lambda sid, seq=0, x=z, **kw: _sig("ecg", sid, seq, x, **kw)  # noqa: E731
+    silence = np.zeros((4000, 1), "<f4")
+    pcg = lambda sid, seq=0, x=silence, rate=4000.0, **kw: _sig(  # noqa: E731
+        "pcg", sid, seq, x, rate=rate, channels=("mic",), units=("",), **kw)
+    ok = ecg("v/ok")
+    big = np.iinfo(np.int32)
+    nan = np.full((360, 2), np.nan, "<f4")
+    return [
+        ("missing seq", "v/1", [_mangle(ecg("v/1"), seq=None)], {"missing_field"}),
+        ("seq as str", "v/2", [_mangle(ecg("v/2"), seq="7")], {"bad_field"}),
+        ("seq negative", "v/3", [_mangle(ecg("v/3"), seq=-1)], {"bad_field"}),
+        ("seq 2**64-1", "v/ok", [[ok[0], ok[1].replace(b"\xa3seq\x00", b"\xa3seq\xcf" + b"\xff" * 8), ok[2]]],
+         {"bad_field"}),
+        ("dtype float32", "v/4", [_mangle(ecg("v/4"), dtype="float32")], {"bad_dtype"}),
+        ("dtype >f4", "v/5", [_mangle(ecg("v/5"), dtype=">f4")], {"bad_dtype"}),
+        ("dtype <f8 on <f4 bytes", "v/6", [_mangle(ecg("v/6"), dtype="<f8")], {"size_mismatch"}),
+        ("3 columns, 2 channels", "v/7", [_mangle(ecg("v/7", x=np.zeros((240, 3), "<f4"), channels=("a", "b", "c")),
+                                                  channels=["a", "b"], units=["mV", "mV"])], {"bad_shape"}),
+        ("1-D shape", "v/8", [_mangle(ecg("v/8"), shape=[720])], {"bad_shape"}),
+        ("rate NaN", "v/9", [_mangle(ecg("v/9"), rate_hz=float("nan"))], {"non_finite"}),
+        ("rate -inf", "v/10", [_mangle(ecg("v/10"), rate_hz=float("-inf"))], {"non_finite"}),
+        ("rate 0", "v/11", [_mangle(ecg("v/11"), rate_hz=0.0)], {"bad_field"}),
+        ("ECG at 1e-300 Hz", "v/12", [ecg("v/12", rate=1e-300)], {"stream_refused"}),
+        ("ECG at 1e12 Hz", "v/13", [ecg("v/13", rate=1e12)], {"stream_refused"}),
+        ("PCG at 1e-300 Hz", "v/14", [pcg("v/14", rate=1e-300)], {"stream_refused"}),
+        ("PCG at 1e12 Hz", "v/15", [pcg("v/15", rate=1e12)], {"stream_refused"}),
+        ("no channels", "v/16", [_mangle(ecg("v/16"), channels=[], units=[])], {"missing_field"}),
+        ("garbage header", "", [[b"ecg/v/17/ecg", b"\xc1\xff\x00garbage", b""]], {"header_malformed"}),
+        ("garbage topic", "", [[b"\xff\xfe", ok[1], ok[2]]], {"topic"}),
+        ("two frames", "", [ok[:2]], {"frame_count"}),
+        ("header 5000 bytes", "", [[ok[0], b"\x81\xa1v" + b"\x01" * 4997, ok[2]]], {"header_too_large"}),
+        ("ext type in meta", "", [_mangle(ecg("v/18"), meta={"x": msgpack.ExtType(1, b"a")})],
+         {"header_malformed"}),
+        ("gain 0", "v/19", [ecg("v/19", x=np.ones((360, 2), "<i2"), gain=[0, 1])], {"bad_field"}),
+        ("gain not a list", "v/20", [ecg("v/20", x=np.ones((360, 2), "<i2"), gain="x")], {"bad_field"}),
+        # accepted, analysed, published
+        ("NaN and inf samples", "v/21", [ecg("v/21", 0, nan), ecg("v/21", 1, np.full((360, 2), np.inf, "<f4"))],
+         {"published"}),
+        ("int32 extremes, gain 1e-300", "v/22", [ecg("v/22", x=np.full((360, 2), big.max, "<i4"), gain=[1e-300] * 2)],
+         {"published"}),
+        ("int64 extremes, ADC units", "v/23", [ecg("v/23", x=np.tile(np.array([[-2**63], [2**63 - 1]], "<i8"),
+                                                                      (180, 2)), units=("adu", "adu"))],
+         {"published"}),
+        ("float32 max", "v/24", [ecg("v/24", x=np.full((360, 2), np.finfo(np.float32).max, "<f4"))], {"published"}),
+        ("float64 max", "v/25", [ecg("v/25", x=np.full((360, 2), np.finfo(np.float64).max, "<f8"))], {"published"}),
+        ("zero-length chunks", "v/26", [ecg("v/26", 0, np.zeros((0, 2), "<f4")), ecg("v/26", 1)], {"published"}),
+        ("one-sample chunks", "v/27", [ecg("v/27", k, np.ones((1, 2), "<f4")) for k in range(5)], {"published"}),
+        ("spec change mid-stream", "v/28", [ecg("v/28", 0), ecg("v/28", 1, rate=500.0),
+                                            ecg("v/28", 2, x=np.zeros((360, 1), "<f4"), channels=("I",)),
+                                            ecg("v/28", 3, units=("uV", "uV")), ecg("v/28", 4)],
+         {"spec_changed", "published"}),
+        ("seq gap, duplicate, reorder", "v/29", [ecg("v/29", 0), ecg("v/29", 3), ecg("v/29", 3), ecg("v/29", 2),
+                                                 ecg("v/29", 4)], {"gap", "out_of_order", "published"}),
+        ("t0 backwards and to the extremes", "v/30", [ecg("v/30", 0, t0=10**18), ecg("v/30", 1, t0=0),
+                                                      ecg("v/30", 2, t0=-2**63), ecg("v/30", 3, t0=2**63 - 1),
+                                                      ecg("v/30", 4, t0=5)], {"published"}),
+        ("PCG NaN, int32 extremes, 1 sample", "v/31", [pcg("v/31", 0, np.full((4000, 1), np.nan, "<f4")),
+                                                       pcg("v/31", 1, np.full((4000, 1), big.min, "<i4")),
+                                                       pcg("v/31", 2, np.ones((1, 1), "<f4"))], {"published"}),
+        ("annotation kind on ingest", "v/32", [[bytes(f) for f in encode(Chunk.record("hr", "v/32", 0, 0, {"a": 1}))]],
+         {"not_ingestible"}),
+    ]
+
+
+def _engine(mode: str, workers: int):  # type: ignore[no-untyped-def]
+    cfg = load_config()
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(
+        cfg.engine, ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*", stats_interval_s=0.2,
+        workers=workers, worker_mode=mode))
+    eng = Engine(cfg, drain_idle_s=0.2)
+    eng.start()
+    return eng
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("thread", 1), ("process", 2)])
+def test_hostile_ingest_rejected_clearly_and_nothing_else_touched(mode: str, workers: int) -> None:
+    eng = _engine(mode, workers)
+    try:
+        _hostile_run(eng)
+    finally:
+        eng.stop()
+        try:
+            eng.join(30)
+        except EngineError:
+            pass
+
+
+def _hostile_run(eng: Any) -> None:
+    cases = hostile()
+    rng = np.random.default_rng(5)
+    ctl = {s: rng.standard_normal((len(cases) + 2, 360, 2)).astype("<f4") * 0.1 for s in CONTROL}
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    published: dict[str, list[int]] = {}
+    events: list[dict[str, Any]] = []
+    stats: dict[int, dict[str, Any]] = {}
+    with Subscriber(eng.publish_endpoint, topics=["ecg/", "pcg/", "event/", "stats/"]) as sub:
+        assert sub.wait_connected(10)
+        push.connect(eng.ingest_endpoint)
+        for k in range(len(cases) + 2):
+            for s in CONTROL:  # control chunk k of every control stream, then case k
+                push.send_multipart(_sig("ecg", s, k, ctl[s][k], session="c"))
+            if k < len(cases):
+                for m in cases[k][2]:
+                    push.send_multipart(m)
+        end = time.monotonic() + 60
+        want = len(cases) + 2
+        while time.monotonic() < end:
+            c = sub.recv(timeout_s=0.1)
+            if c is None:
+                if all(len(published.get(f"{s}/filtered", [])) >= want for s in CONTROL) and stats:
+                    break
+                continue
+            if c.kind == "event":
+                events.append(c.body)
+            elif c.kind == "stats":
+                stats[c.body["worker"]] = c.body
+            else:
+                published.setdefault(c.stream, []).append(int(c.meta.get("src_seq", -1)))
+    push.close()
+    ctx.term()
+    # every control stream: every chunk, once, in order; no gap, restart or reset
+    for s in CONTROL:
+        assert published.get(f"{s}/filtered") == list(range(want)), (s, published.get(f"{s}/filtered"))
+        assert not [e for e in events if e.get("stream") == s and e["type"] not in ("stream_opened", "quality")], s
+    # no worker died, nothing took the last-resort path (a bug), no stage raised
+    bad = [e for e in events if e["type"] in ("worker_restarted", "stream_reset", "stage_error", "output_dropped")
+           or e.get("reason") in ("internal_error", "invalid_chunk")]
+    assert not bad, bad
+    assert eng.dead_worker() is None
+    for w in stats.values():
+        assert not [k for k in w.get("errors", {}) if k.startswith("internal:") or ":" in k and not
+                    k.startswith("output:")], w["errors"]
+    # each case: its clear error (a reason code and a detail naming what was wrong) or its output
+    for label, victim, _, expected in cases:
+        def belongs(sid: str | None, victim: str = victim) -> bool:
+            return bool(victim) and (sid == victim or (sid or "").startswith(victim + "/"))
+
+        mine = [e for e in events if belongs(e.get("stream"))] if victim else events
+        seen = {e["type"] for e in mine} | {e["reason"] for e in mine if e["type"] == "rejected"}
+        if any(belongs(p) for p in published):
+            seen.add("published")
+        assert expected <= seen, (label, expected, seen, mine[:5])
+        for e in mine:
+            if e["type"] == "rejected" and e["reason"] in expected:
+                assert e["detail"] and len(e["detail"]) > 10, (label, e)

@@ -9,6 +9,7 @@ import numpy as np
 from telediag.dsp.design import chain, ecg_bandpass, notch, steady_state_zi
 from telediag.dsp.sosfilt import SosFilter
 from telediag.engine.stage import Outputs, Stage, StageParams, StreamSpec, register, signal_like
+from telediag.engine.stages.ecg_analysis import _UNITS_PER_MV
 from telediag.errors import ConfigError
 from telediag.transports.wire import Chunk
 
@@ -20,7 +21,9 @@ class EcgFilterParams(StageParams):
     ``order`` is the Butterworth prototype order of each edge, so the band-pass has
     ``2 * order`` poles; ``notch_hz`` is 0 (off), 50 or 60; ``init`` is ``"steady"``
     (initial state at steady state for the first sample, no start-up transient) or
-    ``"zero"``.
+    ``"zero"``. A sample beyond ``implausible_mv`` (default 500 mV, on channels whose unit is mV,
+    uV or V; 0: off) is treated like a non-finite one: one glitch of 1e30 would otherwise ring in
+    the IIR state, and fill the displayed trace, for minutes.
     """
 
     publish: bool = True
@@ -31,6 +34,7 @@ class EcgFilterParams(StageParams):
     notch_q: float = 30.0
     init: str = "steady"
     suffix: str = "filtered"
+    implausible_mv: float = 500.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low_hz < self.high_hz:
@@ -41,6 +45,8 @@ class EcgFilterParams(StageParams):
             raise ValueError(f"notch_hz must be 0 (off), 50 or 60, got {self.notch_hz}")
         if self.init not in ("steady", "zero"):
             raise ValueError(f"init must be 'steady' or 'zero', got {self.init!r}")
+        if not (np.isfinite(self.implausible_mv) and self.implausible_mv >= 0):
+            raise ValueError(f"implausible_mv must be >= 0 (0: off), got {self.implausible_mv!r}")
         if not self.suffix or "/" in self.suffix:
             raise ValueError(f"suffix must be a non-empty name without '/', got {self.suffix!r}")
 
@@ -72,6 +78,9 @@ class EcgFilter(Stage):
         self._filter: SosFilter | None = None
         self._n_channels = spec.n_channels
         self._last = np.zeros(spec.n_channels)
+        upm = [_UNITS_PER_MV.get(u.strip().lower()) for u in spec.units]
+        self._lim = (np.array([p.implausible_mv * u if u else np.inf for u in upm]) if p.implausible_mv > 0
+                     and len(upm) == spec.n_channels and any(upm) else None)
         self.spec = spec
         self.out_stream = f"{spec.stream}/{p.suffix}"
         return StreamSpec(self.out_stream, spec.kind, spec.rate_hz, spec.channels, spec.units)
@@ -96,6 +105,9 @@ class EcgFilter(Stage):
                 self._filter = SosFilter(self.sos, self._n_channels)
         # a non-finite sample makes the sum non-finite (a finite sum proves every sample finite)
         bad = None if np.isfinite(x.sum()) else ~np.isfinite(x)
+        if self._lim is not None and len(x) and (bad is not None or (np.abs(x).max(axis=0) > self._lim).any()):
+            wild = np.abs(x) > self._lim  # NaN compares false
+            bad = wild if bad is None else bad | wild
         if bad is not None:
             # NaN/inf (leads off, lost samples) must not poison the filter state: hold the
             # last finite value through the run for the filter, and output NaN there
