@@ -322,6 +322,9 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
            "errors_or_gaps": errors, "p50_ms": pooled["p50"], "p99_ms": pooled["p99"], "max_ms": pooled["max"],
            "median_stream_p50_ms": p50, "worst_stream_p99_ms": p99,
            "generator_late_ticks": sent["late_ticks"], "engine_rss_mb": rss_kb / 1024 if rss_kb else None,
+           # model work per batched call (cross-stream micro-batching): fewer, larger calls are cheaper
+           "batch_items_per_run": round(sum(b.get("batches", {}).get("items", 0) for b in last.values())
+                                        / max(1, sum(b.get("batches", {}).get("runs", 0) for b in last.values())), 2),
            "ok": lost == 0 and errors == 0 and pooled["p99"] <= 50.0}
     if cpu_profile:
         res.update(_cpu_report(cpu0, cpu1, n_streams * sent["chunks_per_stream"]))
