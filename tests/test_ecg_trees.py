@@ -161,11 +161,12 @@ def _naive(a: dict, x: np.ndarray, n_cls: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n_leaves", [3, 16, 17, 40])
 def test_quickscorer_equals_node_by_node_traversal(n_leaves: int) -> None:
-    """16-bit masks with the lowest-bit table, and 32/64-bit masks with the shift loop."""
+    """16-bit masks (packed words, sentinel scan: _predict16) and 32/64-bit masks (_predict)."""
     rng = np.random.default_rng(n_leaves)
     a = _random_tree_attrs(rng, n_trees=12, n_leaves=n_leaves, n_feat=6, n_cls=3)
     ens = trees.TreeEnsemble(a, 6)
     assert ens.n_mask.dtype == (np.uint16 if n_leaves <= 16 else np.uint32 if n_leaves <= 32 else np.uint64)
+    assert (ens.p_word is not None) == (n_leaves <= 16)
     x = rng.normal(size=(200, 6)).astype(np.float32)
     x[::9, 2] = np.nan
     x[1::9, 0] = np.float32(a["nodes_values"][0])  # exactly on a threshold
