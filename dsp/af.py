@@ -17,6 +17,11 @@ Biomed. Eng.* 37:1701-1709, 2009; Petrenas et al., *Med. Biol. Eng. Comput.* 53:
 * ``lag_irr``: the smaller of the trimmed RMS of ``RR[k] - RR[k-2]`` and ``RR[k] - RR[k-3]``
   over the mean RR (this project's addition): bigeminy and trigeminy repeat with period 2
   or 3 and are regular at that lag, AF is irregular at every lag;
+* atrial activity (when the caller feeds it): the median P-wave correlation of the last
+  beats with the patient's P-wave template (:mod:`telediag.dsp.atrial`): AF needs absent
+  P waves as well as irregular RR (sinus rhythm with irregular RR - sinus arrhythmia,
+  frequent premature or blocked atrial beats after an AF episode in MIT-BIH 201 - keeps
+  its P waves);
 * ectopic removal: an interval that begins or ends at a ventricular, fusion, paced or
   unclassifiable beat (labels ``V F Q E ! / f``) is not valid when labels are known
   (ectopic beats mimic irregularity; Petrenas et al. 2015 suppress them with a median filter
@@ -25,12 +30,15 @@ Biomed. Eng.* 37:1701-1709, 2009; Petrenas et al., *Med. Biol. Eng. Comput.* 53:
 Intervals that span unusable signal or a gap, or lie outside ``[min_rr_s, max_rr_s]``, are
 not valid either. :class:`AFDetector` turns AF on when the window holds ``min_valid`` valid
 intervals and ``nrmssd >= on``, ``cv_dd >= cv_min``, ``tpr >= tpr_min`` and
-``lag_irr >= lag_min``; it turns AF off when ``nrmssd < off`` or fewer than ``min_valid // 2``
-intervals are left to measure (e.g. a run of ectopic beats). Onset and end are dated back by
+``lag_irr >= lag_min`` (and, with P-wave correlations, their median is below ``p_on``); it
+turns AF off when ``nrmssd < off``, the P-wave median exceeds ``p_off``, or fewer than
+``min_valid // 2`` intervals are left to measure (e.g. a run of ectopic beats). Onset and end are dated back by
 ``back`` beats. The shipped thresholds were chosen on the 26 MIT-BIH records here
 (``benchmarks/af_accuracy.py`` reports them and a leave-record-out run). The detector sees RR
-only: atrial flutter with regular conduction is not detected (no P/f-wave analysis), and
-irregularly conducted flutter is called AF.
+and P-wave presence only: atrial flutter with regular conduction is not detected, and
+irregularly conducted flutter is called AF (the f-wave spectrum of MIT-BIH 203's flutter
+and fibrillation were measured alike, dominant frequency 6.4-6.8 Hz in V1: no flutter
+detector is shipped; see ``benchmarks/af_accuracy.py``).
 
 Every per-interval computation is a Numba kernel over whole arrays with explicit state, so
 any grouping of the beats gives the same result (tested), and :func:`af_features` (offline,
@@ -84,6 +92,11 @@ class AFParams:
         ``window`` beats are labelled ``S`` (a beat with a P wave before it is not an AF beat;
         the beat classifier labels under 5 % of AF beats S on MIT-BIH 201/203/217, and frequent
         atrial ectopy - about 30 % S in svdb 869 - is otherwise called AF).
+    p_on, p_off : float
+        Atrial-activity gate (when P-wave correlations are fed, :mod:`telediag.dsp.atrial`):
+        AF is entered only while the median P-wave correlation of the last ``window`` beats
+        that have one is below ``p_on``, and ends when it rises above ``p_off`` (P waves are
+        back). Without correlations (or fewer than ``window // 4`` of them) the gate is open.
     """
 
     window: int = 32
@@ -98,6 +111,8 @@ class AFParams:
     tpr_min: float = 0.6
     lag_min: float = 0.16
     s_max: float = 0.15
+    p_on: float = 0.5
+    p_off: float = 0.6
 
     def __post_init__(self) -> None:
         if not 4 <= self.window <= 512:
@@ -108,6 +123,8 @@ class AFParams:
             raise DSPError(f"need 0 < off <= on, got off={self.off}, on={self.on}")
         if not 0 <= self.back <= self.window:
             raise DSPError(f"back must be in [0, window], got {self.back}")
+        if not self.p_on <= self.p_off:
+            raise DSPError(f"need p_on <= p_off, got p_on={self.p_on}, p_off={self.p_off}")
         if not 0 < self.min_rr_s < self.max_rr_s:
             raise DSPError(f"need 0 < min_rr_s < max_rr_s, got {self.min_rr_s}, {self.max_rr_s}")
 
@@ -275,6 +292,23 @@ def af_features(rr_s: ArrayLike, ok: ArrayLike | None = None, params: AFParams |
     return out
 
 
+@njit(cache=True)
+def _median_kernel(v: NDArray[np.float64], ring: NDArray[np.float64], pos: NDArray[np.int64],
+                   min_n: int, out: NDArray[np.float64]) -> None:
+    """Per value: push it into the ring of the last ``ring.size`` non-NaN values and write
+    their median (NaN while fewer than ``min_n``) to ``out[k]``."""
+    w = ring.size
+    for k in range(v.size):
+        if not np.isnan(v[k]):
+            ring[pos[0] % w] = v[k]
+            pos[0] += 1
+        n = min(pos[0], w)
+        if n < min_n:
+            out[k] = np.nan
+        else:
+            out[k] = np.median(ring[:n])
+
+
 @dataclass(frozen=True, slots=True)
 class AFTransition:
     """AF starts (``state`` ``"on"``) or ends (``"off"``) at beat ``beat`` (its sample)."""
@@ -284,9 +318,12 @@ class AFTransition:
     detail: dict[str, float]
 
 
-def _detail(irr: float, cvd: float, nv: float) -> dict[str, Any]:
-    """The ``detail`` of an AF transition."""
-    return {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+def _detail(irr: float, cvd: float, nv: float, pm: float = np.nan) -> dict[str, Any]:
+    """The ``detail`` of an AF transition (``p_corr``: the median P-wave correlation, when known)."""
+    d: dict[str, Any] = {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+    if not np.isnan(pm):
+        d["p_corr"] = round(float(pm), 4)
+    return d
 
 
 class AFDetector:
@@ -323,16 +360,21 @@ class AFDetector:
         self.on = False
         self.recent: list[int] = []  # last ``back + 1`` beat samples (for dating back)
         self.labels_s: deque[bool] = deque(maxlen=self.p.window)  # S label of the last beats
+        self.p_ring = np.zeros(self.p.window)  # the last P-wave correlations (atrial gate)
+        self.p_pos = np.zeros(1, np.int64)
 
     def break_here(self) -> None:
         """The signal was interrupted: the interval to the next beat is not measured."""
         self.broken = True
 
     def beats(self, samples: ArrayLike, labels: list[str | None] | None = None,
-              broken: ArrayLike | None = None) -> tuple[list[AFTransition], NDArray[np.bool_]]:
+              broken: ArrayLike | None = None,
+              pcorr: ArrayLike | None = None) -> tuple[list[AFTransition], NDArray[np.bool_]]:
         """Feed beats; the AF transitions and the AF state at each beat.
 
-        ``broken[k]`` true: the interval ending at beat ``k`` spans an interruption.
+        ``broken[k]`` true: the interval ending at beat ``k`` spans an interruption;
+        ``pcorr[k]``: the beat's P-wave correlation (:mod:`telediag.dsp.atrial`; NaN or
+        ``None``: unknown, the atrial gate stays open).
         """
         s = np.asarray(samples, dtype=np.int64)
         n = s.size
@@ -360,6 +402,10 @@ class AFDetector:
         out: list[AFTransition] = []
         state = [False] * n
         p = self.p
+        pmed = np.full(n, np.nan)
+        if pcorr is not None and n:
+            _median_kernel(np.asarray(pcorr, dtype=np.float64), self.p_ring, self.p_pos, max(2, p.window // 4), pmed)
+        pm_l = pmed.tolist()
         recent, labels_s = self.recent, self.labels_s
         n_s = sum(labels_s)  # S labels among the last ``window`` beats
         for k, smp, row in zip(range(n), s_l, feats.tolist(), strict=True):
@@ -373,15 +419,16 @@ class AFDetector:
             n_s += is_s
             s_frac = n_s / len(labels_s)
             nv, _, irr, cvd, _, tpr, lag = row
+            pm = pm_l[k]
             if not self.on:
                 if nv >= p.min_valid and irr >= p.on and cvd >= p.cv_min and tpr >= p.tpr_min \
-                        and not lag < p.lag_min and s_frac <= p.s_max:
+                        and not lag < p.lag_min and s_frac <= p.s_max and not pm >= p.p_on:
                     self.on = True
-                    out.append(AFTransition("on", recent[0], _detail(irr, cvd, nv)))
-            elif nv < p.min_valid // 2 or irr < p.off:
+                    out.append(AFTransition("on", recent[0], _detail(irr, cvd, nv, pm)))
+            elif nv < p.min_valid // 2 or irr < p.off or pm > p.p_off:
                 # regular again, or too few measurable intervals left (e.g. a run of ectopic
                 # beats) to go on calling AF
                 self.on = False
-                out.append(AFTransition("off", recent[0], _detail(irr, cvd, nv)))
+                out.append(AFTransition("off", recent[0], _detail(irr, cvd, nv, pm)))
             state[k] = self.on
         return out, np.array(state, np.bool_)

@@ -5,15 +5,21 @@ alarm transitions (onset dated back to the window's start, see
 :class:`telediag.dsp.af.AFParams`) and relabels an ``S`` beat as ``N`` while AF is on: in AF
 every beat is conducted from a fibrillating atrium, so "premature supraventricular" has no
 meaning (AAMI EC57 counts AF beats as N). Intervals that span unusable signal or a gap are
-not measured.
+not measured. Given the stage's signal history, it also measures each beat's P-wave
+correlation (:mod:`telediag.dsp.atrial`) on the detection lead: AF needs the P waves to be
+absent as well as the RR intervals to be irregular.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 from telediag.dsp.af import AFDetector, AFParams
 from telediag.dsp.alarms import AlarmEvent
+from telediag.dsp.atrial import PWaveTracker
+from telediag.engine.stages.ecg_parts.clock import SignalHistory
 
 __all__ = ["RhythmMonitor"]
 
@@ -32,12 +38,22 @@ class RhythmMonitor:
     ([('afib', 'on')], 'N')
     """
 
-    def __init__(self, fs: float, params: AFParams | None = None, *, enabled: bool = True) -> None:
+    def __init__(self, fs: float, params: AFParams | None = None, *, enabled: bool = True,
+                 history: SignalHistory | None = None, lead: int = 0) -> None:
         self.enabled = enabled
         self.det = AFDetector(fs, params)
+        self.history = history
+        self.lead = lead
+        self.pwave = PWaveTracker(fs) if history is not None else None
         self.spans: deque[tuple[int, int]] = deque()
         self.onset: int | None = None
         self.last: int | None = None
+
+    def attach(self, history: SignalHistory, lead: int) -> None:
+        """Measure the P-wave correlation of the beats on ``lead`` of ``history`` (the stage's)."""
+        self.history = history
+        self.lead = lead
+        self.pwave = PWaveTracker(self.det.fs)
 
     def signal(self, start: int, stop: int, usable: bool) -> None:
         """Report a quality block ``[start, stop)``."""
@@ -72,7 +88,7 @@ class RhythmMonitor:
                     self.spans.popleft()
                 broken.append(a is not None and any(lo <= s and hi > a for lo, hi in self.spans))
                 self.last = s
-        trans, state = self.det.beats(samples, labels, broken)
+        trans, state = self.det.beats(samples, labels, broken, self._pcorr(samples, labels))
         events = []
         for t in trans:
             if t.state == "on":
@@ -84,3 +100,16 @@ class RhythmMonitor:
                 self.onset = None
         out = [("N" if (on and lab == "S") else lab) for lab, on in zip(labels, state.tolist(), strict=True)]
         return out, events
+
+    def _pcorr(self, samples: list[int], labels: list[str | None]) -> np.ndarray | None:
+        """P-wave correlation of the beats (NaN where the history no longer holds the window)."""
+        h, tr = self.history, self.pwave
+        if h is None or tr is None:
+            return None
+        cap = h.buf.shape[0]
+        idx = np.asarray(samples, np.int64)[:, None] - tr.a + np.arange(tr.a - tr.b)[None, :]
+        segs = h.buf[idx % cap, self.lead]
+        held = (idx[:, 0] >= max(0, h.end - cap)) & (idx[:, -1] < h.end)
+        if not held.all():
+            segs[~held] = np.nan
+        return tr.beats(segs, labels)
