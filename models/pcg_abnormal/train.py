@@ -904,9 +904,7 @@ probability of the stated label) or **"uncertain"**.
 * **abnormal**: {lab_abnormal}.
 * **normal**: {lab_normal}.
 * **uncertain**: {lab_uncertain}.  Withheld: {withheld}.
-* **probability**: {lab_prob}; slope {slope:.3f} (Brier score of the held-out predictions
-  {brier_raw:.3f} -> {brier_cal:.3f}).
-{cnn_section}* **Feature model alone, measured on unseen devices** (leave-one-database-out, below): pooled MAcc {lodo_macc:.3f}
+{prob_section}{cnn_section}* **Feature model alone, measured on unseen devices** (leave-one-database-out, below): pooled MAcc {lodo_macc:.3f}
   (Se {lodo_se:.3f}, Sp {lodo_sp:.3f}), CirCor {circor_macc:.3f} (Se {circor_se:.3f}, Sp
   {circor_sp:.3f}): on a new stethoscope expect most abnormal recordings to be flagged and
   about half of the normal ones too.  Far below the 0.80 target; treat "abnormal" as
@@ -1088,10 +1086,20 @@ def render_readme(card: dict[str, Any]) -> str:
     pooled = next((r for r in rows if r["fold"] == "pooled"), {})
     circ = next((r for r in rows if r["fold"] == CIRCOR), {})
     from telediag.models.pcg_abnormal.cnn_spec import CNN_CARD
-    from telediag.models.pcg_abnormal.cnn_train import render_cnn_details, render_cnn_section
+    from telediag.models.pcg_abnormal.cnn_train import (
+        render_cnn_details,
+        render_cnn_probability,
+        render_cnn_section,
+    )
 
     cnn_card = json.loads(CNN_CARD.read_text()) if CNN_CARD.is_file() else None
+    prob_section = (render_cnn_probability(cnn_card) if cnn_card else
+                    f"* **probability**: {card['labels']['probability']}; slope "
+                    f"{cal.get('slope', 1.0):.3f} (Brier score of the held-out predictions "
+                    f"{cal.get('brier_raw', math.nan):.3f} -> "
+                    f"{cal.get('brier_calibrated', math.nan):.3f}).\n")
     return README_TEMPLATE.format(
+        prob_section=prob_section,
         cnn_section=render_cnn_section(cnn_card) if cnn_card else "",
         cnn_details=render_cnn_details(cnn_card) if cnn_card else "", file=card["file"], opset=card["opset"], sha256=card["sha256"],
         threshold=card["threshold"], licence=card["licence"],
@@ -1106,11 +1114,11 @@ def render_readme(card: dict[str, Any]) -> str:
         tr_se=tr["se"], tr_sp=tr["sp"], tr_macc=tr["macc"], reproduce=card["reproduce"],
         cv_set_decided=_md_table(card["metrics"].get("cv_leave_one_set_out_decided")),
         test_data=card["test_data"]["label_mapping"],
-        lab_abnormal=card["labels"]["abnormal"], lab_normal=card["labels"]["normal"],
-        lab_uncertain=card["labels"]["uncertain"], lab_prob=card["labels"]["probability"],
+        lab_abnormal=card["labels"]["abnormal"] + (
+            "; the shipped CNN is trained on CirCor too, where abnormal = a murmur was heard "
+            "(murmur Present), so it mainly detects murmurs" if cnn_card else ""),
+        lab_normal=card["labels"]["normal"], lab_uncertain=card["labels"]["uncertain"],
         withheld=_withheld(card["metrics"].get("cv_leave_one_set_out_decided")),
-        slope=cal.get("slope", 1.0), brier_raw=cal.get("brier_raw", math.nan),
-        brier_cal=cal.get("brier_calibrated", math.nan),
         lodo_macc=pooled.get("macc", math.nan), lodo_se=pooled.get("se", math.nan),
         lodo_sp=pooled.get("sp", math.nan), circor_macc=circ.get("macc", math.nan),
         circor_se=circ.get("se", math.nan), circor_sp=circ.get("sp", math.nan),
