@@ -1,0 +1,120 @@
+"""AF atrial-activity gate (issue 15 item 2): the P-wave correlation of :mod:`telediag.dsp.atrial`
+alone (streaming == offline, real MIT-BIH 201 AF vs sinus), and in the live ``ecg`` stage
+(irregular RR with P waves is not AF; the same RR without P waves is; any chunking)."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+import telediag.dsp.atrial as atrial_mod
+from telediag.dsp.af import AFDetector
+from telediag.dsp.atrial import PWaveTracker, p_wave_correlation, p_window
+from telediag.engine.stage import StreamSpec
+from telediag.engine.stages.ecg_analysis import EcgAnalysis, EcgAnalysisParams
+from telediag.transports.wire import Chunk
+
+FS = 360.0
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(atrial_mod).failed == 0
+
+
+def _ref_201(mitdb: Path, minutes: float) -> tuple[np.ndarray, np.ndarray, list[str | None], list[tuple[int, str]]]:
+    n = int(minutes * 60 * FS)
+    rec = wfdb.rdrecord(str(mitdb / "201"), sampto=n)
+    ann = wfdb.rdann(str(mitdb / "201"), "atr", sampto=n)
+    beats = [(int(s), sym) for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym.isalpha() or sym in "/!"]
+    rhythm = [(int(s), a.strip("\x00")) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note, strict=True)
+              if sym == "+"]
+    lab = [("N" if sym in "NLRej" else "S" if sym in "AaJS" else "V") for _, sym in beats]
+    return rec.p_signal[:, 0], np.array([s for s, _ in beats]), lab, rhythm  # type: ignore[return-value]
+
+
+def test_streaming_equals_offline_for_any_grouping(mitdb: Path) -> None:
+    x, s, lab, _ = _ref_201(mitdb, 4)
+    ref = p_wave_correlation(x, s, lab, FS)
+    a, b = p_window(FS)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        tr = PWaveTracker(FS)
+        got, k = [], 0
+        while k < s.size:
+            g = int(rng.integers(1, 9))
+            seg = np.stack([x[r - a:r - b] if r >= a else np.full(a - b, np.nan) for r in s[k:k + g]])
+            got.append(tr.beats(seg, lab[k:k + g]))
+            k += g
+        np.testing.assert_array_equal(np.concatenate(got), ref)
+    assert np.isnan(ref[[i for i, v in enumerate(lab) if v == "V"]]).all()  # V beats take no part
+
+
+def test_p_waves_absent_in_af_present_in_sinus_on_mitdb_201(mitdb: Path) -> None:
+    """201: AF for 0-378 s, then nodal/sinus rhythm from 385 s (reference rhythm labels)."""
+    x, s, lab, rhythm = _ref_201(mitdb, 8)
+    assert rhythm[0][1] == "(AFIB" and any(a == "(N" for _, a in rhythm)
+    c = p_wave_correlation(x, s, lab, FS)
+    n_start = next(t for t, a in rhythm if a == "(N")
+    af = c[(s > 60 * FS) & (s < rhythm[1][0])]
+    sinus = c[(s > n_start + 30 * FS)]
+    assert np.nanmedian(af) < 0.2 < 0.8 < np.nanmedian(sinus)
+
+
+def _synthetic(rr: np.ndarray, p_wave: bool, seed: int) -> np.ndarray:
+    """R spikes at the RR intervals, with (or without) a P wave 0.16 s before each, a T wave,
+    and (without P waves) 6 Hz fibrillatory waves of random phase."""
+    rng = np.random.default_rng(seed)
+    beats = np.cumsum(np.r_[1.0, rr])
+    n = int((beats[-1] + 1.0) * FS)
+    t = np.arange(n) / FS
+    x = 0.01 * rng.standard_normal(n)
+    for b in beats:
+        w = slice(max(0, int((b - 0.4) * FS)), min(n, int((b + 0.5) * FS)))
+        tt = t[w] - b
+        x[w] += 1.2 * np.exp(-tt**2 / (2 * 0.012**2)) + 0.25 * np.exp(-(tt - 0.28) ** 2 / (2 * 0.04**2))
+        if p_wave:
+            x[w] += 0.15 * np.exp(-(tt + 0.16) ** 2 / (2 * 0.02**2))
+    if not p_wave:
+        phase = np.cumsum(2 * np.pi * (6.0 + 0.8 * np.sin(2 * np.pi * 0.13 * t)) / FS)
+        x += 0.06 * np.sin(phase + rng.uniform(0, 2 * np.pi))
+    return x
+
+
+def _afib_alarms(x: np.ndarray, chunk_s: float) -> list[tuple[str, int]]:
+    st = EcgAnalysis(EcgAnalysisParams(classify="off"))
+    st.open(StreamSpec("t/ecg", "ecg", FS, ("II",), ("mV",)))
+    out = []
+    step = int(chunk_s * FS)
+    for k in range(0, x.size, step):
+        out += st.process(Chunk.signal("ecg", "t/ecg", k // step, round(k * 1e9 / FS), x[k:k + step, None], FS,
+                                       channels=("II",), units=("mV",))).records
+    out += st.close().records
+    return [(r.body["state"], r.body["onset_sample"]) for r in out
+            if r.topic.startswith("alarm/") and r.body["type"] == "afib"]
+
+
+def test_irregular_rhythm_with_p_waves_is_not_af_in_the_stage() -> None:
+    rr = np.random.default_rng(7).uniform(0.5, 1.1, 150)  # as irregular as AF
+    with_p = _afib_alarms(_synthetic(rr, True, 1), 1.0)
+    without_p = _afib_alarms(_synthetic(rr, False, 1), 1.0)
+    assert with_p == []  # P waves before every beat: sinus arrhythmia / atrial ectopy, not AF
+    assert without_p and without_p[0][0] == "on"
+    assert _afib_alarms(_synthetic(rr, False, 1), 0.25) == without_p  # any chunking
+
+
+def test_detector_gate_thresholds() -> None:
+    rng = np.random.default_rng(4)
+    beats = np.cumsum(np.r_[0, rng.uniform(0.4, 1.1, 150)] * FS).astype(int)
+    high, low = np.full(beats.size, 0.95), np.full(beats.size, 0.05)
+    assert AFDetector(FS).beats(beats, None, None, high)[0] == []
+    tr, _ = AFDetector(FS).beats(beats, None, None, low)
+    assert [t.state for t in tr] == ["on"] and tr[0].detail["p_corr"] == 0.05
+    # P waves come back in the middle of the irregular run: AF ends
+    back = np.r_[low[:100], high[100:]]
+    assert [t.state for t in AFDetector(FS).beats(beats, None, None, back)[0]] == ["on", "off"]
+    with pytest.raises(ValueError):
+        PWaveTracker(FS, alpha=0.0)
