@@ -45,6 +45,13 @@ STOP = b"S"
 PROGRESS = b"\x00P"
 
 _I64_MAX = (1 << 63) - 1
+
+#: Longest biosignal chunk the engine analyses (PROTOCOL.md section 8, reason ``chunk_too_long``): a
+#: chunk is handled in one go, so a longer one would stall every other stream of its worker (a 16 MB
+#: chunk of 360 Hz ECG: ~1 min, alarms of the other patients held back) and its beats and quality
+#: would pass the 1 MiB body limit and be dropped.
+MAX_CHUNK_S = 60.0
+MAX_CHUNK_SAMPLES = 1 << 22
 _SHAPE_SLACK = 8  # the probe's shape (1, n) packs smaller than a real chunk's (n_samples, n)
 
 #: ``meta`` keys the engine adds to what it publishes; they survive header truncation
@@ -444,6 +451,13 @@ class Worker:
             stats.errors += 1
             self.reject("spec_changed", f"stream {sid!r} opened as {st.spec}, chunk declares {StreamSpec.of(chunk)}",
                         sid, chunk.seq, topic_stream=sid)
+            return
+        if chunk.kind in SIGNAL_KINDS and chunk.data is not None and chunk.rate_hz is not None and (
+                chunk.data.shape[0] > MAX_CHUNK_SAMPLES or chunk.data.shape[0] > MAX_CHUNK_S * chunk.rate_hz):
+            stats.errors += 1  # not analysed: the next chunk reports the gap (its seq is missing)
+            self.reject("chunk_too_long", f"chunk has {chunk.data.shape[0]} samples at {chunk.rate_hz} Hz; the engine "
+                        f"analyses at most {MAX_CHUNK_S:g} s and {MAX_CHUNK_SAMPLES} samples per chunk: send it "
+                        f"in shorter chunks", sid, chunk.seq, topic_stream=sid)
             return
         if chunk.kind == "ecg" and chunk.data is not None and chunk.data.dtype.kind in "iu" and (
                 "gain" in chunk.meta or "baseline" in chunk.meta):

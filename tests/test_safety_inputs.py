@@ -318,6 +318,9 @@ def hostile() -> list[tuple[str, str, list[Msg], set[str]]]:
         ("PCG NaN, int32 extremes, 1 sample", "v/31", [pcg("v/31", 0, np.full((4000, 1), np.nan, "<f4")),
                                                        pcg("v/31", 1, np.full((4000, 1), big.min, "<i4")),
                                                        pcg("v/31", 2, np.ones((1, 1), "<f4"))], {"published"}),
+        ("chunk of 60 s + 1 sample", "v/33", [ecg("v/33", 0, np.zeros((int(60 * FS), 2), "<f4")),
+                                              ecg("v/33", 1, np.zeros((int(60 * FS) + 1, 2), "<f4")),
+                                              ecg("v/33", 2)], {"chunk_too_long", "gap", "published"}),
         ("annotation kind on ingest", "v/32", [[bytes(f) for f in encode(Chunk.record("hr", "v/32", 0, 0, {"a": 1}))]],
          {"not_ingestible"}),
     ]

@@ -47,7 +47,7 @@ SCHEMA_KINDS: Final = frozenset(
 )
 
 #: ``rejected`` event reasons the engine adds to the decoder's :data:`~telediag.transports.wire.REASONS`.
-ENGINE_REASONS: Final = ("spec_changed", "not_ingestible", "misrouted", "internal_error")
+ENGINE_REASONS: Final = ("spec_changed", "chunk_too_long", "not_ingestible", "misrouted", "internal_error")
 
 
 @cache
