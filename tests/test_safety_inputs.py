@@ -32,7 +32,7 @@ from telediag.engine.config import load_config
 from telediag.engine.runtime import Engine
 from telediag.engine.stage import StreamSpec
 from telediag.errors import EngineError
-from telediag.transports.wire import Chunk, encode
+from telediag.transports.wire import Chunk, VideoSpec, encode
 
 wfdb = pytest.importorskip("wfdb")
 
@@ -264,6 +264,12 @@ def hostile() -> list[tuple[str, str, list[Msg], set[str]]]:
     pcg = lambda sid, seq=0, x=silence, rate=4000.0, **kw: _sig(  # noqa: E731
         "pcg", sid, seq, x, rate=rate, channels=("mic",), units=("",), **kw)
     ok = ecg("v/ok")
+
+    def vid(sid: str, seq: int, pkt: bytes, w: int = 64, h: int = 48, fmt: str = "rgb24") -> Msg:
+        codec = "h264" if pkt.startswith(b"\x00\x00\x00\x01") or not pkt else "raw"
+        spec = VideoSpec(codec, w, h, fmt if codec == "raw" else "yuv420p", 25.0, keyframe=True)
+        return [bytes(f) for f in encode(Chunk.video_packet(sid, seq, seq * 40_000_000, pkt, spec))]
+
     big = np.iinfo(np.int32)
     nan = np.full((360, 2), np.nan, "<f4")
     return [
@@ -321,6 +327,11 @@ def hostile() -> list[tuple[str, str, list[Msg], set[str]]]:
         ("chunk of 60 s + 1 sample", "v/33", [ecg("v/33", 0, np.zeros((int(60 * FS), 2), "<f4")),
                                               ecg("v/33", 1, np.zeros((int(60 * FS) + 1, 2), "<f4")),
                                               ecg("v/33", 2)], {"chunk_too_long", "gap", "published"}),
+        ("h264 garbage", "v/34", [vid("v/34", 0, b"\x00\x00\x00\x01" + bytes(range(256)) * 4), vid("v/34", 1, b"")],
+         {"video_decode_error"}),
+        ("raw 16384x16384 declared, 100 bytes sent", "v/35", [vid("v/35", 0, b"\x00" * 100, 16384, 16384)],
+         {"video_decode_error"}),
+        ("raw, unknown pix_fmt", "v/36", [vid("v/36", 0, b"\x00" * 9216, fmt="no_such_fmt")], {"video_decode_error"}),
         ("annotation kind on ingest", "v/32", [[bytes(f) for f in encode(Chunk.record("hr", "v/32", 0, 0, {"a": 1}))]],
          {"not_ingestible"}),
     ]
