@@ -49,47 +49,72 @@ def p_window(fs: float) -> tuple[int, int]:
 
 
 @njit(cache=True)
+def _pcorr_one(seg: NDArray[np.float64], d: NDArray[np.float64], tpl: NDArray[np.float64],
+               count: NDArray[np.int64], alpha: float) -> float:
+    """Detrend ``seg`` into ``d``, correlate with ``tpl`` (NaN before the first window), update ``tpl``."""
+    m = seg.size
+    tc = (m - 1) / 2.0
+    stt = m * (m * m - 1) / 12.0  # sum of (i - tc)^2
+    mean = 0.0
+    for i in range(m):
+        mean += seg[i]
+    mean /= m
+    if np.isnan(mean):
+        return np.nan
+    slope = 0.0
+    for i in range(m):
+        slope += (i - tc) * (seg[i] - mean)
+    slope /= stt
+    for i in range(m):
+        d[i] = seg[i] - mean - slope * (i - tc)
+    r = np.nan
+    if count[0] > 0:
+        sxy = 0.0
+        sxx = 0.0
+        syy = 0.0
+        for i in range(m):
+            sxy += d[i] * tpl[i]
+            sxx += d[i] * d[i]
+            syy += tpl[i] * tpl[i]
+        den = np.sqrt(sxx * syy)
+        r = sxy / den if den > 0 else 0.0
+        for i in range(m):
+            tpl[i] += alpha * (d[i] - tpl[i])
+    else:
+        for i in range(m):
+            tpl[i] = d[i]
+    count[0] += 1
+    return r
+
+
+@njit(cache=True)
 def _pcorr_kernel(segs: NDArray[np.float64], use: NDArray[np.bool_], tpl: NDArray[np.float64],
                   count: NDArray[np.int64], alpha: float, out: NDArray[np.float64]) -> None:
-    """Per row of ``segs``: detrend, correlate with ``tpl`` (when ``count[0] > 0``), update ``tpl``."""
-    n, m = segs.shape
-    tc = (m - 1) / 2.0
-    stt = 0.0
-    for i in range(m):
-        stt += (i - tc) * (i - tc)
+    """Per row of ``segs`` (a beat's PR window): its correlation with the template, when ``use``."""
+    d = np.empty(segs.shape[1])
+    for k in range(segs.shape[0]):
+        out[k] = _pcorr_one(segs[k], d, tpl, count, alpha) if use[k] else np.nan
+
+
+@njit(cache=True)
+def _pcorr_ring_kernel(buf: NDArray[np.float64], end: int, lead: int, samples: NDArray[np.int64],
+                       use: NDArray[np.bool_], a: int, b: int, tpl: NDArray[np.float64],
+                       count: NDArray[np.int64], alpha: float, out: NDArray[np.float64]) -> None:
+    """As :func:`_pcorr_kernel`, the windows read from a ring buffer ``buf`` (``end``: one past
+    the newest sample; a window no longer, or not yet, held gives NaN)."""
+    cap = buf.shape[0]
+    m = a - b
+    seg = np.empty(m)
     d = np.empty(m)
-    for k in range(n):
-        out[k] = np.nan
-        if not use[k]:
+    lo = max(0, end - cap)
+    for k in range(samples.size):
+        s0 = samples[k] - a
+        if not use[k] or s0 < lo or samples[k] - b > end:
+            out[k] = np.nan
             continue
-        mean = 0.0
         for i in range(m):
-            mean += segs[k, i]
-        mean /= m
-        if np.isnan(mean):
-            continue
-        slope = 0.0
-        for i in range(m):
-            slope += (i - tc) * (segs[k, i] - mean)
-        slope /= stt
-        for i in range(m):
-            d[i] = segs[k, i] - mean - slope * (i - tc)
-        if count[0] > 0:
-            sxy = 0.0
-            sxx = 0.0
-            syy = 0.0
-            for i in range(m):
-                sxy += d[i] * tpl[i]
-                sxx += d[i] * d[i]
-                syy += tpl[i] * tpl[i]
-            den = np.sqrt(sxx * syy)
-            out[k] = sxy / den if den > 0 else 0.0
-            for i in range(m):
-                tpl[i] += alpha * (d[i] - tpl[i])
-        else:
-            for i in range(m):
-                tpl[i] = d[i]
-        count[0] += 1
+            seg[i] = buf[(s0 + i) % cap, lead]
+        out[k] = _pcorr_one(seg, d, tpl, count, alpha)
 
 
 _USE = frozenset({"N", "S", None})
@@ -121,6 +146,17 @@ class PWaveTracker:
         self.alpha = float(alpha)
         self.tpl = np.zeros(self.a - self.b)
         self.count = np.zeros(1, np.int64)
+
+    def from_ring(self, buf: NDArray[np.float64], end: int, lead: int, samples: NDArray[np.int64],
+                  labels: list[str | None]) -> NDArray[np.float64]:
+        """As :meth:`beats`, the windows read from the ring buffer ``buf`` (n, channels) whose
+        newest sample is ``end - 1`` (the stage's :class:`SignalHistory`), column ``lead``."""
+        n = len(labels)
+        out = np.empty(n)
+        if n:
+            use = np.array([lab in _USE for lab in labels], np.bool_)
+            _pcorr_ring_kernel(buf, end, lead, samples, use, self.a, self.b, self.tpl, self.count, self.alpha, out)
+        return out
 
     def beats(self, segs: NDArray[np.float64], labels: list[str | None]) -> NDArray[np.float64]:
         """Correlation of each beat's PR window ``segs[k]`` (NaN rows: not available)."""

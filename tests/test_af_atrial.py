@@ -16,6 +16,7 @@ from telediag.dsp.af import AFDetector
 from telediag.dsp.atrial import PWaveTracker, p_wave_correlation, p_window
 from telediag.engine.stage import StreamSpec
 from telediag.engine.stages.ecg_analysis import EcgAnalysis, EcgAnalysisParams
+from telediag.engine.stages.ecg_parts.clock import SignalHistory
 from telediag.transports.wire import Chunk
 
 FS = 360.0
@@ -51,6 +52,15 @@ def test_streaming_equals_offline_for_any_grouping(mitdb: Path) -> None:
             k += g
         np.testing.assert_array_equal(np.concatenate(got), ref)
     assert np.isnan(ref[[i for i, v in enumerate(lab) if v == "V"]]).all()  # V beats take no part
+    # the stage's path: windows read from its ring buffer (10 s), chunks of 1 s, beats 0.5 s late
+    h, tr, got, k = SignalHistory(np.zeros((int(10 * FS), 1))), PWaveTracker(FS), [], 0
+    for c in range(0, x.size, int(FS)):
+        h.push(x[c:c + int(FS), None])
+        j = int(np.searchsorted(s, h.end - int(0.5 * FS)))
+        got.append(tr.from_ring(h.buf, h.end, 0, s[k:j], lab[k:j]))
+        k = j
+    got.append(tr.from_ring(h.buf, h.end, 0, s[k:], lab[k:]))
+    np.testing.assert_array_equal(np.concatenate(got), ref)
 
 
 def test_p_waves_absent_in_af_present_in_sinus_on_mitdb_201(mitdb: Path) -> None:

@@ -106,10 +106,4 @@ class RhythmMonitor:
         h, tr = self.history, self.pwave
         if h is None or tr is None:
             return None
-        cap = h.buf.shape[0]
-        idx = np.asarray(samples, np.int64)[:, None] - tr.a + np.arange(tr.a - tr.b)[None, :]
-        segs = h.buf[idx % cap, self.lead]
-        held = (idx[:, 0] >= max(0, h.end - cap)) & (idx[:, -1] < h.end)
-        if not held.all():
-            segs[~held] = np.nan
-        return tr.beats(segs, labels)
+        return tr.from_ring(h.buf, h.end, self.lead, np.array(samples, np.int64), labels)
