@@ -420,3 +420,30 @@ def _hostile_run(eng: Any) -> None:
         for e in mine:
             if e["type"] == "rejected" and e["reason"] in expected:
                 assert e["detail"] and len(e["detail"]) > 10, (label, e)
+
+
+# -- heart sounds: timestamp jitter is not a discontinuity --------------------------------------
+def test_pcg_segmentation_survives_timestamp_jitter(shared_data: Path) -> None:
+    # before the fix a 1 ms jitter restarted the segmentation at every chunk: no segment, no
+    # abnormality verdict ever, and a pcg_discontinuity event per chunk
+    wav = shared_data / "pcg2016" / "training-a" / "a0001.wav"
+    if not wav.exists():
+        pytest.skip(f"{wav} not found")
+    from telediag.sources.readers import read_pcg
+
+    x, fs = read_pcg(wav)
+    x = x[: 30 * fs].astype("<f4")[:, None]
+    counts = []
+    for jitter_ns in (0.0, 1e6):
+        st = load_config().pipelines["pcg"][0].build()
+        st.open(StreamSpec("p/pcg", "pcg", float(fs), ("mic",), ("",)))
+        rng = np.random.default_rng(0)
+        segs = disc = 0
+        for i, k in enumerate(range(0, len(x), fs // 4)):
+            t0 = round(k / fs * 1e9) + int(rng.normal(0.0, jitter_ns) if jitter_ns else 0)
+            for r in st.process(Chunk.signal("pcg", "p/pcg", i, t0, x[k:k + fs // 4], float(fs), ("mic",),
+                                             ("",))).records:
+                segs += len(r.body["segments"]) if r.kind == "segments" else 0
+                disc += r.kind == "event" and r.body.get("type") == "pcg_discontinuity"
+        counts.append((segs, disc))
+    assert counts[0][0] > 50 and counts[1] == counts[0], counts

@@ -31,7 +31,8 @@ One stage does the whole PCG chain on one channel of a ``pcg`` stream:
 Every output is the same whatever the chunking of the input (the segmenter is fed in pieces
 of at most 0.25 s so that each of its updates is seen); a gap in source time (``t0_ns`` of a
 chunk not where the previous chunk ended, e.g. a reopened device) flushes the segmentation and
-restarts it at the new time.
+restarts it at the new time; a departure under 0.1 s on a contiguous ``seq`` is timestamp jitter
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from telediag.dsp.sosfilt import SosFilter
 from telediag.engine.stage import Outputs, Stage, StageParams, StreamSpec, register
 from telediag.errors import ConfigError, DSPError, ModelError
 from telediag.transports.wire import Chunk
+
+JITTER_TOLERANCE_NS = 100_000_000
+"""A ``t0_ns`` off by less than this (0.1 s) on a chunk whose ``seq`` follows the previous one is
+timestamp jitter: the segmentation goes on (the source time of its outputs follows the samples)."""
 
 __all__ = [
     "AbnormalityModel",
@@ -287,6 +292,7 @@ class PcgSegment(Stage):
         self.n_total = 0  # input samples over all runs
         self.n_lost = 0  # source samples never received (gaps read from t0_ns): indices are the source's
         self.first_t0_ns: int | None = None
+        self.last_seq: int | None = None
         self.counters: dict[str, int] = {}
         self.reported: dict[str, int] = {}
         self.reported_at: dict[str, int] = {}
@@ -453,9 +459,15 @@ class PcgSegment(Stage):
         out: list[Chunk] = []
         self._source_counters(chunk, col, out)
         run = self.run
+        contiguous = self.last_seq is not None and chunk.seq == self.last_seq + 1
+        self.last_seq = chunk.seq
         if run is not None:
             expected = run.anchor_ns + (run.n * 1_000_000_000) // self.fs
-            if abs(chunk.t0_ns - expected) * self.fs > 500_000_000:  # more than half a sample off
+            dev = abs(chunk.t0_ns - expected)
+            # more than half a sample off, unless it is timestamp jitter: under JITTER_TOLERANCE_NS
+            # on a chunk whose seq follows the previous one (nothing was lost in transport; a
+            # restart at every jittery chunk would never let a segmentation finish)
+            if dev * self.fs > 500_000_000 and not (contiguous and dev < JITTER_TOLERANCE_NS):
                 out.extend(self._finish(run))
                 if chunk.t0_ns > expected:  # samples lost in a gap: source indices skip them (OUTPUTS.md 3)
                     self.n_lost += int(round((chunk.t0_ns - expected) * self.fs / 1e9))
