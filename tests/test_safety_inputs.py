@@ -18,6 +18,7 @@ cut to 60 s, one engine per worker mode.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -447,3 +448,23 @@ def test_pcg_segmentation_survives_timestamp_jitter(shared_data: Path) -> None:
                 disc += r.kind == "event" and r.body.get("type") == "pcg_discontinuity"
         counts.append((segs, disc))
     assert counts[0][0] > 50 and counts[1] == counts[0], counts
+
+
+# -- the console: alarms of a pipeline that went without ending them -----------------------------
+def test_viewer_ends_alarms_of_a_reset_stream() -> None:
+    # stream_reset (a stage bug) and a replaced worker process rebuild a stream's pipeline without
+    # closing it: before the fix the banner of an alarm that was on stayed on for ever
+    from telediag.viewer.bridge import Bridge
+
+    b = Bridge(["tcp://127.0.0.1:1"], history_s=10.0)
+    on = {"type": "asystole", "state": "on", "category": "physiological", "onset_sample": 0, "onset_ns": 0,
+          "end_sample": None, "end_ns": None, "detail": {}, "lead": "II"}
+    b.convert(Chunk.record("alarm", "bed-1/ecg", 0, 0, on))
+    b.convert(Chunk.record("alarm", "bed-2/ecg", 0, 0, on))
+    assert set(b._alarms) == {"bed-1/ecg:asystole", "bed-2/ecg:asystole"}
+    out = b.convert(Chunk.record("event", "bed-1/ecg", 1, 5, {"type": "stream_reset", "stream": "bed-1/ecg",
+                                                               "reason": "internal_error", "error": "x",
+                                                               "last_seq": 3}))
+    offs = [json.loads(m)["view"] for m in out[1:] if isinstance(m, str)]
+    assert [(v["key"], v["state"]) for v in offs] == [("bed-1/ecg:asystole", "off")]
+    assert set(b._alarms) == {"bed-2/ecg:asystole"}  # another patient's alarm stays

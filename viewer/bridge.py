@@ -205,6 +205,8 @@ _DEFAULT_PRIORITY = {"asystole": "high", "vfib": "high", "vtach": "high", "vrun"
                      "ectopy": "low", "leads_off": "medium", "signal_unusable": "low"}
 _TECHNICAL = {"leads_off", "signal_unusable", "flat_line", "saturation", "heavy_noise", "noise", "lead_off"}
 _PRIORITIES = {"high", "medium", "low"}
+# events after which a stream's alarms that were on are void (its pipeline went without ending them)
+_VOIDS_ALARMS = frozenset({"stream_reset", "stream_restarted", "stream_moved"})
 
 
 def alarm_view(body: Any, stream: str, kind: str, t0_ns: int) -> dict[str, Any] | None:
@@ -1057,6 +1059,9 @@ class Bridge:
             if view is not None:
                 head["view"] = view
         msg = _dumps(head)
+        voided: list[str | bytes] = []
+        if kind == "event" and isinstance(body, Mapping) and body.get("type") in _VOIDS_ALARMS:
+            voided = self._void_alarms(str(body.get("stream") or chunk.stream), str(body["type"]))
         if kind in ("alarm", "event") and view is not None and "key" in view:
             if view["state"] == "on":
                 self._alarms[view["key"]] = (chunk.topic, msg)
@@ -1070,7 +1075,20 @@ class Bridge:
                     t.history.popleft()
         elif kind in _STATE_KINDS:
             t.latest = msg
-        return [msg]
+        return [msg, *voided]
+
+    def _void_alarms(self, sid: str, why: str) -> list[str | bytes]:
+        """End the alarms still on for stream ``sid`` whose pipeline is gone without ending them
+        (``stream_reset``, a replaced worker: OUTPUTS.md 4.5): an ``off`` view for each, so no
+        banner stays on that nothing would ever end."""
+        out: list[str | bytes] = []
+        for key in [k for k in self._alarms if k.startswith(sid + ":")]:
+            _, old = self._alarms.pop(key)
+            self.acks.pop(key, None)
+            head = json.loads(old)
+            head["view"] = {**head.get("view", {}), "state": "off", "message": f"ended: {why}"}
+            out.append(_dumps(head))
+        return out
 
     def _signal(self, chunk: Chunk, t: _Topic) -> list[str | bytes]:
         assert chunk.data is not None and chunk.rate_hz is not None
