@@ -205,8 +205,9 @@ _DEFAULT_PRIORITY = {"asystole": "high", "vfib": "high", "vtach": "high", "vrun"
                      "ectopy": "low", "leads_off": "medium", "signal_unusable": "low"}
 _TECHNICAL = {"leads_off", "signal_unusable", "flat_line", "saturation", "heavy_noise", "noise", "lead_off"}
 _PRIORITIES = {"high", "medium", "low"}
-# events after which a stream's alarms that were on are void (its pipeline went without ending them)
-_VOIDS_ALARMS = frozenset({"stream_reset", "stream_restarted", "stream_moved"})
+# events after which a stream's alarms that were on are void (its pipeline went without ending them;
+# not stream_moved: the old owner closed the pipeline, and the new owner's alarms may come first)
+_VOIDS_ALARMS = frozenset({"stream_reset", "stream_restarted"})
 
 
 def alarm_view(body: Any, stream: str, kind: str, t0_ns: int) -> dict[str, Any] | None:
