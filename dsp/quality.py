@@ -90,6 +90,7 @@ __all__ = [
     "QualityState",
     "SQIUpdate",
     "SignalQuality",
+    "all_plausible",
     "assess",
 ]
 
@@ -481,6 +482,42 @@ def _quality_kernel(
             out_flags[n_rows, c] = bits
         n_rows += 1
     return n_rows, n_ev
+
+
+@njit(cache=True, nogil=True)
+def _all_plausible(x: FloatArray, lim: FloatArray) -> bool:
+    n, n_ch = x.shape
+    for i in range(n):
+        for c in range(n_ch):
+            a = abs(x[i, c])
+            if not (a <= lim[c] and a < np.inf):  # NaN compares false
+                return False
+    return True
+
+
+def all_plausible(x: FloatArray, lim: FloatArray | None = None) -> bool:
+    """True when every sample of ``x`` ``(n, n_channels)`` is finite and, with ``lim``
+    ``(n_channels,)``, at most ``lim[c]`` in magnitude: one pass, no temporary arrays (the
+    engine's per-chunk screen; when it says False, the callers build their exact masks).
+
+    >>> all_plausible(np.array([[0.5, -2.0]]), np.array([1.0, np.inf]))
+    True
+    >>> all_plausible(np.array([[0.5, np.nan]])), all_plausible(np.array([[1.5, 0.0]]), np.array([1.0, 1.0]))
+    (False, False)
+    """
+    if x.ndim != 2 or x.dtype != np.float64 or not x.flags.c_contiguous:
+        raise DSPError(f"x must be a C-contiguous (n, n_channels) float64 array, got {x.dtype} {x.shape}")
+    if lim is None:
+        lim = np.full(x.shape[1], np.inf)
+    elif lim.shape != (x.shape[1],) or lim.dtype != np.float64:
+        raise DSPError(f"lim must be a float64 array of shape ({x.shape[1]},), got {lim.dtype} {lim.shape}")
+    if x.flags.writeable:  # read-only views: one kernel specialisation for writable and read-only input
+        x = x.view()
+        x.flags.writeable = False
+    if lim.flags.writeable:
+        lim = lim.view()
+        lim.flags.writeable = False
+    return bool(_all_plausible(x, lim))
 
 
 # --------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ def test_filter_stage_finite_check_by_sum() -> None:
     from telediag.engine.stages.ecg import EcgFilter
     from telediag.transports.wire import Chunk
 
-    def run(x: np.ndarray) -> np.ndarray:
-        st = EcgFilter(EcgFilter.Params())
+    def run(x: np.ndarray, implausible_mv: float = 500.0) -> np.ndarray:
+        st = EcgFilter(EcgFilter.Params(implausible_mv=implausible_mv))
         st.open(StreamSpec("s/ecg", "ecg", 360.0, ("I", "II"), ("mV", "mV")))
         out = [st.process(Chunk.signal("ecg", "s/ecg", k, k * 10**9, x[k * 360:(k + 1) * 360], 360.0,
                                        ("I", "II"), ("mV", "mV"))).signal.data for k in range(x.shape[0] // 360)]
@@ -79,8 +79,11 @@ def test_filter_stage_finite_check_by_sum() -> None:
     x = np.random.default_rng(3).normal(size=(1440, 2))
     big = x.copy()
     big[400:402, 0] = 1.7e308  # finite, but the sum overflows
-    y = run(big)
+    y = run(big, implausible_mv=0.0)  # no plausibility bound
     assert not np.isnan(y[:, 1]).any() and not np.isnan(y[:402, 0]).any()
+    y = run(big)  # beyond 500 mV: held and shown missing like NaN, the other lead untouched
+    assert np.array_equal(np.isnan(y), (np.arange(1440) >= 400)[:, None] & (np.arange(1440) < 402)[:, None]
+                          & np.array([True, False]))
     holes = x.copy()
     holes[700:720, 1] = np.nan
     holes[900, 0] = np.inf
@@ -143,3 +146,29 @@ def test_hrv_update_last_equals_last_row_of_update() -> None:
                                        for x, y in zip(got, want, strict=True))
         for name in ("scalars", "ring_end", "ring_rr", "ring_cons"):
             assert np.array_equal(getattr(a.state, name), getattr(b.state, name))
+
+
+def test_all_plausible_equals_numpy_masks() -> None:
+    """The one-pass screen (EcgFilter, ecg_analysis) says True exactly when no sample is
+    non-finite and none exceeds its lead's bound, for writable and read-only input."""
+    from telediag.dsp.quality import all_plausible
+
+    rng = np.random.default_rng(5)
+    lims = [np.array([500.0, 500.0]), np.array([500.0, np.inf]), np.array([np.inf, np.inf]), np.array([0.5, 2.0])]
+    specials = [np.nan, np.inf, -np.inf, 500.0, -500.0, 500.0000001, -1e308, 1.7e308, 0.0, -0.0]
+    for _trial in range(400):
+        x = rng.normal(size=(int(rng.integers(0, 40)), 2))
+        for _ in range(int(rng.integers(0, 3))):
+            if x.size:
+                x[rng.integers(x.shape[0]), rng.integers(2)] = rng.choice(specials)
+        for lim in lims:
+            want = bool(np.isfinite(x).all() and not (np.abs(x) > lim).any())
+            assert all_plausible(x, lim) is want, (x, lim)
+            ro = x.copy()
+            ro.flags.writeable = False
+            assert all_plausible(ro, lim) is want
+        assert all_plausible(x) is bool(np.isfinite(x).all())
+    with pytest.raises(DSPError):
+        all_plausible(np.zeros((3, 2))[:, :1].T.T[::2])
+    with pytest.raises(DSPError):
+        all_plausible(np.zeros((3, 2)), np.zeros(3))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from telediag.dsp.design import chain, ecg_bandpass, notch, steady_state_zi
+from telediag.dsp.quality import all_plausible
 from telediag.dsp.sosfilt import SosFilter
 from telediag.engine.stage import Outputs, Stage, StageParams, StreamSpec, register, signal_like
 from telediag.engine.stages.ecg_analysis import _UNITS_PER_MV
@@ -81,6 +82,8 @@ class EcgFilter(Stage):
         upm = [_UNITS_PER_MV.get(u.strip().lower()) for u in spec.units]
         self._lim = (np.array([p.implausible_mv * u if u else np.inf for u in upm]) if p.implausible_mv > 0
                      and len(upm) == spec.n_channels and any(upm) else None)
+        self._lim_all = np.full(spec.n_channels, np.inf) if self._lim is None else self._lim.copy()
+        self._lim_all.flags.writeable = False
         self.spec = spec
         self.out_stream = f"{spec.stream}/{p.suffix}"
         return StreamSpec(self.out_stream, spec.kind, spec.rate_hz, spec.channels, spec.units)
@@ -103,11 +106,13 @@ class EcgFilter(Stage):
                 self._filter = SosFilter(self.sos, self._n_channels, zi=zi)
             else:
                 self._filter = SosFilter(self.sos, self._n_channels)
-        # a non-finite sample makes the sum non-finite (a finite sum proves every sample finite)
-        bad = None if np.isfinite(x.sum()) else ~np.isfinite(x)
-        if self._lim is not None and len(x) and (bad is not None or (np.abs(x).max(axis=0) > self._lim).any()):
-            wild = np.abs(x) > self._lim  # NaN compares false
-            bad = wild if bad is None else bad | wild
+        bad = None
+        # one pass for the common chunk (every sample finite and plausible); else the masks
+        if not (x.flags.c_contiguous and all_plausible(x, self._lim_all)):
+            bad = None if np.isfinite(x.sum()) else ~np.isfinite(x)
+            if self._lim is not None and len(x) and (bad is not None or (np.abs(x).max(axis=0) > self._lim).any()):
+                wild = np.abs(x) > self._lim  # NaN compares false
+                bad = wild if bad is None else bad | wild
         if bad is not None:
             # NaN/inf (leads off, lost samples) must not poison the filter state: hold the
             # last finite value through the run for the filter, and output NaN there

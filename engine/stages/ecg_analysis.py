@@ -127,7 +127,14 @@ from telediag.dsp.alarms import TECHNICAL, AlarmEvent, AlarmParams, RhythmAlarms
 from telediag.dsp.hr import HeartRateMeter
 from telediag.dsp.hrv import HRVMeter
 from telediag.dsp.qrs import QRSDetector, QRSParams
-from telediag.dsp.quality import EVENT_KINDS, FEATURE_NAMES, QualityEvent, SignalQuality, SQIUpdate
+from telediag.dsp.quality import (
+    EVENT_KINDS,
+    FEATURE_NAMES,
+    QualityEvent,
+    SignalQuality,
+    SQIUpdate,
+    all_plausible,
+)
 from telediag.engine.stage import Deferred, Outputs, Stage, StageParams, StreamSpec, register
 from telediag.engine.stages.ecg_parts.clock import SignalHistory, Timeline
 from telediag.engine.stages.ecg_parts.gate import Decided, QualityGate
@@ -481,6 +488,8 @@ class EcgAnalysis(Stage):
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
+        if self._implausible is not None:
+            self._implausible.flags.writeable = False
         timeline = Timeline(fs, keep=keep)
         try:
             detector = QRSDetector(fs, **dict(p.qrs))
@@ -562,7 +571,8 @@ class EcgAnalysis(Stage):
                 f"stream {chunk.stream!r} opened with {n_ch} channel(s), chunk has shape {x.shape}"
             )
         lim = self._implausible
-        if lim is not None and x.size:
+        # one pass for the common chunk (all finite and plausible); else the exact mask
+        if lim is not None and x.size and not (x.flags.c_contiguous and all_plausible(x, lim)):
             wild = np.abs(x) > lim  # NaN compares false: stays NaN
             if wild.any():
                 x = np.where(wild, np.nan, x)
