@@ -141,3 +141,19 @@ def test_predict_combines_cnn_and_features_on_a_real_recording(shared_data: Path
                                                   + comb["w_features"] * z_f)))
     assert d["abnormal_prob"] == pytest.approx(want, rel=1e-5)
     assert d["label"] == ("abnormal" if d["abnormal_prob"] >= 0.5 else "normal")
+
+
+def test_range_normalisation_cancels_the_log_contrast_scale() -> None:
+    """``"range"``: per-band offsets *and* a common scale of the log contrast (a device with
+    a different dynamic range / noise floor, to first order) cancel; ``"median"`` keeps
+    the scale; an unknown mode is an error."""
+    L = cycle_log_power(_heart(2000, seed=5, murmur=0.1), 2000)[0]
+    off = np.linspace(-2.0, 1.0, L.shape[1], dtype=np.float32)[None, :, None]
+    L2 = (0.6 * L + off).astype(np.float32)
+    a, b = normalise_recording(L, "range"), normalise_recording(L2, "range")
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    m1, m2 = normalise_recording(L), normalise_recording(L2)
+    np.testing.assert_allclose(0.6 * m1, m2, atol=1e-4)  # median mode: offsets only
+    assert not np.allclose(m1, m2, atol=1e-2)
+    with pytest.raises(ValueError, match="normalisation"):
+        normalise_recording(L, "zscore")

@@ -183,6 +183,11 @@ class PCGClassifier:
         if card.get("inputs", {}).get("shape") != ["N", N_BANDS, N_FRAMES]:
             raise ModelError(f"CNN card input shape must be ['N', {N_BANDS}, {N_FRAMES}], got "
                              f"{card.get('inputs', {}).get('shape')}; retrain the CNN")
+        from telediag.models.pcg_abnormal.cnn_spec import NORMALISATIONS
+
+        if card.get("inputs", {}).get("normalisation", "median") not in NORMALISATIONS:
+            raise ModelError(f"CNN card inputs.normalisation must be one of {NORMALISATIONS}, "
+                             f"got {card.get('inputs', {}).get('normalisation')!r}")
         if not all(np.isfinite([w_cnn, w_lr, slope])):
             raise ModelError("CNN card combine weights must be finite")
         try:
@@ -299,7 +304,8 @@ class PCGClassifier:
         if self._cnn is not None:
             cyc, _ = cycle_log_power(x, fs_i, segments=list(ana.segments))
             if cyc.shape[0] > 0:
-                z_cnn = float(np.mean(self.cycle_logits(normalise_recording(cyc))))
+                norm = str(self.cnn_card["inputs"].get("normalisation", "median"))
+                z_cnn = float(np.mean(self.cycle_logits(normalise_recording(cyc, norm))))
                 p_cnn = float(1.0 / (1.0 + np.exp(-z_cnn)))
                 comb = self.cnn_card["combine"]
                 q_f = min(max(p_features, 1e-6), 1.0 - 1e-6)

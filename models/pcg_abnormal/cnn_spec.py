@@ -116,12 +116,30 @@ def augment_log_power(L: NDArray[np.float32], rng: np.random.Generator) -> NDArr
     return np.log10(P + noise + 1e-10).astype(np.float32)
 
 
-def normalise_recording(L: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Per-recording, per-band median removed (log10 units x 10 = dB / 10), clipped."""
+NORMALISATIONS = ("median", "range")
+"""Per-recording normalisations of the cycle images (``card_cnn.json`` ``inputs.normalisation``)."""
+
+
+def normalise_recording(L: NDArray[np.float32], mode: str = "median") -> NDArray[np.float32]:
+    """Per-recording normalisation of one recording's cycles ``(n, N_BANDS, N_FRAMES)``.
+
+    ``"median"``: each band's median over the recording removed (log10 units; a fixed
+    stethoscope response and the gain cancel), clipped to +-4.  ``"range"``: the same, then
+    divided by the recording's dynamic range - the mean over bands of the 10-90 % percentile
+    spread of the log band power (floor 0.1) - so that a quieter or noisier device (a
+    higher diastolic noise floor shrinks every contrast in the log domain) looks alike to
+    first order (issue 16, third session).
+    """
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {mode!r}")
     if L.shape[0] == 0:
         return L
     med = np.median(L, axis=(0, 2), keepdims=True)
-    return np.clip(L - med, -4.0, 4.0).astype(np.float32)
+    Z = L - med
+    if mode == "range":
+        lo, hi = np.percentile(L, [10.0, 90.0], axis=(0, 2))
+        Z = Z / max(float(np.mean(hi - lo)), 0.1)
+    return np.clip(Z, -4.0, 4.0).astype(np.float32)
 
 
 CNN_ONNX = Path(__file__).with_name("pcg_abnormal_cnn.onnx")

@@ -33,6 +33,7 @@ from telediag.models.pcg_abnormal.cnn_spec import (
     MAX_CYCLES,
     N_BANDS,
     N_FRAMES,
+    NORMALISATIONS,
     STATE_FRAMES,
     augment_log_power,
     cycle_log_power,
@@ -109,11 +110,11 @@ def _record_weights(y: NDArray[np.int64], sets: NDArray[Any], tr: NDArray[np.boo
 
 
 def _prep(L: NDArray[Any], rng: np.random.Generator | None, k: int | None,
-          p_aug: float) -> NDArray[np.float32]:
+          p_aug: float, norm: str = "median") -> NDArray[np.float32]:
     L = L.astype(np.float32)
     if rng is not None and rng.random() < p_aug:
         L = augment_log_power(L, rng)
-    Z = normalise_recording(L)
+    Z = normalise_recording(L, norm)
     if k is not None and rng is not None:
         Z = Z[rng.integers(0, Z.shape[0], size=k)]
     return Z
@@ -121,7 +122,7 @@ def _prep(L: NDArray[Any], rng: np.random.Generator | None, k: int | None,
 
 def fit_cnn(cy: dict[str, Any], tr: NDArray[np.bool_], seed: int = 0, epochs: int = 30,
             per_epoch: int = 1024, k: int = 6, p_aug: float = 0.8, how: str = "set_class",
-            width: int = 32, log: bool = False) -> Any:
+            width: int = 32, log: bool = False, norm: str = "median") -> Any:
     """Train on the recordings ``tr``: batches of 32 recordings x ``k`` random cycles (each
     recording through a random device with probability ``p_aug``), loss on the mean cycle
     logit of each recording."""
@@ -146,7 +147,8 @@ def fit_cnn(cy: dict[str, Any], tr: NDArray[np.bool_], seed: int = 0, epochs: in
         tot = 0.0
         for b in range(0, per_epoch, 32):
             ids = draw[b : b + 32]
-            xb = np.stack([_prep(C[starts[i] : starts[i + 1]], rng, k, p_aug) for i in ids])
+            xb = np.stack([_prep(C[starts[i] : starts[i + 1]], rng, k, p_aug, norm)
+                           for i in ids])
             xt = torch.from_numpy(xb.reshape(-1, N_BANDS, N_FRAMES))
             logit = net(xt)[:, 0].reshape(len(ids), k).mean(dim=1)
             loss = bce(logit, torch.from_numpy(y[ids].astype(np.float32)))
@@ -162,7 +164,8 @@ def fit_cnn(cy: dict[str, Any], tr: NDArray[np.bool_], seed: int = 0, epochs: in
     return net
 
 
-def predict_cnn(net: Any, cy: dict[str, Any], te: NDArray[np.bool_]) -> NDArray[np.float64]:
+def predict_cnn(net: Any, cy: dict[str, Any], te: NDArray[np.bool_], norm: str = "median"
+                ) -> NDArray[np.float64]:
     """Probability (sigmoid of the mean cycle logit, normalised per recording, no
     augmentation) of every recording in ``te``; NaN without a complete cycle."""
     from telediag.models.pcg_abnormal.train import _torch
@@ -176,7 +179,7 @@ def predict_cnn(net: Any, cy: dict[str, Any], te: NDArray[np.bool_]) -> NDArray[
             L = C[starts[i] : starts[i + 1]]
             if L.shape[0] == 0:
                 continue
-            z = normalise_recording(L.astype(np.float32))
+            z = normalise_recording(L.astype(np.float32), norm)
             lg = net(torch.from_numpy(z))[:, 0].numpy()
             out[j] = 1.0 / (1.0 + np.exp(-float(np.mean(lg))))
     return out
@@ -340,7 +343,7 @@ def write_card(cy: dict[str, Any], data: Path, feature_cache: Path, info_path: P
                    "extractor": "telediag.models.pcg_abnormal.cnn_spec.cycle_log_power + "
                                 "normalise_recording",
                    "band_edges_hz": list(BAND_EDGES_HZ), "state_frames": list(STATE_FRAMES),
-                   "max_cycles": MAX_CYCLES},
+                   "max_cycles": MAX_CYCLES, "normalisation": kw.get("norm", "median")},
         "outputs": {"name": "logit", "shape": ["N", 1]},
         "combine": {"w_cnn": w_best, "w_features": 1.0 - w_best, "slope": slope,
                     "rule": "abnormal_prob = sigmoid(slope * (w_cnn * mean cycle logit + "
@@ -527,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p-aug", type=float, default=0.8)
     ap.add_argument("--weights", default="set_class", choices=("set_class", "group", "class"))
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--norm", default="median", choices=NORMALISATIONS,
+                    help="per-recording normalisation of the cycle images (cnn_spec)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default=None, help="comma list: average the seeds' logits")
     ap.add_argument("--folds", default="lodo,random", help="lodo, random, nested (comma list)")
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     cy = load_cycles(Path(a.data), Path(a.cache))
     y, sets = cy["y"], cy["sets"]
     kw = dict(epochs=a.epochs, per_epoch=a.per_epoch, p_aug=a.p_aug, how=a.weights,
-              width=a.width, log=a.log)
+              width=a.width, log=a.log, norm=a.norm)
     if a.final:
         seeds = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed]
         return train_final(cy, seeds, kw, Path(a.export_info))
@@ -555,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                           a.lodo_json.split(","), a.random_json)
     print(f"{y.size} recordings, {cy['C'].shape[0]} cycles; {vars(a)}", flush=True)
     kw = dict(epochs=a.epochs, per_epoch=a.per_epoch, p_aug=a.p_aug, how=a.weights,
-              width=a.width, log=a.log)
+              width=a.width, log=a.log, norm=a.norm)
     dbs = [s for s in ("a", "b", "c", "d", "f", "circor") if np.any(sets == s)]
     res: dict[str, Any] = {"args": vars(a)}
     schemes = a.folds.split(",")
@@ -577,14 +582,15 @@ def main(argv: list[str] | None = None) -> int:
             if a.train_sets == "pcg2016":
                 tr &= sets != "circor"
             seeds = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed]
-            z = np.mean([_logit(predict_cnn(fit_cnn(cy, tr, seed=sd, **kw), cy, te))
+            z = np.mean([_logit(predict_cnn(fit_cnn(cy, tr, seed=sd, **kw), cy, te, a.norm))
                          for sd in seeds], axis=0)
             p[te] = 1.0 / (1.0 + np.exp(-z))
             if scheme == "lodo" and "nested" in schemes:
                 inner = np.full(y.size, np.nan)
                 for s in [d for d in dbs if np.any(tr & (sets == d))]:
                     ti = tr & (sets == s)
-                    inner[ti] = predict_cnn(fit_cnn(cy, tr & ~ti, seed=a.seed, **kw), cy, ti)
+                    inner[ti] = predict_cnn(fit_cnn(cy, tr & ~ti, seed=a.seed, **kw), cy, ti,
+                                            a.norm)
                 thr_n[te] = _best_thr(y[tr], inner[tr])
             se, sp, ma, auc = _metrics(y[te], p[te], 0.5)
             row = {"fold": name, "n": int(te.sum()), "n_abnormal": int(y[te].sum()),
