@@ -880,6 +880,10 @@ class PoolRouter:
                 continue
             self.owners[s] = j
             self.moved += 1
+            if s in self.held:  # still on its way to i (not resumed there yet): send it on to j instead
+                _, since, q = self.held[s]
+                self.held[s] = (j, since, q)
+                continue
             if i in self.down:  # the old owner is dead: resume from the collector's progress
                 self.held[s] = (j, now - self.pool.RELEASE_TIMEOUT_S, deque())
             else:

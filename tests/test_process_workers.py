@@ -198,3 +198,79 @@ def test_remove_a_worker_process_mid_stream(proc_engine: Engine) -> None:
     assert not Path(f"/proc/{pid}").exists() or _state(pid) == "Z", "the removed worker process did not exit"
     assert victim not in [b["worker"] for b in eng.worker_stats()]  # its stale stats are not aggregated
     print(f"worker {victim} removed: {len(moved)} of {len(streams)} streams moved, the others kept their owner")
+
+
+class _FakePool:
+    """What PoolRouter reads from a pool, without processes (inproc inboxes)."""
+
+    RELEASE_TIMEOUT_S = 5.0
+
+    def __init__(self, n: int) -> None:
+        import threading
+
+        from telediag.engine.config import load_config
+
+        self.config = load_config()
+        self._lock = threading.Lock()
+        self.inbox_addrs = [f"inproc://fake-w{i}" for i in range(4)]
+        self.n, self.dead, self.gone = n, set(), set()
+        self.routes_version = 0
+        self.released: dict[bytes, dict] = {}
+        self.progress: dict[str, int] = {}
+
+
+def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() -> None:
+    """PoolRouter alone: MOVE to old owners on add, STOP to a removed index, no chunk lost or misrouted."""
+    import zmq
+
+    from telediag.engine.procs import MOVE, RESUME, PoolRouter
+
+    ctx = zmq.Context()
+    inboxes = []
+    for i in range(4):
+        s = ctx.socket(zmq.PULL)
+        s.bind(f"inproc://fake-w{i}")
+        inboxes.append(s)
+
+    def drain(i: int) -> list[list[bytes]]:
+        out = []
+        while inboxes[i].poll(50):
+            out.append(inboxes[i].recv_multipart())
+        return out
+
+    pool = _FakePool(2)
+    r = PoolRouter(pool, ctx)  # type: ignore[arg-type]
+    streams = [f"bed-{k}/ecg".encode() for k in range(40)]
+    for s in streams:
+        r.send(s, [b"ecg/" + s, b"h", b"0"])
+    got = {i: drain(i) for i in range(2)}
+    assert {m[1] for m in got[0]} | {m[1] for m in got[1]} == {b"ecg/" + s for s in streams}
+    # add index 2: MOVE goes to the old owners of the streams it wins; their next chunks are held
+    pool.n, pool.routes_version = 3, 1
+    r.sync()
+    winners = [s for s in streams if owner_of(s, 3) == 2]
+    moves = [m for i in range(2) for m in drain(i) if m[0] == MOVE]
+    assert sorted(m[1] for m in moves) == sorted(winners) and all(m[2] == b"2" for m in moves)
+    for s in winners:
+        r.send(s, [b"ecg/" + s, b"h", b"1"])
+    assert not drain(2)  # held until the old owner releases
+    # before any release, index 2 is removed again: the streams still moving go back (no MOVE to 2),
+    # and index 2 gets STOP
+    pool.gone, pool.routes_version = {2}, 2
+    r.sync()
+    assert drain(2) == [[b"S"]]
+    for s in winners:  # the old owners release them (stream_moved): they resume where HRW now puts them
+        pool.released[s] = {"last_seq": 0, "out_seq": {}}
+    r.sync()
+    for i in range(2):
+        msgs = drain(i)
+        mine = [s for s in winners if owner_of(s, 3, {2}) == i]
+        assert sorted(m[1] for m in msgs if m[0] == RESUME) == sorted(mine)
+        data = [m for m in msgs if m[0] == b"D"]
+        assert sorted(m[1] for m in data) == sorted(b"ecg/" + s for s in mine)  # the held chunk, once
+        assert all(m[3] == b"1" for m in data)
+    assert not r.held
+    r.close()
+    for s in inboxes:
+        s.close(0)
+    ctx.term()
