@@ -56,7 +56,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import zmq
@@ -829,7 +829,7 @@ class PoolRouter:
         from zmq.utils.monitor import recv_monitor_message
 
         for i, mon in list(self.monitors.items()):
-            while mon.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a NOBLOCK receive raising Again each time
+            while cast(int, mon.get(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than a NOBLOCK receive raising Again each time
                 try:
                     ev = recv_monitor_message(mon, zmq.NOBLOCK)
                 except zmq.Again:

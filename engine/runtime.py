@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -266,7 +266,7 @@ class Engine:
                     continue
                 # a batch per wake-up: one poll (and one GIL hand-back) per ROUTER_BATCH messages, not per message
                 for _ in range(self.ROUTER_BATCH):
-                    if not ingest.get(zmq.EVENTS) & zmq.POLLIN:
+                    if not cast(int, ingest.get(zmq.EVENTS)) & zmq.POLLIN:
                         break
                     self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
