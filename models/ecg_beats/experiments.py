@@ -1,0 +1,282 @@
+"""Screening experiments of issue 15 (session 3) on the 2.1.0 training cache (not shipped).
+
+Each variant changes the 2.1.0 inputs or training (same LightGBM settings otherwise: 150
+rounds x 5 classes, 15 leaves, lr 0.1, 25 % of N rows, second-lead rows) and is scored
+cross-database both ways (train DS1 -> test svdb, train svdb -> test DS1), by patient, gross
+EC57 statistics; with ``--af`` also on the labels the engine publishes (after its rhythm
+monitor turns S into N inside detected AF, :func:`.train.rhythm_labels`).  Selection is
+meant to be *cross-database*: a variant is worth shipping only if it beats the baseline in
+both directions by more than the seed-to-seed spread (variants ``seed1``, ``seed2``).
+
+The prototype features below are NumPy/Numba sketches computed from the cached beats
+(``morph`` channels 0-1 of the detection lead, ``det``); a variant that won would be moved
+into :mod:`._feature_kernels` with streaming state and oracle tests.  None did (model card,
+"Experiment log (session 3)").
+
+* ``pwave``: an explicit P-wave measure per beat.  The previous beat's tail (its T wave) is
+  cancelled from the P region (-0.24..-0.06 s) by subtracting the running template shifted by
+  the beat's own RR (so a P wave hidden in the preceding T of a premature beat shows), the
+  template's own P region likewise with the 20-RR median; then correlation with the
+  template's P wave, best correlation over +-60 ms lags (PR change) and that lag, P
+  peak-to-peak ratio, residual RMS, and the size of the cancelled overlap.  (de Chazal et al.
+  2004 use P-wave presence and duration; here the patient's own P template is the reference.)
+* ``ectopy``: label-free rhythm context that tells frequent ectopy from AF: over the last 32
+  RRs, the fraction outside +-20 % of their median (ectopy load or AF), the median successive
+  difference of the accepted RR pairs / median (sinus irregularity once ectopic RRs are
+  removed: low in frequent ectopy, high in AF), and the fraction of short-then-long pairs
+  (premature beat + compensatory pause).
+* ``gated``: a baseline RR that only follows RRs within +-20 % of itself (EMA), so it is held
+  through an abruptly entered run (paroxysmal SVT) and follows gradual sinus changes; RR /
+  held baseline and the beats since an RR was last accepted (reset after ``reset`` misses).
+* ``prior``: label-free per-patient prior adaptation of the held-out probabilities (Saerens
+  et al. 2002, one EM step, causal): p(y|x) * (pi_patient / pi_train)^a with pi_patient the mean
+  posterior of the patient's last 300 beats.
+* ``wp*``: class weights (1/frequency)^p; ``l31``: 31 leaves x 100 rounds; ``noirr``: the AF
+  irregularity columns (and their d_ copies) removed (the engine's AF rule then decides AF).
+
+Usage (about 2-4 minutes per variant on one busy core)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m telediag.models.ecg_beats.experiments \\
+        --cache /tmp/ecg_beats_v21.npz --af base seed1 seed2 wp0.25 wp1 pwave ectopy gated prior
+
+Saerens M, Latinne P, Decaestecker C. Adjusting the outputs of a classifier to new a priori
+probabilities: a simple procedure. Neural Computation 14(1):21-41, 2002.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from telediag.models.ecg_beats import train as T
+from telediag.models.ecg_beats.features import ABSOLUTE_RATE, POST_S, PRE_S, RR_FEATURES
+
+TG = np.linspace(-PRE_S, POST_S, 96)
+DT = float(TG[1] - TG[0])
+P_IDX = np.flatnonzero((TG >= -0.24) & (TG <= -0.06))
+IRR = ["local_cv", "irr_rmssd", "irr_pnn50", "irr_sd1sd2", "irr_mad", "c_mad"]
+
+
+# --------------------------------------------------------------------------------------
+# Prototype features
+# --------------------------------------------------------------------------------------
+def _shifted(tp: NDArray[np.float64], shift_s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows of ``tp`` read at ``TG + shift`` (per row), tapered to 0 from 0.40 to 0.45 s
+    (the template ends there)."""
+    n = tp.shape[0]
+    q = TG[None, :] + shift_s[:, None]
+    pos = (q + PRE_S) / DT
+    j = np.clip(np.floor(pos).astype(np.int64), 0, tp.shape[1] - 2)
+    f = np.clip(pos - j, 0.0, 1.0)
+    rows = np.arange(n)[:, None]
+    v = tp[rows, j] * (1.0 - f) + tp[rows, j + 1] * f
+    return np.asarray(v * np.clip((POST_S - q) / 0.05, 0.0, 1.0))
+
+
+def _corr(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return np.asarray((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-12))
+
+
+def pwave_features(morph: NDArray[Any], det: NDArray[np.int64], fs: float) -> NDArray[np.float32]:
+    """Six P-wave columns per beat (see the module docstring, ``pwave``)."""
+    x = morph[:, 0].astype(np.float64)
+    tp = x - morph[:, 1].astype(np.float64)
+    rr = np.diff(det) / fs
+    pre = np.concatenate([[rr[0] if rr.size else 1.0], rr])
+    med = np.array([np.median(pre[max(0, i - 19): i + 1]) for i in range(pre.size)])
+    xc = x - _shifted(tp, pre)
+    tc = tp - _shifted(tp, med)
+    xp, tpp = xc[:, P_IDX], tc[:, P_IDX]
+    best = np.full(x.shape[0], -2.0)
+    lag = np.zeros(x.shape[0])
+    for k in range(-8, 9):
+        idx = P_IDX + k
+        ok = (idx >= 0) & (idx < x.shape[1])
+        c = _corr(xc[:, P_IDX[ok]], tc[:, idx[ok]])
+        better = c > best
+        best[better] = c[better]
+        lag[better] = k * DT
+    xz = xp - xp.mean(1, keepdims=True)
+    tz = tpp - tpp.mean(1, keepdims=True)
+    amp = (np.ptp(xp, 1)) / (np.ptp(tpp, 1) + 1e-3)
+    res = np.sqrt(((xz - tz) ** 2).mean(1)) / (np.sqrt((tz * tz).mean(1)) + 1e-3)
+    overlap = np.abs(_shifted(tp, pre)[:, P_IDX]).mean(1)
+    out = np.stack([_corr(xp, tpp), best, lag, np.clip(amp, 0, 5), np.clip(res, 0, 20), overlap], 1)
+    return np.nan_to_num(out).astype(np.float32)
+
+
+@njit(cache=True)
+def ectopy_features(det: NDArray[np.int64], fs: float, w_len: int = 32, tol: float = 0.2) -> NDArray[np.float32]:
+    """Three ectopy-versus-AF columns per beat (module docstring, ``ectopy``)."""
+    n = det.size
+    out = np.zeros((n, 3), np.float32)
+    rr = np.empty(max(n - 1, 1))
+    for i in range(1, n):
+        rr[i - 1] = (det[i] - det[i - 1]) / fs
+    for i in range(n):
+        hi = max(i, 1)
+        w = rr[max(0, hi - w_len): hi].copy()
+        m = np.median(w)
+        diffs = np.empty(w.size)
+        n_acc = 0
+        n_pair = 0
+        n_pp = 0
+        for k in range(w.size):
+            acc = abs(w[k] - m) < tol * m
+            n_acc += acc
+            if k > 0:
+                if acc and abs(w[k - 1] - m) < tol * m:
+                    diffs[n_pair] = abs(w[k] - w[k - 1])
+                    n_pair += 1
+                if w[k - 1] < (1 - tol) * m and w[k] > (1 + 0.5 * tol) * m:
+                    n_pp += 1
+        out[i, 0] = 1.0 - n_acc / w.size
+        out[i, 1] = np.median(diffs[:n_pair]) / m if n_pair > 0 else 0.0
+        out[i, 2] = n_pp / max(w.size - 1, 1)
+    return out
+
+
+@njit(cache=True)
+def gated_features(
+    det: NDArray[np.int64], fs: float, band: float = 0.2, alpha: float = 0.05, reset: int = 150
+) -> NDArray[np.float32]:
+    """Two held-baseline columns per beat (module docstring, ``gated``)."""
+    n = det.size
+    out = np.zeros((n, 2), np.float32)
+    base = -1.0
+    miss = 0
+    for i in range(n):
+        r = (det[i] - det[i - 1]) / fs if i > 0 else ((det[1] - det[0]) / fs if n > 1 else 1.0)
+        if base < 0:
+            base = r
+        out[i, 0] = min(r / base, 5.0)
+        out[i, 1] = min(miss / 50.0, 5.0)
+        if abs(r - base) < band * base:
+            base += alpha * (r - base)
+            miss = 0
+        else:
+            miss += 1
+            if miss >= reset:
+                base = r
+                miss = 0
+    return out
+
+
+def prior_adapt(p: NDArray[np.float64], pi_train: NDArray[np.float64], k: int = 300,
+                a: float = 0.5) -> NDArray[np.float64]:
+    """Causal per-patient prior adaptation of one record's probabilities (``prior``)."""
+    c = np.cumsum(p, 0)
+    out = np.empty_like(p)
+    for i in range(p.shape[0]):
+        lo = max(0, i - k)
+        pi = np.maximum((c[i] - (c[lo - 1] if lo > 0 else 0.0)) / (i - lo + 1), 1e-3)
+        q = p[i] * (pi / pi_train) ** a
+        out[i] = q / q.sum()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------
+def _append(d: dict[str, dict[str, Any]], extra: dict[str, NDArray[np.float32]]) -> dict[str, dict[str, Any]]:
+    """Records with ``extra[r]`` appended to both ``rr`` and ``rr2`` (the prototypes are
+    computed on the detection lead only)."""
+    return {r: {**v, "rr": np.concatenate([v["rr"], extra[r]], 1),
+                "rr2": np.concatenate([v["rr2"], extra[r]], 1)} for r, v in d.items()}
+
+
+def _drop(d: dict[str, dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    cols = [RR_FEATURES.index(n) for n in names]
+    out = {}
+    for r, v in d.items():
+        a, b = v["rr"].copy(), v["rr2"].copy()
+        a[:, cols] = 0.0
+        b[:, cols] = 0.0
+        out[r] = {**v, "rr": a, "rr2": b}
+    return out
+
+
+def variant(name: str, d: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The data and training overrides of a named variant."""
+    opts: dict[str, Any] = {}
+    for part in name.split("+"):
+        if part == "base" or part == "prior":
+            pass
+        elif part.startswith("seed"):
+            opts["seed"] = int(part[4:])
+        elif part.startswith("wp"):
+            opts["weight_power"] = float(part[2:])
+        elif part == "l31":
+            opts.update(leaves=31, rounds=100)
+        elif part == "pwave":
+            d = _append(d, {r: pwave_features(v["morph"], v["det"], float(v["fs"])) for r, v in d.items()})
+        elif part == "ectopy":
+            d = _append(d, {r: ectopy_features(v["det"], float(v["fs"])) for r, v in d.items()})
+        elif part == "gated":
+            d = _append(d, {r: gated_features(v["det"], float(v["fs"])) for r, v in d.items()})
+        elif part == "noirr":
+            d = _drop(d, IRR + ["d_" + c for c in IRR])
+        else:
+            raise SystemExit(f"unknown variant part {part!r}")
+    return d, opts
+
+
+def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior: bool, af: bool) -> None:
+    """Both cross-database directions of one variant; one line per direction (and per AF)."""
+    recs = T.record_ids()
+    ds1 = [r for r in recs if r.startswith("mitdb")]
+    sv = [r for r in recs if r.startswith("svdb")]
+    for name, train, test in (("DS1->svdb", ds1, sv), ("svdb->DS1", sv, ds1)):
+        t0 = time.time()
+        x, y, _ = T.stack(d, train, a.lead2, a.n_keep, a.seed)
+        model = T.fit_gbt(x, y, a)
+        cnt = np.bincount(y, minlength=T.N_CLASSES).astype(np.float64)
+        pi_train = np.maximum(T.merge_f((cnt / cnt.sum())[None])[0], 1e-3)
+        cm = np.zeros((T.N_CLASSES, T.N_CLASSES), np.int64)
+        cm_af = cm.copy()
+        for r in test:
+            keep = d[r]["y"] >= 0
+            p = T.predict(model, d[r]["rr"])
+            if prior:
+                p = prior_adapt(p, pi_train)
+            cm += T.confusion(d[r]["y"][keep], p.argmax(1)[keep])
+            if af:
+                lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), p.argmax(1))
+                cm_af += T.confusion(d[r]["y"][keep], lab[keep])
+        print(T.format_row(f"{label} {name}", T.metrics(cm)), f"({time.time() - t0:.0f} s)", flush=True)
+        if af:
+            print(T.format_row(f"{label}+AF {name}", T.metrics(cm_af)), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants", nargs="+", help="base, seedN, wpP, l31, pwave, ectopy, gated, "
+                    "noirr, prior; combine with '+' (e.g. pwave+wp0.25)")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--cache", type=Path, required=True, help="train.py's feature cache")
+    ap.add_argument("--af", action="store_true", help="also score the engine's labels (AF rule)")
+    a = ap.parse_args(argv)
+    d = T.load_all(a.data, a.cache)
+    T.exclude_columns(d, ",".join(ABSOLUTE_RATE))
+    for name in a.variants:
+        dv, opts = variant(name, d)
+        ns = argparse.Namespace(rounds=150, leaves=15, lr=0.1, weight_power=0.0, lead2=True,
+                                n_keep=0.25, seed=0)
+        for k, v in opts.items():
+            setattr(ns, k, v)
+        print(f"== {name}", file=sys.stderr, flush=True)
+        cross(dv, ns, name, "prior" in name.split("+"), a.af)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
