@@ -111,6 +111,15 @@ LEARN_LEN = 64  # capacity of the learning buffer (candidates)
 
 RR_LEN = 8
 
+# A search-back beat below STALE_FRAC x SPK shows the signal level is stale (the QRS amplitude
+# fell 5-fold or more: after a saturated or re-gained stretch, an electrode re-attached): SPK
+# restarts at STALE_RESET x its level and NPK at most at STALE_NPK x the new SPK. Pan & Tompkins'
+# 0.25/0.75 update alone took ~10 search-back beats, each after a long RR, to come down from a
+# 20-fold level: every other beat was missed for ~10 s (a false bradycardia alarm).
+STALE_FRAC = 0.2
+STALE_RESET = 2.5
+STALE_NPK = 0.5
+
 
 @njit(cache=True, nogil=True)
 def _rr_mean(rr: np.ndarray, istate: np.ndarray, params: np.ndarray) -> float:
@@ -154,7 +163,12 @@ def _confirm(
         fstate[F_SPK] = v
         fstate[F_NPK] = params[P_NPK0] * v
     elif searchback:
-        fstate[F_SPK] = 0.25 * v + 0.75 * fstate[F_SPK]
+        if v < STALE_FRAC * fstate[F_SPK]:
+            fstate[F_SPK] = STALE_RESET * v
+            if fstate[F_NPK] > STALE_NPK * fstate[F_SPK]:
+                fstate[F_NPK] = STALE_NPK * fstate[F_SPK]
+        else:
+            fstate[F_SPK] = 0.25 * v + 0.75 * fstate[F_SPK]
     else:
         a = params[P_ALPHA_S]
         fstate[F_SPK] = a * v + (1.0 - a) * fstate[F_SPK]
