@@ -128,3 +128,28 @@ def test_detector_gate_thresholds() -> None:
     assert [t.state for t in AFDetector(FS).beats(beats, None, None, back)[0]] == ["on", "off"]
     with pytest.raises(ValueError):
         PWaveTracker(FS, alpha=0.0)
+
+
+def _episodes_201(mitdb: Path, t0: float, t1: float) -> list[tuple[float, float]]:
+    import dataclasses
+
+    from telediag.engine.config import load_config
+    from telediag.evaluation.ecg_analyze import analyze_recording
+    from telediag.sources.readers import read_wfdb
+
+    full = read_wfdb(mitdb / "201")
+    a, b = int(t0 * full.fs), int(t1 * full.fs)
+    res = analyze_recording(dataclasses.replace(full, signal=full.signal[a:b]), config=load_config())
+    return [(e["onset_sample"] / full.fs + t0, e["end_sample"] / full.fs + t0) for e in res["rhythm"]["episodes"]]
+
+
+def test_af_ends_with_the_p_waves_on_mitdb_201(mitdb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """201, 420-660 s: sinus, AF 477-514 s (reference), then an irregular sinus rhythm with
+    premature/blocked atrial beats. The default analysis finds the AF and ends it when the P
+    waves come back; RR irregularity alone kept it on past 600 s."""
+    eps = _episodes_201(mitdb, 420, 660)
+    assert len(eps) == 1 and eps[0][0] < 514 and 477 < eps[0][1] < 560
+    from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
+
+    monkeypatch.setattr(RhythmMonitor, "attach", lambda self, history, lead: None)  # RR only
+    assert any(e > 600 for _, e in _episodes_201(mitdb, 420, 660))
