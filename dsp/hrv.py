@@ -99,6 +99,9 @@ _N_ISTATE = 7
 # --------------------------------------------------------------------------------------
 # Numba kernels
 # --------------------------------------------------------------------------------------
+_SCRATCH = 64  # beats of one update_last_lists call on the preallocated path
+
+
 @njit(cache=True, nogil=True)
 def _classify(
     rr: int,
@@ -555,6 +558,7 @@ class HRVMeter:
             raise DSPError(f"window_s * fs must be >= 1 sample, got {self.window_s * self.fs}")
         self._capacity = self._window // max(self._min_rr, 1) + 2
         self.state = HRVState.initial(self._capacity)
+        self._scratch: tuple[FloatArray, IntArray, IntArray, BoolArray] | None = None
 
     def reset(self) -> None:
         """Forget all beats."""
@@ -610,6 +614,45 @@ class HRVMeter:
             return None
         v = vals[n - 1].tolist()
         return (int(samples[n - 1]), int(counts[n - 1, 0]), int(counts[n - 1, 1]), v[0], v[1], v[2], v[3], v[4])
+
+    def update_last_lists(
+        self, beat_samples: list[int], normal: list[bool] | None = None
+    ) -> tuple[int, int, int, float, float, float, float, float] | None:
+        """:meth:`update_last` for beats given as a list of ``int`` (and normal flags as a list of
+        ``bool``; ``None``: all normal): the same checks and result, without the array
+        validation and allocations per call (the engine feeds a few beats a chunk).
+
+        >>> m = HRVMeter(1000.0, window_s=60.0)
+        >>> m.update_last_lists([800, 1650, 2450, 3300, 4100], [True] * 5)[:3]
+        (4100, 3, 2)
+        """
+        n = len(beat_samples)
+        last = int(self.state.scalars[_I_LAST])
+        ok = 0 < n <= _SCRATCH and (normal is None or len(normal) == n)
+        if ok:
+            prev = last
+            for b in beat_samples:
+                if type(b) is not int or b < 0 or b <= prev:
+                    ok = False
+                    break
+                prev = b
+        if ok and normal is not None:
+            ok = all(type(v) is bool for v in normal)
+        if not ok:  # empty, long, or invalid: the general path (and its exact errors)
+            return self.update_last(beat_samples, None if normal is None else np.array(normal) if normal
+                                    else np.zeros(0, np.bool_))
+        if self._scratch is None:
+            self._scratch = (np.empty((_SCRATCH, 5), np.float64), np.empty(_SCRATCH, np.int64),
+                             np.empty((_SCRATCH, 2), np.int64), np.ones(_SCRATCH, np.bool_))
+        vals, samples, counts, ones = self._scratch
+        st = self.state
+        k = _hrv_kernel(np.array(beat_samples, np.int64), ones[:n] if normal is None else np.array(normal, np.bool_),
+                        self.fs, self._window, self._min_rr, self._max_rr, self._max_rel, self.min_nn, st.scalars,
+                        st.ring_end, st.ring_rr, st.ring_cons, vals, samples, counts, True)
+        if k == 0:
+            return None
+        v = vals[k - 1].tolist()
+        return (int(samples[k - 1]), int(counts[k - 1, 0]), int(counts[k - 1, 1]), v[0], v[1], v[2], v[3], v[4])
 
     def _run(
         self, beat_samples: ArrayLike, labels: ArrayLike | Iterable[str] | None, last_only: bool = False

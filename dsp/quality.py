@@ -886,6 +886,12 @@ class SignalQuality:
         self._sos_q = butter_sos(2, (5.0, 15.0), "bandpass", fs=self.fs)
         self._sos_h = butter_sos(2, 40.0, "highpass", fs=self.fs)
         self._zi = tuple(sosfilt_zi(s) for s in (self._sos_bp, self._sos_q, self._sos_h))
+        # shared results of chunks that complete no block (zero-size: nothing to write) and event scratch
+        c = self.n_channels
+        self._no_rows = (np.empty(0, np.int64), np.empty((0, c)), np.empty((0, c), np.bool_),
+                         np.empty((0, c, _N_F)), np.empty((0, c), np.int64))
+        self._no_update = SQIUpdate(*self._no_rows)
+        self._ev_out = np.empty((c * 4 + 1, 4), np.int64)
         # the kernel (_lead_run) is written for these cascades: 2 + 2 + 1 sections
         assert (self._sos_bp.shape, self._sos_q.shape, self._sos_h.shape) == ((2, 6), (2, 6), (1, 6))
         self.state = self._initial()
@@ -949,12 +955,17 @@ class SignalQuality:
         st = self.state
         max_rows = (int(st.g[_G_POS]) + xf.shape[0]) // self.hop
         c = self.n_channels
-        out_block = np.empty(max_rows, np.int64)
-        out_sqi = np.empty((max_rows, c))
-        out_usable = np.empty((max_rows, c), np.bool_)
-        out_feat = np.empty((max_rows, c, _N_F))
-        out_flags = np.empty((max_rows, c), np.int64)
-        ev_out = np.empty((max_rows * c * 4 + 1, 4), np.int64)
+        if max_rows == 0:  # no block completes (most short chunks): shared empty rows, no allocation
+            out_block, out_sqi, out_usable, out_feat, out_flags = self._no_rows
+        else:
+            out_block = np.empty(max_rows, np.int64)
+            out_sqi = np.empty((max_rows, c))
+            out_usable = np.empty((max_rows, c), np.bool_)
+            out_feat = np.empty((max_rows, c, _N_F))
+            out_flags = np.empty((max_rows, c), np.int64)
+        ev_out = self._ev_out  # scratch (read back below): events of at most one block per chunk here
+        if ev_out.shape[0] < max_rows * c * 4 + 1:
+            ev_out = np.empty((max_rows * c * 4 + 1, 4), np.int64)
         n_rows, n_ev = _quality_kernel(
             xf,
             self.hop,
@@ -988,6 +999,8 @@ class SignalQuality:
             out_flags,
             ev_out,
         )
+        if n_rows == 0:
+            return self._no_update, []  # no block, hence no event
         update = SQIUpdate(
             out_block[:n_rows] * self.hop,
             out_sqi[:n_rows],
@@ -996,8 +1009,8 @@ class SignalQuality:
             out_flags[:n_rows],
         )
         events = [
-            QualityEvent(EVENT_KINDS[int(k)], int(ch), int(on), None if int(end) < 0 else int(end))
-            for k, ch, on, end in ev_out[:n_ev]
+            QualityEvent(EVENT_KINDS[k], ch, on, None if end < 0 else end)
+            for k, ch, on, end in ev_out[:n_ev].tolist()
         ]
         return update, events
 

@@ -172,3 +172,32 @@ def test_all_plausible_equals_numpy_masks() -> None:
         all_plausible(np.zeros((3, 2))[:, :1].T.T[::2])
     with pytest.raises(DSPError):
         all_plausible(np.zeros((3, 2)), np.zeros(3))
+
+
+def test_hrv_update_last_lists_equals_update_last() -> None:
+    """The list path (RateMonitor's) == ``update_last`` on arrays: results, state and errors."""
+    from telediag.dsp.hrv import HRVMeter
+
+    rng = np.random.default_rng(13)
+    a, b = HRVMeter(360.0, window_s=30.0), HRVMeter(360.0, window_s=30.0)
+    t = 0
+    for k in range(600):
+        chunk, labels = [], []
+        for _ in range(int(rng.integers(0, 70 if k % 50 == 0 else 6))):  # now and then > 64 beats
+            t += int(rng.choice([rng.integers(200, 420), 90, 900]))
+            chunk.append(t)
+            labels.append(bool(rng.random() > 0.1))
+        normal = None if k % 3 == 0 else labels
+        got = a.update_last_lists(chunk, normal)
+        want = b.update_last(np.array(chunk, np.int64), None if normal is None else np.array(normal, np.bool_))
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert all(_same(x, y) for x, y in zip(got, want, strict=True))
+        for name in ("scalars", "ring_end", "ring_rr", "ring_cons"):
+            assert np.array_equal(getattr(a.state, name), getattr(b.state, name))
+    for bad, msg in (([t], "after the last beat"), ([t + 10, t + 5], "strictly increasing"), ([-1], ">= 0")):
+        with pytest.raises(DSPError, match=msg):
+            HRVMeter(360.0).update_last_lists(bad) if bad == [-1] else a.update_last_lists(bad)
+    with pytest.raises(DSPError, match="labels must have shape"):
+        a.update_last_lists([t + 400], [True, False])
+    assert a.update_last_lists([t + 400, t + 800], [np.bool_(True), True]) is not None  # numpy bools: general path

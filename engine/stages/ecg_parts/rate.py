@@ -7,8 +7,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from telediag.dsp.hr import HeartRateMeter
 from telediag.dsp.hrv import NORMAL_SYMBOLS, HRVMeter
 
@@ -53,12 +51,9 @@ class RateMonitor:
 
     def beats_hrv(self, samples: Sequence[int], labels: Sequence[str | None]) -> None:
         """Feed usable beats to the HRV meter (only normal-to-normal intervals when labelled)."""
-        arr = np.asarray(samples, dtype=np.int64)
-        if all(lab is None for lab in labels):
-            last = self.hrv.update_last(arr)
-        else:
-            normal = np.array([lab is None or lab in NORMAL_SYMBOLS for lab in labels], np.bool_)
-            last = self.hrv.update_last(arr, normal)
+        normal = None if all(lab is None for lab in labels) else \
+            [lab is None or lab in NORMAL_SYMBOLS for lab in labels]
+        last = self.hrv.update_last_lists(list(samples), normal)
         if last is not None:
             sample, n_nn, n_diff, mean_nn, sdnn, rmssd, pnn50, mean_hr = last
             self.hrv_last = {
