@@ -5,7 +5,9 @@
   samples arrive; the header is rewritten every flush so the record is readable while
   it grows. Samples that never arrived (a source gap, an engine restart, a subscriber
   that fell behind) are written as WFDB's invalid-sample value (read back as NaN) so the
-  record keeps its timeline, and each lost range is listed in ``<record>.gaps.jsonl``.
+  record keeps its timeline, and each lost range is listed in ``<record>.gaps.jsonl``. A source
+  clock that steps (``t0_ns`` more than an hour ahead or a second back) is not filled or trimmed:
+  the record goes on contiguously and the step is listed there (``samples`` 0, ``clock_step_ns``).
 * Beats (``beats/…``) -> a WFDB annotation file ``<record>.beats`` (symbol = AAMI label,
   ``N`` when unclassified) for the signal record of the same source stream.
 * Video packets (``video/…``) -> the H.264 elementary stream, remuxed to MP4 on close.

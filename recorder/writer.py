@@ -16,6 +16,8 @@ from telediag.transports.wire import SIGNAL_KINDS, Chunk
 GAIN = 100_000.0  # adu per physical unit (fmt 32)
 INVALID = np.int32(-(2**31))  # WFDB invalid sample for format 32
 FLUSH_S = 1.0
+MAX_FILL_S = 3600.0  # a forward t0 jump up to this long is filled with invalid samples (a gap)
+MAX_BACK_S = 1.0  # a backward t0 step up to this long is an overlap (trimmed); beyond either: a clock step
 
 
 def safe_name(stream: str) -> str:
@@ -52,6 +54,13 @@ class SignalWriter:
             x = x[:, None]
         start = self.expected_index(c.t0_ns)
         src_seq = c.meta.get("src_seq", c.seq) if c.meta else c.seq
+        if start - self.n > MAX_FILL_S * self.fs or self.n - start > MAX_BACK_S * self.fs:
+            # the source clock stepped (or lies): filling would write up to years of invalid samples
+            # (memory, disk) and a step back would drop every chunk until the clock caught up. The
+            # record goes on contiguously from here and the step is listed in gaps.jsonl.
+            self._gap(self.n, 0, self.last_src_seq, src_seq, clock_step_ns=int(c.t0_ns - self.t_ns(self.n)))
+            self.t0_ns = int(c.t0_ns - round(self.n * 1e9 / self.fs))
+            start = self.n
         if start > self.n:  # samples that never arrived: keep the timeline, mark them invalid
             missing = start - self.n
             self._gap(self.n, missing, self.last_src_seq, src_seq)
@@ -68,9 +77,13 @@ class SignalWriter:
         self.n += x.shape[0]
         self.last_src_seq = src_seq
 
-    def _gap(self, start: int, n: int, after_seq: int | None, resumed_seq: int) -> None:
+    def t_ns(self, index: int) -> int:
+        """Source time of sample ``index`` on the record's (current) timeline."""
+        return int(self.t0_ns + round(index * 1e9 / self.fs))
+
+    def _gap(self, start: int, n: int, after_seq: int | None, resumed_seq: int, **extra: Any) -> None:
         g = {"first_sample": start, "samples": n, "start_s": start / self.fs, "duration_s": n / self.fs,
-             "after_src_seq": after_seq, "resumed_src_seq": resumed_seq}
+             "after_src_seq": after_seq, "resumed_src_seq": resumed_seq, **extra}
         self.gaps.append(g)
         if self._gap_log is None:
             self._gap_log = open(self.path.with_suffix(".gaps.jsonl"), "a", encoding="utf-8")

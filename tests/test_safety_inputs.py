@@ -471,3 +471,23 @@ def test_viewer_ends_alarms_of_a_reset_stream() -> None:
     offs = [json.loads(m)["view"] for m in out[1:] if isinstance(m, str)]
     assert [(v["key"], v["state"]) for v in offs] == [("bed-1/ecg:asystole", "off")]
     assert set(b._alarms) == {"bed-2/ecg:asystole"}  # another patient's alarm stays
+
+
+# -- the recorder: a lying source clock ----------------------------------------------------------
+def test_recorder_survives_source_clock_steps(tmp_path: Path) -> None:
+    # before the fix a t0 jump of 10**18 ns made the writer allocate (and write) 3.6e11 invalid
+    # samples (MemoryError: the recorder died), and a step back of an hour dropped every chunk for
+    # an hour as an "overlap"
+    from telediag.recorder.writer import SignalWriter
+
+    w = SignalWriter(tmp_path / "r", FS, NAMES, UNITS, 0)
+    w.open()
+    x = np.ones((360, 2))
+    t0s = [0, 10**9, 10**18, 10**18 + 10**9, 10**18 - 3600 * 10**9, 10**18 - 3599 * 10**9, 10**18 - 3596 * 10**9]
+    for i, t0 in enumerate(t0s):
+        w.append(Chunk.signal("ecg", "s/ecg", i, t0, x, FS, NAMES, UNITS))
+    w.close()
+    assert w.n == 360 * len(t0s) + 2 * 360  # every chunk written; the 2 s gap at the end filled
+    steps = [g for g in w.gaps if "clock_step_ns" in g]
+    assert len(steps) == 2 and all(g["samples"] == 0 for g in steps)
+    assert (tmp_path / "r.dat").stat().st_size == w.n * 2 * 4
