@@ -366,6 +366,10 @@ class Engine:
     def wait(self, poll_s: float = 0.2) -> None:
         """Block until :meth:`stop` is called or a worker dies (then record the failure and stop)."""
         while not self._stop.wait(poll_s):
+            if (self._add_requests or self._remove_requests) and self.pool is None:
+                self._add_requests = self._remove_requests = 0
+                print("telediag engine: SIGUSR1/SIGUSR2 (add/remove a worker) need worker_mode = \"process\" "
+                      "or \"ray\"; ignored", flush=True)
             while self._add_requests > 0 and self.pool is not None:  # SIGUSR1: scale out by one worker
                 self._add_requests -= 1
                 i = self.pool.add_worker()
@@ -458,15 +462,16 @@ class Engine:
             self.stop()
 
         def on_usr1(signum: int, frame: FrameType | None) -> None:
-            self._add_requests += 1  # handled in wait(): process and ray modes
+            self._add_requests += 1  # handled in wait(): process and ray modes (refused in thread mode)
 
         def on_usr2(signum: int, frame: FrameType | None) -> None:
-            self._remove_requests += 1  # handled in wait(): process and ray modes
+            self._remove_requests += 1  # handled in wait(): process and ray modes (refused in thread mode)
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        if self.pool is not None or self.process_mode:
-            old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
-            old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
+        # in every mode: a scaling signal sent to a thread-mode engine is refused with a message, where
+        # the default action (terminate) would have ended the monitoring of every stream
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
+        old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
         try:
             try:
                 self.start()

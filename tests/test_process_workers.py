@@ -274,3 +274,36 @@ def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() ->
     for s in inboxes:
         s.close(0)
     ctx.term()
+
+
+def test_a_scaling_signal_does_not_end_a_thread_mode_engine(tmp_path: Any) -> None:
+    """SIGUSR1/SIGUSR2 add/remove workers in process and Ray modes; in thread mode they are refused
+    with a message (their default action would terminate the engine and every stream's monitoring)."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    from telediag.client import Subscriber
+
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[engine]\ningest = "tcp://127.0.0.1:{free_port()}"\npublish = "{pub}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with Subscriber(pub, topics=["stats/"]) as sub:
+            assert sub.wait_connected(120), "engine did not start"
+            assert sub.recv(timeout_s=30) is not None  # serving (stats published)
+        proc.send_signal(signal.SIGUSR2)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert proc.poll() is None, "a scaling signal ended the thread-mode engine"
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, out
+        assert "ignored" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
