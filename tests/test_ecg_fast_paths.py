@@ -7,6 +7,7 @@ bit-identical. The whole-stage outputs are pinned by ``tests/test_ecg_golden.py`
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -60,6 +61,10 @@ def test_timeline_stamp_equals_source_and_t_ns() -> None:
         t += 10**9
         for s in (start, start + 1, start + 359, max(0, start - 900)):
             assert tl.stamp(s) == (tl.source(s), tl.t_ns(s))
+            # source/t_ns (first-anchor fast path) == the anchor found by bisection
+            i = max(bisect.bisect_right(tl.starts, s) - 1, 0)
+            assert tl.source(s) == tl.sources[i] + s - tl.starts[i]
+            assert tl.t_ns(s) == tl.t0s[i] + round((s - tl.starts[i]) * 1e9 / tl.fs)
 
 
 def test_filter_stage_finite_check_by_sum() -> None:

@@ -51,17 +51,25 @@ class Timeline:
 
     def t_ns(self, sample: int) -> int:
         """Source time of received sample ``sample`` (ns)."""
-        if not self.starts:
+        starts = self.starts
+        if not starts:
             return round(sample * 1e9 / self.fs)
-        i = max(bisect.bisect_right(self.starts, sample) - 1, 0)
-        return self.t0s[i] + round((sample - self.starts[i]) * 1e9 / self.fs)
+        if len(starts) == 1 or sample < starts[1]:  # one anchor, or before the second: the first
+            i = 0
+        else:
+            i = max(bisect.bisect_right(starts, sample) - 1, 0)
+        return self.t0s[i] + round((sample - starts[i]) * 1e9 / self.fs)
 
     def source(self, sample: int) -> int:
         """Source sample index of received sample ``sample`` (skips the samples lost in gaps)."""
-        if not self.starts:
+        starts = self.starts
+        if not starts:
             return sample
-        i = max(bisect.bisect_right(self.starts, sample) - 1, 0)
-        return self.sources[i] + (sample - self.starts[i])
+        if len(starts) == 1 or sample < starts[1]:  # one anchor, or before the second: the first
+            i = 0
+        else:
+            i = max(bisect.bisect_right(starts, sample) - 1, 0)
+        return self.sources[i] + (sample - starts[i])
 
     def stamp(self, sample: int) -> tuple[int, int]:
         """``(source(sample), t_ns(sample))`` with one anchor look-up.
