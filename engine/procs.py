@@ -895,10 +895,22 @@ class PoolRouter:
 
         The worker hands over the streams it was told to move, closes any others, publishes its
         last stats and exits (the pool counts that as a removal, not a crash). Chunks held for it
-        while its link was down (it died meanwhile) are not lost: their streams resume from the
-        collector's progress on their new owners (``stream_restarted`` + exact ``gap``).
+        while its link was down (it died meanwhile; its streams then resume from the collector's
+        progress on their new owners) go to those owners first, ahead of the chunks that came after.
         """
-        self.down.pop(i, None)
+        def stream_of(msg: list[Any]) -> bytes:
+            topic = msg[1].bytes if hasattr(msg[1], "bytes") else bytes(msg[1])
+            return topic.partition(b"/")[2]
+
+        data = [m for m in self.down.pop(i, None) or () if m[0] == DATA]
+        for msg in reversed(data):  # oldest ends up first in each held queue
+            h = self.held.get(stream_of(msg))
+            if h is not None:
+                h[2].appendleft(msg[1:])
+        for msg in data:
+            st = stream_of(msg)
+            if st not in self.held and st in self.owners:
+                self._send(self.owners[st], msg)
         s = self.outs.pop(i, None)
         self.addrs.pop(i, None)
         mon = self.monitors.pop(i, None)

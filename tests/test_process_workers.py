@@ -307,3 +307,56 @@ def test_a_scaling_signal_does_not_end_a_thread_mode_engine(tmp_path: Any) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_router_removing_an_index_whose_link_is_down_resends_its_held_chunks_in_order() -> None:
+    """Chunks held for an index while its connection was down go to the streams' new owners, in order."""
+    from collections import deque
+
+    import zmq
+
+    from telediag.engine.procs import RESUME, PoolRouter
+
+    ctx = zmq.Context()
+    inboxes = []
+    for i in range(4):
+        s = ctx.socket(zmq.PULL)
+        s.bind(f"inproc://fake-w{i}")
+        inboxes.append(s)
+
+    def drain(i: int) -> list[list[bytes]]:
+        out = []
+        while inboxes[i].poll(50):
+            out.append(inboxes[i].recv_multipart())
+        return out
+
+    pool = _FakePool(3)
+    r = PoolRouter(pool, ctx)  # type: ignore[arg-type]
+    streams = [f"bed-{k}/ecg".encode() for k in range(30)]
+    for s in streams:
+        r.send(s, [b"ecg/" + s, b"h", b"0"])
+    for i in range(3):
+        drain(i)
+    r.link_down.add(1)  # as when ZeroMQ sees worker 1's connection drop: its chunks are held
+    r.down[1] = deque()
+    for s in streams:
+        r.send(s, [b"ecg/" + s, b"h", b"a"])
+    pool.gone, pool.routes_version = {1}, 1  # worker 1 removed meanwhile
+    r.sync()
+    for s in streams:
+        r.send(s, [b"ecg/" + s, b"h", b"b"])
+    mine = [s for s in streams if owner_of(s, 3) == 1]
+    assert mine
+    for j in (0, 2):
+        msgs = drain(j)
+        for s in mine:
+            if owner_of(s, 3, {1}) != j:
+                continue
+            seen = [m[0] if m[0] == RESUME else m[3] for m in msgs if m[1] in (s, b"ecg/" + s)]
+            assert seen == [RESUME, b"a", b"b"], (s, seen)  # resumed, then the held chunk, then the next
+        others = [s for s in streams if owner_of(s, 3) == j]
+        assert all([m[3] for m in msgs if m[1] == b"ecg/" + s] == [b"a", b"b"] for s in others)
+    r.close()
+    for s in inboxes:
+        s.close(0)
+    ctx.term()
