@@ -3,8 +3,9 @@
 Alarm types and their rules (all thresholds are parameters of :class:`AlarmParams`):
 
 ``asystole``
-    No beat for ``asystole_s`` (default 4 s) of **usable** signal. Onset is the last beat, or
-    the end of the latest unusable span after it; it ends at the next beat. (ANSI/AAMI EC13
+    No beat for ``asystole_s`` (default 4 s) of **usable** signal. Onset is the last beat (or
+    ``origin``, the start of the stream, before the first beat), or the end of the latest
+    unusable span after it; it ends at the next beat. (ANSI/AAMI EC13
     requires the asystole alarm within 10 s of onset.) Unusable signal raises no asystole:
     the interval is counted from where the signal became usable again.
 ``brady`` / ``tachy``
@@ -117,12 +118,13 @@ class RhythmAlarms:
     [('vrun', 'on')]
     """
 
-    def __init__(self, fs: float, params: AlarmParams | None = None) -> None:
+    def __init__(self, fs: float, params: AlarmParams | None = None, origin: int | None = None) -> None:
         if not fs > 0:
             raise DSPError(f"fs must be positive, got {fs}")
         self.fs = float(fs)
         self.p = params or AlarmParams()
         self.state = AlarmState()
+        self.origin = origin  # asystole before the first beat is counted from here (None: not at all)
 
     def _on(self, kind: str, onset: int, detail: dict[str, Any], out: list[AlarmEvent]) -> None:
         if kind not in self.state.active:
@@ -194,6 +196,10 @@ class RhythmAlarms:
                          {"rr_s": rr, "usable_s": round((s - u0) / fs, 3)}, out)
             if rr > p.pause_s and u0 == st.last_beat:
                 out.append(AlarmEvent("pause", "off", st.last_beat, s, {"rr_s": round(rr, 3)}))
+        elif self.origin is not None:  # the first beat: asystole since the stream started
+            u0 = self._usable_from(self.origin, s)
+            if (s - u0) / fs >= p.asystole_s and "asystole" not in st.active:
+                self._on("asystole", u0, {"usable_s": round((s - u0) / fs, 3)}, out)
         self._off("asystole", s, {}, out)
         st.last_beat = s
 
@@ -227,16 +233,21 @@ class RhythmAlarms:
         elif n <= p.ectopy_per_min and "ectopy" in st.active:
             self._off("ectopy", now, {"per_min": n}, out)
 
-    def tick(self, sample: int, hr_bpm: float | None, signal_ok: bool = True) -> list[AlarmEvent]:
-        """Advance time to ``sample`` with the displayed heart rate; return transitions."""
+    def tick(self, sample: int, hr_bpm: float | None, signal_ok: bool = True,
+             asystole_ok: bool | None = None) -> list[AlarmEvent]:
+        """Advance time to ``sample`` with the displayed heart rate; return transitions.
+
+        ``asystole_ok`` (default ``signal_ok``): whether the signal now allows judging asystole
+        (a connected, isoelectric lead does, although it is no use for a rate)."""
         st, p, fs = self.state, self.p, self.fs
         out: list[AlarmEvent] = []
         sample = int(sample)
         if sample <= st.last_tick:
             return out
         st.last_tick = sample
-        if st.last_beat is not None and signal_ok:
-            u0 = self._usable_from(st.last_beat, sample)
+        ref = st.last_beat if st.last_beat is not None else self.origin
+        if ref is not None and (signal_ok if asystole_ok is None else asystole_ok):
+            u0 = self._usable_from(ref, sample)
             if (sample - u0) / fs >= p.asystole_s:
                 self._on("asystole", u0, {}, out)
         self._ectopy(sample, out)

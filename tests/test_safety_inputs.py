@@ -491,3 +491,24 @@ def test_recorder_survives_source_clock_steps(tmp_path: Path) -> None:
     steps = [g for g in w.gaps if "clock_step_ns" in g]
     assert len(steps) == 2 and all(g["samples"] == 0 for g in steps)
     assert (tmp_path / "r.dat").stat().st_size == w.n * 2 * 4
+
+
+# -- asystole that a technical condition used to hide -------------------------------------------
+def test_asystole_after_electrodes_reconnected(rec119: np.ndarray) -> None:
+    # leads off 15-20 s, then the electrodes are back on a patient in asystole (connected,
+    # isoelectric, 30 uV noise): before the fix only LEADS OFF stayed on (the quality scores a
+    # trace without QRS as noise), ASYSTOLE never came
+    y = asystole(rec119, 20.0, 45.0)
+    y[int(15 * FS):int(20 * FS)] = np.nan
+    al, _, _ = run_stage(y)
+    ons = [a for a in al if a["type"] == "asystole" and a["state"] == "on"]
+    assert len(ons) == 1 and 20.0 <= ons[0]["onset_sample"] / FS <= 22.0, al
+    assert paired(al)
+
+
+def test_stream_that_starts_in_asystole_alarms() -> None:
+    x = np.random.default_rng(3).standard_normal((int(30 * FS), 2)) * 0.03  # connected, no QRS from the start
+    al, _, _ = run_stage(x)
+    ons = [a for a in al if a["type"] == "asystole" and a["state"] == "on"]
+    assert len(ons) == 1 and ons[0]["onset_sample"] / FS <= 2.0, al
+    assert paired(al)

@@ -163,6 +163,11 @@ IntArray = NDArray[np.int64]
 
 _HOLDS = ("verdict", "none")
 JITTER_TOLERANCE_S = 0.1
+ISOELECTRIC_MV = 0.2
+"""An unusable quality block whose only fault is a low SQI / heavy noise and whose detrended 5-95 %
+range on the detection lead is under this (mV) is a connected isoelectric line (asystole, fine
+noise), counted as usable for asystole and pause (:meth:`EcgAnalysis._isoelectric`)."""
+_NOISE_BITS = (1 << 3) | (1 << 7)  # quality flags: heavy_noise in the block, heavy_noise event active
 """A ``t0_ns`` later than expected by less than this, on a chunk whose ``seq`` follows the previous
 one, is timestamp jitter for the alarms and the AF detector (no samples were lost in transport; a
 lost stretch this short cannot hold a whole QRS complex): they go on measuring intervals across it.
@@ -485,6 +490,11 @@ class EcgAnalysis(Stage):
         # (integer ADC units without gain, "adu" or "", are analysed as they are: no bound)
         known = [p.units_per_mv > 0 or (i < len(spec.units) and spec.units[i].strip().lower() in _UNITS_PER_MV)
                  for i in range(n_ch)]
+        lead_known = p.units_per_mv > 0 or (p.lead < len(spec.units)
+                                            and spec.units[p.lead].strip().lower() in _UNITS_PER_MV)
+        lead_upm = upm[p.lead] if isinstance(upm, list) else float(upm)
+        self._iso_lim = ISOELECTRIC_MV * lead_upm if lead_known else None
+        self._iso = False
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -503,7 +513,7 @@ class EcgAnalysis(Stage):
             hr = HeartRateMeter(fs, n_intervals=p.hr_intervals, rule=p.hr_rule,  # type: ignore[arg-type]
                                 min_rr_s=p.hr_min_rr_s, asystole_s=p.hr_asystole_s)
             hrv = HRVMeter(fs, window_s=p.hrv_window_s)
-            alarms = RhythmAlarms(fs, p.alarm_params()) if p.alarms else None
+            alarms = RhythmAlarms(fs, p.alarm_params(), origin=0) if p.alarms else None
             hop = quality.hop
             n_tech = max(1, math.ceil(p.alarm_technical_s * fs / hop - 1e-9))
             technical = TechnicalAlarms(hop, n_tech, n_tech) if p.alarms else None
@@ -662,6 +672,25 @@ class EcgAnalysis(Stage):
             body = self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset)))
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
 
+    def _isoelectric(self, b0: int, hop: int, flags: int) -> bool:
+        """Whether quality block ``b0`` of the detection lead, unusable, is a connected isoelectric
+        line: no leads-off, flat-line or saturation flag (only low SQI / heavy noise: a trace without
+        QRS complexes scores as noise) and, detrended, a 5-95 % range under ``ISOELECTRIC_MV``.
+        Such a block counts as usable for asystole and pause (IEC 60601-2-27: a connected lead
+        without QRS is asystole, not a technical condition); brady/tachy and AF still skip it."""
+        if flags & ~_NOISE_BITS or self._iso_lim is None:
+            return False
+        w = self.state.history.window(b0, b0 + hop)
+        if w is None:
+            return False
+        y = w[:, self.params.lead]  # type: ignore[attr-defined]
+        if not np.isfinite(y).all():
+            return False
+        t = np.arange(y.size, dtype=np.float64)
+        r = y - np.polyval(np.polyfit(t, y, 1), t)
+        lo, hi = np.percentile(r, (5.0, 95.0))
+        return bool(hi - lo < self._iso_lim)
+
     def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
         stamp = self._stamp
         on_src, on_t = stamp(a.onset)
@@ -699,9 +728,12 @@ class EcgAnalysis(Stage):
         if rows.block_start.size:
             usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * rows.block_start.size
             starts = rows.block_start.tolist()
-            for b0, ok in zip(starts, usable, strict=True):
+            block_flags = rows.flags[:, p.lead].tolist()
+            for b0, ok, fl in zip(starts, usable, block_flags, strict=True):
                 if st.alarms is not None:
-                    st.alarms.signal(b0, b0 + hop, ok)
+                    # a connected, isoelectric lead is what asystole looks like: usable for asystole
+                    self._iso = not ok and self._isoelectric(b0, hop, fl)
+                    st.alarms.signal(b0, b0 + hop, ok or self._iso)
                 st.rhythm.signal(b0, b0 + hop, ok)
             if st.technical is not None:
                 alarm_events += st.technical.blocks(starts, usable, rows.flags[:, p.lead].tolist())
@@ -773,7 +805,8 @@ class EcgAnalysis(Stage):
                 reading = rate.hr_reading(tick, st.gate.signal_ok(tick))
                 hr_readings.append(reading)
                 if alarms is not None:
-                    alarm_events += alarms.tick(tick, reading["hr_bpm"], bool(reading["signal_ok"]))
+                    ok = bool(reading["signal_ok"])
+                    alarm_events += alarms.tick(tick, reading["hr_bpm"], ok, asystole_ok=ok or self._iso)
             if rate.next_hrv_tick == tick:
                 hrv_ticks.append(rate.hrv_reading(tick))
         feed(1 << 62)  # releases after the last tick of this chunk
