@@ -94,8 +94,8 @@ def _synthetic(rr: np.ndarray, p_wave: bool, seed: int) -> np.ndarray:
     return x
 
 
-def _afib_alarms(x: np.ndarray, chunk_s: float) -> list[tuple[str, int]]:
-    st = EcgAnalysis(EcgAnalysisParams(classify="off"))
+def _afib_alarms(x: np.ndarray, chunk_s: float, **params: float) -> list[tuple[str, int]]:
+    st = EcgAnalysis(EcgAnalysisParams(classify="off", **params))  # type: ignore[arg-type]
     st.open(StreamSpec("t/ecg", "ecg", FS, ("II",), ("mV",)))
     out = []
     step = int(chunk_s * FS)
@@ -114,6 +114,9 @@ def test_irregular_rhythm_with_p_waves_is_not_af_in_the_stage() -> None:
     assert with_p == []  # P waves before every beat: sinus arrhythmia / atrial ectopy, not AF
     assert without_p and without_p[0][0] == "on"
     assert _afib_alarms(_synthetic(rr, False, 1), 0.25) == without_p  # any chunking
+    assert _afib_alarms(_synthetic(rr, True, 1), 1.0, af_p_on=1.0, af_p_off=1.0)  # gate off: RR only
+    with pytest.raises(ValueError, match="p_on <= p_off"):
+        EcgAnalysisParams(af_p_on=0.7, af_p_off=0.6)
 
 
 def test_detector_gate_thresholds() -> None:

@@ -13,8 +13,9 @@ streaming building blocks of :mod:`telediag.dsp`:
   :class:`~telediag.dsp.hrv.HRVMeter` (Task Force 1996 time-domain HRV) on the beats whose
   block is usable (every detected beat is published; those in unusable blocks carry
   ``usable: false`` and are ignored by HR, HRV, rhythm and alarms);
-* :class:`~telediag.dsp.af.AFDetector`: atrial fibrillation episodes from RR irregularity
-  (``alarm`` type ``afib``; an ``S`` label inside AF becomes ``N``);
+* :class:`~telediag.dsp.af.AFDetector`: atrial fibrillation episodes from RR irregularity and
+  absent P waves (:mod:`telediag.dsp.atrial`, measured on the detection lead from the signal
+  history) (``alarm`` type ``afib``; an ``S`` label inside AF becomes ``N``);
 * :class:`~telediag.dsp.alarms.RhythmAlarms` and :class:`~telediag.dsp.alarms.TechnicalAlarms`:
   technical alarms (``leads_off``, ``signal_unusable``) supersede physiological ones
   (IEC 60601-2-27): unusable signal or a gap never raises asystole, bradycardia or pause;
@@ -245,7 +246,10 @@ class EcgAnalysisParams(StageParams):
         AF become ``N``. ``af_window`` (RR intervals), ``af_on``/``af_off`` (normalised RMSSD
         hysteresis), ``af_cv_min`` (minimum CV of the absolute successive differences),
         ``af_tpr_min`` (minimum turning-point ratio), ``af_lag_min`` (minimum lag-2/3
-        irregularity: rejects bigeminy/trigeminy); see :class:`telediag.dsp.af.AFParams`.
+        irregularity: rejects bigeminy/trigeminy), ``af_p_on``/``af_p_off`` (AF only while the
+        median P-wave correlation of the last beats is below ``af_p_on``, ends above
+        ``af_p_off``; ``af_p_on = af_p_off = 1.0`` turns the P-wave gate off); see
+        :class:`telediag.dsp.af.AFParams`.
     history_s : float
         Raw signal kept for beat hooks (:class:`SignalHistory`), seconds.
     """
@@ -292,13 +296,16 @@ class EcgAnalysisParams(StageParams):
     af_cv_min: float = 0.4
     af_tpr_min: float = 0.6
     af_lag_min: float = 0.16
+    af_p_on: float = 0.5
+    af_p_off: float = 0.6
 
     def af_params(self) -> AFParams:
         """The ``af_*`` keys as :class:`telediag.dsp.af.AFParams`."""
         try:
             return AFParams(window=self.af_window, min_valid=max(2, (3 * self.af_window) // 4), on=self.af_on,
                             off=self.af_off, cv_min=self.af_cv_min, back=self.af_window // 2,
-                            tpr_min=self.af_tpr_min, lag_min=self.af_lag_min)
+                            tpr_min=self.af_tpr_min, lag_min=self.af_lag_min, p_on=self.af_p_on,
+                            p_off=self.af_p_off)
         except DSPError as e:
             raise ValueError(str(e)) from e
 
