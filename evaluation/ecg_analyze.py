@@ -167,9 +167,11 @@ def collect(records: Iterable[Chunk]) -> dict[str, list[dict[str, Any]]]:
             out["blocks"].extend(b["blocks"])
             out["suppressed"].extend(b["suppressed"])
         elif r.kind == "event" and b.get("type") == "quality":
-            out["events"].append(b)
+            if b.get("reason") != "stream_closed":  # a record's end is not the end of an event
+                out["events"].append(b)
         elif r.kind == "alarm":
-            out["alarms"].append(b)
+            if not (isinstance(b.get("detail"), dict) and b["detail"].get("reason") == "stream_closed"):
+                out["alarms"].append(b)
     return out
 
 

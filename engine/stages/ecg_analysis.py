@@ -676,7 +676,7 @@ class EcgAnalysis(Stage):
         for a in ends:
             out.records.append(Chunk.record("alarm", self._stream, 0, self._stamp(a.onset)[1], self._alarm_body(a)))
         for ev in st.quality.open_events():
-            body = self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset)))
+            body = {**self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset))), **why}
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
 
     def _isoelectric(self, b0: int, hop: int, flags: int) -> bool:
