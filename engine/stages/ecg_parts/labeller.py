@@ -26,6 +26,8 @@ Labelled = tuple[int, int, int, bool, str | None, dict[str, float] | None]
 """``(sample, confirm, release, usable, label, probs)`` (received indices)."""
 
 _CLASSIFIERS: dict[tuple[str, int], Any] = {}
+_NO_BEATS = np.zeros(0, np.int64)
+_NO_BEATS.flags.writeable = False
 
 
 def classifier(variant: str, threads: int = 1) -> Any:
@@ -111,7 +113,7 @@ class BeatLabeller:
                 for i in np.flatnonzero(bad):
                     x[i] = x[i - 1] if i > 0 else self.last
             self.last = float(x[-1])
-        new = np.fromiter((a[0] for a in decided), np.int64, len(decided))
+        new = np.fromiter((a[0] for a in decided), np.int64, len(decided)) if decided else _NO_BEATS
         for s_, c, r, u in decided:
             self.release[s_] = (c, r, u)
             self.index[s_] = self.order_base + len(self.order)
@@ -135,6 +137,8 @@ class BeatLabeller:
                 raise RuntimeError(self.error)
             if isinstance(result, BaseException):
                 raise result
+            if result is None and not final and not len(feats):
+                return []  # no beat to label (most short chunks): no model call, nothing released
             idx, probs = result if result is not None else self.clf.classify(feats)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
             self.clf = None  # from now on beats go out unlabelled, as with classify = "off"
@@ -147,8 +151,11 @@ class BeatLabeller:
 
         out: list[Labelled] = []
         beats_done = feats.beats.tolist()
+        if not beats_done and not final:
+            return out  # nothing labelled: nothing released, the kept beats unchanged
         newest = self.order[-1][1] if self.order else 0
         rows = np.asarray(probs).tolist()
+        idx_l = np.asarray(idx).tolist()
         classes = AAMI_CLASSES
         for k, b in enumerate(beats_done):
             c, r, u = self.release.pop(b)
@@ -160,7 +167,7 @@ class BeatLabeller:
                 rel = self.order[ahead][1]
             else:
                 rel = n_seen - 1 if final else newest
-            out.append((b, c, max(r, rel), u, classes[int(idx[k])],
+            out.append((b, c, max(r, rel), u, classes[idx_l[k]],
                         {cls: round(p_, 4) for cls, p_ in zip(classes, rows[k], strict=True)}))
         # keep the decided beats still needed (from the oldest unlabelled beat on)
         oldest = min(self.index.values(), default=self.order_base + len(self.order))
