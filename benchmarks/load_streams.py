@@ -273,6 +273,12 @@ def _rss_kb_tree(pid: int) -> int | None:
 
 #: ``[cluster]`` of the engines this benchmark starts in ray mode (set by :func:`main`)
 RAY_ADDRESS = ""
+#: ``[engine] batch_wait_ms`` of the engines this benchmark starts (None: the engine's default; set by :func:`main`)
+BATCH_WAIT_MS: float | None = None
+
+
+def _engine_extra() -> str:
+    return f"batch_wait_ms = {BATCH_WAIT_MS}\n" if BATCH_WAIT_MS is not None else ""
 
 
 def _cluster_toml(worker_mode: str) -> str:
@@ -291,7 +297,7 @@ def run_load(n_streams: int, seconds: float, chunk_ms: float = 100.0, config: st
     extra = Path(config).read_text() if config else CLASSIFY_PIPELINE.format(classify=classify)
     cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 1.0\n'
                         f"publish_hwm = 1000000\nworkers = {workers}\nworker_mode = \"{worker_mode}\"\n"
-                        + _cluster_toml(worker_mode) + extra.replace("[engine]", "#[engine]"))
+                        + _engine_extra() + _cluster_toml(worker_mode) + extra.replace("[engine]", "#[engine]"))
     eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from telediag.client import Subscriber
@@ -424,7 +430,7 @@ def run_throughput(n_streams: int, seconds: float, chunk_ms: float = 1000.0, rec
     cfg_path = Path(f"/tmp/telediag-thr-{os.getpid()}.toml")
     cfg_path.write_text(f'[engine]\ningest = "{ingest}"\npublish = "{publish}"\nstats_interval_s = 0.5\n'
                         f'ingest_hwm = 1000000\nworkers = {workers}\nworker_mode = "{worker_mode}"\n'
-                        + _cluster_toml(worker_mode) + CLASSIFY_PIPELINE.format(classify=classify))
+                        + _engine_extra() + _cluster_toml(worker_mode) + CLASSIFY_PIPELINE.format(classify=classify))
     eng = subprocess.Popen([sys.executable, "-m", "telediag", "run", "--config", str(cfg_path)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from telediag.client import Subscriber
@@ -525,7 +531,7 @@ def _in_loopback_namespace(argv: list[str]) -> int:
 
 
 def main() -> None:
-    global RAY_ADDRESS
+    global RAY_ADDRESS, BATCH_WAIT_MS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -550,12 +556,15 @@ def main() -> None:
                     "periodic work (1 s quality blocks, 5 s HRV ticks) is not synchronised (a ward whose monitors "
                     "were connected at different times); 0 (default): all start together, the worst case, as "
                     "after an engine restart")
+    ap.add_argument("--batch-wait-ms", type=float, default=None,
+                    help="[engine] batch_wait_ms of the engine under test (default: the engine's own, 2 ms)")
     ap.add_argument("--cpu-profile", action="store_true",
                     help="paced run: CPU µs per source chunk per process role and thread (engine front end, "
                     "worker processes, load generator); a load-insensitive comparison of modes at a fixed load")
     ap.add_argument("--throughput", action="store_true",
                     help="saturation run: all data at once; report chunks/s and CPU per chunk (see run_throughput)")
     a = ap.parse_args()
+    BATCH_WAIT_MS = a.batch_wait_ms
     modes = _modes(a)
     cluster = None
     if any(m == "ray" for m, _ in modes):
