@@ -29,11 +29,16 @@ Pipeline (see ``features.py`` for the inputs):
 5. the final model is trained on all of DS1 + svdb and exported (``ecg_beats.onnx``) with
    ``card.json`` (never NaN: undefined figures are ``null``).
 
-Reproduce the shipped files (about 15 minutes on one busy core; the card's ``reproduce``
-also fetches the 1.3.0 file for the before/after rows)::
+Since 2.2.0 the N and S beats inside reference AF/flutter episodes are left out of training
+(``--keep-af-beats`` keeps them, as 2.1.0 did); the test sets keep every beat.
 
-    nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
-        --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --baseline /tmp/ecg_beats_1.3.0.onnx
+Reproduce the shipped files (about 30 minutes on one busy core; the card's ``reproduce``
+also fetches the 2.1.0 card for the before/after rows)::
+
+    git show 8a7f837:models/ecg_beats/card.json > /tmp/card_2.1.0.json
+    OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
+        --out models/ecg_beats --cache /tmp/ecg_beats_v21.npz --previous-card /tmp/card_2.1.0.json \\
+        --rerun-previous
 """
 
 from __future__ import annotations
