@@ -9,8 +9,11 @@ One in-process :class:`~telediag.engine.runtime.Engine` (default pipelines), fed
 loopback with: 40 s of MIT-BIH record 101 (two chunks dropped at seq 10-11 for a gap, then one
 duplicate), a flat stretch for quality events, 12 s of a PhysioNet 2016 heart-sound recording,
 20 synthetic endoscopy frames (H.264), malformed messages, a chunk whose channels changed
-(``spec_changed``), an annotation kind sent to ingest (``hr``: not ingestible) and a source
-restart (new ``meta.session``). Everything published is collected.
+(``spec_changed``), an annotation kind sent to ingest (``hr``: not ingestible), a source
+restart (new ``meta.session``), and 30 s of MIT-BIH 201 (atrial fibrillation: an ``afib``
+alarm; one implausible 1e4 mV sample) followed by a 61 s chunk (``chunk_too_long``) and 12 s of
+NaN (leads off), left open so that the engine's stop ends its alarms and quality events
+(``stream_closed``). Everything published is collected.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ RESTART_STREAM = "room-2/ecg"
 INT_STREAM = "room-4/ecg"  # int16 ADC units with meta.gain / meta.baseline (PROTOCOL.md 6.1)
 INT_GAIN = (200.0, 100.0)
 INT_BASELINE = (1024, -7)
+CLOSE_STREAM = "room-5/ecg"  # AF, then a chunk too long, then leads off; still on at engine stop
+CLOSE_RECORD = "201"
+CLOSE_AF_S = 30  # seconds of the record sent before the long chunk
+CLOSE_LONG_SEQ = CLOSE_AF_S  # the seq of the 61 s chunk (rejected: chunk_too_long)
+CLOSE_GLITCH = (5, 100)  # (seq, row) of the 1e4 mV sample on lead 0 (NaN in ecg/<s>/filtered)
 ECG_CHUNK = 360  # 1 s at 360 Hz
 GAP_SEQS = (10, 11)  # ECG chunks never sent: a 2-chunk gap
 PCG_GAP_SEQS = (60, 61)  # PCG chunks (0.1 s each) never sent
@@ -143,6 +151,19 @@ def run_session(data_dir: Path, *, ecg_seconds: int = 40, pcg_seconds: int = 12)
         send(Chunk.signal("ecg", INT_STREAM, 12, t0 + int(round(12 * ECG_CHUNK * 1e9 / fs)), adu[:ECG_CHUNK], fs,
                           list(rec.channels), list(rec.units), meta={"session": "i1", "gain": [0.0, 1.0]}))
         ses.int_adu = adu
+
+        # ---- AF, one implausible sample, a chunk too long (rejected, then a gap), leads off left on
+        af = read_wfdb(data_dir / "mitdb" / CLOSE_RECORD)
+        y = af.signal[: CLOSE_AF_S * ECG_CHUNK].astype(np.float32).copy()
+        y[CLOSE_GLITCH[0] * ECG_CHUNK + CLOSE_GLITCH[1], 0] = 1e4
+        long = np.resize(y, (61 * ECG_CHUNK, y.shape[1]))
+        nan = np.full((ECG_CHUNK, y.shape[1]), np.nan, np.float32)
+        for seq in range(CLOSE_LONG_SEQ + 13):
+            blk = (y[seq * ECG_CHUNK:(seq + 1) * ECG_CHUNK] if seq < CLOSE_LONG_SEQ else
+                   long if seq == CLOSE_LONG_SEQ else nan)
+            t_s = seq if seq <= CLOSE_LONG_SEQ else seq + 60  # the long chunk lasts 61 s
+            send(Chunk.signal("ecg", CLOSE_STREAM, seq, t0 + t_s * 10**9, blk, af.fs, list(af.channels),
+                              list(af.units), meta={"session": "c1"}))
 
         # ---- PCG
         audio, pfs = read_pcg(data_dir / "pcg2016" / "training-a" / "a0001.wav")

@@ -4,7 +4,9 @@
 // Usage: node tests/outside_client.mjs MESSAGES.json
 //   MESSAGES.json: [[topicHex, headerHex, payloadHex], ...] as received from the publish socket.
 // Prints one JSON line per message: {topic, kind, stream, seq, t0_ns, enc, dtype, shape, n, sum,
-// bytes, body, missing}. Integers beyond 2^53 are written as decimal strings.
+// missing_samples, bytes, body, missing}, then one {summary} line: the alarms and quality events a
+// viewer would still show as on after the last message, kept by OUTPUTS.md section 4.5's rules.
+// Integers beyond 2^53 are written as decimal strings.
 import { readFileSync } from "node:fs";
 
 // ---------------------------------------------------------------- msgpack (spec subset of §2)
@@ -73,9 +75,9 @@ function decodeMessage([topicB, headerB, payload]) {
     const n = h.shape.reduce((a, b) => a * b, 1);
     if (n * size !== payload.length) throw new Error("size_mismatch");
     const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-    let sum = 0;
-    for (let k = 0; k < n; k++) { const x = dv[get](k * size, true); sum += Number(x); }
-    Object.assign(out, { dtype: h.dtype, shape: h.shape, n, sum });
+    let sum = 0, nan = 0;  // NaN marks a missing sample (OUTPUTS.md section 4)
+    for (let k = 0; k < n; k++) { const x = Number(dv[get](k * size, true)); if (Number.isFinite(x)) sum += x; else nan++; }
+    Object.assign(out, { dtype: h.dtype, shape: h.shape, n, sum, missing_samples: nan });
     if (h.rate_hz !== undefined) Object.assign(out, { rate_hz: h.rate_hz, channels: h.channels, units: h.units });
   } else if (h.enc === "msgpack") {
     out.body = unpack(payload);
@@ -90,7 +92,7 @@ function decodeMessage([topicB, headerB, payload]) {
 const KEYS = {
   beats: ["beats", "lead", "channel", "fs", "quality_hold", "counters"],
   hrv: ["sample", "t_ns", "window_s", "as_of_sample", "n_nn", "n_diff", "mean_nn_ms", "sdnn_ms", "rmssd_ms", "pnn50", "mean_hr_bpm"],
-  alarm: ["type", "state", "onset_sample", "onset_ns", "end_sample", "end_ns", "detail", "lead"],
+  alarm: ["type", "state", "category", "onset_sample", "onset_ns", "end_sample", "end_ns", "detail", "lead"],
   segments: ["segments", "rate_hz"],
   polyp: ["polyp_probability", "detected", "boxes", "mask", "mask_fraction", "width", "height", "t0_ns", "seq", "model"],
   stats: ["worker", "uptime_s", "streams", "rejects", "errors", "latency_ms"],
@@ -103,7 +105,40 @@ const EVENT = {
   quality: ["event", "state", "stream", "lead", "channel", "onset_sample", "onset_ns", "end_sample", "end_ns"],
   pcg_signal: ["stream", "state", "quality"], pcg_discontinuity: ["stream", "expected_t0_ns", "t0_ns", "gap_ns", "seq"],
   video_format: ["stream", "codec", "width", "height", "fps", "seq", "reopened"], video_stalled: ["stream", "silent_s", "last_seq"],
+  stream_refused: ["stream", "detail"], stream_reset: ["stream", "reason", "error", "last_seq"],
+  worker_restarted: ["worker", "exitcode", "restarts"], worker_removed: ["worker", "exitcode", "after_s"],
+  stream_moved: ["stream", "from_worker", "to_worker", "last_seq"], stage_error: ["stream", "stage", "error"],
+  output_dropped: ["stream", "stage", "topic", "reason", "detail"], video_gap: ["stream", "first_missing_seq", "missing_chunks", "drops"],
+  video_resumed: ["stream", "seq", "silent_s"],
 };
+
+// ---------------------------------------------------------------- OUTPUTS.md 4.5: what is still on
+// An alarm is on from its "on" to its "off" (same stream and type); a quality event from "start" to
+// "end" (same stream, channel and event). A stream that closes ends them itself (detail.reason /
+// reason "stream_closed"); after stream_reset, or stream_restarted with reason worker_restarted,
+// nothing will end them: the consumer MUST take them as ended there. stream_moved needs nothing
+// (the old owner closed the stream first).
+const onAlarms = new Map(), onQuality = new Map();
+const tally = { ended_by_close: 0, quality_ended_by_close: 0, voided: 0 };
+function track(m) {
+  const b = m.body;
+  if (m.kind === "alarm" && b && typeof b.type === "string") {
+    const key = `${m.stream}\u0000${b.type}`;
+    if (b.state === "on") onAlarms.set(key, b.onset_sample);
+    else if (b.state === "off") {
+      onAlarms.delete(key);
+      if (b.detail && b.detail.reason === "stream_closed") tally.ended_by_close++;
+    }
+  } else if (m.kind === "event" && b && b.type === "quality") {
+    const key = `${b.stream}\u0000${b.channel}\u0000${b.event}`;
+    if (b.state === "start") onQuality.set(key, b.onset_sample);
+    else { onQuality.delete(key); if (b.reason === "stream_closed") tally.quality_ended_by_close++; }
+  } else if (m.kind === "event" && b && (b.type === "stream_reset"
+             || (b.type === "stream_restarted" && b.reason === "worker_restarted"))) {
+    for (const map of [onAlarms, onQuality])
+      for (const key of [...map.keys()]) if (key.startsWith(`${b.stream}\u0000`)) { map.delete(key); tally.voided++; }
+  }
+}
 function missingKeys(kind, b) {
   const miss = (obj, keys, where) => keys.filter((k) => !(k in obj)).map((k) => `${where}.${k}`);
   if (kind === "hr") return "readings" in b ? miss(b, ["readings", "rule", "every_s"], "hr")
@@ -124,8 +159,11 @@ for (const frames of messages) {
   try {
     const m = decodeMessage(bufs);
     if (m.body !== undefined) m.missing = missingKeys(m.kind, m.body);
+    track(m);
     process.stdout.write(json(m) + "\n");
   } catch (e) {
     process.stdout.write(json({ error: String(e) }) + "\n");
   }
 }
+const names = (map) => [...map.keys()].map((k) => k.split("\u0000").join(" "));
+process.stdout.write(json({ summary: { open_alarms: names(onAlarms), open_quality: names(onQuality), ...tally } }) + "\n");

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 from outputs_session import (
+    CLOSE_GLITCH,
+    CLOSE_LONG_SEQ,
+    CLOSE_STREAM,
     ECG_CHUNK,
     ECG_STREAM,
     GAP_SEQS,
@@ -62,6 +65,27 @@ def test_the_session_exercised_every_output_kind(session: Session) -> None:
                 "pcg_discontinuity", "video_format"}
     assert expected <= types, f"never seen: {sorted(expected - types)}"
     assert types <= set(EVENT_TYPES)
+    reasons = {b["reason"] for _, h, b in session.messages if h["kind"] == "event" and b["type"] == "rejected"}
+    assert {"spec_changed", "chunk_too_long", "not_ingestible", "size_mismatch", "bad_field"} <= reasons, reasons
+    alarms = {(b["type"], b["state"]) for _, h, b in session.messages if h["kind"] == "alarm"}
+    assert {("afib", "on"), ("afib", "off"), ("leads_off", "on"), ("leads_off", "off")} <= alarms, alarms
+
+
+def _non_finite(x: Any, where: str = "body") -> list[str]:
+    if isinstance(x, float):
+        return [] if np.isfinite(x) else [where]
+    if isinstance(x, dict):
+        return [w for k, v in x.items() for w in _non_finite(v, f"{where}.{k}")]
+    if isinstance(x, list):
+        return [w for k, v in enumerate(x) for w in _non_finite(v, f"{where}[{k}]")]
+    return []
+
+
+def test_no_body_holds_nan_or_infinity(session: Session) -> None:
+    """OUTPUTS.md section 1: an unknown value is null; bodies never contain NaN or infinities
+    (the JSON Schemas cannot say so: a NaN is a JSON Schema number)."""
+    bad = [(t, w) for t, h, b in session.messages if h["enc"] == "msgpack" for w in _non_finite(b)]
+    assert not bad, bad[:10]
 
 
 def test_reject_events_carry_stream_and_seq_fields(session: Session) -> None:
@@ -88,6 +112,75 @@ def test_ingest_rejects_kinds_that_are_not_ingestible(session: Session) -> None:
     assert hits[0][1]["stream"] == "evil/hr"
     opened = {b["stream"] for _, b in _events(session, "stream_opened")}
     assert "evil/hr" not in opened
+
+
+def test_a_chunk_too_long_is_rejected_on_its_stream_and_reported_as_a_gap(session: Session) -> None:
+    """OUTPUTS.md 5.2 / PROTOCOL.md 8: a 61 s chunk is rejected ``chunk_too_long`` on
+    ``event/<s>``, not analysed, and the next chunk reports its ``seq`` as a gap; sample indices
+    after it skip its samples (section 3)."""
+    hits = [(t, b) for t, b in _events(session, "rejected") if b["reason"] == "chunk_too_long"]
+    assert [(t, b["stream"], b["seq"]) for t, b in hits] == [(f"event/{CLOSE_STREAM}", CLOSE_STREAM, CLOSE_LONG_SEQ)]
+    assert "60 s" in hits[0][1]["detail"]
+    gaps = [b for _, b in _events(session, "gap") if b["stream"] == CLOSE_STREAM]
+    assert [(g["first_missing_seq"], g["last_missing_seq"], g["missing_chunks"]) for g in gaps] == [
+        (CLOSE_LONG_SEQ, CLOSE_LONG_SEQ, 1)]
+    beats = [bt["sample"] for _, h, b in session.messages if h["kind"] == "beats" and h["stream"] == CLOSE_STREAM
+             for bt in b["beats"]]
+    assert beats and max(beats) < CLOSE_LONG_SEQ * ECG_CHUNK  # nothing from the long chunk, NaN after it
+    starts = [b for _, b in _events(session, "quality") if b["stream"] == CLOSE_STREAM and b["state"] == "start"
+              and b["event"] == "leads_off"]
+    assert starts and all(b["onset_sample"] == (CLOSE_LONG_SEQ + 61) * ECG_CHUNK for b in starts), starts
+
+
+def test_an_implausible_sample_is_missing_in_the_filtered_signal(session: Session) -> None:
+    """OUTPUTS.md section 4: a sample beyond 500 mV is NaN in ``ecg/<s>/filtered``, alone."""
+    from telediag.transports.wire import decode
+
+    filt = [decode(f) for f in session.raw if bytes(f[0]) == f"ecg/{CLOSE_STREAM}/filtered".encode()]
+    c = next(c for c in filt if c.meta["src_seq"] == CLOSE_GLITCH[0])
+    assert np.argwhere(np.isnan(c.data)).tolist() == [[CLOSE_GLITCH[1], 0]]
+    assert np.isfinite(np.concatenate([c.data for c in filt if c.meta["src_seq"] < CLOSE_LONG_SEQ])).sum() == \
+        CLOSE_LONG_SEQ * ECG_CHUNK * 2 - 1
+
+
+def test_every_alarm_and_quality_event_on_is_ended_when_its_stream_closes(session: Session) -> None:
+    """OUTPUTS.md 4.5: at stream close (new session, engine stop) every alarm still on is
+    published ``off`` with ``detail.reason = "stream_closed"`` and every quality event still on
+    gets its ``end`` (``reason: "stream_closed"``, on ``event/<s>`` only); the ``afib`` detail
+    carries its documented keys."""
+    on: dict[tuple[str, str], dict[str, Any]] = {}
+    closed = []
+    for _, h, b in session.messages:
+        if h["kind"] == "alarm":
+            key = (h["stream"], b["type"])
+            if b["state"] == "on":
+                assert key not in on, ("on twice", key)
+                on[key] = b
+                if b["type"] == "afib":
+                    d = b["detail"]
+                    assert isinstance(d["nrmssd"], float) and isinstance(d["cv_dd"], float), d
+                    assert isinstance(d["valid"], int) and -1.0 <= d["p_corr"] <= 1.0, d
+            else:
+                if b["type"] != "pause":
+                    assert on.pop(key)["onset_sample"] == b["onset_sample"], (key, b)
+                if isinstance(b["detail"], dict) and b["detail"].get("reason") == "stream_closed":
+                    closed.append(key)
+        elif h["kind"] == "quality" and "events" in b:
+            assert all(e.get("reason") is None for e in b["events"])
+    assert not on, f"alarms left on after every stream closed: {sorted(on)}"
+    assert {(CLOSE_STREAM, "afib"), (CLOSE_STREAM, "leads_off")} <= set(closed), closed
+    q_open: set[tuple[str, int, str]] = set()
+    q_closed = []
+    for _, b in _events(session, "quality"):
+        key = (b["stream"], b["channel"], b["event"])
+        if b["state"] == "start":
+            q_open.add(key)
+        else:
+            q_open.discard(key)
+            if b.get("reason") == "stream_closed":
+                q_closed.append(key)
+    assert not q_open, q_open
+    assert {(CLOSE_STREAM, 0, "leads_off"), (CLOSE_STREAM, 1, "leads_off")} <= set(q_closed), q_closed
 
 
 def test_restart_needs_a_new_session_and_is_reported(session: Session) -> None:
@@ -148,7 +241,8 @@ def _plain(x: Any) -> Any:
 def test_an_outside_client_written_from_the_specs_decodes_every_topic(session: Session, tmp_path: Path) -> None:
     """The "Node.js client" check: tests/outside_client.mjs (plain Node, no npm package, written
     from PROTOCOL.md and OUTPUTS.md only) decodes every published message to the same values as
-    the reference decoder and finds every key OUTPUTS.md documents."""
+    the reference decoder and finds every key OUTPUTS.md documents; kept by OUTPUTS.md 4.5's
+    rules alone, its view has no alarm or quality event still on once every stream closed."""
     import json
     import shutil
     import subprocess
@@ -162,7 +256,10 @@ def test_an_outside_client_written_from_the_specs_decodes_every_topic(session: S
     src.write_text(json.dumps([[bytes(f).hex() for f in frames] for frames in session.raw]))
     out = subprocess.run([node, str(Path(__file__).with_name("outside_client.mjs")), str(src)],
                          capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    summary = json.loads(out.pop())["summary"]
     assert len(out) == len(session.raw) > 100
+    assert summary["open_alarms"] == [] and summary["open_quality"] == [], summary
+    assert summary["ended_by_close"] >= 2 and summary["quality_ended_by_close"] >= 2, summary
     topics = set()
     for line, frames, (_, header, _) in zip(out, session.raw, session.messages, strict=True):
         js = json.loads(line)
@@ -174,7 +271,8 @@ def test_an_outside_client_written_from_the_specs_decodes_every_topic(session: S
         assert js["t0_ns"] == _plain(c.t0_ns) and js["meta"] == _plain(c.meta)
         if c.data is not None:
             assert js["shape"] == list(c.data.shape) and js["n"] == c.data.size
-            assert js["sum"] == pytest.approx(float(np.sum(c.data, dtype=np.float64)), rel=1e-9, abs=1e-9)
+            assert js["sum"] == pytest.approx(float(np.nansum(c.data, dtype=np.float64)), rel=1e-9, abs=1e-9)
+            assert js["missing_samples"] == (int(np.isnan(c.data).sum()) if c.data.dtype.kind == "f" else 0)
         elif c.body is not None:
             assert js["body"] == _plain(c.body)
             assert js["missing"] == [], (c.topic, js["missing"])
