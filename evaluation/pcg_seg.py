@@ -359,8 +359,16 @@ def score_events(
     """
     ref = np.sort(np.asarray(ref, dtype=np.float64))
     det = np.sort(np.asarray(det, dtype=np.float64))
+    used_d = _match(ref, det, tol)
+    tp = int(used_d.sum())
+    return tp, int(det.size) - tp, int(ref.size) - tp
+
+
+def _match(ref: NDArray[np.float64], det: NDArray[np.float64], tol: float) -> NDArray[np.bool_]:
+    """Which of the (sorted) detections :func:`score_events` matches to a reference."""
+    used = np.zeros(det.size, dtype=bool)
     if ref.size == 0 or det.size == 0:
-        return 0, int(det.size), int(ref.size)
+        return used
     pairs = []
     j0 = 0
     for i, r in enumerate(ref):
@@ -372,32 +380,63 @@ def score_events(
             j += 1
     pairs.sort()
     used_r: set[int] = set()
-    used_d: set[int] = set()
     for _, i, j in pairs:
-        if i not in used_r and j not in used_d:
+        if i not in used_r and not used[j]:
             used_r.add(i)
-            used_d.add(j)
-    tp = len(used_r)
-    return tp, int(det.size) - tp, int(ref.size) - tp
+            used[j] = True
+    return used
+
+
+EDGE_S = 0.015
+"""A sound whose interval starts within this of the recording's start (or, detected, ends
+within it of the recording's end) is cut by the edge: see ``score_record(censored_edges=)``."""
 
 
 def score_record(
-    segments: Sequence[Segment], ann: Annotation, tol: float = TOLERANCE_S
+    segments: Sequence[Segment], ann: Annotation, tol: float = TOLERANCE_S,
+    censored_edges: bool = False, duration_s: float | None = None,
 ) -> dict[str, int]:
-    """TP/FP/FN of S1 and S2 for one record (keys ``s1_tp`` ... ``s2_fn``)."""
+    """TP/FP/FN of S1 and S2 for one record (keys ``s1_tp`` ... ``s2_fn``).
+
+    With ``censored_edges`` (a supplementary convention, issue 16), sounds cut by the
+    recording's edges are not scored on either side: reference sounds whose annotated
+    interval starts at the recording's start (PhysioNet references begin with whatever
+    state Springer's decoder started in, often a 20 ms stub), detected sounds whose interval
+    touches the start or ``duration_s``, and unmatched detections outside the annotated
+    span (the reference has no sounds there: its last state is never closed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ann = Annotation(np.array([0.0, 0.02, 0.3, 0.4, 0.7, 0.82, 1.1]),
+    ...                  np.array([0, 1, 2, 3, 0, 1, 2]), (0.0, 1.1), [])
+    >>> segs = [Segment(0.0, 0.14, "S1"), Segment(0.7, 0.82, "S1")]
+    >>> [score_record(segs, ann, censored_edges=c)[k] for c in (False, True)
+    ...  for k in ("s1_tp", "s1_fp", "s1_fn")]
+    [1, 1, 1, 1, 0, 0]
+    """
     out: dict[str, int] = {}
     lo, hi = ann.span
     for name, sid in (("s1", 0), ("s2", 2)):
-        ref = ann.centres(sid)
-        det = np.asarray(
-            [0.5 * (s.start + s.end) for s in segments if s.state == ("S1", "systole", "S2",
-                                                                     "diastole")[sid]]
-        )
+        state = ("S1", "systole", "S2", "diastole")[sid]
+        if censored_edges:
+            ref = np.asarray([0.5 * (a + b) for a, b in ann.intervals(sid) if a > EDGE_S
+                              and not ann.in_noise(0.5 * (a + b))], dtype=np.float64)
+            end = math.inf if duration_s is None else duration_s - EDGE_S
+            segs = [s for s in segments if s.state == state and s.start > EDGE_S and s.end < end]
+        else:
+            ref = ann.centres(sid)
+            segs = [s for s in segments if s.state == state]
+        det = np.asarray([0.5 * (s.start + s.end) for s in segs], dtype=np.float64)
         if det.size:
             keep = (det >= lo - tol) & (det <= hi + tol)
             keep &= np.asarray([not ann.in_noise(t) for t in det])
             det = det[keep]
         tp, fp, fn = score_events(ref, det, tol)
+        if censored_edges and det.size:
+            det = np.sort(det)
+            used = _match(np.sort(ref), det, tol)
+            fp = int(np.sum(~used & (det >= lo) & (det <= hi)))
         out[f"{name}_tp"], out[f"{name}_fp"], out[f"{name}_fn"] = tp, fp, fn
     return out
 
@@ -533,20 +572,26 @@ def evaluate_records(
     data: dict[str, Any], idx: Sequence[int], params: PCGSegParams, tol: float = TOLERANCE_S
 ) -> dict[str, Any]:
     """Segment the records ``idx`` (from cached frames) and total their S1/S2 counts."""
-    tot = {k: 0 for k in ("s1_tp", "s1_fp", "s1_fn", "s2_tp", "s2_fp", "s2_fn")}
+    keys = ("s1_tp", "s1_fp", "s1_fn", "s2_tp", "s2_fp", "s2_fn")
+    tot = dict.fromkeys(keys, 0)
+    edge = dict.fromkeys(keys, 0)  # score_record(censored_edges=True): supplementary
     per_record = []
     for i in idx:
         r: RecordRef = data["records"][i]
         a = analyze_frames(data["frames"][i], data["durations"][i], 2000, params)
         sc = score_record(a.segments, data["annotations"][i], tol)
+        sc_e = score_record(a.segments, data["annotations"][i], tol, censored_edges=True,
+                            duration_s=data["durations"][i])
         for k in tot:
             tot[k] += sc[k]
+            edge[k] += sc_e[k]
         per_record.append((r.set, r.name, sc, a.heart_rate_bpm, a.quality))
     return {
         "n_records": len(idx),
         **tot,
         "s1_f1": f1(tot["s1_tp"], tot["s1_fp"], tot["s1_fn"]),
         "s2_f1": f1(tot["s2_tp"], tot["s2_fp"], tot["s2_fn"]),
+        **{f"edge_{k}": v for k, v in edge.items()},
         "per_record": per_record,
     }
 

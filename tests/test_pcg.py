@@ -312,6 +312,16 @@ def test_synthetic_segmentation_cycles() -> None:
     hits = sum(np.min(np.abs(truth - c)) < 0.06 for c in s1)
     assert hits >= len(truth) - 2
     assert a.systolic_interval_s == pytest.approx(0.3, abs=0.05)
+    # the last decoded segment, cut by the end of the recording, is not reported (issue 16;
+    # the streaming segmenter never publishes it either): what is left ends at a boundary
+    frames = pcg.extract_frames(x, 4000)
+    p = pcg._default_params()
+    log_b = pcg._log_emissions(pcg.emission_features(frames), p)
+    states = pcg._decode_best(log_b, p, pcg.heart_rate_candidates(frames[:, 0], p), -1,
+                              refine_systole=True)[0]
+    full = pcg.states_to_segments(states, t_max=15.0)
+    assert len(a.segments) == len(full) - 1
+    assert a.segments[-1].state == full[-2].state and a.segments[-1].end < 15.0
 
 
 # ----------------------------------------------------------------------------- edge cases

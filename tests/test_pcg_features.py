@@ -14,9 +14,14 @@ def _oracle_features(frames: np.ndarray) -> np.ndarray:
     g = frames[:, list(pcg.LOG_CHANNELS)]
     floor = 1e-3 * np.median(np.abs(g), axis=0) + 1e-300
     base = np.hstack((frames, np.log(np.maximum(g, floor))))
-    mu, sd = base.mean(axis=0), base.std(axis=0)
+    # robust z-score: moments of the column clipped at its 1st / 99th percentiles
+    c = np.empty_like(base)
+    for j in range(base.shape[1]):
+        lo, hi = np.percentile(base[:, j], 1.0), np.percentile(base[:, j], 99.0)
+        c[:, j] = np.minimum(np.maximum(base[:, j], lo), hi)
+    mu, sd = c.mean(axis=0), c.std(axis=0)
     sd[sd <= 1e-12 * (np.abs(mu) + 1e-30)] = 1.0
-    z = (base - mu) / sd
+    z = np.clip((base - mu) / sd, -8.0, 8.0)
     n = z.shape[0]
     idx = np.arange(n)
     at = lambda k: z[np.clip(idx + k, 0, n - 1)]  # noqa: E731  (edge values repeated)
@@ -31,6 +36,23 @@ def test_emission_features_match_oracle() -> None:
     assert got.shape == (300, 4 * (pcg.N_CHANNELS + len(pcg.LOG_CHANNELS)))
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, _oracle_features(f), rtol=1e-10, atol=1e-10)
+
+
+def test_a_loud_artefact_does_not_shrink_the_heart_sounds() -> None:
+    """Issue 16: one knock 1000x the heart sounds leaves the other frames' features as they
+    were (a plain mean/sd z-score would squash every heart sound towards zero)."""
+    rng = np.random.default_rng(5)
+    f = np.abs(rng.standard_normal((500, pcg.N_CHANNELS))) + 0.01
+    knock = f.copy()
+    knock[250] = 1000.0
+    a, b = pcg.emission_features(f), pcg.emission_features(knock)
+    far = np.r_[0:240, 260:500]  # away from the knock's +-2-frame context
+    np.testing.assert_allclose(b[far, :9], a[far, :9], atol=0.1)
+    assert np.all(np.abs(b) <= 8.0 + 1e-12)  # the knock itself is clipped, not unbounded
+    # contrast: a plain z-score of the raw envelope would squash the other frames
+    raw = knock[:, 0]
+    assert np.std(((raw - raw.mean()) / raw.std())[far]) < 0.1
+    assert np.std(b[far, 0]) > 0.8
 
 
 def test_emission_features_are_gain_invariant_and_handle_silence() -> None:

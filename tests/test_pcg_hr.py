@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from telediag.dsp import pcg
+from telediag.errors import DSPError
 from telediag.evaluation.pcg_seg import (
     ECG_SKIP_S,
     ecg_autocorr_heart_rate,
@@ -94,3 +96,59 @@ def test_pcg_heart_rate_agrees_with_reliable_ecg(pcg_root: Path) -> None:
     r = heart_rate_agreement(pcg_root)
     assert r["n_reliable_ecg"] >= 80
     assert r["agree_hr_reliable_ecg"] >= 0.95
+
+
+def test_candidates_include_a_third_of_a_three_beat_main_peak() -> None:
+    # 97 bpm where every third beat is loud (issue 16, b0140): the autocorrelation's
+    # highest peak in 30-120 bpm is three beats (32 bpm); a third of it must be a candidate.
+    t = np.arange(8 * pcg.FRAME_RATE) / pcg.FRAME_RATE
+    e = np.full(t.size, 0.05)
+    for k, b in enumerate(np.arange(0.2, 7.8, 0.62)):
+        amp = 4.0 if k % 3 == 0 else 1.0
+        e += amp * np.exp(-0.5 * ((t - b) / 0.03) ** 2)
+        e += 0.6 * amp * np.exp(-0.5 * ((t - b - 0.28) / 0.025) ** 2)
+    cands = pcg.heart_rate_candidates(e, pcg._default_params())
+    assert cands[0][0] == pytest.approx(32.3, abs=1.0)
+    assert any(abs(c[0] - 60.0 / 0.62) < 2.0 for c in cands), cands
+
+
+def _cyclic_emissions(period_f: int, sys_f: int, n: int) -> np.ndarray:
+    """Log emissions of a clean cycle: S1 7 frames at 0, S2 5 frames at ``sys_f``."""
+    states = np.full(n, 3)
+    for a in range(0, n, period_f):
+        states[a : a + 7] = 0
+        states[a + 7 : a + sys_f] = 1
+        states[a + sys_f : a + sys_f + 5] = 2
+    log_b = np.full((n, 4), -2.0)
+    log_b[np.arange(n), states] = 0.0
+    return log_b
+
+
+def test_systolic_alternative_is_kept_only_when_more_likely() -> None:
+    # true systolic interval 0.40 s (20 frames) at 75 bpm; the autocorrelation said 0.36 s
+    base = pcg._default_params()
+    log_b = _cyclic_emissions(40, 20, 600)
+    cand = [(75.0, 0.36, 1.0)]
+    p = dataclasses.replace(base, extra={**base.extra, "sys_offsets_s": [-0.04, 0.04],
+                                         "sys_switch_nats_per_s": 0.0})
+    states, _, sys_s, _ = pcg._decode_best(log_b, p, cand, -1, refine_systole=True)
+    assert sys_s == pytest.approx(0.40)
+    s2_starts = np.flatnonzero((states[1:] == 2) & (states[:-1] == 1)) + 1
+    assert np.all(s2_starts % 40 == 20)
+    # not without refine_systole (the streaming continuation), nor under a huge margin
+    assert pcg._decode_best(log_b, p, cand, -1)[2] == pytest.approx(0.36)
+    strict = dataclasses.replace(p, extra={**p.extra, "sys_switch_nats_per_s": 1e6})
+    assert pcg._decode_best(log_b, strict, cand, -1, refine_systole=True)[2] == 0.36
+    # and an estimate that was right stays
+    right = _cyclic_emissions(40, 18, 600)
+    assert pcg._decode_best(right, p, cand, -1, refine_systole=True)[2] == pytest.approx(0.36)
+    # the shipped parameters carry the offsets; malformed ones are refused
+    shipped = pcg.load_params().extra
+    assert shipped["sys_offsets_s"] == [-0.04, 0.04]
+    d = base.to_dict()
+    d["extra"] = {**d["extra"], "sys_offsets_s": ["x"]}
+    with pytest.raises(DSPError, match="malformed"):
+        pcg.PCGSegParams.from_dict(d)
+    d["extra"]["sys_offsets_s"] = [0.5]
+    with pytest.raises(DSPError, match="sys_offsets_s"):
+        pcg.PCGSegParams.from_dict(d)

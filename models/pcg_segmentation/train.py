@@ -61,6 +61,19 @@ before the references in every database.  Chosen between 0 and half a frame (10 
 leave-one-database-out held-out outputs (for every held-out database, the other databases'
 held-out S1 F1 also picks 10 ms)."""
 
+SYS_OFFSETS_S = (-0.04, 0.04)
+"""Systolic-interval alternatives (s, added to the autocorrelation estimate of the winning
+heart-rate candidate) that the decoder also tries (``extra["sys_offsets_s"]``, see
+:func:`telediag.dsp.pcg._decode_best`)."""
+SYS_SWITCH_NATS_PER_S = 0.5
+"""An alternative systolic interval replaces the estimate when its path is more likely by
+more than this many nats per second of window (``extra["sys_switch_nats_per_s"]``).
+
+Offsets and margin chosen by leave-one-database-out CV among {+-20, +-40, +-60 ms, +-20/40,
++-20/40/60 ms} x {0, 0.25, 0.5, 1, 2} nats/s on the held-out outputs; nested (each held-out
+database's choice made on the other PhysioNet databases' held-out outputs), b, c, d pick
++-40 ms at 0.5, a +-20/40/60 ms at 1, f and CirCor +-60 ms at 1 (issue 16)."""
+
 
 def fit_logistic(
     x: NDArray[np.float64], y: NDArray[np.int64], n_classes: int = 4, l2: float = L2,
@@ -171,7 +184,8 @@ def fit_params(
     log_prior = np.log(counts / counts.sum())
     dur = fit_duration_model(data, idx)
     extra = {"n_train_records": len(idx), "n_train_frames": int(y.size),
-             "s1_shift_s": S1_SHIFT_S}
+             "s1_shift_s": S1_SHIFT_S, "sys_offsets_s": list(SYS_OFFSETS_S),
+             "sys_switch_nats_per_s": SYS_SWITCH_NATS_PER_S}
     return PCGSegParams(weights=w, log_prior=log_prior, extra=extra, **dur)
 
 
