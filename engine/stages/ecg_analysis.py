@@ -730,6 +730,8 @@ class EcgAnalysis(Stage):
             out.records.append(Chunk.record("event", self._stream, 0, t, {
                 "type": "classifier_unavailable", "stream": self._stream, "sample": src, "t_ns": t,
                 "detail": problem[:500]}))
+        if not (decided or labelled or events or final or rows.block_start.size) and st.rate.next_tick > end - 1:
+            return  # nothing released, assessed or due in this chunk (most short chunks): nothing to publish
         alarm_events: list[AlarmEvent] = []
         hop = st.gate.hop
         if rows.block_start.size:
