@@ -319,8 +319,11 @@ class AFTransition:
 
 
 def _detail(irr: float, cvd: float, nv: float, pm: float = np.nan) -> dict[str, Any]:
-    """The ``detail`` of an AF transition (``p_corr``: the median P-wave correlation, when known)."""
-    d: dict[str, Any] = {"nrmssd": round(float(irr), 4), "cv_dd": round(float(cvd), 4), "valid": int(nv)}
+    """The ``detail`` of an AF transition (``p_corr``: the median P-wave correlation, when known;
+    ``nrmssd``/``cv_dd`` None when the window has fewer than two valid pairs: a published body
+    never holds NaN, OUTPUTS.md section 1)."""
+    d: dict[str, Any] = {"nrmssd": None if np.isnan(irr) else round(float(irr), 4),
+                         "cv_dd": None if np.isnan(cvd) else round(float(cvd), 4), "valid": int(nv)}
     if not np.isnan(pm):
         d["p_corr"] = round(float(pm), 4)
     return d

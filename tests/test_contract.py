@@ -75,6 +75,10 @@ def test_every_schema_is_valid_json_schema() -> None:
     ("alarm", {"type": "vtach?", "state": "on", "onset_sample": 0, "onset_ns": 0, "end_sample": None,
                "end_ns": None, "detail": None, "lead": "II"}),
     ("polyp", {"polyp_probability": 1.5}),
+    ("alarm", {"type": "afib", "state": "on", "onset_sample": 0, "onset_ns": 0, "end_sample": None,
+               "end_ns": None, "detail": {"nrmssd": 0.2, "cv_dd": 0.5, "valid": 24, "p_corr": 1.5}, "lead": "II"}),
+    ("alarm", {"type": "afib", "state": "off", "onset_sample": 0, "onset_ns": 0, "end_sample": 9,
+               "end_ns": 9, "detail": {"reason": None}, "lead": "II"}),
 ])
 def test_schemas_catch_drift(kind: str, body: dict) -> None:
     """The schemas are not vacuous: renamed/missing fields, bad values and unknown types fail."""
@@ -107,3 +111,23 @@ def test_schema_files_are_shipped_as_package_data() -> None:
     assert "schemas/*.json" in doc["tool"]["setuptools"]["package-data"]["telediag.transports"]
     for f in (ROOT / "transports" / "schemas").glob("*.json"):
         json.loads(f.read_text(encoding="utf-8"))
+
+
+def test_an_af_transition_detail_never_holds_nan() -> None:
+    """OUTPUTS.md 1 and 4.5: an ``afib`` off because the window ran out of valid RR pairs (a
+    short ``af_window`` and trigeminy) has ``nrmssd``/``cv_dd`` null, never NaN."""
+    from telediag.dsp.af import AFDetector, AFParams
+
+    fs = 360.0
+    rr = np.random.default_rng(0).uniform(0.45, 1.1, 300)
+    s = np.cumsum((rr * fs).astype(int)) + 1000
+    labels = ["N"] * 60 + ["V" if k % 3 == 2 else "N" for k in range(240)]
+    tr, _ = AFDetector(fs, AFParams(window=4, min_valid=3, back=2)).beats(s, labels)
+    offs = [t.detail for t in tr if t.state == "off"]
+    assert any(d["valid"] < 2 for d in offs), offs  # the case: fewer than two valid pairs left
+    for t in tr:
+        assert all(not (isinstance(v, float) and np.isnan(v)) for v in t.detail.values()), t
+        assert isinstance(t.detail["valid"], int)
+    check_body("alarm", {"type": "afib", "state": "off", "onset_sample": 0, "onset_ns": 0, "end_sample": 1,
+                         "end_ns": 1, "detail": offs[-1], "lead": "II"})
+
