@@ -62,7 +62,7 @@ import msgpack
 import zmq
 
 from telediag.engine.config import Config
-from telediag.engine.worker import DATA, PROGRESS, STOP, Worker
+from telediag.engine.worker import DATA, INBOX_HWM, PROGRESS, STOP, Worker
 
 HELLO = b"H"
 #: router -> old owner, in-band: ``[MOVE, stream, new owner index]``
@@ -817,7 +817,7 @@ class PoolRouter:
                 mon.close(0)
             old.close(linger=0)  # chunks still queued for a dead worker die with it (reported as a gap)
         s = self.ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, self.hwm)
+        s.setsockopt(zmq.SNDHWM, INBOX_HWM)  # small: a backlog waits in the router's per-stream queues
         self.monitors[i] = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         s.connect(addr)
         self.outs[i] = s
@@ -944,6 +944,24 @@ class PoolRouter:
             self._send(j, [RESUME, s, json.dumps(info).encode()])
             for frames in q:
                 self._send(j, [DATA, *frames])
+
+    def ready(self, stream: bytes) -> bool:
+        """Whether :meth:`send` would take a chunk of ``stream`` now without waiting.
+
+        True when its owner's inbox has room, or when the chunk would be held here (the stream is
+        moving, or its owner is down): the engine's fair scheduler asks before it sends.
+        """
+        if self.pool.routes_version != self.version or self.held:
+            self.sync()
+        if stream in self.held:
+            return True
+        i = self.owners.get(stream)
+        if i is None:
+            i = owner_of(stream, self.n, self.gone)
+        if i in self.down:
+            return True
+        s = self.outs.get(i)
+        return s is None or bool(cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT)
 
     def send(self, stream: bytes, frames: list[Any]) -> None:
         """Route one source chunk (``frames`` as read from ingest) to its owner."""

@@ -20,6 +20,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import deque
 from types import FrameType
 from typing import Any, cast
 
@@ -30,7 +31,7 @@ from telediag.engine.metrics import SocketMonitor
 from telediag.engine.procs import PoolRouter, ProcessPool, WorkerPool, named, owner_of
 from telediag.engine.video_proc import VideoProcess
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
-from telediag.engine.worker import DATA, STOP, Worker
+from telediag.engine.worker import DATA, INBOX_HWM, STOP, Worker
 from telediag.errors import EngineError
 
 _ids = itertools.count()
@@ -101,6 +102,11 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._router_thread: threading.Thread | None = None
         self.routed = 0
+        # fair scheduling (see _route): per-stream queues of chunks waiting for room in their worker's
+        # small inbox, served round-robin; at most [engine].ingest_hwm chunks in all (then ingest waits)
+        self._fair: dict[bytes, deque[Any]] = {}
+        self._ring: deque[bytes] = deque()
+        self._queued = 0
         self._add_requests = 0  # SIGUSR1 (process/ray mode): add one worker
         self._remove_requests = 0  # SIGUSR2 (process/ray mode): remove one worker
         self.started = threading.Event()
@@ -248,7 +254,7 @@ class Engine:
         outs = []
         for addr in self._inbox_addrs:
             s = self.ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.SNDHWM, self.config.engine.ingest_hwm)
+            s.setsockopt(zmq.SNDHWM, INBOX_HWM)  # small: a backlog waits in the per-stream queues below
             s.connect(addr)
             outs.append(s)
         video = self.ctx.socket(zmq.PUSH)  # small HWM + NOBLOCK in _forward: drop, never wait
@@ -258,23 +264,39 @@ class Engine:
         self._video_out = video
         ingest = self._ingest
         pr = self._pool_router
+        limit = self.config.engine.ingest_hwm
         try:
             while not self._stop.is_set():
                 if pr is not None:
                     pr.tick()  # follow worker restarts / added or removed workers, finish stream handovers
-                if not ingest.poll(20 if pr is not None else 100):
+                if self._queued:
+                    self._dispatch(outs, n)
+                if self._queued >= limit:  # the queues are full: ingest waits (its sources block, lossless)
+                    time.sleep(0.001)
+                    continue
+                if not ingest.poll(1 if self._queued else 20 if pr is not None else 100):
                     continue
                 # a batch per wake-up: one poll (and one GIL hand-back) per ROUTER_BATCH messages, not per message
                 for _ in range(self.ROUTER_BATCH):
-                    if not cast(int, ingest.get(zmq.EVENTS)) & zmq.POLLIN:
+                    if self._queued >= limit or not cast(int, ingest.get(zmq.EVENTS)) & zmq.POLLIN:
                         break
                     self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
             # bounded: a source that never stops sending must not keep the engine alive
             idle_ms = int(self.drain_idle_s * 1000)
             drain_end = time.monotonic() + self.drain_max_s
-            while time.monotonic() < drain_end and ingest.poll(idle_ms):
-                self._forward(ingest, outs, n)
+            while time.monotonic() < drain_end and (self._queued or ingest.poll(idle_ms)):
+                if self._queued:
+                    self._dispatch(outs, n)
+                if self._queued < limit and ingest.poll(1 if self._queued else 0):
+                    self._forward(ingest, outs, n)
+            # what is still queued goes to the workers before STOP (in-band: nothing accepted is dropped)
+            while self._queued and not self._force.is_set():
+                if pr is not None:
+                    pr.tick()
+                self._dispatch(outs, n)
+                if self._queued:
+                    time.sleep(0.001)
             if pr is not None:
                 pr.finish(time.monotonic() + 2.0)
             self._send_stops(pr.sockets() if pr is not None else outs)
@@ -328,20 +350,61 @@ class Engine:
                 self.video_dropped[key] = self.video_dropped.get(key, 0) + 1
             self.routed += 1
             return
+        q = self._fair.get(stream)
+        if q is None:
+            if self._ready(stream, outs, n):  # nothing of this stream waits and its worker has room: at once
+                self._send_data(stream, frames, outs, n)
+                return
+            q = self._fair[stream] = deque()
+            self._ring.append(stream)
+        q.append(frames)
+        self._queued += 1
+
+    # -- fair scheduling ----------------------------------------------------------------------
+    # A worker's inbox holds only INBOX_HWM chunks; what does not fit waits here, one FIFO per
+    # stream, and the streams take turns (round-robin), so one stream's backlog (a device uploading
+    # what it buffered while offline) delays another stream's chunk by at most an inbox of chunks,
+    # not by the whole backlog. Order within a stream is kept; nothing is dropped: when
+    # [engine].ingest_hwm chunks wait, the router stops reading ingest and sources block.
+    def _owner(self, stream: bytes, n: int) -> int:
+        if n <= 1:
+            return 0
+        i = self._owners.get(stream)
+        if i is None:
+            i = self._owners[stream] = owner_of(stream, n)
+            if len(self._owners) > 100_000:  # bounded: ids come from the network
+                self._owners.clear()
+        return i
+
+    def _ready(self, stream: bytes, outs: list[zmq.Socket], n: int) -> bool:
+        if self._pool_router is not None:
+            return self._pool_router.ready(stream)
+        return bool(cast(int, outs[self._owner(stream, n)].get(zmq.EVENTS)) & zmq.POLLOUT)
+
+    def _send_data(self, stream: bytes, frames: list[Any], outs: list[zmq.Socket], n: int) -> None:
         if self._pool_router is not None:
             self._pool_router.send(stream, frames)
-            self.routed += 1
-            return
-        if n > 1:
-            i = self._owners.get(stream)
-            if i is None:
-                i = self._owners[stream] = owner_of(stream, n)
-                if len(self._owners) > 100_000:  # bounded: ids come from the network
-                    self._owners.clear()
         else:
-            i = 0
-        outs[i].send_multipart([DATA, *frames], copy=False)
+            outs[self._owner(stream, n)].send_multipart([DATA, *frames], copy=False)
         self.routed += 1
+
+    def _dispatch(self, outs: list[zmq.Socket], n: int) -> None:
+        """Send queued chunks, one per stream per turn, while their workers' inboxes have room."""
+        ring, fair = self._ring, self._fair
+        sent = True
+        while ring and sent:
+            sent = False
+            for _ in range(len(ring)):
+                stream = ring.popleft()
+                q = fair[stream]
+                if self._ready(stream, outs, n):
+                    self._send_data(stream, q.popleft(), outs, n)
+                    self._queued -= 1
+                    sent = True
+                if q:
+                    ring.append(stream)
+                else:
+                    del fair[stream]
 
     def stop(self) -> None:
         """Ask the engine to drain and stop (thread-safe, idempotent)."""

@@ -41,6 +41,10 @@ INGEST_KINDS = SIGNAL_KINDS | VIDEO_KINDS
 
 DATA = b"D"
 STOP = b"S"
+#: Messages a worker's inbox holds. Small on purpose: a backlog then waits in the router's per-stream
+#: queues, where streams take turns (engine/runtime.py), instead of in this FIFO, where one stream's
+#: flood would delay every other stream of the worker by the whole flood.
+INBOX_HWM = 32
 #: First frame of a progress marker (never a topic: topics start with a kind name).
 PROGRESS = b"\x00P"
 
@@ -589,7 +593,7 @@ class Worker:
         if self.before_serve is not None:
             self.before_serve()
         inbox = self.ctx.socket(zmq.PULL)
-        inbox.setsockopt(zmq.RCVHWM, self.config.engine.ingest_hwm)
+        inbox.setsockopt(zmq.RCVHWM, INBOX_HWM)
         inbox.bind(self.inbox_addr)
         if self.after_bind is not None:
             self.after_bind(inbox.getsockopt_string(zmq.LAST_ENDPOINT))
