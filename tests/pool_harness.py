@@ -15,6 +15,7 @@ import zmq
 
 from telediag.client import Subscriber
 from telediag.engine.runtime import Engine
+from telediag.transports.outputs import check_body
 from telediag.transports.wire import Chunk, encode
 
 FS = 360.0
@@ -114,8 +115,11 @@ def check_restarted_streams(src: dict[str, list[int]], events: list[dict], mine:
 
     The other workers' streams lost nothing and were not restarted; each of the dead worker's streams
     has one ``stream_restarted`` (``worker_restarted``) and at most one ``gap``, and what was
-    published plus what the gap reports is every chunk, once, in order.
+    published plus what the gap reports is every chunk, once, in order. Every event body matches
+    its JSON Schema (OUTPUTS.md section 5).
     """
+    for e in events:
+        check_body("event", e)
     everything = list(range(n_chunks))
     for s in others:
         assert src[s] == everything, s
@@ -142,8 +146,10 @@ def check_removed_worker(src: dict[str, list[int]], out_seq: dict[str, list[int]
     Only the victim's streams moved, each with exactly one ``stream_moved`` to the worker with its
     next-highest rendezvous weight; every stream's outputs cover every chunk once, in order, with
     output ``seq`` contiguous and no ``gap``/``stream_restarted``; ``event/engine`` has one
-    ``worker_removed`` for the victim.
+    ``worker_removed`` for the victim. Every event body matches its JSON Schema (OUTPUTS.md 5).
     """
+    for e in events:
+        check_body("event", e)
     from telediag.engine.procs import owner_of
 
     everything = list(range(n_chunks))
