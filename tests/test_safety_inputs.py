@@ -512,3 +512,22 @@ def test_stream_that_starts_in_asystole_alarms() -> None:
     ons = [a for a in al if a["type"] == "asystole" and a["state"] == "on"]
     assert len(ons) == 1 and ons[0]["onset_sample"] / FS <= 2.0, al
     assert paired(al)
+
+
+# -- baseline step / amplifier recovery: no false asystole ---------------------------------------
+@pytest.mark.parametrize(("record", "t0"), [("116", 1340.0), ("208", 1370.0)])
+def test_no_false_asystole_after_a_baseline_step(mitdb: Path, record: str, t0: float) -> None:
+    # a +3 mV baseline step, then the amplifier recovers: lead 0's QRS shrinks to 0.2-0.4 mV for ~5 s
+    # and no beat is detected, while the heart beats (lead 1, the reference). Before the fix:
+    # ASYSTOLE (116 @1354.4 s, 208 @1383.4 s) and a pause
+    x = wfdb.rdrecord(str(mitdb / record), sampfrom=int(t0 * FS), sampto=int((t0 + 40) * FS)).p_signal.copy()
+    al, _, _ = run_stage(x)
+    assert not on(al) & {"asystole", "pause"}, al
+
+
+def test_true_asystole_with_breathing_wander_still_alarms(rec119: np.ndarray) -> None:
+    t = np.arange(len(rec119)) / FS
+    y = asystole(rec119, 20.0, 45.0) + (0.5 * np.sin(2 * np.pi * 0.3 * t))[:, None]  # 1 mV p-p at 18/min
+    al, _, _ = run_stage(y)
+    ons = [a for a in al if a["type"] == "asystole" and a["state"] == "on"]
+    assert len(ons) == 1 and 19.0 <= ons[0]["onset_sample"] / FS <= 21.0, al

@@ -168,6 +168,9 @@ ISOELECTRIC_MV = 0.2
 """An unusable quality block whose only fault is a low SQI / heavy noise and whose detrended 5-95 %
 range on the detection lead is under this (mV) is a connected isoelectric line (asystole, fine
 noise), counted as usable for asystole and pause (:meth:`EcgAnalysis._isoelectric`)."""
+BASELINE_STEP_MV = 1.0
+"""A quality block whose mean (detection lead) moved by more than this (mV) from the previous block's
+is not usable for asystole and pause (:meth:`EcgAnalysis._baseline_step`)."""
 _NOISE_BITS = (1 << 3) | (1 << 7)  # quality flags: heavy_noise in the block, heavy_noise event active
 """A ``t0_ns`` later than expected by less than this, on a chunk whose ``seq`` follows the previous
 one, is timestamp jitter for the alarms and the AF detector (no samples were lost in transport; a
@@ -502,6 +505,8 @@ class EcgAnalysis(Stage):
         lead_upm = upm[p.lead] if isinstance(upm, list) else float(upm)
         self._iso_lim = ISOELECTRIC_MV * lead_upm if lead_known else None
         self._iso = False
+        self._step_lim = BASELINE_STEP_MV * lead_upm if lead_known else None
+        self._last_mean: float | None = None
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -698,6 +703,21 @@ class EcgAnalysis(Stage):
         lo, hi = np.percentile(r, (5.0, 95.0))
         return bool(hi - lo < self._iso_lim)
 
+    def _baseline_step(self, b0: int, hop: int) -> bool:
+        """Whether the detection lead's mean moved by more than ``BASELINE_STEP_MV`` from the
+        previous quality block to this one (an electrode pop or amplifier recovery: the QRS can
+        shrink to nothing on this lead for seconds while the heart beats); such a block is not
+        usable for asystole and pause. Remembers this block's mean."""
+        if self._step_lim is None:
+            return False
+        w = self.state.history.window(b0, b0 + hop)
+        if w is None:
+            self._last_mean = None
+            return False
+        m = float(np.mean(w[:, self.params.lead]))  # type: ignore[attr-defined]
+        prev, self._last_mean = self._last_mean, (m if math.isfinite(m) else None)
+        return prev is not None and math.isfinite(m) and abs(m - prev) > self._step_lim
+
     def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
         stamp = self._stamp
         on_src, on_t = stamp(a.onset)
@@ -742,7 +762,8 @@ class EcgAnalysis(Stage):
                 if st.alarms is not None:
                     # a connected, isoelectric lead is what asystole looks like: usable for asystole
                     self._iso = not ok and self._isoelectric(b0, hop, fl)
-                    st.alarms.signal(b0, b0 + hop, ok or self._iso)
+                    step = self._baseline_step(b0, hop)
+                    st.alarms.signal(b0, b0 + hop, (ok or self._iso) and not step)
                 st.rhythm.signal(b0, b0 + hop, ok)
             if st.technical is not None:
                 alarm_events += st.technical.blocks(starts, usable, rows.flags[:, p.lead].tolist())
