@@ -74,3 +74,33 @@ def test_meta_copied_and_checked() -> None:
         Chunk.record("hr", "bed-1/ecg", 0, 0, {"a": 1}, meta=[1])  # type: ignore[arg-type]
     c = _sig(meta={"sent_ns": 3})
     assert decode(encode(c)) == c
+
+
+def test_body_check_still_walks_every_container() -> None:
+    """``_check_doc`` skips only exact scalar types: containers of any subclass are still walked."""
+    from collections import OrderedDict
+
+    def rec(body: object) -> Chunk:
+        return Chunk.record("hr", "bed-1/ecg", 0, 0, body)
+
+    ok = {"a": [1, 2.5, "x", None, True, b"b", {"c": (1, 2)}], "d": np.zeros((2, 2))}
+    assert len(encode(rec(ok))) == 3
+    for bad in ({"a": [OrderedDict({1: 2})]}, {"a": ({"b": {3: 4}},)}, [[{"k": {(1,): 2}}]]):
+        with pytest.raises(ProtocolError, match="map keys must be strings"):
+            encode(rec(bad))
+    deep: object = 1.0
+    for _ in range(33):
+        deep = [deep]
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        encode(rec({"x": deep}))
+
+    class L(list):  # type: ignore[type-arg]
+        pass
+
+    deep = 1.0
+    for _ in range(33):
+        deep = L([deep])
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        encode(rec(deep))
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        encode(rec({"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[np.zeros((1, 1, 1, 1))]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}))

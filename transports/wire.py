@@ -202,9 +202,15 @@ def _check_labels(name: str, values: object, *, allow_empty_items: bool) -> tupl
     return tuple(values)
 
 
+#: Exact types that are never containers: ``_check_doc`` skips its isinstance test for them.
+_LEAF_TYPES: Final = frozenset({str, int, float, bool, type(None), bytes})
+_NODE_TYPES: Final = (dict, list, tuple, np.ndarray)
+
+
 def _check_doc(doc: object, what: str, reason: str) -> None:
     """Check that a msgpack document has str map keys and bounded nesting."""
     stack: list[tuple[object, int]] = [(doc, 0)]
+    leaf, node = _LEAF_TYPES, _NODE_TYPES
     while stack:
         obj, depth = stack.pop()
         if isinstance(obj, dict):
@@ -213,13 +219,13 @@ def _check_doc(doc: object, what: str, reason: str) -> None:
             for k, v in obj.items():
                 if type(k) is not str:
                     raise _fail(reason, f"{what} map keys must be strings, got {type(k).__name__}")
-                if isinstance(v, (dict, list, tuple, np.ndarray)):
+                if type(v) not in leaf and isinstance(v, node):
                     stack.append((v, depth + 1))
         elif isinstance(obj, (list, tuple)):
             if depth >= MAX_BODY_DEPTH:
                 raise _fail(reason, f"{what} nests deeper than {MAX_BODY_DEPTH} levels")
             for v in obj:
-                if isinstance(v, (dict, list, tuple, np.ndarray)):
+                if type(v) not in leaf and isinstance(v, node):
                     stack.append((v, depth + 1))
         elif isinstance(obj, np.ndarray) and depth + obj.ndim > MAX_BODY_DEPTH:
             raise _fail(reason, f"{what} nests deeper than {MAX_BODY_DEPTH} levels")
