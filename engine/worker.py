@@ -44,7 +44,7 @@ STOP = b"S"
 #: Messages a worker's inbox holds. Small on purpose: a backlog then waits in the router's per-stream
 #: queues, where streams take turns (engine/runtime.py), instead of in this FIFO, where one stream's
 #: flood would delay every other stream of the worker by the whole flood.
-INBOX_HWM = 32
+INBOX_HWM = 8
 #: First frame of a progress marker (never a topic: topics start with a kind name).
 PROGRESS = b"\x00P"
 
