@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from telediag.client import Subscriber
@@ -149,7 +149,15 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                                        HealthCheck.function_scoped_fixture])
 
 
+def _header_limit_chunk() -> list[Any]:
+    """A valid 360 Hz ECG chunk whose meta is just under the header limit: its outputs must drop the echoed
+    meta (``meta_truncated``), not the output or the worker. Always run, whatever Hypothesis draws."""
+    x = np.zeros((100, 2), "<f4")
+    return list(encode(Chunk.signal("ecg", "f/a", 0, 0, x, FS, ("c0", "c1"), ("mV", "mV"), meta={"pad": "p" * 3950})))
+
+
 @FUZZ
+@example(batch=[_header_limit_chunk()])
 @given(batch=messages)
 def test_engine_survives_any_message_sequence(harness: Harness, batch: list[list[bytes]]) -> None:
     for frames in batch:
