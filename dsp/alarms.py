@@ -15,7 +15,13 @@ Alarm types and their rules (all thresholds are parameters of :class:`AlarmParam
 ``vrun``
     Ventricular run: ``vrun_beats`` (3) or more consecutive ``V`` beats; onset at the first
     V, end at the last V of the run (ventricular tachycardia when the run's rate exceeds
-    100 bpm is noted in ``detail``).
+    100 bpm is noted in ``detail``). After an ``asystole`` alarm the first
+    ``vrun_settle_beats`` (16) beats, from the one that ends it, neither start nor continue
+    a run: the classifier's running template (median of the last 32 beats) is then made of
+    beats the detector found in the isoelectric noise, and the normal beats after a 30 s
+    (60 s) asystole on MIT-BIH 119 came out ``V`` for 8 (14) beats, a false high-priority
+    alarm. Only an asystole does this: unusable signal (noise, ventricular flutter) does not,
+    since a real run may follow or lie inside it (MIT-BIH 207).
 ``pause``
     An RR interval longer than ``pause_s`` (2.5 s) between two beats, over usable signal only
     (an interval that spans an unusable span or a gap is not measured); a momentary event with
@@ -61,6 +67,7 @@ class AlarmParams:
     vrun_beats: int = 3
     pause_s: float = 2.5
     ectopy_per_min: float = 6.0
+    vrun_settle_beats: int = 16
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.asystole_s <= 30.0:
@@ -73,6 +80,8 @@ class AlarmParams:
             raise DSPError(f"pause_s must be in [0.5, 30] s, got {self.pause_s}")
         if self.sustain_s < 0 or self.ectopy_per_min < 0 or self.hysteresis_bpm < 0:
             raise DSPError("sustain_s, ectopy_per_min and hysteresis_bpm must be >= 0")
+        if self.vrun_settle_beats < 0:
+            raise DSPError(f"vrun_settle_beats must be >= 0, got {self.vrun_settle_beats}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,8 @@ class AlarmState:
     last_beat: int | None = None
     active: dict[str, int] = field(default_factory=dict)  # type -> onset sample
     v_run: list[int] = field(default_factory=list)
+    settle_from: int | None = None  # the beat that ended the last asystole (runs settle from it)
+    settle: int = 0  # labelled beats still to come before a V may count toward a run
     ectopics: deque[int] = field(default_factory=deque)
     rate_out_since: dict[str, int] = field(default_factory=dict)
     rate_in_since: dict[str, int] = field(default_factory=dict)
@@ -200,13 +211,21 @@ class RhythmAlarms:
             u0 = self._usable_from(self.origin, s)
             if (s - u0) / fs >= p.asystole_s and "asystole" not in st.active:
                 self._on("asystole", u0, {"usable_s": round((s - u0) / fs, 3)}, out)
+        if "asystole" in st.active:
+            st.settle_from = s
         self._off("asystole", s, {}, out)
         st.last_beat = s
 
     def _label(self, s: int, lab: Any, out: list[AlarmEvent]) -> None:
-        st, p, fs = self.state, self.p, self.fs  # noqa: F841 - same unpacking as _timing
-        # ventricular runs
-        if lab == "V":
+        st, p, fs = self.state, self.p, self.fs
+        # ventricular runs: none across an asystole, nor in the beats that follow it
+        if st.settle_from is not None and s >= st.settle_from:
+            st.settle, st.settle_from = p.vrun_settle_beats, None
+        run_lab = lab
+        if st.settle > 0:
+            st.settle -= 1
+            run_lab = None
+        if run_lab == "V":
             st.v_run.append(s)
             if len(st.v_run) == p.vrun_beats:
                 self._on("vrun", st.v_run[0], {"beats": len(st.v_run)}, out)

@@ -531,3 +531,35 @@ def test_true_asystole_with_breathing_wander_still_alarms(rec119: np.ndarray) ->
     al, _, _ = run_stage(y)
     ons = [a for a in al if a["type"] == "asystole" and a["state"] == "on"]
     assert len(ons) == 1 and 19.0 <= ons[0]["onset_sample"] / FS <= 21.0, al
+
+
+# -- no false ventricular run after an asystole ------------------------------------------------
+
+def test_no_false_vrun_after_asystole(rec119: np.ndarray) -> None:
+    """30 s of asystole on 119: the classifier's template is then made of beats found in the
+    isoelectric noise and the reference beats N N V at 51.08, 52.02, 52.56 s came out V V V,
+    raising a false (high-priority) ventricular run."""
+    al, _, _ = run_stage(asystole(rec119, 20.0, 50.0))
+    assert "asystole" in on(al)
+    assert "vrun" not in on(al), al
+
+
+def test_vrun_rule_settles_after_asystole_only() -> None:
+    from telediag.dsp.alarms import RhythmAlarms
+
+    fs = 360.0
+    a = RhythmAlarms(fs)
+    beats = [i * 300 for i in range(10)]
+    assert not a.beats(beats, ["N"] * 10)
+    t = beats[-1] + int(10 * fs)  # 10 s without a beat: asystole
+    ev = a.tick(t, None)
+    assert [(e.type, e.state) for e in ev] == [("asystole", "on")]
+    after = [t + 300 * i for i in range(1, 4)]
+    assert "vrun" not in {e.type for e in a.beats(after, ["V"] * 3)}  # the first beats after it: no run
+    more = [after[-1] + 300 * i for i in range(1, 14)]
+    a.beats(more, ["N"] * 13)  # 16 beats since the asystole: runs count again
+    late = [more[-1] + 300 * i for i in range(1, 4)]
+    assert [(e.type, e.state) for e in a.beats(late, ["V"] * 3)] == [("vrun", "on")]
+    b = RhythmAlarms(fs)  # a pause without asystole changes nothing
+    b.beats([0, 300, 600, 1500], ["N"] * 4)
+    assert [(e.type, e.state) for e in b.beats([1800, 2100, 2400], ["V"] * 3)] == [("vrun", "on")]
