@@ -945,23 +945,23 @@ class PoolRouter:
             for frames in q:
                 self._send(j, [DATA, *frames])
 
-    def ready(self, stream: bytes) -> bool:
-        """Whether :meth:`send` would take a chunk of ``stream`` now without waiting.
+    def blocker(self, stream: bytes) -> zmq.Socket | None:
+        """None if :meth:`send` would take a chunk of ``stream`` now without waiting, else the full socket.
 
-        True when its owner's inbox has room, or when the chunk would be held here (the stream is
-        moving, or its owner is down): the engine's fair scheduler asks before it sends.
+        None too when the chunk would be held here (the stream is moving, or its owner is down):
+        the engine's fair scheduler asks before it sends, and waits on the socket returned.
         """
         if self.pool.routes_version != self.version or self.held:
             self.sync()
         if stream in self.held:
-            return True
+            return None
         i = self.owners.get(stream)
         if i is None:
             i = owner_of(stream, self.n, self.gone)
         if i in self.down:
-            return True
+            return None
         s = self.outs.get(i)
-        return s is None or bool(cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT)
+        return None if s is None or cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT else s
 
     def send(self, stream: bytes, frames: list[Any]) -> None:
         """Route one source chunk (``frames`` as read from ingest) to its owner."""

@@ -269,12 +269,15 @@ class Engine:
             while not self._stop.is_set():
                 if pr is not None:
                     pr.tick()  # follow worker restarts / added or removed workers, finish stream handovers
-                if self._queued:
-                    self._dispatch(outs, n)
-                if self._queued >= limit:  # the queues are full: ingest waits (its sources block, lossless)
-                    time.sleep(0.001)
-                    continue
-                if not ingest.poll(1 if self._queued else 20 if pr is not None else 100):
+                blocked = self._dispatch(outs, n) if self._queued else set()
+                room = self._queued < limit  # full: ingest waits (its sources block, lossless)
+                if blocked or not room:
+                    # sleep until a full inbox has room again (libzmq wakes us at its low-water mark, so
+                    # a backlog is sent in batches, not one chunk per wake-up) or input comes (if room)
+                    r, _, _ = zmq.select([ingest] if room else [], list(blocked), [], 0.02)
+                    if not r:
+                        continue
+                elif not ingest.poll(20 if pr is not None else 100):
                     continue
                 # a batch per wake-up: one poll (and one GIL hand-back) per ROUTER_BATCH messages, not per message
                 for _ in range(self.ROUTER_BATCH):
@@ -286,17 +289,19 @@ class Engine:
             idle_ms = int(self.drain_idle_s * 1000)
             drain_end = time.monotonic() + self.drain_max_s
             while time.monotonic() < drain_end and (self._queued or ingest.poll(idle_ms)):
-                if self._queued:
-                    self._dispatch(outs, n)
-                if self._queued < limit and ingest.poll(1 if self._queued else 0):
+                blocked = self._dispatch(outs, n) if self._queued else set()
+                room = self._queued < limit
+                if blocked or not room:
+                    zmq.select([ingest] if room else [], list(blocked), [], 0.02)
+                if room and ingest.poll(0):
                     self._forward(ingest, outs, n)
             # what is still queued goes to the workers before STOP (in-band: nothing accepted is dropped)
             while self._queued and not self._force.is_set():
                 if pr is not None:
                     pr.tick()
-                self._dispatch(outs, n)
-                if self._queued:
-                    time.sleep(0.001)
+                blocked = self._dispatch(outs, n)
+                if blocked:
+                    zmq.select([], list(blocked), [], 0.02)
             if pr is not None:
                 pr.finish(time.monotonic() + 2.0)
             self._send_stops(pr.sockets() if pr is not None else outs)
@@ -352,7 +357,7 @@ class Engine:
             return
         q = self._fair.get(stream)
         if q is None:
-            if self._ready(stream, outs, n):  # nothing of this stream waits and its worker has room: at once
+            if self._blocker(stream, outs, n) is None:  # nothing of this stream waits, its worker has room
                 self._send_data(stream, frames, outs, n)
                 return
             q = self._fair[stream] = deque()
@@ -376,10 +381,12 @@ class Engine:
                 self._owners.clear()
         return i
 
-    def _ready(self, stream: bytes, outs: list[zmq.Socket], n: int) -> bool:
+    def _blocker(self, stream: bytes, outs: list[zmq.Socket], n: int) -> zmq.Socket | None:
+        """None if a chunk of ``stream`` can be sent now, else the full inbox socket it waits for."""
         if self._pool_router is not None:
-            return self._pool_router.ready(stream)
-        return bool(cast(int, outs[self._owner(stream, n)].get(zmq.EVENTS)) & zmq.POLLOUT)
+            return self._pool_router.blocker(stream)
+        s = outs[self._owner(stream, n)]
+        return None if cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT else s
 
     def _send_data(self, stream: bytes, frames: list[Any], outs: list[zmq.Socket], n: int) -> None:
         if self._pool_router is not None:
@@ -388,23 +395,32 @@ class Engine:
             outs[self._owner(stream, n)].send_multipart([DATA, *frames], copy=False)
         self.routed += 1
 
-    def _dispatch(self, outs: list[zmq.Socket], n: int) -> None:
-        """Send queued chunks, one per stream per turn, while their workers' inboxes have room."""
+    def _dispatch(self, outs: list[zmq.Socket], n: int) -> set[zmq.Socket]:
+        """Send queued chunks, one per stream per turn, while their workers' inboxes have room.
+
+        Returns the full inbox sockets that streams still wait for.
+        """
         ring, fair = self._ring, self._fair
+        blocked: set[zmq.Socket] = set()
         sent = True
         while ring and sent:
             sent = False
+            blocked.clear()
             for _ in range(len(ring)):
                 stream = ring.popleft()
                 q = fair[stream]
-                if self._ready(stream, outs, n):
+                b = self._blocker(stream, outs, n)
+                if b is None:
                     self._send_data(stream, q.popleft(), outs, n)
                     self._queued -= 1
                     sent = True
+                else:
+                    blocked.add(b)
                 if q:
                     ring.append(stream)
                 else:
                     del fair[stream]
+        return blocked
 
     def stop(self) -> None:
         """Ask the engine to drain and stop (thread-safe, idempotent)."""
