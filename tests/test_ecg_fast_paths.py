@@ -206,3 +206,23 @@ def test_hrv_update_last_lists_equals_update_last() -> None:
     with pytest.raises(DSPError, match="labels must have shape"):
         a.update_last_lists([t + 400], [True, False])
     assert a.update_last_lists([t + 400, t + 800], [np.bool_(True), True]) is not None  # numpy bools: general path
+
+
+def test_signal_history_window_equals_index_gather() -> None:
+    """``SignalHistory.window`` by slices == the ring gathered by index (values, shape, layout)."""
+    from telediag.engine.stages.ecg_parts.clock import SignalHistory
+
+    rng = np.random.default_rng(21)
+    for cap in (1, 7, 360):
+        h = SignalHistory(np.zeros((cap, 2)))
+        for _ in range(60):
+            h.push(rng.normal(size=(int(rng.integers(0, 2 * cap + 3)), 2)))
+            for _ in range(5):
+                start = int(rng.integers(max(0, h.end - cap - 2), h.end + 2))
+                stop = start + int(rng.integers(-1, cap + 2))
+                got = h.window(start, stop)
+                ok = not (start < max(0, h.end - cap) or stop > h.end or stop < start)
+                assert (got is not None) == ok
+                if got is not None:
+                    want = h.buf[np.arange(start, stop) % cap]
+                    assert got.shape == want.shape and got.flags.c_contiguous and got.tobytes() == want.tobytes()

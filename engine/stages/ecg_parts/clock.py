@@ -144,5 +144,7 @@ class SignalHistory:
         cap = self.buf.shape[0]
         if start < max(0, self.end - cap) or stop > self.end or stop < start:
             return None
-        idx = np.arange(start, stop) % cap
-        return self.buf[idx]
+        i, n = start % cap, stop - start
+        if i + n <= cap:  # one slice (a copy, as ``buf[np.arange(start, stop) % cap]`` gives)
+            return self.buf[i:i + n].copy()
+        return np.concatenate((self.buf[i:], self.buf[:n - (cap - i)]))
