@@ -131,3 +131,32 @@ def test_an_af_transition_detail_never_holds_nan() -> None:
     check_body("alarm", {"type": "afib", "state": "off", "onset_sample": 0, "onset_ns": 0, "end_sample": 1,
                          "end_ns": 1, "detail": offs[-1], "lead": "II"})
 
+
+
+def test_ecg_sample_indices_do_not_drift_under_timestamp_jitter(mitdb: Path) -> None:
+    """OUTPUTS.md 3: a ``t0_ns`` less than 0.1 s off on a contiguous ``seq`` is timestamp jitter:
+    the sample count goes on (no index skipped, no new time anchor), so every ECG item's
+    ``sample`` stays the index in the source's sample stream and ``t_ns`` its time from the
+    first chunk (+-3 ms jitter on 1 s chunks moved the last beat of 300 s by ~100 samples)."""
+    from telediag.engine.config import load_config
+    from telediag.engine.stage import StreamSpec
+    from telediag.evaluation.ecg_analyze import build_pipeline, run_pipeline
+    from telediag.sources.readers import read_wfdb
+
+    rec = read_wfdb(mitdb / "101")
+    n_chunks, c = 300, 360
+    x = rec.signal[: n_chunks * c].astype(np.float32)
+    jitter = np.random.default_rng(0).integers(-3_000_000, 3_000_000, n_chunks)
+
+    def run(jit: np.ndarray) -> list[dict]:
+        chunks = [Chunk.signal("ecg", "j/ecg", i, i * 10**9 + int(jit[i]), x[i * c:(i + 1) * c], rec.fs,
+                               list(rec.channels), list(rec.units)) for i in range(n_chunks)]
+        recs = run_pipeline(build_pipeline(load_config(), StreamSpec.of(chunks[0])), chunks)
+        return [r.body for r in recs if r.kind in ("beats", "hr", "alarm")]
+
+    ref, jit = run(np.zeros(n_chunks, np.int64)), run(jitter)
+    beats = [b["sample"] for body in jit for b in body.get("beats", [])]
+    assert beats == [b["sample"] for body in ref for b in body.get("beats", [])] and len(beats) > 300
+    for body in jit:
+        for it in body.get("beats", []) + body.get("readings", []):
+            assert abs(it["t_ns"] - it["sample"] * 1e9 / rec.fs) < 1e8, it  # within the jitter bound

@@ -172,10 +172,10 @@ BASELINE_STEP_MV = 1.0
 """A quality block whose mean (detection lead) moved by more than this (mV) from the previous block's
 is not usable for asystole and pause (:meth:`EcgAnalysis._baseline_step`)."""
 _NOISE_BITS = (1 << 3) | (1 << 7)  # quality flags: heavy_noise in the block, heavy_noise event active
-"""A ``t0_ns`` later than expected by less than this, on a chunk whose ``seq`` follows the previous
-one, is timestamp jitter for the alarms and the AF detector (no samples were lost in transport; a
-lost stretch this short cannot hold a whole QRS complex): they go on measuring intervals across it.
-Published sample indices still skip it (:class:`Timeline`)."""
+"""A ``t0_ns`` off by less than this (s), on a chunk whose ``seq`` follows the previous one, is
+timestamp jitter (no samples were lost in transport; a lost stretch this short cannot hold a whole
+QRS complex): the sample count goes on (no new :class:`Timeline` anchor, so published indices do
+not skip), and the alarms and the AF detector go on measuring intervals across it."""
 _UNITS_PER_MV = {"mv": 1.0, "uv": 1000.0, "µv": 1000.0, "μv": 1000.0, "v": 0.001}
 
 
@@ -548,7 +548,7 @@ class EcgAnalysis(Stage):
                     self._clf_problem = f"the beat classifier cannot load: {type(e).__name__}: {e}"
 
         self._fs = fs
-        self._jitter_samples = max(1, round(JITTER_TOLERANCE_S * fs))
+        self._jitter_ns = round(JITTER_TOLERANCE_S * 1e9)
         self._stamp = stamp = timeline.stamp
         self._source = timeline.source
         cap = max(1, round(p.history_s * fs))
@@ -600,13 +600,21 @@ class EcgAnalysis(Stage):
                 x = np.where(wild, np.nan, x)
         n = x.shape[0]
         start = st.n_seen
-        lost = st.timeline.observe(start, chunk.t0_ns) if n else 0
         contiguous = st.last_seq is not None and chunk.seq == st.last_seq + 1
         st.last_seq = chunk.seq
-        if lost and not (contiguous and lost < self._jitter_samples):
-            # no interval across a gap is measured (pause, asystole, AF); a small t0 departure on
-            # a contiguous seq is timestamp jitter, not loss: counting it as a gap would restart
-            # the asystole interval at every jittery chunk and silence asystole
+        tl = st.timeline
+        if not n:
+            lost = 0
+        elif contiguous and tl.starts and abs(chunk.t0_ns - tl.t_ns(start)) < self._jitter_ns:
+            # a small t0 departure on a contiguous seq is timestamp jitter, not loss: the sample
+            # count goes on (no new time anchor, as in the PCG stage). As a gap it would restart
+            # the asystole interval at every jittery chunk (silencing asystole), and each late
+            # stamp would skip source indices that no early stamp gives back (OUTPUTS.md 3)
+            lost = 0
+        else:
+            lost = tl.observe(start, chunk.t0_ns)
+        if lost:
+            # no interval across a gap is measured (pause, asystole, AF)
             if st.alarms is not None:
                 st.alarms.gap(start)
             st.rhythm.gap(start)
