@@ -20,7 +20,7 @@ Alarm types and their rules (all thresholds are parameters of :class:`AlarmParam
     a run: the classifier's running template (median of the last 32 beats) is then made of
     beats the detector found in the isoelectric noise, and the normal beats after a 30 s
     (60 s) asystole on MIT-BIH 119 came out ``V`` for 8 (14) beats, a false high-priority
-    alarm. Only an asystole does this: unusable signal (noise, ventricular flutter) does not,
+    alarm. Those beats do not count for ``ectopy`` either. Only an asystole does this: unusable signal (noise, ventricular flutter) does not,
     since a real run may follow or lie inside it (MIT-BIH 207).
 ``pause``
     An RR interval longer than ``pause_s`` (2.5 s) between two beats, over usable signal only
@@ -236,8 +236,8 @@ class RhythmAlarms:
                 self._off("vrun", run[-1], {"beats": len(run), "rate_bpm": round(rate, 1),
                                             "vtach": rate > 100.0}, out)
             st.v_run = []
-        # frequent ectopy over the last minute
-        if lab in ECTOPIC:
+        # frequent ectopy over the last minute (not the labels of the beats just after an asystole)
+        if run_lab in ECTOPIC:
             st.ectopics.append(s)
         self._ectopy(s, out)
 

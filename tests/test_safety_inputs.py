@@ -556,6 +556,7 @@ def test_vrun_rule_settles_after_asystole_only() -> None:
     assert [(e.type, e.state) for e in ev] == [("asystole", "on")]
     after = [t + 300 * i for i in range(1, 4)]
     assert "vrun" not in {e.type for e in a.beats(after, ["V"] * 3)}  # the first beats after it: no run
+    assert not a.state.ectopics  # ... nor ectopy
     more = [after[-1] + 300 * i for i in range(1, 14)]
     a.beats(more, ["N"] * 13)  # 16 beats since the asystole: runs count again
     late = [more[-1] + 300 * i for i in range(1, 4)]
