@@ -123,8 +123,11 @@ def comparison_table(ours: list[dict[str, Any]], springer: dict[str, dict[str, i
     return "\n".join(lines)
 
 
-def streaming_cv(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Leave-one-set-out F1 of the streaming :class:`PCGSegmenter` (fed 0.1 s chunks)."""
+def streaming_cv(data: dict[str, Any], test_only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Leave-one-set-out F1 of the streaming :class:`PCGSegmenter` (fed 0.1 s chunks).
+
+    ``test_only`` databases are scored but never trained on, as in the offline CV.
+    """
     from telediag.dsp.pcg import PCGSegmenter
     from telediag.evaluation.pcg_seg import f1, read_audio, score_record
     from telediag.models.pcg_segmentation.train import fit_params
@@ -135,7 +138,8 @@ def streaming_cv(data: dict[str, Any]) -> list[dict[str, Any]]:
         test = [i for i, r in enumerate(recs) if r.set == s]
         if not test:
             continue
-        params = fit_params(data, [i for i, r in enumerate(recs) if r.set != s])
+        params = fit_params(data, [i for i, r in enumerate(recs)
+                                   if r.set != s and r.set not in test_only])
         tot = dict.fromkeys(("s1_tp", "s1_fp", "s1_fn", "s2_tp", "s2_fp", "s2_fn"), 0)
         for i in test:
             x, fs = read_audio(recs[i].wav)
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                   "end, unmatched detections outside the annotated span)")
             print(comparison_table(edge_rows, springer_edge), flush=True)
     if args.streaming:
-        rows = streaming_cv(data)
+        rows = streaming_cv(data, test_only=() if args.train_circor else (CIRCOR,))
         results["cv_set_streaming"] = rows
         print(_table("Streaming segmenter, leave-one-database-out CV", rows), flush=True)
     if not args.skip_hr:
