@@ -12,7 +12,7 @@ rank  layer
 4     ``sources``
 5     applications of the runtime, peers of each other: ``evaluation`` (offline analysis and
       scoring), the offline model tools inside ``models`` (:data:`TRAINING_MODULES`:
-      ``train.py``, ``distill.py``, ``variants.py``, ``cnn_cv.py``, ``cnn_train.py``: they live next to the model
+      ``train.py``, ``distill.py``, ``variants.py``, ``experiments.py``, ``cnn_cv.py``, ``cnn_train.py``: they live next to the model
       they produce, and no runtime module may import them), ``api``, ``client``, ``recorder``,
       ``viewer``, ``exports``, ``report``
 6     ``demo`` and the command line ``telediag.cli`` / ``telediag.__main__``
@@ -65,7 +65,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Offline tools inside the models package (training, distillation, variant measurement): rank 5.
-TRAINING_MODULES = ("train", "cnn_cv", "cnn_train", "distill", "variants")
+TRAINING_MODULES = ("train", "cnn_cv", "cnn_train", "distill", "variants", "experiments")
 
 #: Temporary exceptions: (importing module, imported module) -> reason. Keep empty.
 ALLOWED: dict[tuple[str, str], str] = {}
