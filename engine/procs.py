@@ -743,6 +743,7 @@ class ProcessPool(WorkerPool):
                 return
             for s in ready:
                 p = sentinels[s]  # type: ignore[index]
+                p.join(1.0)  # reap it: the sentinel can fire before exitcode is known (it read None)
                 with self._lock:
                     self.procs.remove(p)
                     i = self.index_of.pop(p.pid, None)

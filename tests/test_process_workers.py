@@ -106,7 +106,8 @@ def test_kill_9_of_a_worker_process_mid_stream(proc_engine: Engine) -> None:
     restarted_in = pool.assigned_at[victim] - killed["t"]
     print(f"worker {victim} killed; replacement serving after {restarted_in:.3f} s")
     assert 0 < restarted_in < 5.0, f"replacement took {restarted_in:.2f} s"
-    assert any(e["type"] == "worker_restarted" and e["worker"] == victim for e in events)
+    restarted = [e for e in events if e["type"] == "worker_restarted" and e["worker"] == victim]
+    assert [e["exitcode"] for e in restarted] == [-signal.SIGKILL], restarted  # OUTPUTS.md 5.1
     check_restarted_streams(seen, events, mine, others, n_chunks)
 
 
@@ -191,6 +192,7 @@ def test_remove_a_worker_process_mid_stream(proc_engine: Engine) -> None:
     src, out_seq, events, marks = live(eng, streams, n_chunks, 0.05, 30, lambda: pool.remove_worker(victim))
     moved = check_removed_worker(src, out_seq, events, n, victim, n_chunks)
     assert moved and len(moved) < len(streams)
+    assert [e["exitcode"] for e in events if e["type"] == "worker_removed"] == [0]  # a clean exit, known
     assert pool.active() == [0, 2] and victim not in pool.index_of.values()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and _state(pid) != "Z" and time.monotonic() < deadline:
