@@ -17,6 +17,11 @@ Annotations`` (``BDF Annotations``) signal holding Time-stamped Annotation Lists
   instead leaves out the data records whose samples were all lost and writes EDF+D (the
   timekeeping TALs carry the true onsets); pyedflib/EDFlib, MNE and edfio cannot read EDF+D,
   so it is not the default and it is checked here only by parsing the file's own bytes.
+* **Source clock steps** (``clock_step_ns`` entries of the recorder's ``.gaps.jsonl``): a
+  recording is written as one file per stretch between steps (``<name>.edf``, then
+  ``<name>.seg2.edf`` ...), each starting at its own source time, so every sample and annotation
+  keeps its source time (an EDF+D record cannot go back in time; a step forward may be years).
+  Each file notes the step (``source clock step +3600.000 s, continues in ...``).
 * **Annotations**: beats (``beat V p=0.99``; ``unusable`` when the engine marked it so), alarms
   with onset and duration (``alarm tachycardia``, technical ones ``technical alarm leads_off``,
   AF episodes ``AF episode``), unusable-signal spans per lead (``unusable MLII``), heart-sound
@@ -65,6 +70,9 @@ class EdfSignal:
     resolution: float | None = None  # the source's own step in physical units (None: unknown)
     transducer: str = ""
     prefilter: str = ""
+    #: physical (min, max) to calibrate with at least (default: the data's own range); lets a
+    #: signal with no finite sample be written (all lost) and parts of one record share a scale
+    calibration: tuple[float, float] | None = None
 
 
 @dataclass(slots=True)
@@ -180,9 +188,11 @@ def write_edf(
         if not s.label:
             raise DataError("every EDF signal needs a label")
         fin = x[np.isfinite(x)]
-        if fin.size == 0:
+        if fin.size == 0 and s.calibration is None:
             raise DataError(f"signal {s.label!r} has no finite sample to calibrate")
-        lo, hi = float(fin.min()), float(fin.max())
+        lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (np.inf, -np.inf)
+        if s.calibration is not None:
+            lo, hi = min(lo, float(s.calibration[0])), max(hi, float(s.calibration[1]))
         if hi - lo < 1e-9 * max(1.0, abs(lo)):
             lo, hi = lo - 1.0, hi + 1.0
         ranges.append((lo, hi))
@@ -303,15 +313,16 @@ def write_edf(
 Clock = Callable[[dict[str, Any], str, str], "float | None"]
 
 
-def _clock_ns(start_ns: int, fs: float) -> Clock:
-    """Seconds from ``start_ns`` of a body's ``<x>_ns`` field (falls back to ``<x>_sample``)."""
+def _clock_ns(start_ns: int, fs: float, first_sample: int = 0) -> Clock:
+    """Seconds from ``start_ns`` of a body's ``<x>_ns`` field (falls back to ``<x>_sample``, counted
+    from ``first_sample``)."""
 
     def at(d: dict[str, Any], sample_key: str, ns_key: str) -> float | None:
         v = d.get(ns_key)
         if isinstance(v, int) and not isinstance(v, bool):
             return (v - start_ns) / 1e9
         s = d.get(sample_key)
-        return s / fs if isinstance(s, (int, float)) and not isinstance(s, bool) else None
+        return (s - first_sample) / fs if isinstance(s, (int, float)) and not isinstance(s, bool) else None
 
     return at
 
@@ -484,7 +495,8 @@ def _patient_field(meta: dict[str, Any]) -> str:
 
 def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto",
                    discontinuous: bool = False) -> list[EdfInfo]:
-    """One EDF+/BDF+ file per recorded signal stream of a :class:`~telediag.exports.session.Session`.
+    """One EDF+/BDF+ file per recorded signal stream of a :class:`~telediag.exports.session.Session`
+    (one per stretch between source clock steps, see the module docstring).
 
     ECG files carry beats, alarms (AF episodes included) and unusable spans; PCG files the
     S1/systole/S2/diastole segments and the abnormality windows. ECG streams use
@@ -496,27 +508,77 @@ def session_to_edf(session: Any, out_dir: str | Path, *, bits: str | int = "auto
     infos = []
     for sig in session.signals:
         src = sig.source
-        at = _clock_ns(sig.t0_ns, sig.fs)
-        end_s = sig.duration_s
-        if sig.kind == "pcg":
-            segs = [s for b in _bodies(session.records(src, "segments")) for s in b.get("segments") or []]
-            res = [b for b in _bodies(session.records(src, "quality")) if b.get("type") == "pcg_abnormal"]
-            anns = annotations_from_bodies(at=at, end_s=end_s, segments=segs, pcg_results=res)
-        else:
-            beats = [b for body in _bodies(session.records(src, "beats")) for b in body.get("beats") or []]
-            anns = annotations_from_bodies(at=at, end_s=end_s, beats=beats,
-                                           alarms=_bodies(session.records(src, "alarm")),
-                                           quality=[b for b in _bodies(session.records(src, "quality"))
-                                                    if "blocks" in b])
-        res_step = 5e-4 if sig.kind == "ecg" and sig.units and sig.units[0] == "mV" else None
-        edf_sigs = [EdfSignal(ch, unit or "", sig.fs, sig.signal[:, i], resolution=res_step,
-                              transducer=f"telediag {sig.kind}", prefilter="engine filter")
-                    for i, (ch, unit) in enumerate(zip(sig.channels, sig.units, strict=True))]
-        meta = session.meta.get(sig.stream) or session.meta.get(src) or {}  # this stream's patient only
-        infos.append(write_edf(out / f"{sig.name}.edf", edf_sigs, anns, start_ns=sig.t0_ns,
-                               patient=_patient_field(meta), recording=f"stream={sig.stream}", bits=bits,
-                               discontinuous=discontinuous))
+        # stretches between source clock steps; one with no sample left has no file (its
+        # annotations go to a neighbour's) and all share each lead's calibration
+        segs = [sg for sg in sig.segments() if np.isfinite(sig.signal[sg[0]:sg[1]]).any()] or sig.segments()
+        fin = np.isfinite(sig.signal)
+        cal = [(float(sig.signal[fin[:, i], i].min()), float(sig.signal[fin[:, i], i].max()))
+               if len(segs) > 1 and fin[:, i].any() else None for i in range(sig.signal.shape[1])]
+        for k, (a, b, seg_t0) in enumerate(segs):
+            # a source clock step (gaps.jsonl clock_step_ns) starts a new file: each file's samples
+            # and annotations keep their own source times (first: <name>.edf, then <name>.seg2.edf ...)
+            start_ns = seg_t0 + int(round(a * 1e9 / sig.fs))
+            at = _clock_ns(start_ns, sig.fs, first_sample=a)
+            end_s = (b - a) / sig.fs
+            if sig.kind == "pcg":
+                pcg_segs = [s for b_ in _bodies(session.records(src, "segments")) for s in b_.get("segments") or []]
+                res = [b_ for b_ in _bodies(session.records(src, "quality")) if b_.get("type") == "pcg_abnormal"]
+                anns = annotations_from_bodies(at=at, end_s=end_s, segments=pcg_segs, pcg_results=res)
+            else:
+                beats = [bt for body in _bodies(session.records(src, "beats")) for bt in body.get("beats") or []]
+                anns = annotations_from_bodies(at=at, end_s=end_s, beats=beats,
+                                               alarms=_bodies(session.records(src, "alarm")),
+                                               quality=[q for q in _bodies(session.records(src, "quality"))
+                                                        if "blocks" in q])
+            name = sig.name if k == 0 else f"{sig.name}.seg{k + 1}"
+            if len(segs) > 1:
+                anns = _segment_annotations(anns, segs, k, sig.fs, sig.name)
+            res_step = 5e-4 if sig.kind == "ecg" and sig.units and sig.units[0] == "mV" else None
+            edf_sigs = [EdfSignal(ch, unit or "", sig.fs, sig.signal[a:b, i], resolution=res_step,
+                                  transducer=f"telediag {sig.kind}", prefilter="engine filter", calibration=cal[i])
+                        for i, (ch, unit) in enumerate(zip(sig.channels, sig.units, strict=True))]
+            meta = session.meta.get(sig.stream) or session.meta.get(src) or {}  # this stream's patient only
+            rec_text = f"stream={sig.stream}" + (f" part={k + 1}/{len(segs)}" if len(segs) > 1 else "")
+            infos.append(write_edf(out / f"{name}.edf", edf_sigs, anns, start_ns=start_ns,
+                                   patient=_patient_field(meta), recording=rec_text, bits=bits,
+                                   discontinuous=discontinuous))
     return infos
+
+
+def _segment_annotations(anns: list[EdfAnnotation], segs: Sequence[tuple[int, int, int]], k: int, fs: float,
+                         name: str) -> list[EdfAnnotation]:
+    """The annotations of stretch ``k`` of a record split at source clock steps.
+
+    ``anns`` hold onsets from stretch ``k``'s start. An annotation goes to every stretch whose
+    time span holds its onset (after a step back two spans overlap); one that no span holds goes
+    to the last stretch that starts before it (the first when it precedes them all), so none is
+    lost. The step itself is an annotation at the end of the stretch before it and at 0 in the next.
+    """
+    spans = [(t0 + a * 1e9 / fs, t0 + b * 1e9 / fs) for a, b, t0 in segs]
+    base = spans[k][0]
+    eps = 0.5e9 / fs
+    out = []
+    for an in anns:
+        t = base + an.onset_s * 1e9
+        holders = [j for j, (s0, s1) in enumerate(spans) if s0 - eps <= t < s1 + eps]
+        if not holders:
+            before = [j for j, (s0, _) in enumerate(spans) if s0 <= t]
+            holders = [max(before, key=lambda j: spans[j][0])] if before else [0]
+        if k in holders:
+            out.append(an)
+    dur = (segs[k][1] - segs[k][0]) / fs
+
+    def step_s(j: int) -> float:  # the clock step between stretch j-1 and j
+        return (segs[j][2] - segs[j - 1][2]) / 1e9
+
+    def fname(j: int) -> str:
+        return f"{name}.edf" if j == 0 else f"{name}.seg{j + 1}.edf"
+
+    if k + 1 < len(segs):
+        out.append(EdfAnnotation(dur, None, f"source clock step {step_s(k + 1):+.3f} s, continues in {fname(k + 1)}"))
+    if k > 0:
+        out.append(EdfAnnotation(0.0, None, f"source clock step {step_s(k):+.3f} s, continued from {fname(k - 1)}"))
+    return out
 
 
 def ecg_analysis_to_edf(rec: Any, result: dict[str, Any], path: str | Path, *, bits: str | int = "auto") -> EdfInfo:

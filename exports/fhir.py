@@ -450,8 +450,10 @@ def _session_streams(session: Any) -> list[StreamData]:
                   and r["body"].get("type") == "stream_opened"]
         if opened and opened[0].get("kind"):
             kind = str(opened[0]["kind"])
-        start = sig.t0_ns if sig else min((r["t0_ns"] for r in recs), default=0)
-        end = sig.t_ns(sig.signal.shape[0]) if sig else max((r["t0_ns"] for r in recs), default=start)
+        # start_ns/end_ns honour source clock steps (gaps.jsonl clock_step_ns): the header t0_ns is
+        # sample 0's time, the samples after a step are on the stepped timeline
+        start = sig.start_ns if sig else min((r["t0_ns"] for r in recs), default=0)
+        end = sig.end_ns if sig else max((r["t0_ns"] for r in recs), default=start)
         sd = StreamData(src, kind, start, end, monitored_s=sig.duration_s if sig else None,
                         meta=dict(session.meta.get(src) or next(
                             (m for k, m in sorted(session.meta.items()) if k.startswith(src + "/")), {})))

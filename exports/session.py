@@ -1,9 +1,9 @@
 """Read a ``telediag record`` folder back: signals, annotations and video, by source stream.
 
 The recorder writes, per signal stream, a WFDB format-32 record (``bed-1_ecg_filtered.hea``/
-``.dat``, lost samples as NaN, lost ranges in ``.gaps.jsonl``) and, per source stream and
-annotation kind, JSON lines ``<stream>.<kind>.jsonl`` (``{"t0_ns", "seq", "body"}``) with the
-bodies exactly as the engine published them; ``session.json`` (written by recorders from this
+``.dat``, lost samples as NaN, lost ranges and source clock steps in ``.gaps.jsonl``) and, per
+source stream and annotation kind, JSON lines ``<stream>.<kind>.jsonl`` (``{"t0_ns", "seq",
+"body"}``) with the bodies exactly as the engine published them; ``session.json`` (written by recorders from this
 version on) lists every stream with its kind, spec and the source's ``meta``. This module
 turns that folder into a :class:`Session` for the EDF+, FHIR and report exporters. It is
 tolerant: unknown kinds and unknown body fields are kept as they are, a truncated last line
@@ -64,9 +64,54 @@ class SignalRecord:
     def duration_s(self) -> float:
         return self.signal.shape[0] / self.fs
 
+    def segments(self) -> list[tuple[int, int, int]]:
+        """``(first_sample, end_sample, t0_ns)`` per stretch between source clock steps.
+
+        A source clock step (a ``clock_step_ns`` entry in ``.gaps.jsonl``) does not move the
+        header's ``t0_ns`` (the time of sample 0): the samples from the entry's ``first_sample``
+        on are at ``t0_ns + (sum of clock_step_ns so far) + index / fs``; ``t0_ns`` here is the
+        time of sample 0 on that stretch's timeline. One stretch when the clock never stepped.
+        """
+        n = self.signal.shape[0]
+        out = [(0, n, self.t0_ns)]
+        for g in self.gaps:
+            step, first = g.get("clock_step_ns"), g.get("first_sample")
+            if not isinstance(step, int) or not isinstance(first, int) or isinstance(step, bool):
+                continue
+            a, _, t0 = out[-1]
+            first = min(max(first, a), n)
+            out[-1] = (a, first, t0)
+            out.append((first, n, t0 + step))
+        return [sg for sg in out if sg[1] > sg[0]] or [out[-1]]
+
     def t_ns(self, sample: float) -> int:
-        """Source time of a sample index."""
-        return self.t0_ns + int(round(sample * 1e9 / self.fs))
+        """Source time of a sample index (on the timeline of the stretch it belongs to)."""
+        t0 = self.t0_ns
+        for a, _, seg_t0 in self.segments():
+            if sample >= a:
+                t0 = seg_t0
+        return t0 + int(round(sample * 1e9 / self.fs))
+
+    def index_of(self, t_ns: int) -> int:
+        """Sample index (may be out of range) of a source time: on the first stretch whose span
+        holds it (two overlap after a step back), else on the last stretch that starts before it."""
+        segs = self.segments()
+        span = [(t0 + round(a * 1e9 / self.fs), t0 + round(b * 1e9 / self.fs)) for a, b, t0 in segs]
+        pick = next((j for j, (s0, s1) in enumerate(span) if s0 <= t_ns < s1), None)
+        if pick is None:
+            before = [j for j, (s0, _) in enumerate(span) if s0 <= t_ns]
+            pick = max(before, key=lambda j: span[j][0]) if before else 0
+        return int(round((t_ns - segs[pick][2]) * self.fs / 1e9))
+
+    @property
+    def start_ns(self) -> int:
+        """Earliest source time covered (``t0_ns`` unless the clock stepped back)."""
+        return min(t0 + int(round(a * 1e9 / self.fs)) for a, _, t0 in self.segments())
+
+    @property
+    def end_ns(self) -> int:
+        """Latest source time covered (the end of the last sample)."""
+        return max(t0 + int(round(b * 1e9 / self.fs)) for _, b, t0 in self.segments())
 
 
 @dataclass(slots=True)
@@ -95,7 +140,7 @@ class Session:
 
     @property
     def start_ns(self) -> int | None:
-        ts = [s.t0_ns for s in self.signals]
+        ts = [s.start_ns for s in self.signals]
         for kinds in self.sources.values():
             for recs in kinds.values():
                 ts.extend(r["t0_ns"] for r in recs[:1] if isinstance(r.get("t0_ns"), int))
@@ -103,7 +148,7 @@ class Session:
 
     @property
     def end_ns(self) -> int | None:
-        ts = [s.t_ns(s.signal.shape[0]) for s in self.signals]
+        ts = [s.end_ns for s in self.signals]
         for kinds in self.sources.values():
             for recs in kinds.values():
                 ts.extend(r["t0_ns"] for r in recs[-1:] if isinstance(r.get("t0_ns"), int))

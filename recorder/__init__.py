@@ -8,6 +8,9 @@
   record keeps its timeline, and each lost range is listed in ``<record>.gaps.jsonl``. A source
   clock that steps (``t0_ns`` more than an hour ahead or a second back) is not filled or trimmed:
   the record goes on contiguously and the step is listed there (``samples`` 0, ``clock_step_ns``).
+  The header's ``t0_ns`` stays the time of sample 0; sample ``i`` from that entry's
+  ``first_sample`` on is at ``t0_ns + (every clock_step_ns so far) + i / fs`` (what
+  :mod:`telediag.exports.session` reads back; the EDF+ export writes a file per stretch).
 * Beats (``beats/…``) -> a WFDB annotation file ``<record>.beats`` (symbol = AAMI label,
   ``N`` when unclassified) for the signal record of the same source stream.
 * Video packets (``video/…``) -> the H.264 elementary stream, remuxed to MP4 on close.

@@ -33,19 +33,29 @@ class SignalWriter:
     fs: float
     channels: tuple[str, ...]
     units: tuple[str, ...]
-    t0_ns: int
+    t0_ns: int  # source time of sample 0 (the header's; never moved by a clock step)
     n: int = 0
     last_src_seq: int | None = None
     gaps: list[dict[str, Any]] = field(default_factory=list)
     _dat: Any = None
     _gap_log: TextIO | None = None
+    #: source time of sample 0 on the current timeline: ``t0_ns`` plus every ``clock_step_ns`` so far
+    seg_t0_ns: int | None = None
+    #: ``(first_sample, time of sample 0 on its timeline)`` per stretch after a clock step
+    steps: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.seg_t0_ns is None:
+            self.seg_t0_ns = self.t0_ns
 
     def open(self) -> None:
         self._dat = open(self.path.with_suffix(".dat"), "ab")
         self.write_header()
 
     def expected_index(self, t0_ns: int) -> int:
-        return int(round((t0_ns - self.t0_ns) * self.fs / 1e9))
+        """Sample index of source time ``t0_ns`` on the current timeline (after the last clock step)."""
+        assert self.seg_t0_ns is not None
+        return int(round((t0_ns - self.seg_t0_ns) * self.fs / 1e9))
 
     def append(self, c: Chunk) -> None:
         assert c.data is not None
@@ -57,9 +67,12 @@ class SignalWriter:
         if start - self.n > MAX_FILL_S * self.fs or self.n - start > MAX_BACK_S * self.fs:
             # the source clock stepped (or lies): filling would write up to years of invalid samples
             # (memory, disk) and a step back would drop every chunk until the clock caught up. The
-            # record goes on contiguously from here and the step is listed in gaps.jsonl.
+            # record goes on contiguously from here and the step is listed in gaps.jsonl. The header
+            # keeps t0_ns (the time of sample 0): samples from first_sample on are at
+            # t0_ns + sum(clock_step_ns so far) + index / fs (exports/session.py SignalRecord.t_ns).
             self._gap(self.n, 0, self.last_src_seq, src_seq, clock_step_ns=int(c.t0_ns - self.t_ns(self.n)))
-            self.t0_ns = int(c.t0_ns - round(self.n * 1e9 / self.fs))
+            self.seg_t0_ns = int(c.t0_ns - round(self.n * 1e9 / self.fs))
+            self.steps.append((self.n, self.seg_t0_ns))
             start = self.n
         if start > self.n:  # samples that never arrived: keep the timeline, mark them invalid
             missing = start - self.n
@@ -77,9 +90,23 @@ class SignalWriter:
         self.n += x.shape[0]
         self.last_src_seq = src_seq
 
+    def index_of(self, t_ns: int) -> int:
+        """Sample index of source time ``t_ns`` on the stretch (between clock steps) whose written
+        samples hold it, the latest one when they overlap (a step back), else on the current
+        timeline: a beat of the samples before a step that arrives after it keeps its place."""
+        bounds = [(0, self.t0_ns), *self.steps]
+        for j in range(len(bounds) - 1, -1, -1):
+            first, seg_t0 = bounds[j]
+            end = bounds[j + 1][0] if j + 1 < len(bounds) else self.n
+            i = int(round((t_ns - seg_t0) * self.fs / 1e9))
+            if first <= i < end:
+                return i
+        return self.expected_index(t_ns)
+
     def t_ns(self, index: int) -> int:
-        """Source time of sample ``index`` on the record's (current) timeline."""
-        return int(self.t0_ns + round(index * 1e9 / self.fs))
+        """Source time of sample ``index`` on the record's current timeline (after the last clock step)."""
+        assert self.seg_t0_ns is not None
+        return int(self.seg_t0_ns + round(index * 1e9 / self.fs))
 
     def _gap(self, start: int, n: int, after_seq: int | None, resumed_seq: int, **extra: Any) -> None:
         g = {"first_sample": start, "samples": n, "start_s": start / self.fs, "duration_s": n / self.fs,
@@ -128,7 +155,7 @@ class BeatWriter:
             t_ns = b.get("t_ns")
             if not isinstance(t_ns, int):
                 continue
-            s = self.signal.expected_index(t_ns)
+            s = self.signal.index_of(t_ns)
             if s < 0:
                 continue
             label = b.get("label") or "N"

@@ -146,7 +146,7 @@ def build_report(session: Any, *, max_alarm_strips: int = 12) -> Report:
         opened = [b for _, b in _bodies(kinds.get("event", [])) if b.get("type") == "stream_opened"]
         kind = (opened[0].get("kind") if opened else None) or (sig.kind if sig else None) or (
             "video" if "polyp" in kinds else "pcg" if "segments" in kinds else "ecg")
-        end_ns = sig.t_ns(sig.signal.shape[0]) if sig else max((r.get("t0_ns", 0) for lst in kinds.values() for r in lst), default=0)
+        end_ns = sig.end_ns if sig else max((r.get("t0_ns", 0) for lst in kinds.values() for r in lst), default=0)
         if kind == "ecg":
             beats = [bt for _, b in _bodies(kinds.get("beats", [])) for bt in b.get("beats") or []
                      if isinstance(bt.get("t_ns"), int)]
@@ -338,7 +338,8 @@ def _table(fig: Any, rows: Sequence[tuple[str, str]], top_mm: float, left_mm: fl
 
 
 def _sig_slice(sig: Any, t_ns: int, seconds: float, lead: int = 0) -> np.ndarray:
-    i0 = int(round((t_ns - sig.t0_ns) * sig.fs / 1e9))
+    # index_of honours source clock steps (gaps.jsonl clock_step_ns); t0_ns is sample 0's time only
+    i0 = sig.index_of(t_ns) if hasattr(sig, "index_of") else int(round((t_ns - sig.t0_ns) * sig.fs / 1e9))
     n = int(round(seconds * sig.fs))
     out = np.full(n, np.nan)
     a, b = max(0, i0), min(sig.signal.shape[0], i0 + n)
@@ -397,7 +398,7 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
 
     # 2. ECG trends, strips -------------------------------------------------------------------
     for e in rep.ecg:
-        t0 = e.signal.t0_ns if e.signal is not None else (rep.start_ns or 0)
+        t0 = e.signal.start_ns if e.signal is not None else (rep.start_ns or 0)
         fig = _page(plt, f"ECG {e.stream}: heart rate, alarms, beat classes", header)
         ax = fig.add_axes((0.06, 0.50, 0.90, 0.36))
         if e.hr:
@@ -464,7 +465,11 @@ def _figures(rep: Report) -> list[tuple[str, Any, list[tuple[str, str]]]]:
                                 + (" - still on at end" if b.get("open_at_end") else ""),
                           marks=marks_for(start, 10.0), shade=[(2.98, 3.02, "#c53030")])
             figs.append((f"ECG {e.stream}: alarm strips", fig, []))
-        mi = most_irregular_minute(e.beats, sig.t0_ns, sig.t_ns(sig.signal.shape[0]))
+        mi = None  # per stretch between source clock steps (a step forward may be years long)
+        for a0, b0, seg_t0 in sig.segments():
+            m = most_irregular_minute(e.beats, sig.t_ns(a0), seg_t0 + round(b0 * 1e9 / sig.fs))
+            if m is not None and (mi is None or m[1] > mi[1]):
+                mi = m
         if mi is not None:
             fig = _page(plt, f"ECG {e.stream}: most irregular minute (RMSSD {mi[1]:.0f} ms)",
                         f"{_utc(mi[0])[11:19]} to {_utc(mi[0] + 60 * 10**9)[11:19]}; {sig.channels[lead]}, 25 mm/s, "

@@ -218,3 +218,67 @@ def test_record_format_edf_writes_edf_when_the_recording_stops(tmp_path: Path) -
 
 
 S_ONE = 1_000_000_000
+
+
+@pytest.mark.parametrize("step_s", [7200, -3600])
+def test_source_clock_step_keeps_every_sample_at_its_source_time(tmp_path: Path, step_s: int) -> None:
+    """A source clock step (2 h forward / 1 h back, gaps.jsonl clock_step_ns) used to move the
+    header t0_ns to the post-step timeline: every sample before the step was exported off by the
+    step. Now a file per stretch, each at its own source time, in EDF and FHIR alike."""
+    import calendar
+
+    from telediag.exports.fhir import _session_streams
+
+    fs, step = 360.0, step_s * 10**9
+    x = np.sin(np.arange(int(4 * fs)) / 9.0)[:, None] * np.r_[1.0, 0.5]  # 4 s, 2 leads; step after 2 s
+    x[int(2 * fs):, 1] = np.nan  # V1 lost after the step (a file where one lead has no sample)
+    t0s = [T0, T0 + 10**9, T0 + step + 2 * 10**9, T0 + step + 3 * 10**9]
+    rec = Recorder(tmp_path / "rec")
+    for seq, t0 in enumerate(t0s):
+        rec.add(Chunk.signal("ecg", "bed-3/ecg/filtered", seq, t0, x[int(seq * fs):int((seq + 1) * fs)], fs,
+                             ["MLII", "V1"], ["mV", "mV"]))
+    beats = [{"sample": 100, "t_ns": T0 + round(100 * 1e9 / fs), "label": "N"},  # before the step
+             {"sample": 900, "t_ns": T0 + step + round(900 * 1e9 / fs), "label": "V"}]  # after it
+    for i, bt in enumerate(beats):
+        rec.add(Chunk.record("beats", "bed-3/ecg", i, bt["t_ns"], {"beats": [bt]}))
+    rec.add(Chunk.record("alarm", "bed-3/ecg", 0, T0 + 10**9 // 2,
+                         {"type": "tachycardia", "state": "on", "onset_ns": T0 + 10**9 // 2}))
+    rec.close()
+    session = load_session(tmp_path / "rec")
+    (sig,) = session.signals
+    assert sig.t0_ns == T0  # the header keeps sample 0's time
+    assert sig.t_ns(100) == beats[0]["t_ns"] and sig.t_ns(900) == beats[1]["t_ns"]
+    assert [sig.index_of(bt["t_ns"]) for bt in beats] == [100, 900]
+    import wfdb  # the recorder's own WFDB beat annotations (both beats arrived after the step)
+
+    assert wfdb.rdann(str(tmp_path / "rec" / "bed-3_ecg_filtered"), "beats").sample.tolist() == [100, 900]
+    from telediag.report.build import _sig_slice  # the PDF report's strips
+
+    for bt in beats:
+        assert np.allclose(_sig_slice(sig, bt["t_ns"], 3 / fs), x[bt["sample"]:bt["sample"] + 3, 0], atol=1e-5)
+    infos = session_to_edf(session, tmp_path / "edf")
+    assert [i.path.name for i in infos] == ["bed-3_ecg_filtered.edf", "bed-3_ecg_filtered.seg2.edf"]
+    for k, (info, first) in enumerate(zip(infos, (0, 720), strict=True)):
+        f, got = _read(info.path)
+        try:
+            st = f.getStartdatetime()
+            # EDFlib's subsecond is in 100 ns units (its datetime's microseconds are not)
+            start_ns = calendar.timegm(st.timetuple()) * 10**9 + f.starttime_subsecond * 100
+            assert start_ns == t0s[2 * k]  # the source time of the file's first sample
+            assert f.getNSamples()[0] == 720
+            y = f.readSignal(0)
+            assert np.max(np.abs(y - x[first:first + 720, 0])) <= info.steps[0] / 2 + 1e-5
+        finally:
+            f.close()
+        # each beat/alarm in the file of its stretch, at its source time
+        bt = beats[k]
+        hit = [o for o, _, t in got if t.startswith("beat ")]
+        assert hit == [pytest.approx((bt["t_ns"] - start_ns) / 1e9, abs=2e-6)]
+        alarm = [o for o, _, t in got if t.startswith("alarm tachycardia")]
+        assert alarm == ([pytest.approx(0.5, abs=2e-6)] if k == 0 else [])
+        assert any(t.startswith(f"source clock step {step_s:+.3f} s") for _, _, t in got)
+        assert [(o, d) for o, d, t in got if t == "signal lost V1"] == ([] if k == 0 else [(0.0, 2.0)])
+    # FHIR: the stream's period covers both stretches on their own timelines
+    (sd,) = _session_streams(session)
+    assert (sd.start_ns, sd.end_ns) == (min(T0, T0 + step + 2 * 10**9), max(T0 + 2 * 10**9, T0 + step + 4 * 10**9))
+    assert session.start_ns == sd.start_ns and session.end_ns == sd.end_ns
