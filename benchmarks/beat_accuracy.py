@@ -23,7 +23,7 @@ records; EC57 / de Chazal 2004 conventions: VEB FP = Nv + Sv, SVEB FP = Ns + Vs 
 * every protocol also on the labels the engine publishes: the model's labels after the
   engine's rhythm monitor (AF detector of ``telediag.dsp.af``), which calls S beats inside
   detected atrial fibrillation N ("trees + AF (engine labels)" rows);
-* the previous versions' (2.1.0, 2.0.0) figures, for the before/after comparison;
+* the previous version's (2.0.0) figures, for the before/after comparison;
 * per-class gross Se / +P / F1 (N S V F Q) of every protocol and database (second table).
 """
 
@@ -52,12 +52,11 @@ def rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if metrics.get("gbt", {}).get("with_rhythm"):  # the labels the engine publishes
         models.append(("gbt", "trees + AF (engine labels)", metrics["gbt"]["with_rhythm"]))
     models.append(("mlp", "MLP (compared)", metrics.get("mlp")))
-    for ver in ("2.1.0", "2.0.0"):  # earlier versions, newest first
-        prev = metrics.get(f"previous_{ver}")
-        if prev:
-            models.append(("gbt", f"{ver} trees (before)", prev))
-            if prev.get("with_rhythm"):
-                models.append(("gbt", f"{ver} trees + AF (before)", prev["with_rhythm"]))
+    prev = metrics.get("previous_2.0.0")
+    if prev:
+        models.append(("gbt", "2.0.0 trees (before)", prev))
+        if prev.get("with_rhythm"):
+            models.append(("gbt", "2.0.0 trees + AF (before)", prev["with_rhythm"]))
     for _, label, m in models:
         if not m:
             continue
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = argparse.Namespace(
         rounds=t["rounds"], leaves=t["leaves"], lr=t["lr"], weight_power=t["weight_power"],
         lead2=t["lead2"], folds=t["folds"], seed=t["seed"], n_keep=t["n_keep"],
-        protocols="cross,cv", drop_af=t.get("drop_af_train", False),
+        protocols="cross,cv",
     )
     d = train.load_all(data, a.cache)
     train.exclude_columns(d, ",".join(t.get("excluded_features", [])))

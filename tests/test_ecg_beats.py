@@ -233,32 +233,6 @@ def test_load_unknown_variant() -> None:
         BeatClassifier.load("fp16")  # type: ignore[arg-type]
 
 
-@pytest.mark.data
-def test_training_leaves_out_the_n_and_s_beats_inside_reference_af(mitdb: Path) -> None:
-    """2.2.0's training rule: the AF mask follows the rhythm annotations of 201 ((AFIB ...
-    until the next rhythm mark), and ``stack(drop_af=True)`` removes exactly its N/S rows."""
-    import wfdb
-
-    from telediag.models.ecg_beats.train import af_episode_mask, stack
-
-    ann = wfdb.rdann(str(mitdb / "201"), "atr")
-    marks = [(int(s), a.strip("\x00")) for s, a in zip(ann.sample, ann.aux_note, strict=True)
-             if a.startswith("(")]
-    first = next(k for k, (_, a) in enumerate(marks) if a == "(AFIB")
-    lo, hi = marks[first][0], marks[first + 1][0]
-    det = np.array([lo - 10, lo, (lo + hi) // 2, hi - 1, hi, hi + 10], np.int64)
-    np.testing.assert_array_equal(af_episode_mask(mitdb / "201", det),
-                                  [False, True, True, True, False, False])
-    assert not af_episode_mask(mitdb / "101", det).any()  # no AF in 101
-    y = np.array([0, 0, 1, 2, 0, 1], np.int64)
-    rec = {"rr": np.arange(12, dtype=np.float32).reshape(6, 2), "y": y,
-           "af": af_episode_mask(mitdb / "201", det)}
-    _, y_all, _ = stack({"r/1": rec}, ["r/1"])
-    _, y_cut, _ = stack({"r/1": rec}, ["r/1"], drop_af=True)
-    np.testing.assert_array_equal(y_all, y)
-    np.testing.assert_array_equal(y_cut, [0, 2, 0, 1])  # the V beat in AF stays
-
-
 def _labelled(mitdb: Path, name: str) -> tuple[BeatFeatures, np.ndarray]:
     from telediag.models.ecg_beats.train import match
 

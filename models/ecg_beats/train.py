@@ -29,16 +29,11 @@ Pipeline (see ``features.py`` for the inputs):
 5. the final model is trained on all of DS1 + svdb and exported (``ecg_beats.onnx``) with
    ``card.json`` (never NaN: undefined figures are ``null``).
 
-Since 2.2.0 the N and S beats inside reference AF/flutter episodes are left out of training
-(``--keep-af-beats`` keeps them, as 2.1.0 did); the test sets keep every beat.
+Reproduce the shipped files (about 15 minutes on one busy core; the card's ``reproduce``
+also fetches the 1.3.0 file for the before/after rows)::
 
-Reproduce the shipped files (about 30 minutes on one busy core; the card's ``reproduce``
-also fetches the 2.1.0 card for the before/after rows)::
-
-    git show 8a7f837:models/ecg_beats/card.json > /tmp/card_2.1.0.json
-    OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
-        --out models/ecg_beats --cache /tmp/ecg_beats_v21.npz --previous-card /tmp/card_2.1.0.json \\
-        --rerun-previous
+    nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data \\
+        --out models/ecg_beats --cache /tmp/ecg_beats_v2.npz --baseline /tmp/ecg_beats_1.3.0.onnx
 """
 
 from __future__ import annotations
@@ -80,14 +75,9 @@ DS1 = (
 ).split()
 SVDB = [str(r) for r in (*range(800, 813), *range(820, 830), *range(840, 895))]
 MATCH_S = 0.150
-#: reference rhythms whose N and S beats are left out of training (``--keep-af-beats`` keeps
-#: them): inside AF the engine's rhythm monitor owns the label (S -> N), so the trees need not
-#: learn "irregular rhythm -> N" from DS1's two AF records, which made them call the S beats of
-#: svdb patients with frequent ectopy (an irregular rhythm too) N (issue 15, session 3)
-AF_RHYTHMS = ("(AFIB", "(AFL")
 #: identifies the feature definition stored in a ``--cache`` file (rebuilt when it differs)
 FEATURE_VERSION = "5:" + ",".join(RR_FEATURES) + f":{N_MORPH}:{PRE_S}:{POST_S}:{LOOKAHEAD_BEATS}"
-VERSION = "2.2.0"
+VERSION = "2.1.0"
 N_CLASSES = len(AAMI_CLASSES)
 _T0 = N_RAW - len(TEMPLATE_FEATURES)  # first template-feature column of ``rr``
 # ABSOLUTE_RATE (features.py): absolute-rate columns (seconds, not ratios), excluded from the
@@ -169,24 +159,6 @@ def load_record(path: Path) -> dict[str, Any]:
     }
 
 
-def af_episode_mask(path: Path, det: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """True for the detections inside a reference atrial fibrillation or flutter episode
-    (rhythm annotations of ``path``'s ``atr`` file whose aux note starts with one of
-    :data:`AF_RHYTHMS`, until the next rhythm annotation); all False without rhythm notes
-    (svdb)."""
-    import wfdb
-
-    ann = wfdb.rdann(str(path), "atr")
-    out = np.zeros(det.size, np.bool_)
-    marks = [(int(s), str(a).strip("\x00")) for s, a in zip(ann.sample, ann.aux_note, strict=True)
-             if str(a).startswith("(")]
-    for k, (s, a) in enumerate(marks):
-        if a.startswith(AF_RHYTHMS):
-            end = marks[k + 1][0] if k + 1 < len(marks) else np.iinfo(np.int64).max
-            out |= (det >= s) & (det < end)
-    return out
-
-
 def record_ids() -> list[str]:
     """``db/record`` of every record used: DS1 then svdb."""
     return [f"mitdb/{r}" for r in DS1] + [f"svdb/{r}" for r in SVDB]
@@ -198,8 +170,7 @@ def load_all(data: Path, cache: Path | None) -> dict[str, dict[str, Any]]:
     if cache is not None and cache.exists():
         z = np.load(cache, allow_pickle=False)
         if "feature_version" in z.files and str(z["feature_version"]) == FEATURE_VERSION:
-            d = {r: {k: z[f"{r}/{k}"] for k in keys} for r in record_ids()}
-            return _add_rhythm(d, data)
+            return {r: {k: z[f"{r}/{k}"] for k in keys} for r in record_ids()}
         print(f"{cache} was built by another feature version: rebuilding it", file=sys.stderr)
     out: dict[str, dict[str, Any]] = {}
     for r in record_ids():
@@ -211,49 +182,19 @@ def load_all(data: Path, cache: Path | None) -> dict[str, dict[str, Any]]:
             feature_version=np.array(FEATURE_VERSION),
             **{f"{r}/{k}": v for r, d in out.items() for k, v in d.items()},
         )
-    return _add_rhythm(out, data)
-
-
-def _add_rhythm(d: dict[str, dict[str, Any]], data: Path) -> dict[str, dict[str, Any]]:
-    """Add each record's reference AF mask (``af``, not cached: read from the annotations)
-    and its path (``path``, for the signal the rhythm monitor's P-wave gate reads)."""
-    for r, rec in d.items():
-        rec["af"] = af_episode_mask(data / r, np.asarray(rec["det"], np.int64))
-        rec["path"] = data / r
-    return d
-
-
-_SIGNALS: dict[str, NDArray[np.float32]] = {}
-
-
-def detection_lead(path: Path) -> NDArray[np.float32]:
-    """The detection lead of a record (MLII where it has one, else the first signal), as
-    :func:`load_record` reads it; kept in memory for the next protocol."""
-    key = str(path)
-    if key not in _SIGNALS:
-        import wfdb
-
-        rec = wfdb.rdrecord(key)
-        names = list(rec.sig_name)
-        lead = names.index("MLII") if "MLII" in names else 0
-        _SIGNALS[key] = np.nan_to_num(np.asarray(rec.p_signal[:, lead], np.float32))
-    return _SIGNALS[key]
+    return out
 
 
 def stack(
     d: dict[str, dict[str, Any]], recs: list[str], lead2: bool = False, n_keep: float = 1.0,
-    seed: int = 0, drop_af: bool = False,
+    seed: int = 0,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
     """Labelled rows of ``recs`` (features, class, record index); ``lead2`` adds the rows
     with the second lead's template features; ``n_keep`` < 1 keeps that fraction of the N
-    rows (seeded per record; training only, to save time: the class weights rebalance);
-    ``drop_af`` leaves out the N and S beats inside reference AF/flutter episodes (training
-    only; :data:`AF_RHYTHMS`)."""
+    rows (seeded per record; training only, to save time: the class weights rebalance)."""
     xs, ys, gs = [], [], []
     for i, r in enumerate(recs):
         keep = d[r]["y"] >= 0
-        if drop_af and "af" in d[r]:
-            keep &= ~(d[r]["af"] & (d[r]["y"] <= 1))
         if n_keep < 1.0:
             rng = np.random.default_rng([seed, i, int(r.split("/")[1])])
             keep &= (d[r]["y"] != 0) | (rng.random(keep.size) < n_keep)
@@ -476,27 +417,18 @@ def folds(recs: list[str], k: int, seed: int) -> list[list[str]]:
     return [order[i::k] for i in range(k)]
 
 
-def rhythm_labels(
-    det: NDArray[np.int64], fs: float, labels: NDArray[np.int64], x: NDArray[Any] | None = None,
-) -> NDArray[np.int64]:
+def rhythm_labels(det: NDArray[np.int64], fs: float, labels: NDArray[np.int64]) -> NDArray[np.int64]:
     """The labels the engine publishes: the model's labels of every detection of a record
     passed through the engine's rhythm monitor
-    (:class:`telediag.engine.stages.ecg_parts.rhythm.RhythmMonitor`: the AF detector of
-    :mod:`telediag.dsp.af` with its shipped parameters and, given the detection lead ``x``,
-    its atrial gate on each beat's P-wave correlation, :func:`telediag.dsp.atrial.
-    p_wave_correlation`, as the engine measures it from its signal history), which turns
-    ``S`` into ``N`` while AF is on (AAMI EC57: beats in AF are N). Every detection is
-    treated as usable (the engine leaves beats of unusable signal out of the monitor)."""
-    from telediag.dsp.af import AFDetector
+    (:class:`telediag.engine.stages.ecg_parts.rhythm.RhythmMonitor`, the AF detector of
+    :mod:`telediag.dsp.af` with its shipped parameters), which turns ``S`` into ``N`` while
+    AF is on (AAMI EC57: beats in AF are N). Every detection is treated as usable (the engine
+    leaves beats of unusable signal out of the rhythm monitor)."""
+    from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
 
-    names: list[str | None] = [AAMI_CLASSES[int(i)] for i in labels]
-    pcorr = None
-    if x is not None:
-        from telediag.dsp.atrial import p_wave_correlation
-
-        pcorr = p_wave_correlation(x, det, names, fs)
-    _, state = AFDetector(fs).beats(det, names, None, pcorr)
-    return np.where(state & (labels == 1), 0, labels).astype(np.int64)
+    names = [AAMI_CLASSES[int(i)] for i in labels]
+    out, _ = RhythmMonitor(fs).beats(det.tolist(), list(names))
+    return np.array([AAMI_CLASSES.index(str(c)) for c in out], np.int64)
 
 
 def evaluate(
@@ -516,8 +448,7 @@ def evaluate(
         db = r.split("/")[0]
         todo = [(cms, pr.argmax(axis=1))]
         if cms_rhythm is not None:
-            x = detection_lead(d[r]["path"]) if "path" in d[r] else None
-            lab = rhythm_labels(d[r]["det"], float(d[r]["fs"]), pr_all.argmax(axis=1), x)
+            lab = rhythm_labels(d[r]["det"], float(d[r]["fs"]), pr_all.argmax(axis=1))
             todo.append((cms_rhythm, lab[keep]))
         for target, p in todo:
             cm = confusion(d[r]["y"][keep], p)
@@ -544,7 +475,7 @@ def run_protocols(
         cms: dict[str, NDArray[np.int64]] = {}
         cmr: dict[str, NDArray[np.int64]] = {}
         oof: dict[str, NDArray[np.float64]] = {}
-        evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed, a.drop_af)[:2], a), test, cms, oof, cmr)
+        evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), test, cms, oof, cmr)
         if a.oof is not None:
             np.savez(a.oof / f"{label}_{name}.npz", **oof)
         db = test[0].split("/")[0]
@@ -558,7 +489,7 @@ def run_protocols(
         oof = {}
         for f in folds(recs, a.folds, a.seed):
             train = [r for r in recs if r not in f]
-            evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed, a.drop_af)[:2], a), f, cms, oof, cmr)
+            evaluate(d, fit(*stack(d, train, a.lead2, a.n_keep, a.seed)[:2], a), f, cms, oof, cmr)
         if a.oof is not None:
             np.savez(a.oof / f"{label}_cv.npz", **oof)
         out["cv"] = {db: metrics(cms[db], missed[db]) for db in ("pooled", "mitdb", "svdb")}
@@ -623,9 +554,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="class weight (1/frequency)^p (0: none, 1: balanced)")
     ap.add_argument("--no-lead2", dest="lead2", action="store_false",
                     help="do not add the second-lead rows to training")
-    ap.add_argument("--keep-af-beats", dest="drop_af", action="store_false",
-                    help="keep the N and S beats inside reference AF/flutter in training "
-                         "(2.1.0 and before; since 2.2.0 they are left out)")
     ap.add_argument("--folds", type=int, default=5, help="record groups of the pooled CV")
     ap.add_argument("--n-keep", type=float, default=0.25,
                     help="fraction of the N training rows kept (the class weights rebalance)")
@@ -642,13 +570,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for the held-out probabilities of every protocol (.npz)")
     ap.add_argument("--no-export", action="store_true", help="protocols only")
     ap.add_argument("--previous-card", type=Path, default=None,
-                    help="card.json of the previous version (2.1.0): its protocol figures are "
-                         "kept in the new card as metrics['previous_<version>'] and its own "
-                         "before/after entries as they are (before/after)")
+                    help="card.json of the previous version: its protocol figures are kept in "
+                         "the new card as metrics['previous_2.0.0'] (before/after)")
     ap.add_argument("--rerun-previous", action="store_true",
-                    help="recompute metrics['previous_2.1.0'] (with its engine-label rows, "
-                         "today's rhythm monitor): the same protocols with the AF beats kept "
-                         "in training, i.e. 2.1.0's training data")
+                    help="recompute metrics['previous_2.0.0'] (with its engine-label rows): the "
+                         "same protocols on the first 53 columns, the 2.0.0 inputs")
     a = ap.parse_args(argv)
 
     d = load_all(a.data, a.cache)
@@ -662,20 +588,21 @@ def main(argv: list[str] | None = None) -> int:
         report["gbt"] = run_protocols(d, a, fit_gbt, "gbt")
         if a.compare_mlp:
             report["mlp"] = run_protocols(d, a, fit_mlp, "mlp")
-    if a.previous_card is not None:  # 2.1.0's figures as measured then, and its own history
+    if a.previous_card is not None:
         old = json.loads(a.previous_card.read_text())
-        for k, v in old["metrics"].items():
-            if k != "gbt" and isinstance(v, dict):
-                report.setdefault(k, v)
-        report[f"previous_{old['version']}"] = old["metrics"]["gbt"]
-    if a.rerun_previous:  # 2.1.0 = the same trees and inputs, AF beats kept in training
-        keep = argparse.Namespace(**{**vars(a), "drop_af": False})
-        report["previous_2.1.0"] = run_protocols(d, keep, fit_gbt, "2.1.0")
+        report["previous_2.0.0"] = old["metrics"]["gbt"]
+        for k in ("mlp", "comparison_lookahead3"):  # the 2.0.0 comparisons, kept as measured
+            if k in old["metrics"]:
+                report[f"{k}_2.0.0"] = old["metrics"][k]
+    if a.rerun_previous:  # 2.0.0 = the same trees on the raw columns (its builder's output)
+        raw = {r: {**v, "rr": np.ascontiguousarray(v["rr"][:, :N_RAW]),
+                   "rr2": np.ascontiguousarray(v["rr2"][:, :N_RAW])} for r, v in d.items()}
+        report["previous_2.0.0"] = run_protocols(raw, a, fit_gbt, "2.0.0")
     if a.cv_json is not None:
         a.cv_json.write_text(json.dumps(report, indent=1, allow_nan=False))
     if a.no_export:
         return 0
-    x, y, _ = stack(d, record_ids(), a.lead2, a.n_keep, a.seed, a.drop_af)
+    x, y, _ = stack(d, record_ids(), a.lead2, a.n_keep, a.seed)
     booster = float32_thresholds(fit_gbt(x, y, a))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "ecg_beats.onnx"
@@ -786,14 +713,9 @@ def write_card(
             "'gbt.with_rhythm': the same protocols on the labels the engine publishes, i.e. "
             "after its rhythm monitor (telediag.dsp.af AF detector, shipped parameters, which "
             "were chosen on the 26 MIT-BIH records here incl. DS1's 201/203) turned S into N "
-            "inside detected AF (AAMI EC57: AF beats are N); every detection fed as usable; "
-            "since 2.2.0 with the monitor's atrial gate (telediag.dsp.atrial P-wave "
-            "correlation on the detection lead, as the engine measures it). Since 2.2.0 the N "
-            "and S beats inside reference AF/flutter (DS1 201, 203) are left out of training "
-            "(training.drop_af_train; the test sets keep every beat). "
-            "'previous_2.1.0': the 2.1.0 model's protocols (with --rerun-previous recomputed "
-            "now: same inputs and trees, AF beats kept in training, today's rhythm monitor). "
-            "'previous_2.0.0': the 2.0.0 model's protocols as the 2.1.0 card recorded them. "
+            "inside detected AF (AAMI EC57: AF beats are N); every detection fed as usable. "
+            "'previous_2.0.0': the 2.0.0 model's protocols (the same trees on the 53 raw "
+            "columns, its inputs; with --rerun-previous also its engine-label rows). "
             "'baseline_1.3.0': the previous model (trained on DS1) on svdb and, as a "
             "resubstitution figure only, on its own DS1 training records. Figures of the "
             "protocols come from LightGBM on the fold models; the exported file reproduces "
@@ -815,11 +737,10 @@ def write_card(
         "training": {
             "rounds": a.rounds, "leaves": a.leaves, "lr": a.lr, "weight_power": a.weight_power,
             "lead2": a.lead2, "folds": a.folds, "seed": a.seed, "n_keep": a.n_keep,
-            "drop_af_train": a.drop_af,
             "excluded_features": [f for f in a.exclude.split(",") if f],
             "lightgbm": lightgbm.__version__, "onnxmltools": onnxmltools.__version__,
         },
-        "reproduce": 'git show 8a7f837:models/ecg_beats/card.json > /tmp/card_2.1.0.json && OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data --out models/ecg_beats --cache /tmp/ecg_beats_v21.npz --previous-card /tmp/card_2.1.0.json --rerun-previous (metrics.baseline_1.3.0, previous_2.0.0, *_2.0.0: copied from the 2.1.0 card; metrics.previous_2.1.0: recomputed with the AF beats kept in training)',
+        "reproduce": 'git show d6b9980~1:models/ecg_beats/ecg_beats.onnx > /tmp/ecg_beats_1.3.0.onnx && git show 2a5c929:models/ecg_beats/card.json > /tmp/card_2.0.0.json && OMP_NUM_THREADS=1 nice -n 15 python -m telediag.models.ecg_beats.train --data ../shared/data --out models/ecg_beats --cache /tmp/ecg_beats_v21.npz --baseline /tmp/ecg_beats_1.3.0.onnx --previous-card /tmp/card_2.0.0.json --rerun-previous (metrics.*_2.0.0: copied from the 2.0.0 card; metrics.previous_2.0.0: recomputed on the 53 raw columns, equal to the 2.0.0 card figures)',
     }
     card_path.write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
 
