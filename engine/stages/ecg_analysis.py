@@ -510,7 +510,8 @@ class EcgAnalysis(Stage):
         lead_upm = upm[p.lead] if isinstance(upm, list) else float(upm)
         self._iso_lim = ISOELECTRIC_MV * lead_upm if lead_known else None
         self._iso = False
-        self._found: deque[int] = deque(maxlen=REGULAR_RR + 1)  # the detector's latest beats, usable or not
+        self._found: deque[int] = deque(maxlen=64)  # the detector's latest beats, usable or not
+        self._n_found = 0
         self._step_lim = BASELINE_STEP_MV * lead_upm if lead_known else None
         self._last_mean: float | None = None
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
@@ -717,28 +718,32 @@ class EcgAnalysis(Stage):
         lo, hi = np.percentile(r, (5.0, 95.0))
         return bool(hi - lo < self._iso_lim)
 
-    def _regular_beats(self, decided: list[Decided]) -> list[int]:
-        """Samples of the beats in ``decided`` (usable or not) that keep a low-amplitude block from
-        counting as isoelectric: beats that end a regular run - the median of the last ``REGULAR_RR``
-        intervals between the beats the detector found lies in 0.3-2 s and their median absolute
-        deviation is under ``REGULAR_MAD`` of it - and every beat until the detector has found
-        ``REGULAR_RR + 1`` (no evidence yet either way). The detector also finds "beats" in the fine
-        noise of an isoelectric lead, but at a fast, irregular rate: 0.4 % of them end such a run on
-        30 uV noise at 360 Hz and 2 kHz, against 90 % on the 0.2 mV QRS of PhysioNet 2016 a0001's ECG,
-        which the quality scores as noise (it raised a false ASYSTOLE)."""
-        out: list[int] = []
+    def _regular_beat_in(self, b0: int, b1: int) -> bool:
+        """Whether a beat the detector found (usable or not) in samples ``[b0, b1)`` keeps that
+        low-amplitude block from counting as isoelectric: a beat that ends a regular run - the median
+        of the last ``REGULAR_RR`` intervals between found beats lies in 0.3-2 s and their median
+        absolute deviation is under ``REGULAR_MAD`` of it - or any beat while fewer than
+        ``REGULAR_RR + 1`` have been found (no evidence yet either way). The detector also finds
+        "beats" in the fine noise of an isoelectric lead, but at a fast, irregular rate: 0.4 % of them
+        end such a run on 30 uV noise at 360 Hz and 2 kHz, against 90 % on the 0.2 mV QRS of PhysioNet
+        2016 a0001's ECG, which the quality scores as noise (it raised a false ASYSTOLE)."""
         found = self._found
-        fs = self._fs
-        for d in decided:
-            found.append(int(d[0]))
-            if len(found) < REGULAR_RR + 1:
-                out.append(int(d[0]))
+        n = len(found)
+        for i in range(n - 1, -1, -1):
+            s = found[i]
+            if s < b0:
+                break
+            if s >= b1:
                 continue
-            rr = np.diff(np.asarray(found, dtype=np.float64)) / fs
+            if self._n_found - (n - 1 - i) < REGULAR_RR + 1:
+                return True
+            if i < REGULAR_RR:
+                continue
+            rr = np.diff(np.asarray([found[j] for j in range(i - REGULAR_RR, i + 1)], dtype=np.float64)) / self._fs
             m = float(np.median(rr))
             if 0.3 <= m <= 2.0 and float(np.median(np.abs(rr - m))) < REGULAR_MAD * m:
-                out.append(int(d[0]))
-        return out
+                return True
+        return False
 
     def _baseline_step(self, b0: int, hop: int) -> bool:
         """Whether the detection lead's mean moved by more than ``BASELINE_STEP_MV`` from the
@@ -795,14 +800,16 @@ class EcgAnalysis(Stage):
             usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * rows.block_start.size
             starts = rows.block_start.tolist()
             block_flags = rows.flags[:, p.lead].tolist()
-            regular = self._regular_beats(decided)
+            if decided:  # the detector's beats, usable or not, for the isoelectric test
+                self._found.extend(d[0] for d in decided)
+                self._n_found += len(decided)
             for b0, ok, fl in zip(starts, usable, block_flags, strict=True):
                 if st.alarms is not None:
                     # a connected, isoelectric lead is what asystole looks like: usable for asystole,
                     # unless the detector keeps finding beats in a regular rhythm there (a low-voltage
                     # ECG that the quality scores as noise is not asystole)
-                    self._iso = (not ok and not any(b0 <= s < b0 + hop for s in regular)
-                                 and self._isoelectric(b0, hop, fl))
+                    self._iso = (not ok and self._isoelectric(b0, hop, fl)
+                                 and not self._regular_beat_in(b0, b0 + hop))
                     step = self._baseline_step(b0, hop)
                     st.alarms.signal(b0, b0 + hop, (ok or self._iso) and not step)
                 st.rhythm.signal(b0, b0 + hop, ok)
