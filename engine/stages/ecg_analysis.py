@@ -53,6 +53,30 @@ sample) / fs``; these are properties of the sample stream, identical for any chu
 the end of the stream (:meth:`EcgAnalysis.close`) the beats still pending are decided on the
 latest verdict.
 
+Analysis lead
+-------------
+``lead`` is the *preferred* lead. With ``lead_fallback`` (default) and two or more leads, when the
+analysis lead has been unusable for ``alarm_technical_s`` (the technical alarm's delay, whole quality
+blocks) detection moves, at the end of that block, to the preferred lead if it was usable over that
+time, else to the usable lead with the best mean SQI, else - when the analysis lead is off (leads-off,
+flat line, saturation) - to a connected isoelectric lead that was usable in at least half of the last
+``LEAD_TRUST_BLOCKS`` blocks (asystole must still be recognised: a lead that never showed a usable ECG,
+such as MIT-BIH 101's 0.07 mV V1, is no witness). It returns to the preferred lead once that has been
+usable for ``LEAD_RETURN_S`` (10 s): the beat classifier and the AF tuning are for the preferred
+(MLII-like) lead, and the hysteresis keeps an intermittent electrode from making analysis flap. The new
+lead's :class:`~telediag.dsp.qrs.QRSDetector` first runs over that lead's last ``learn_s`` +
+``LEAD_WARM_S`` seconds of :class:`SignalHistory`, so its learning period is over at the switch; it
+contributes the beats from the switch on, plus those the old detector could no longer confirm (R peaks
+less than its confirmation bound before the switch, outside its refractory period). The switch sample
+is the end of a quality block, so the result does not depend on the chunking. The technical alarm
+stays on the preferred lead; the quality verdict, the isoelectric and baseline-step tests, AF's P-wave
+template (one per lead) and ``signal_ok`` follow the analysis lead. The classifier always reads the
+preferred lead: beats found on another are published unlabelled, and after the return the first 16
+labelled beats start no ventricular run and count for no ectopy (its running template holds the
+other lead's beat positions). Each switch is an ``event`` ``analysis_lead``; ``beats`` records name the
+lead their beats were found on (one record per lead); a physiological alarm names the analysis lead at
+its onset. Nothing of this runs while the preferred lead is usable (one ``all()`` per quality block).
+
 Published records (topic ``<kind>/<stream>``; ``stream`` is the input stream's id)
 ------------------------------------------------------------------------------------
 ``beats``   ``{"beats": [{"sample", "t_ns", "confirm_sample", "release_sample",
@@ -115,6 +139,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -177,11 +202,32 @@ REGULAR_MAD = 0.05
 """Beats found in a regular run (:meth:`EcgAnalysis._regular_beats`) keep a low-amplitude block from
 counting as isoelectric for asystole."""
 _NOISE_BITS = (1 << 3) | (1 << 7)  # quality flags: heavy_noise in the block, heavy_noise event active
+LEAD_RETURN_S = 10.0
+"""Analysis-lead fallback: the preferred lead must have been usable this long (s, in whole quality
+blocks) before analysis returns to it (hysteresis against flapping on an intermittent electrode)."""
+LEAD_WARM_S = 1.0
+"""A detector started on a new analysis lead first runs over that lead's last ``learn_s`` + this
+many seconds (from the signal history), so its learning period is over when it takes over."""
+LEAD_TRUST_BLOCKS = 60
+"""A connected isoelectric lead is a fallback (for asystole) only when it was usable in at least
+half of the last this many quality blocks: a lead that never showed a usable ECG (MIT-BIH 101's
+0.07 mV V1) is no witness of asystole."""
 """A ``t0_ns`` off by less than this (s), on a chunk whose ``seq`` follows the previous one, is
 timestamp jitter (no samples were lost in transport; a lost stretch this short cannot hold a whole
 QRS complex): the sample count goes on (no new :class:`Timeline` anchor, so published indices do
 not skip), and the alarms and the AF detector go on measuring intervals across it."""
 _UNITS_PER_MV = {"mv": 1.0, "uv": 1000.0, "µv": 1000.0, "μv": 1000.0, "v": 0.001}
+
+
+def _iso_range(y: NDArray[np.float64], lim: float) -> bool:
+    """Whether the finite samples ``y`` (one quality block of one lead), detrended, have a 5-95 %
+    range under ``lim`` (an isoelectric line)."""
+    if not np.isfinite(y).all():
+        return False
+    t = np.arange(y.size, dtype=np.float64)
+    r = y - np.polyval(np.polyfit(t, y, 1), t)
+    lo, hi = np.percentile(r, (5.0, 95.0))
+    return bool(hi - lo < lim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +239,13 @@ class EcgAnalysisParams(StageParams):
     publish : bool
         Publish the (unchanged) input signal again; default false.
     lead : int
-        Index of the lead the QRS detector runs on (default 0).
+        Index of the preferred lead: the QRS detector runs on it (default 0) while it is usable.
+    lead_fallback : bool
+        Analysis-lead fallback (default true): when the analysis lead has been unusable for
+        ``alarm_technical_s`` and another lead is usable (or, when the analysis lead is off, is a
+        connected isoelectric line that was usable most of the last minute), detection, rate, rhythm and alarms move to the best
+        such lead, and back to ``lead`` once it has been usable for ``LEAD_RETURN_S`` (10 s); see
+        "Analysis lead" in the module docstring. The technical alarm stays on ``lead``.
     qrs : dict
         Overrides of :class:`telediag.dsp.qrs.QRSParams` fields, e.g.
         ``qrs = { threshold_frac = 0.3 }``.
@@ -264,6 +316,7 @@ class EcgAnalysisParams(StageParams):
 
     publish: bool = False
     lead: int = 0
+    lead_fallback: bool = True
     qrs: dict[str, Any] = field(default_factory=dict)
     hr_intervals: int = 8
     hr_rule: str = "median"
@@ -304,7 +357,7 @@ class EcgAnalysisParams(StageParams):
     af_cv_min: float = 0.4
     af_tpr_min: float = 0.6
     af_lag_min: float = 0.16
-    af_p_on: float = 0.5
+    af_p_on: float = 0.3
     af_p_off: float = 0.6
 
     def af_params(self) -> AFParams:
@@ -335,6 +388,8 @@ class EcgAnalysisParams(StageParams):
             raise ValueError(f"classifier_threads must be an int in 1..64, got {self.classifier_threads!r}")
         if isinstance(self.lead, bool) or not isinstance(self.lead, int) or self.lead < 0:
             raise ValueError(f"lead must be an int >= 0, got {self.lead!r}")
+        if not isinstance(self.lead_fallback, bool):
+            raise ValueError(f"lead_fallback must be true or false, got {self.lead_fallback!r}")
         if not isinstance(self.qrs, Mapping):
             raise ValueError(f"qrs must be a table of QRSParams overrides, got {self.qrs!r}")
         known = {f.name for f in fields(QRSParams)}
@@ -512,8 +567,25 @@ class EcgAnalysis(Stage):
         self._iso = False
         self._found: deque[int] = deque(maxlen=64)  # the detector's latest beats, usable or not
         self._n_found = 0
+        self._found_rel: deque[int] = deque(maxlen=64)  # ... and the sample that released each
         self._step_lim = BASELINE_STEP_MV * lead_upm if lead_known else None
         self._last_mean: float | None = None
+        # analysis-lead fallback (per lead: the isoelectric and baseline-step limits)
+        upms = upm if isinstance(upm, list) else [float(upm)] * n_ch
+        self._iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
+        self._step_lims = [BASELINE_STEP_MV * upms[k] if known[k] else None for k in range(n_ch)]
+        self._fallback = p.lead_fallback and n_ch > 1
+        self._alead = p.lead  # the analysis (detection) lead now
+        self._bad = 0  # consecutive unusable blocks of the analysis lead
+        self._pref_ok = 0  # consecutive usable blocks of the preferred lead (while on another)
+        self._recent: deque[tuple[Any, Any, Any, Any]] = deque(maxlen=LEAD_TRUST_BLOCKS)
+        self._sw_at: list[int] = []  # sample where each analysis-lead change took effect ...
+        self._sw_lead: list[int] = []  # ... and the lead from there on
+        self._det_off = 0  # received index of the current detector's first sample
+        self._cut = 0  # the current detector's beats before this sample are not used
+        self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
+        self._last_det = -(1 << 62)  # the latest beat any detector gave
+        self._step_lead = p.lead
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -571,6 +643,9 @@ class EcgAnalysis(Stage):
         self.spec = spec
         self._stream = spec.stream
         self._lead_name = spec.channels[p.lead] if spec.channels else str(p.lead)
+        self._names = [spec.channels[k] if k < len(spec.channels) else str(k) for k in range(n_ch)]
+        self._n_tech = n_tech
+        self._n_return = max(1, math.ceil(LEAD_RETURN_S * fs / hop - 1e-9))
         return spec
 
     @property
@@ -625,17 +700,28 @@ class EcgAnalysis(Stage):
             if st.alarms is not None:
                 st.alarms.gap(start)
             st.rhythm.gap(start)
+        rows, events = st.gate.assess(x)
+        switched = self._leads(rows, x, start) if self._fallback and rows.block_start.size else None
+        if switched:
+            beats, confirm = self._detect_switching(x, start, switched)
+        else:
+            beats, confirm = st.detector.process_with_confirm(x[:, self._alead])
+            if self._sw_at:
+                beats, confirm = self._shift(beats, confirm)
+            elif beats.size:
+                self._last_det = int(beats[-1])
         st.history.push(x)
         lead = self.params.lead  # type: ignore[attr-defined]
-        beats, confirm = st.detector.process_with_confirm(x[:, lead])
-        rows, events = st.gate.assess(x)
         st.n_seen = start + n
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=False)
         lab = st.labeller
         if lab is None or not lab.active:
             out = Outputs(signal=chunk)
-            self._emit(out, decided, [(*d, None, None) for d in decided], rows, events, end=st.n_seen, final=False)
+            self._emit(out, decided, [(*d, None, None) for d in decided], rows, events, end=st.n_seen, final=False,
+                       switched=switched)
             return out
+        # the classifier always reads the preferred lead (it is trained on MLII-like leads; the labels of
+        # beats found on another lead are not published, see _emit)
         feats = lab.push(x[:, lead], decided, final=False)
         end = st.n_seen
         if self.batching and feats is not None and len(feats):
@@ -643,15 +729,198 @@ class EcgAnalysis(Stage):
             def resume(result: Any) -> Outputs:
                 rest = Outputs()
                 self._emit(rest, decided, lab.finish(feats, result, n_seen=end, final=False), rows, events,
-                           end=end, final=False, late=True)
+                           end=end, final=False, late=True, switched=switched)
                 return rest
 
             return Outputs(signal=chunk, deferred=Deferred(("ecg_beats", self._clf_key), classify_batch,
                                                             (lab.clf, feats), resume))
         out = Outputs(signal=chunk)
         self._emit(out, decided, lab.finish(feats, None, n_seen=end, final=False), rows, events, end=end,
-                   final=False, late=True)
+                   final=False, late=True, switched=switched)
         return out
+
+    # -- analysis-lead fallback -------------------------------------------------------------
+    def _lead_at(self, sample: int) -> int:
+        """The analysis lead in force at received sample ``sample``."""
+        at = self._sw_at
+        if not at or sample < at[0]:
+            return self.params.lead  # type: ignore[attr-defined,no-any-return]
+        return self._sw_lead[bisect.bisect_right(at, sample) - 1]
+
+    def _seg_start(self, sample: int) -> int:
+        """Received sample where the analysis lead in force at ``sample`` took over (0: the start)."""
+        at = self._sw_at
+        if not at or sample < at[0]:
+            return 0
+        return at[bisect.bisect_right(at, sample) - 1]
+
+    def _lead_samples(self, lead: int, a: int, b: int, x: NDArray[np.float64], start: int
+                      ) -> NDArray[np.float64] | None:
+        """Samples ``[a, b)`` of ``lead``: from the history (before ``start``) and the chunk ``x``
+        (from ``start``), before the chunk is pushed to the history; ``None`` if not all held."""
+        parts = []
+        if a < start:
+            w = self.state.history.window(a, min(b, start))
+            if w is None:
+                return None
+            parts.append(w[:, lead])
+        if b > start:
+            parts.append(x[max(a, start) - start:b - start, lead])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _leads(self, rows: SQIUpdate, x: NDArray[np.float64], start: int) -> list[tuple[int, int, int, str]] | None:
+        """Follow the analysis lead over this chunk's quality blocks; the switches decided, as
+        ``(sample, from, to, reason)`` (they take effect at the end of the block that decided them).
+
+        The analysis lead moves when it has been unusable for ``alarm_technical_s`` (the technical
+        alarm's delay) to the preferred lead if that is usable over that time, else to the usable lead
+        with the best mean SQI over it, else - when the analysis lead is off (leads-off, flat line or
+        saturation, not mere noise) - to a lead that is a connected isoelectric line over it and was
+        usable in at least half of the last ``LEAD_TRUST_BLOCKS`` blocks (so that asystole is still
+        recognised). It returns to
+        the preferred lead once that has been usable for ``LEAD_RETURN_S``."""
+        u = rows.usable
+        al, pref = self._alead, self.params.lead  # type: ignore[attr-defined]
+        self._recent.append((rows.block_start, u, rows.sqi, rows.flags))
+        if al == pref and self._bad == 0 and bool(u[:, al].all()):
+            return None  # the usual case: the preferred lead usable throughout
+        hop = self.state.gate.hop
+        starts = rows.block_start.tolist()
+        ok_l = u.tolist()
+        out: list[tuple[int, int, int, str]] = []
+        for i, b0 in enumerate(starts):
+            self._bad = 0 if ok_l[i][al] else self._bad + 1
+            if al != pref:
+                self._pref_ok = self._pref_ok + 1 if ok_l[i][pref] else 0
+            new, why = -1, ""
+            if self._bad >= self._n_tech:
+                new, why = self._candidate(al, len(starts) - 1 - i, x, start, hop)
+            elif al != pref and self._pref_ok >= self._n_return:
+                new, why = pref, "preferred_usable"
+            if new < 0 or new == al:
+                continue
+            t = b0 + hop
+            out.append((t, al, new, why))
+            self._switch(t, new, {b // hop: bool(ok_l[j][new]) for j, b in enumerate(starts) if j > i})
+            al = new
+        return out
+
+    def _candidate(self, al: int, later: int, x: NDArray[np.float64], start: int, hop: int) -> tuple[int, str]:
+        """The lead to analyse instead of ``al`` (unusable for the last ``n_tech`` blocks of the recent
+        rows, minus the ``later`` blocks of this chunk not reached yet), or ``(-1, "")``."""
+        n_tech = self._n_tech
+        rec = list(self._recent)
+        starts = np.concatenate([r[0] for r in rec])
+        usable = np.concatenate([r[1] for r in rec])
+        sqi = np.concatenate([r[2] for r in rec])
+        flags = np.concatenate([r[3] for r in rec])
+        if later:
+            starts, usable, sqi, flags = starts[:-later], usable[:-later], sqi[:-later], flags[:-later]
+        if starts.size < n_tech:
+            return -1, ""
+        last = slice(starts.size - n_tech, starts.size)
+        pref = self.params.lead  # type: ignore[attr-defined]
+        ok: NDArray[np.bool_] = np.asarray(usable[last].all(axis=0))
+        ok[al] = False
+        if ok.any():
+            if ok[pref]:
+                return pref, "unusable"
+            m = np.where(ok, np.nan_to_num(sqi[last], nan=0.0).mean(axis=0), -1.0)
+            return int(np.argmax(m)), "unusable"
+        # no usable lead: a connected isoelectric one (asystole), only when the analysis lead is off
+        # (leads-off, flat line or saturation: not just noisy or isoelectric itself - a lead whose narrow QRS
+        # fall outside the 5-95 % range would pass for isoelectric without a detector run on it)
+        if not int(flags[-1, al]) & ~_NOISE_BITS:
+            return -1, ""
+        trust = usable[-LEAD_TRUST_BLOCKS:].mean(axis=0)
+        best, best_trust = -1, 0.5
+        for k in range(usable.shape[1]):
+            if k == al or trust[k] < best_trust:
+                continue
+            if all(self._iso_at(k, int(b), hop, int(f), x, start)
+                   for b, f in zip(starts[last].tolist(), flags[last, k].tolist(), strict=True)):
+                best, best_trust = k, float(trust[k])
+        return (best, "isoelectric") if best >= 0 else (-1, "")
+
+    def _iso_at(self, lead: int, b0: int, hop: int, flags: int, x: NDArray[np.float64], start: int) -> bool:
+        """Whether block ``b0`` of ``lead`` is a connected isoelectric line (see :meth:`_isoelectric`),
+        read before the chunk ``x`` is pushed to the history."""
+        lim = self._iso_lims[lead]
+        if flags & ~_NOISE_BITS or lim is None:
+            return False
+        y = self._lead_samples(lead, b0, b0 + hop, x, start)
+        return y is not None and _iso_range(y, lim)
+
+    def _switch(self, t: int, lead: int, verdicts: dict[int, bool]) -> None:
+        """Make ``lead`` the analysis lead from received sample ``t`` on."""
+        st = self.state
+        pref = self.params.lead  # type: ignore[attr-defined]
+        self._sw_at.append(t)
+        self._sw_lead.append(lead)
+        if len(self._sw_at) > 4096:  # the recent switches are enough (alarm onsets, pending beats)
+            del self._sw_at[:2048], self._sw_lead[:2048]
+        self._alead = lead
+        self._bad = 0
+        self._pref_ok = 0
+        st.gate.switch(lead, verdicts)
+        st.rhythm.set_lead(lead, t)
+        if lead == pref and st.alarms is not None:
+            # the classifier's running template holds beats found on the other lead (their windows
+            # on this one): no ventricular run or ectopy from the first beats after the return
+            st.alarms.state.settle_from = t
+
+    def _shift(self, beats: IntArray, confirm: IntArray) -> tuple[IntArray, IntArray]:
+        """The current detector's beats in received indices: its offset added, those before the
+        takeover cut, no confirmation before its takeover."""
+        b, c = beats + self._det_off, confirm + self._det_off
+        if b.size and b[0] < self._cut:
+            keep = b >= self._cut
+            b, c = b[keep], c[keep]
+        if c.size and c[0] < self._clamp:
+            c = np.maximum(c, self._clamp)
+        if b.size:
+            self._last_det = int(b[-1])
+        return b, c
+
+    def _detect_switching(self, x: NDArray[np.float64], start: int, switched: list[tuple[int, int, int, str]]
+                          ) -> tuple[IntArray, IntArray]:
+        """Detection over a chunk in which the analysis lead changes: the old detector runs up to the
+        switch, a new one on the new lead after a warm-up over that lead's recent history (its learning
+        period), taking the beats from the switch on (and those the old detector could no longer
+        confirm: R peaks less than its confirmation bound before the switch, not within a refractory
+        period of its last beat)."""
+        st = self.state
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        fs = self._fs
+        bs: list[IntArray] = []
+        cs: list[IntArray] = []
+        pos = start
+        for t, old, new, _ in switched:
+            b, c = st.detector.process_with_confirm(x[pos - start:t - start, old])
+            b, c = self._shift(b, c)
+            bs.append(b)
+            cs.append(c)
+            bound = round(st.detector.detection_delay_s * fs)
+            det = QRSDetector(fs, **dict(p.qrs))
+            warm = round((det.params.learn_s + LEAD_WARM_S) * fs)
+            w0 = max(t - warm, start - st.history.buf.shape[0], 0)
+            y = self._lead_samples(new, w0, t, x, start)
+            if y is None:  # not held (cannot happen: the history holds at least the warm-up)
+                w0, y = t, np.empty(0)
+            st.detector = det
+            self._det_off = w0
+            self._cut = max(t - bound, self._last_det + round(det.params.refractory_s * fs))
+            self._clamp = t - 1  # beats found in the warm-up are known when the switch is decided
+            b, c = det.process_with_confirm(y)
+            b, c = self._shift(b, c)
+            bs.append(b)
+            cs.append(c)
+            pos = t
+        b, c = self._shift(*st.detector.process_with_confirm(x[pos - start:, switched[-1][2]]))
+        bs.append(b)
+        cs.append(c)
+        return np.concatenate(bs), np.concatenate(cs)
 
     def close(self) -> Outputs:
         st = self.state
@@ -660,6 +929,8 @@ class EcgAnalysis(Stage):
             return out
         st.closed = True
         beats, confirm = st.detector.flush_with_confirm()
+        if self._sw_at:
+            beats, confirm = self._shift(beats, confirm)
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=True)
         lab = st.labeller
         late = lab is not None and lab.active
@@ -699,24 +970,19 @@ class EcgAnalysis(Stage):
             body = {**self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset))), **why}
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
 
-    def _isoelectric(self, b0: int, hop: int, flags: int) -> bool:
+    def _isoelectric(self, b0: int, hop: int, flags: int, lead: int) -> bool:
         """Whether quality block ``b0`` of the detection lead, unusable, is a connected isoelectric
         line: no leads-off, flat-line or saturation flag (only low SQI / heavy noise: a trace without
         QRS complexes scores as noise) and, detrended, a 5-95 % range under ``ISOELECTRIC_MV``.
         Such a block counts as usable for asystole and pause (IEC 60601-2-27: a connected lead
         without QRS is asystole, not a technical condition); brady/tachy and AF still skip it."""
-        if flags & ~_NOISE_BITS or self._iso_lim is None:
+        lim = self._iso_lims[lead]
+        if flags & ~_NOISE_BITS or lim is None:
             return False
         w = self.state.history.window(b0, b0 + hop)
         if w is None:
             return False
-        y = w[:, self.params.lead]  # type: ignore[attr-defined]
-        if not np.isfinite(y).all():
-            return False
-        t = np.arange(y.size, dtype=np.float64)
-        r = y - np.polyval(np.polyfit(t, y, 1), t)
-        lo, hi = np.percentile(r, (5.0, 95.0))
-        return bool(hi - lo < self._iso_lim)
+        return _iso_range(w[:, lead], lim)
 
     def _regular_beat_in(self, b0: int, b1: int) -> bool:
         """Whether a beat the detector found (usable or not) in samples ``[b0, b1)`` keeps that
@@ -727,16 +993,24 @@ class EcgAnalysis(Stage):
         "beats" in the fine noise of an isoelectric lead, but at a fast, irregular rate: 0.4 % of them
         end such a run on 30 uV noise at 360 Hz and 2 kHz, against 90 % on the 0.2 mV QRS of PhysioNet
         2016 a0001's ECG, which the quality scores as noise (it raised a false ASYSTOLE)."""
-        found = self._found
+        found, rel = self._found, self._found_rel
         n = len(found)
+        seg = self._seg_start(b0)  # only beats found on the lead analysed in this block count
         for i in range(n - 1, -1, -1):
             s = found[i]
             if s < b0:
                 break
-            if s >= b1:
+            if s >= b1 or rel[i] >= b1:  # only the beats known when the block's last sample came (chunking)
                 continue
-            if self._n_found - (n - 1 - i) < REGULAR_RR + 1:
-                return True
+            if not seg:
+                if self._n_found - (n - 1 - i) < REGULAR_RR + 1:  # beats found up to this one
+                    return True
+            else:  # on a lead analysed since a switch, only a regular run of beats found on it counts: the
+                # switch to a lead without a usable ECG needs that lead usable most of the last minute, so
+                # it is no chronically low-voltage one, and its first beats must not delay asystole
+                k = sum(1 for j in range(i + 1) if found[j] >= seg)
+                if k < REGULAR_RR + 1 and not (n == found.maxlen and found[0] >= seg):
+                    continue
             if i < REGULAR_RR:
                 continue
             rr = np.diff(np.asarray([found[j] for j in range(i - REGULAR_RR, i + 1)], dtype=np.float64)) / self._fs
@@ -745,33 +1019,39 @@ class EcgAnalysis(Stage):
                 return True
         return False
 
-    def _baseline_step(self, b0: int, hop: int) -> bool:
+    def _baseline_step(self, b0: int, hop: int, lead: int) -> bool:
         """Whether the detection lead's mean moved by more than ``BASELINE_STEP_MV`` from the
         previous quality block to this one (an electrode pop or amplifier recovery: the QRS can
         shrink to nothing on this lead for seconds while the heart beats); such a block is not
         usable for asystole and pause. Remembers this block's mean."""
-        if self._step_lim is None:
+        if lead != self._step_lead:  # another analysis lead: its own baseline
+            self._step_lead, self._last_mean = lead, None
+        lim = self._step_lims[lead]
+        if lim is None:
             return False
         w = self.state.history.window(b0, b0 + hop)
         if w is None:
             self._last_mean = None
             return False
-        m = float(np.mean(w[:, self.params.lead]))  # type: ignore[attr-defined]
+        m = float(np.mean(w[:, lead]))
         prev, self._last_mean = self._last_mean, (m if math.isfinite(m) else None)
-        return prev is not None and math.isfinite(m) and abs(m - prev) > self._step_lim
+        return prev is not None and math.isfinite(m) and abs(m - prev) > lim
 
     def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
         stamp = self._stamp
+        # technical: the preferred lead (its electrode); physiological: the analysis lead at onset
+        lead = self._lead_name if not self._sw_at or a.type in TECHNICAL else self._names[self._lead_at(a.onset)]
         on_src, on_t = stamp(a.onset)
         return {"type": a.type, "state": a.state, "onset_sample": on_src, "onset_ns": on_t,
                 "end_sample": None if a.end is None else stamp(a.end)[0],
                 "end_ns": None if a.end is None else stamp(a.end)[1],
-                "detail": a.detail, "lead": self._lead_name,
+                "detail": a.detail, "lead": lead,
                 "category": "technical" if a.type in TECHNICAL else "physiological"}
 
     # -- outputs --------------------------------------------------------------------------
     def _emit(self, out: Outputs, decided: list[Decided], labelled: list[Labelled], rows: SQIUpdate,
-              events: list[QualityEvent], *, end: int, final: bool, late: bool = False) -> None:
+              events: list[QualityEvent], *, end: int, final: bool, late: bool = False,
+              switched: list[tuple[int, int, int, str]] | None = None) -> None:
         """Publish this chunk's beats, heart rate, HRV, quality, rhythm and alarms.
 
         ``decided`` are the beats as the quality gate released them: the usable ones feed the
@@ -792,30 +1072,52 @@ class EcgAnalysis(Stage):
             out.records.append(Chunk.record("event", self._stream, 0, t, {
                 "type": "classifier_unavailable", "stream": self._stream, "sample": src, "t_ns": t,
                 "detail": problem[:500]}))
+        if switched:  # the analysis lead changed (analysis_lead events, before what follows from it)
+            for t, old, new, why in switched:
+                src, t_ns = stamp(t)
+                out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
+                    "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
+                    "from": self._names[old], "from_channel": old, "to": self._names[new], "to_channel": new,
+                    "preferred": self._lead_name, "preferred_channel": p.lead, "reason": why}))
         if not (decided or labelled or events or final or rows.block_start.size) and st.rate.next_tick > end - 1:
             return  # nothing released, assessed or due in this chunk (most short chunks): nothing to publish
         alarm_events: list[AlarmEvent] = []
         hop = st.gate.hop
+        if decided:  # the detector's beats, usable or not, for the isoelectric test (in every chunk: a beat
+            # decided in a chunk that completes no block was left out, and the test depended on the chunking)
+            self._found.extend(d[0] for d in decided)
+            self._found_rel.extend(d[2] for d in decided)
+            self._n_found += len(decided)
         if rows.block_start.size:
-            usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * rows.block_start.size
             starts = rows.block_start.tolist()
-            block_flags = rows.flags[:, p.lead].tolist()
-            if decided:  # the detector's beats, usable or not, for the isoelectric test
-                self._found.extend(d[0] for d in decided)
-                self._n_found += len(decided)
-            for b0, ok, fl in zip(starts, usable, block_flags, strict=True):
+            if not self._sw_at:
+                leads = None
+                usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * len(starts)
+                block_flags = rows.flags[:, p.lead].tolist()
+            else:  # each block on the lead analysed there
+                leads = [self._lead_at(b0) for b0 in starts]
+                rng = range(len(starts))
+                usable = rows.usable[rng, leads].tolist() if p.suppress_unusable else [True] * len(starts)
+                block_flags = rows.flags[rng, leads].tolist()
+            for k, (b0, ok, fl) in enumerate(zip(starts, usable, block_flags, strict=True)):
                 if st.alarms is not None:
                     # a connected, isoelectric lead is what asystole looks like: usable for asystole,
                     # unless the detector keeps finding beats in a regular rhythm there (a low-voltage
                     # ECG that the quality scores as noise is not asystole)
-                    self._iso = (not ok and self._isoelectric(b0, hop, fl)
+                    bl = p.lead if leads is None else leads[k]
+                    self._iso = (not ok and self._isoelectric(b0, hop, fl, bl)
                                  and not self._regular_beat_in(b0, b0 + hop))
-                    step = self._baseline_step(b0, hop)
+                    step = self._baseline_step(b0, hop, bl)
                     st.alarms.signal(b0, b0 + hop, (ok or self._iso) and not step)
                 st.rhythm.signal(b0, b0 + hop, ok)
-            if st.technical is not None:
-                alarm_events += st.technical.blocks(starts, usable, rows.flags[:, p.lead].tolist())
+            if st.technical is not None:  # on the preferred lead, whichever lead is analysed
+                pref_ok = usable if leads is None else (rows.usable[:, p.lead].tolist() if p.suppress_unusable
+                                                        else [True] * len(starts))
+                alarm_events += st.technical.blocks(starts, pref_ok, rows.flags[:, p.lead].tolist())
         hr_beats = [d for d in decided if d[3]]
+        if self._sw_at and labelled and (self._alead != p.lead or labelled[0][0] < self._sw_at[-1]):
+            # the classifier reads the preferred lead: a beat found on another lead has no label
+            labelled = [b if self._lead_at(b[0]) == p.lead else (*b[:4], None, None) for b in labelled]
         good = [b for b in labelled if b[3]]
         labels = [b[4] for b in good]
         if good:  # rhythm: AF episodes; an S beat inside AF is an AF beat (label N)
@@ -829,7 +1131,7 @@ class EcgAnalysis(Stage):
             all_probs = [b[5] for b in labelled]
             if self.beat_hooks:
                 batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
-                                  all_probs, fs, self.spec.channels if self.spec else (), p.lead,
+                                  all_probs, fs, self.spec.channels if self.spec else (), self._alead,
                                   st.history, [b[3] for b in labelled])
                 for hook in self.beat_hooks:
                     hook(batch)
@@ -890,10 +1192,21 @@ class EcgAnalysis(Stage):
         feed(1 << 62)  # releases after the last tick of this chunk
         counters = {"beats": st.n_beats, "unusable": st.n_unusable, "suppressed": st.n_unusable}
         if beat_dicts:
-            out.records.append(Chunk.record("beats", self._stream, 0, beat_dicts[0]["t_ns"], {
-                "beats": beat_dicts, "lead": self._lead_name, "channel": p.lead, "fs": fs,
-                "quality_hold": p.quality_hold, "counters": counters,
-            }))
+            if not self._sw_at:
+                groups = [(p.lead, beat_dicts)]
+            else:  # one record per run of beats found on the same lead
+                groups = []
+                for (s, *_), bd in zip(labelled, beat_dicts, strict=True):
+                    k = self._lead_at(s)
+                    if groups and groups[-1][0] == k:
+                        groups[-1][1].append(bd)
+                    else:
+                        groups.append((k, [bd]))
+            for k, bds in groups:
+                out.records.append(Chunk.record("beats", self._stream, 0, bds[0]["t_ns"], {
+                    "beats": bds, "lead": self._names[k], "channel": k, "fs": fs,
+                    "quality_hold": p.quality_hold, "counters": counters,
+                }))
         if hr_readings:
             out.records.append(Chunk.record("hr", self._stream, 0, hr_readings[0]["t_ns"], {
                 "readings": hr_readings, "rule": p.hr_rule, "n_intervals": p.hr_intervals,

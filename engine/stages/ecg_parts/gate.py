@@ -61,6 +61,13 @@ class QualityGate:
                     del self.verdicts[b]
         return rows, events
 
+    def switch(self, lead: int, blocks: dict[int, bool]) -> None:
+        """The detection lead is now ``lead``: later blocks are assessed on it, and ``blocks``
+        (block index -> usable on ``lead``) replaces the verdicts of blocks already assessed
+        that lie after the switch (the stage's analysis-lead fallback)."""
+        self.lead = lead
+        self.verdicts.update(blocks)
+
     def verdict(self, block: int) -> bool:
         """Usable verdict of ``block``, or of the latest assessed block before it."""
         if not self.suppress:

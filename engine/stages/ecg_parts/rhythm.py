@@ -7,11 +7,14 @@ every beat is conducted from a fibrillating atrium, so "premature supraventricul
 meaning (AAMI EC57 counts AF beats as N). Intervals that span unusable signal or a gap are
 not measured. Given the stage's signal history, it also measures each beat's P-wave
 correlation (:mod:`telediag.dsp.atrial`) on the detection lead: AF needs the P waves to be
-absent as well as the RR intervals to be irregular.
+absent as well as the RR intervals to be irregular. When the stage moves detection to another
+lead (:meth:`RhythmMonitor.set_lead`), each beat is measured on the lead it was detected on,
+against that lead's own P-wave template (a template is never shared between leads).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 
 import numpy as np
@@ -45,6 +48,9 @@ class RhythmMonitor:
         self.history = history
         self.lead = lead
         self.pwave = PWaveTracker(fs) if history is not None else None
+        self.trackers: dict[int, PWaveTracker] = {}  # other leads' trackers (after set_lead)
+        self.lead_from: list[int] = []  # sample where each lead change took effect ...
+        self.lead_to: list[int] = []  # ... and the lead from there on
         self.spans: deque[tuple[int, int]] = deque()
         self.onset: int | None = None
         self.last: int | None = None
@@ -54,6 +60,18 @@ class RhythmMonitor:
         self.history = history
         self.lead = lead
         self.pwave = PWaveTracker(self.det.fs)
+        self.trackers = {lead: self.pwave}
+
+    def set_lead(self, lead: int, sample: int) -> None:
+        """Beats from ``sample`` on are detected on ``lead`` (their P waves are measured there)."""
+        if self.pwave is None:
+            return
+        if not self.lead_from:
+            self.trackers.setdefault(self.lead, self.pwave)
+        self.lead_from.append(int(sample))
+        self.lead_to.append(int(lead))
+        if len(self.lead_from) > 1024:  # keep the recent changes (beats arrive in order)
+            del self.lead_from[:512], self.lead_to[:512]
 
     def signal(self, start: int, stop: int, usable: bool) -> None:
         """Report a quality block ``[start, stop)``."""
@@ -106,4 +124,21 @@ class RhythmMonitor:
         h, tr = self.history, self.pwave
         if h is None or tr is None:
             return None
-        return tr.from_ring(h.buf, h.end, self.lead, np.array(samples, np.int64), labels)
+        if not self.lead_from:
+            return tr.from_ring(h.buf, h.end, self.lead, np.array(samples, np.int64), labels)
+        # beats around a lead change: each run of beats on its own lead, with that lead's template
+        out = np.empty(len(samples))
+        i = 0
+        while i < len(samples):
+            k = bisect.bisect_right(self.lead_from, samples[i]) - 1
+            lead = self.lead if k < 0 else self.lead_to[k]
+            stop = self.lead_from[k + 1] if k + 1 < len(self.lead_from) else None
+            j = i + 1
+            while j < len(samples) and (stop is None or samples[j] < stop):
+                j += 1
+            tracker = self.trackers.get(lead)
+            if tracker is None:
+                tracker = self.trackers[lead] = PWaveTracker(self.det.fs)
+            out[i:j] = tracker.from_ring(h.buf, h.end, lead, np.array(samples[i:j], np.int64), labels[i:j])
+            i = j
+        return out
