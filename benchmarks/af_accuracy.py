@@ -252,6 +252,22 @@ def best_index(m: list[list[AFScore]], train: Sequence[int]) -> int:
     return int(np.argmax(f1))
 
 
+def _svdb_ectopy_s(path: Path, eps: Sequence[tuple[int, int]], fs: float, frac: float = 0.2) -> float:
+    """Seconds of the episodes ``eps`` whose reference beats are at least ``frac`` SVEB."""
+    import wfdb
+
+    ann = wfdb.rdann(str(path), "atr")
+    beats = [(int(s), sym) for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym.isalpha() or sym in "/!"]
+    smp = np.array([b for b, _ in beats], np.int64)
+    sv = np.array([sym in "SAaJe" for _, sym in beats], bool)
+    tot = 0.0
+    for a, b in eps:
+        m = (smp >= a) & (smp < b)
+        if m.any() and sv[m].mean() >= frac:
+            tot += (b - a) / fs
+    return tot
+
+
 def records(base: Path) -> tuple[list[Path], list[Path], list[Path]]:
     mit = sorted(p.with_suffix("") for p in (base / "mitdb").glob("*.hea"))
     nst = sorted(p.with_suffix("") for p in (base / "nstdb").glob("118e*.hea"))
@@ -360,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             out[key] = n_af
             print(key, round(sum(n_af.values()), 1), "s in", sum(1 for v in n_af.values() if v), "records:",
                   {k: v for k, v in n_af.items() if v})
+        # a proxy, not a score: svdb's annotators label AF beats N, so AF called over a stretch
+        # whose reference beats are >= 20 % SVEB is most likely atrial ectopy called AF
+        ect = sum(_svdb_ectopy_s(a.data / "svdb" / rb.name, rb.engine_eps, rb.fs) for rb in srb)
+        out["svdb_af_s_over_reference_sveb_runs"] = round(ect, 1)
+        print("svdb AF s called in episodes whose reference beats are >= 20 % SVEB:", round(ect, 1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

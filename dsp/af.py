@@ -47,7 +47,6 @@ whole arrays) is the oracle of the streaming kernel.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,16 +86,18 @@ class AFParams:
     lag_min : float
         Minimum ``lag_irr`` to enter AF (rejects bigeminy and trigeminy whose ectopic beats
         were not labelled: their RR repeats with period 2 or 3).
-    s_max : float
-        With beat labels: AF is not entered while more than this fraction of the last
-        ``window`` beats are labelled ``S`` (a beat with a P wave before it is not an AF beat;
-        the beat classifier labels under 5 % of AF beats S on MIT-BIH 201/203/217, and frequent
-        atrial ectopy - about 30 % S in svdb 869 - is otherwise called AF).
     p_on, p_off : float
         Atrial-activity gate (when P-wave correlations are fed, :mod:`telediag.dsp.atrial`):
         AF is entered only while the median P-wave correlation of the last ``window`` beats
         that have one is below ``p_on``, and ends when it rises above ``p_off`` (P waves are
         back). Without correlations (or fewer than ``window // 4`` of them) the gate is open.
+        ``p_on`` 0.3 (0.5 before issue 15's S-label decoupling): with the beat labels no longer
+        read, frequent atrial ectopy whose sinus P waves are poorly seen (svdb, 128 Hz) is held
+        back by this gate alone; 0.3 keeps MIT-BIH 201/203 unchanged or better.
+
+    Beat labels are read only to leave intervals next to ventricular, fusion, paced or
+    unclassifiable beats out: ``N`` and ``S`` are treated alike, so the AF decision does not
+    depend on how the beat classifier splits supraventricular beats (tested).
     """
 
     window: int = 32
@@ -110,8 +111,7 @@ class AFParams:
     trim: int = 8
     tpr_min: float = 0.6
     lag_min: float = 0.16
-    s_max: float = 0.15
-    p_on: float = 0.5
+    p_on: float = 0.3
     p_off: float = 0.6
 
     def __post_init__(self) -> None:
@@ -362,7 +362,6 @@ class AFDetector:
         self.broken = False
         self.on = False
         self.recent: list[int] = []  # last ``back + 1`` beat samples (for dating back)
-        self.labels_s: deque[bool] = deque(maxlen=self.p.window)  # S label of the last beats
         self.p_ring = np.zeros(self.p.window)  # the last P-wave correlations (atrial gate)
         self.p_pos = np.zeros(1, np.int64)
 
@@ -409,23 +408,16 @@ class AFDetector:
         if pcorr is not None and n:
             _median_kernel(np.asarray(pcorr, dtype=np.float64), self.p_ring, self.p_pos, max(2, p.window // 4), pmed)
         pm_l = pmed.tolist()
-        recent, labels_s = self.recent, self.labels_s
-        n_s = sum(labels_s)  # S labels among the last ``window`` beats
+        recent = self.recent
         for k, smp, row in zip(range(n), s_l, feats.tolist(), strict=True):
             recent.append(smp)
             if len(recent) > p.back + 1:
                 del recent[0]
-            is_s = labs[k] == "S"
-            if len(labels_s) == labels_s.maxlen:
-                n_s -= labels_s[0]
-            labels_s.append(is_s)
-            n_s += is_s
-            s_frac = n_s / len(labels_s)
             nv, _, irr, cvd, _, tpr, lag = row
             pm = pm_l[k]
             if not self.on:
                 if nv >= p.min_valid and irr >= p.on and cvd >= p.cv_min and tpr >= p.tpr_min \
-                        and not lag < p.lag_min and s_frac <= p.s_max and not pm >= p.p_on:
+                        and not lag < p.lag_min and not pm >= p.p_on:
                     self.on = True
                     out.append(AFTransition("on", recent[0], _detail(irr, cvd, nv, pm)))
             elif nv < p.min_valid // 2 or irr < p.off or pm > p.p_off:

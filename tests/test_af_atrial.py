@@ -156,3 +156,20 @@ def test_af_ends_with_the_p_waves_on_mitdb_201(mitdb: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(RhythmMonitor, "attach", lambda self, history, lead: None)  # RR only
     assert any(e > 600 for _, e in _episodes_201(mitdb, 420, 660))
+
+
+def test_af_entry_does_not_read_s_labels_on_mitdb_201(mitdb: Path) -> None:
+    """AF on 201 (0-378 s) is found with every beat labelled S exactly as with every beat N:
+    the detector reads RR and P waves only (a beat model that labels AF beats S - ecg_beats
+    2.2.0 - silenced AF through the old S-fraction gate)."""
+    x, s, lab, rhythm = _ref_201(mitdb, 8)
+    runs = {}
+    for name in ("N", "S"):
+        labs: list[str | None] = [name if v != "V" else "V" for v in lab]
+        tr, state = AFDetector(FS).beats(s, labs, None, p_wave_correlation(x, s, labs, FS))
+        runs[name] = ([(t.state, t.beat) for t in tr], state.tolist())
+    assert runs["S"] == runs["N"]
+    trans, state = runs["S"]
+    af_end = rhythm[1][0]
+    assert trans and trans[0][0] == "on" and trans[0][1] < 60 * FS
+    assert np.mean(np.array(state)[(s > 60 * FS) & (s < af_end)]) > 0.9
