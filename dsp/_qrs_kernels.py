@@ -26,7 +26,8 @@ Signal path (per sample, after Pan & Tompkins 1985, IEEE TBME 32(3):230-236):
    later beat and the reporting delay stays bounded;
 7. a pending beat can be replaced by a larger, steeper candidate shortly after it (P wave
    before QRS), its confirmation waits while such a hump is still growing, and premature
-   candidates need a higher threshold.
+   candidates need a higher threshold, unless a strong premature beat was confirmed lately at
+   the same coupling interval on a clean signal (``F_PREM_RR``/``F_PREM_RR2``, ``I_PREM_AGE``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ I_HAVE_X = 12  # 1 once a finite sample has been seen
 I_IN_GAP = 13  # 1 while inside a run of non-finite samples
 I_LEARN_CNT = 14  # candidates buffered during the learning period
 I_LEARNING = 15  # 1 until the learning period is over
-N_ISTATE = 16
+I_PREM_AGE = 16  # beats confirmed since the last premature one
+N_ISTATE = 17
 
 # fstate layout ------------------------------------------------------------------------
 F_LASTX = 0
@@ -67,7 +69,10 @@ F_PEND_V = 9
 F_PEND_SLOPE = 10
 F_SB_V = 11
 F_SB_SLOPE = 12
-N_FSTATE = 13
+F_PREM_RR = 13  # coupling interval (samples) of the last confirmed premature beat (0: none)
+F_PREM_RR2 = 14  # ... and of the one before it
+F_LAST_RR = 15  # the last interval between confirmed beats (samples; 0: none)
+N_FSTATE = 16
 
 # params layout (float64 array) --------------------------------------------------------
 P_W = 0  # integration window, samples
@@ -105,7 +110,10 @@ P_DEFER = 31  # a growing hump above this fraction of the pending level defers c
 P_PREM_RR = 32  # candidates earlier than this fraction of the mean RR are premature ...
 P_PREM_GAIN = 33  # ... and their threshold rises by up to this factor
 P_SETTLE = 34  # candidates before this sample don't set the initial SPK (start-up transient)
-N_PARAMS = 35
+P_PREM_MEM = 35  # a premature beat's coupling is remembered for this many beats ...
+P_PREM_TOL = 36  # ... and a candidate within this fraction of it is not raised
+P_PREM_SNR = 37  # ... while SPK exceeds this many times NPK
+N_PARAMS = 38
 
 LEARN_LEN = 64  # capacity of the learning buffer (candidates)
 
@@ -158,6 +166,7 @@ def _confirm(
 ) -> int:
     """Make ``r`` a final beat: update SPK, RR average and last-beat memory; emit it."""
     nb = istate[I_NBEATS]
+    strong = v >= params[P_STRONG] * fstate[F_SPK]
     if fstate[F_SPK] <= 0.0:
         # No learning information (silent start): the first beat sets the levels.
         fstate[F_SPK] = v
@@ -174,10 +183,19 @@ def _confirm(
         fstate[F_SPK] = a * v + (1.0 - a) * fstate[F_SPK]
     istate[I_NBEATS] = nb + 1
     last = istate[I_CONF_R]
+    if istate[I_PREM_AGE] < 1000000:
+        istate[I_PREM_AGE] += 1
     if last >= 0:
         interval = float(r - last)
         cnt = istate[I_RR_CNT]
         mean = _rr_mean(rr, istate, params)
+        prev = fstate[F_LAST_RR]
+        if strong and interval < params[P_PREM_RR] * mean and interval < params[P_PREM_RR] * prev:
+            # Premature: early for the rhythm and for the cycle before it.
+            fstate[F_PREM_RR2] = fstate[F_PREM_RR]
+            fstate[F_PREM_RR] = interval
+            istate[I_PREM_AGE] = 0
+        fstate[F_LAST_RR] = interval
         if cnt < 2 or (
             params[P_RRLOW] * mean <= interval <= params[P_RRHIGH] * mean
         ):
@@ -362,14 +380,25 @@ def _decide(
             thr *= params[P_SBF] * k ** (-params[P_DECAY])
     # Premature candidates need more evidence (noise falls between beats; ectopic beats
     # that come early are usually large).
-    expect = params[P_PREM_RR] * mean_rr
-    if conf_r >= 0 and dt < expect:
-        thr *= 1.0 + params[P_PREM_GAIN] * (expect - dt) / expect
     twave = params[P_TWAVE_RR] * mean_rr
     if twave > params[P_TWAVE_MAX]:
         twave = params[P_TWAVE_MAX]
     if twave < params[P_TWAVE]:
         twave = params[P_TWAVE]
+    expect = params[P_PREM_RR] * mean_rr
+    if conf_r >= 0 and dt < expect:
+        # ... unless a premature beat was found lately at the same coupling (an atrial or
+        # ventricular bigeminy: the next ectopic beat is expected there, not noise).
+        known = False
+        if istate[I_PREM_AGE] < params[P_PREM_MEM]:
+            tol = params[P_PREM_TOL]
+            c1 = fstate[F_PREM_RR]
+            c2 = fstate[F_PREM_RR2]
+            known = dt >= twave and spk > params[P_PREM_SNR] * npk and (
+                (c1 > 0.0 and abs(dt - c1) <= tol * c1) or (c2 > 0.0 and abs(dt - c2) <= tol * c2)
+            )
+        if not known:
+            thr *= 1.0 + params[P_PREM_GAIN] * (expect - dt) / expect
     is_beat = False
     if v > thr:
         if dt < twave and slope < params[P_TSLOPE] * fstate[F_CONF_SLOPE]:

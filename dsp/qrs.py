@@ -28,7 +28,9 @@ delay and for any sample rate (every filter and window is specified in seconds o
 Each beat stays *pending* for ``hold_s`` after its integrator maximum is final (longer while a
 larger hump is still growing), during which a larger, steeper candidate less than
 ``replace_s`` later may replace it (a tall P wave followed by the QRS).  Premature candidates
-need a proportionally higher threshold (noise rejection).  The delay between an R peak and the
+need a proportionally higher threshold (noise rejection), except at a coupling interval where a
+strong premature beat was found within the last few beats on a clean signal (bigeminy: the next
+ectopic beat is expected there; see :class:`QRSParams`).  The delay between an R peak and the
 sample at which it is reported is therefore bounded (about 0.30 s median, 0.36 s 99th
 percentile on MIT-BIH at the defaults); :attr:`QRSDetector.detection_delay_s` gives the hard
 design bound (0.53 s at the defaults) and
@@ -133,6 +135,17 @@ class QRSParams:
         A candidate ``dt`` after the last beat with ``dt < premature_rr`` x mean RR needs a
         threshold raised by the factor ``1 + premature_gain (1 - dt / (premature_rr x mean
         RR))``: noise falls between beats, and early ectopic beats are usually large.
+    premature_memory, premature_tol, premature_snr : float
+        ... unless a *strong* premature beat (level at least ``strong_ratio`` x SPK, early for
+        the mean RR and for the interval before it) was confirmed within the last
+        ``premature_memory`` beats at a coupling interval within ``premature_tol`` of ``dt``
+        (one of the last two such couplings), ``dt`` is past the T-wave window and the signal
+        is clean (SPK above ``premature_snr`` x NPK): the patient's bigeminal or ectopic rhythm
+        puts the next ectopic beat there, so it needs only the ordinary threshold.  Without
+        this, MIT-BIH 201's small aberrated APCs (0.4 x SPK, 0.5 s after each N) were missed,
+        every miss lengthened the mean RR and made the next ones look more premature, the
+        displayed rate halved and BRADY fired (1475 s, 1499 s).  ``premature_memory = 0``
+        turns it off.
 
     Notes
     -----
@@ -179,6 +192,9 @@ class QRSParams:
     defer_frac: float = 1.0
     premature_rr: float = 0.9
     premature_gain: float = 0.8
+    premature_memory: float = 8.0
+    premature_tol: float = 0.15
+    premature_snr: float = 8.0
 
 
 @dataclass(slots=True)
@@ -326,6 +342,9 @@ def _design(fs: float, p: QRSParams) -> _Design:
     kp[K.P_DEFER] = p.defer_frac
     kp[K.P_PREM_RR] = p.premature_rr
     kp[K.P_PREM_GAIN] = p.premature_gain
+    kp[K.P_PREM_MEM] = p.premature_memory
+    kp[K.P_PREM_TOL] = p.premature_tol
+    kp[K.P_PREM_SNR] = p.premature_snr
     lookback = w + wait + kp[K.P_MARGIN] + df + kp[K.P_BASE] + kp[K.P_REFINE] + 8
     ring = 1 << int(math.ceil(math.log2(max(lookback, 16))))
     # Reporting-delay bound: R peak -> integrator maximum (at most the window plus the
@@ -343,6 +362,7 @@ def _new_state(d: _Design) -> QRSState:
     ist[K.I_SB_R] = -1
     ist[K.I_BLANK_UNTIL] = -1
     ist[K.I_LEARNING] = 1
+    ist[K.I_PREM_AGE] = 1000000
     return QRSState(
         istate=ist,
         fstate=np.zeros(K.N_FSTATE),
