@@ -75,7 +75,7 @@ preferred lead: beats found on another are published unlabelled, and after the r
 labelled beats start no ventricular run and count for no ectopy (its running template holds the
 other lead's beat positions). Each switch is an ``event`` ``analysis_lead``; ``beats`` records name the
 lead their beats were found on (one record per lead); a physiological alarm names the analysis lead at
-its onset. Nothing of this runs while the preferred lead is usable (one ``all()`` per quality block).
+its onset. Nothing of this runs while the preferred lead is usable (a test per quality block).
 
 Published records (topic ``<kind>/<stream>``; ``stream`` is the input stream's id)
 ------------------------------------------------------------------------------------
@@ -565,9 +565,8 @@ class EcgAnalysis(Stage):
         lead_upm = upm[p.lead] if isinstance(upm, list) else float(upm)
         self._iso_lim = ISOELECTRIC_MV * lead_upm if lead_known else None
         self._iso = False
-        self._found: deque[int] = deque(maxlen=64)  # the detector's latest beats, usable or not
+        self._found: deque[Decided] = deque(maxlen=64)  # the detector's latest beats, usable or not
         self._n_found = 0
-        self._found_rel: deque[int] = deque(maxlen=64)  # ... and the sample that released each
         self._step_lim = BASELINE_STEP_MV * lead_upm if lead_known else None
         self._last_mean: float | None = None
         # analysis-lead fallback (per lead: the isoelectric and baseline-step limits)
@@ -701,7 +700,11 @@ class EcgAnalysis(Stage):
                 st.alarms.gap(start)
             st.rhythm.gap(start)
         rows, events = st.gate.assess(x)
-        switched = self._leads(rows, x, start) if self._fallback and rows.block_start.size else None
+        switched = None
+        if self._fallback and rows.block_start.size:
+            self._recent.append((rows.block_start, rows.usable, rows.sqi, rows.flags))
+            if self._bad or not st.gate.all_ok or self._alead != self.params.lead:  # type: ignore[attr-defined]
+                switched = self._leads(rows, x, start)  # else the preferred lead usable throughout: nothing
         if switched:
             beats, confirm = self._detect_switching(x, start, switched)
         else:
@@ -781,9 +784,6 @@ class EcgAnalysis(Stage):
         the preferred lead once that has been usable for ``LEAD_RETURN_S``."""
         u = rows.usable
         al, pref = self._alead, self.params.lead  # type: ignore[attr-defined]
-        self._recent.append((rows.block_start, u, rows.sqi, rows.flags))
-        if al == pref and self._bad == 0 and bool(u[:, al].all()):
-            return None  # the usual case: the preferred lead usable throughout
         hop = self.state.gate.hop
         starts = rows.block_start.tolist()
         ok_l = u.tolist()
@@ -993,14 +993,14 @@ class EcgAnalysis(Stage):
         "beats" in the fine noise of an isoelectric lead, but at a fast, irregular rate: 0.4 % of them
         end such a run on 30 uV noise at 360 Hz and 2 kHz, against 90 % on the 0.2 mV QRS of PhysioNet
         2016 a0001's ECG, which the quality scores as noise (it raised a false ASYSTOLE)."""
-        found, rel = self._found, self._found_rel
+        found = self._found
         n = len(found)
         seg = self._seg_start(b0)  # only beats found on the lead analysed in this block count
         for i in range(n - 1, -1, -1):
-            s = found[i]
+            s, _, r, _ = found[i]
             if s < b0:
                 break
-            if s >= b1 or rel[i] >= b1:  # only the beats known when the block's last sample came (chunking)
+            if s >= b1 or r >= b1:  # only the beats known when the block's last sample came (chunking)
                 continue
             if not seg:
                 if self._n_found - (n - 1 - i) < REGULAR_RR + 1:  # beats found up to this one
@@ -1008,12 +1008,12 @@ class EcgAnalysis(Stage):
             else:  # on a lead analysed since a switch, only a regular run of beats found on it counts: the
                 # switch to a lead without a usable ECG needs that lead usable most of the last minute, so
                 # it is no chronically low-voltage one, and its first beats must not delay asystole
-                k = sum(1 for j in range(i + 1) if found[j] >= seg)
-                if k < REGULAR_RR + 1 and not (n == found.maxlen and found[0] >= seg):
+                k = sum(1 for j in range(i + 1) if found[j][0] >= seg)
+                if k < REGULAR_RR + 1 and not (n == found.maxlen and found[0][0] >= seg):
                     continue
             if i < REGULAR_RR:
                 continue
-            rr = np.diff(np.asarray([found[j] for j in range(i - REGULAR_RR, i + 1)], dtype=np.float64)) / self._fs
+            rr = np.diff(np.asarray([found[j][0] for j in range(i - REGULAR_RR, i + 1)], dtype=np.float64)) / self._fs
             m = float(np.median(rr))
             if 0.3 <= m <= 2.0 and float(np.median(np.abs(rr - m))) < REGULAR_MAD * m:
                 return True
@@ -1085,8 +1085,7 @@ class EcgAnalysis(Stage):
         hop = st.gate.hop
         if decided:  # the detector's beats, usable or not, for the isoelectric test (in every chunk: a beat
             # decided in a chunk that completes no block was left out, and the test depended on the chunking)
-            self._found.extend(d[0] for d in decided)
-            self._found_rel.extend(d[2] for d in decided)
+            self._found.extend(decided)
             self._n_found += len(decided)
         if rows.block_start.size:
             starts = rows.block_start.tolist()

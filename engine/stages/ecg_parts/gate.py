@@ -41,6 +41,7 @@ class QualityGate:
     verdicts: dict[int, bool] = field(default_factory=dict)
     blocks_done: int = 0
     pending: list[tuple[int, int]] = field(default_factory=list)
+    all_ok: bool = True  # every block of the last assessment usable on ``lead``
 
     @property
     def hop(self) -> int:
@@ -52,7 +53,9 @@ class QualityGate:
         rows, events = self.quality.process(x)
         if rows.block_start.size:
             hop = self.hop
-            for b, ok in zip((rows.block_start // hop).tolist(), rows.usable[:, self.lead].tolist(), strict=True):
+            oks = rows.usable[:, self.lead].tolist()
+            self.all_ok = all(oks)
+            for b, ok in zip((rows.block_start // hop).tolist(), oks, strict=True):
                 self.verdicts[b] = ok
             self.blocks_done = int(rows.block_start[-1]) // hop + 1
             if len(self.verdicts) > 256:  # keep the recent ones only
