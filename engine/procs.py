@@ -63,7 +63,9 @@ import zmq
 
 from telediag.engine.config import Config
 from telediag.engine.worker import DATA, INBOX_HWM, PROGRESS, STOP, Worker
+from telediag.transports.sockets import send_frames
 
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: see transports.sockets.send_frames
 HELLO = b"H"
 #: router -> old owner, in-band: ``[MOVE, stream, new owner index]``
 MOVE = b"M"
@@ -183,7 +185,7 @@ class _Bundler:
     def flush(self) -> None:
         if self.frames:
             frames, self.frames = self.frames, []
-            self.sock.send_multipart([BUNDLE, *frames], copy=False)
+            send_frames(self.sock, [BUNDLE, *frames], copy=False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
@@ -652,7 +654,7 @@ class WorkerPool:
             return
         if first.startswith(b"stats/engine/w"):
             msg = self._stats(msg)
-        pub.send_multipart(msg)
+        send_frames(pub, msg)
         self.forwarded += 1
 
     def _on_hello(self, info: dict[str, Any]) -> None:
@@ -946,23 +948,44 @@ class PoolRouter:
             for frames in q:
                 self._send(j, [DATA, *frames])
 
-    def blocker(self, stream: bytes) -> zmq.Socket | None:
-        """None if :meth:`send` would take a chunk of ``stream`` now without waiting, else the full socket.
+    def socket_of(self, stream: bytes) -> zmq.Socket | None:
+        """The inbox socket ``stream``'s chunks went to last (a hint for the fair scheduler: no route
+        update here), or None when not known."""
+        i = self.owners.get(stream)
+        return None if i is None else self.outs.get(i)
 
-        None too when the chunk would be held here (the stream is moving, or its owner is down):
-        the engine's fair scheduler asks before it sends, and waits on the socket returned.
+    def try_send(self, stream: bytes, frames: list[Any]) -> zmq.Socket | None:
+        """:meth:`send` without waiting: None when the chunk was taken (sent, or held here because the
+        stream is moving or its owner is down), else the full inbox socket (the chunk was not taken).
+
+        The engine's fair scheduler keeps a refused chunk in its per-stream queue and waits on that socket.
         """
         if self.pool.routes_version != self.version or self.held:
             self.sync()
-        if stream in self.held:
-            return None
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + 0.002
+            self._check_links()
         i = self.owners.get(stream)
         if i is None:
-            i = owner_of(stream, self.n, self.gone)
+            i = self.owners[stream] = owner_of(stream, self.n, self.gone)
+            if len(self.owners) > 100_000:  # bounded: ids come from the network
+                self.owners.clear()
+        if self.held and stream in self.held:
+            self.held[stream][2].append(frames)
+            return None
         if i in self.down:
+            self._send(i, [DATA, *frames])  # held for the replacement
             return None
         s = self.outs.get(i)
-        return None if s is None or cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT else s
+        if s is None:  # not connected yet: the waiting send (as before)
+            self._send(i, [DATA, *frames])
+            return None
+        try:
+            send_frames(s, [DATA, *frames], _NOBLOCK, copy=False)
+        except zmq.Again:
+            return s
+        return None
 
     def send(self, stream: bytes, frames: list[Any]) -> None:
         """Route one source chunk (``frames`` as read from ingest) to its owner."""
@@ -993,7 +1016,7 @@ class PoolRouter:
                 return
             s = self.outs[i]
             try:
-                s.send_multipart(msg, flags=zmq.NOBLOCK, copy=False)
+                send_frames(s, msg, _NOBLOCK, copy=False)
                 return
             except zmq.Again:  # backpressure (or a dead worker): wait a little, re-read the routes
                 s.poll(20, zmq.POLLOUT)

@@ -33,8 +33,23 @@ from telediag.engine.video_proc import VideoProcess
 from telediag.engine.video_worker import VIDEO_INBOX_HWM, VideoWorker
 from telediag.engine.worker import DATA, INBOX_HWM, STOP, Worker
 from telediag.errors import EngineError
+from telediag.transports.sockets import recv_frames, send_frames
 
 _ids = itertools.count()
+# plain ints: pyzmq's flag enums cost Python-level enum arithmetic on every use (see transports.sockets)
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
+def _wait(readable: zmq.Socket | None, writable: set[zmq.Socket], timeout_ms: int) -> bool:
+    """Sleep until ``readable`` has input (True) or a socket of ``writable`` has room, or the timeout
+    (``zmq.select`` without its per-call enum arithmetic)."""
+    items = [(s, _POLLOUT) for s in writable]
+    if readable is not None:
+        items.append((readable, _POLLIN))
+    return any(s is readable and ev & _POLLIN for s, ev in zmq.zmq_poll(items, timeout_ms))
 
 
 class StartCancelled(EngineError):
@@ -274,14 +289,13 @@ class Engine:
                 if blocked or not room:
                     # sleep until a full inbox has room again (libzmq wakes us at its low-water mark, so
                     # a backlog is sent in batches, not one chunk per wake-up) or input comes (if room)
-                    r, _, _ = zmq.select([ingest] if room else [], list(blocked), [], 0.02)
-                    if not r:
+                    if not _wait(ingest if room else None, blocked, 20):
                         continue
                 elif not ingest.poll(20 if pr is not None else 100):
                     continue
                 # a batch per wake-up: one poll (and one GIL hand-back) per ROUTER_BATCH messages, not per message
                 for _ in range(self.ROUTER_BATCH):
-                    if self._queued >= limit or not cast(int, ingest.get(zmq.EVENTS)) & zmq.POLLIN:
+                    if self._queued >= limit or not cast(int, ingest.get(_EVENTS)) & _POLLIN:
                         break
                     self._forward(ingest, outs, n)
             # drain: keep going while messages still arrive, then stop each worker in-band
@@ -292,7 +306,7 @@ class Engine:
                 blocked = self._dispatch(outs, n) if self._queued else set()
                 room = self._queued < limit
                 if blocked or not room:
-                    zmq.select([ingest] if room else [], list(blocked), [], 0.02)
+                    _wait(ingest if room else None, blocked, 20)
                 if room and ingest.poll(0):
                     self._forward(ingest, outs, n)
             # what is still queued goes to the workers before STOP (in-band: nothing accepted is dropped)
@@ -301,7 +315,7 @@ class Engine:
                     pr.tick()
                 blocked = self._dispatch(outs, n)
                 if blocked:
-                    zmq.select([], list(blocked), [], 0.02)
+                    _wait(None, blocked, 20)
             if pr is not None:
                 pr.finish(time.monotonic() + 2.0)
             self._send_stops(pr.sockets() if pr is not None else outs)
@@ -343,13 +357,13 @@ class Engine:
             pass
 
     def _forward(self, ingest: zmq.Socket, outs: list[zmq.Socket], n: int) -> None:
-        frames = ingest.recv_multipart(copy=False)
+        frames = recv_frames(ingest)
         topic = frames[0].bytes if frames else b""
         _, _, stream = topic.partition(b"/")
         if topic.startswith(b"video/") and self._video_out is not None:
             # latest-frame-wins: never block the router (and so ECG/PCG) on video
             try:
-                self._video_out.send_multipart([DATA, *frames], flags=zmq.NOBLOCK, copy=False)
+                send_frames(self._video_out, [DATA, *frames], _NOBLOCK, copy=False)
             except zmq.Again:
                 key = stream.decode("utf-8", "replace")
                 self.video_dropped[key] = self.video_dropped.get(key, 0) + 1
@@ -357,8 +371,7 @@ class Engine:
             return
         q = self._fair.get(stream)
         if q is None:
-            if self._blocker(stream, outs, n) is None:  # nothing of this stream waits, its worker has room
-                self._send_data(stream, frames, outs, n)
+            if self._try_send(stream, frames, outs, n) is None:  # nothing of this stream waits, and it was taken
                 return
             q = self._fair[stream] = deque()
             self._ring.append(stream)
@@ -381,46 +394,62 @@ class Engine:
                 self._owners.clear()
         return i
 
-    def _blocker(self, stream: bytes, outs: list[zmq.Socket], n: int) -> zmq.Socket | None:
-        """None if a chunk of ``stream`` can be sent now, else the full inbox socket it waits for."""
-        if self._pool_router is not None:
-            return self._pool_router.blocker(stream)
-        s = outs[self._owner(stream, n)]
-        return None if cast(int, s.get(zmq.EVENTS)) & zmq.POLLOUT else s
+    def _try_send(self, stream: bytes, frames: list[Any], outs: list[zmq.Socket], n: int) -> zmq.Socket | None:
+        """Send one chunk of ``stream`` if its worker's inbox has room now: None (sent, or held by the
+        pool router), else the full inbox socket (the chunk was not taken; nothing of it was sent).
 
-    def _send_data(self, stream: bytes, frames: list[Any], outs: list[zmq.Socket], n: int) -> None:
+        One non-blocking send, not a readiness check and then a send: each check (``zmq.EVENTS``) is a
+        system call, and the check doubled the router's work per chunk (session 4).
+        """
         if self._pool_router is not None:
-            self._pool_router.send(stream, frames)
+            s = self._pool_router.try_send(stream, frames)
+            if s is not None:
+                return s
         else:
-            outs[self._owner(stream, n)].send_multipart([DATA, *frames], copy=False)
+            s = outs[self._owner(stream, n)]
+            try:
+                send_frames(s, [DATA, *frames], _NOBLOCK, copy=False)  # a full inbox refuses the
+            except zmq.Again:  # first frame, so nothing of the message is sent (libzmq counts whole messages)
+                return s
         self.routed += 1
+        return None
 
     def _dispatch(self, outs: list[zmq.Socket], n: int) -> set[zmq.Socket]:
-        """Send queued chunks, one per stream per turn, while their workers' inboxes have room.
+        """Send queued chunks, one per stream per turn (round-robin), while their workers' inboxes have room.
 
-        Returns the full inbox sockets that streams still wait for.
+        Returns the full inbox sockets that streams still wait for (empty when nothing waits). A socket
+        found full is not tried again in this call; when every inbox is full the turn stops at the
+        stream that was refused, which goes first at the next call (strict round-robin).
         """
-        ring, fair = self._ring, self._fair
+        ring, fair, pr = self._ring, self._fair, self._pool_router
         blocked: set[zmq.Socket] = set()
-        sent = True
-        while ring and sent:
-            sent = False
-            blocked.clear()
-            for _ in range(len(ring)):
-                stream = ring.popleft()
-                q = fair[stream]
-                b = self._blocker(stream, outs, n)
-                if b is None:
-                    self._send_data(stream, q.popleft(), outs, n)
-                    self._queued -= 1
-                    sent = True
-                else:
-                    blocked.add(b)
-                if q:
-                    ring.append(stream)
-                else:
-                    del fair[stream]
-        return blocked
+        n_socks = len(outs) if pr is None else len(pr.outs)
+        idle = 0  # streams passed over since a chunk was last sent
+        while ring and idle < len(ring):
+            stream = ring[0]
+            hint = outs[self._owner(stream, n)] if pr is None else pr.socket_of(stream)
+            if hint is not None and hint in blocked:
+                ring.rotate(-1)
+                idle += 1
+                continue
+            q = fair[stream]
+            b = self._try_send(stream, q[0], outs, n)
+            if b is not None:
+                blocked.add(b)
+                if len(blocked) >= n_socks:
+                    break
+                ring.rotate(-1)
+                idle += 1
+                continue
+            q.popleft()
+            self._queued -= 1
+            idle = 0
+            if q:
+                ring.rotate(-1)
+            else:
+                ring.popleft()
+                del fair[stream]
+        return blocked if ring else set()
 
     def stop(self) -> None:
         """Ask the engine to drain and stop (thread-safe, idempotent)."""

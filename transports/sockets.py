@@ -43,6 +43,7 @@ __all__ = [
     "recv_chunk",
     "recv_frames",
     "send_chunk",
+    "send_frames",
     "subscriber",
 ]
 
@@ -139,8 +140,44 @@ def send_chunk(sock: zmq.Socket, chunk: Chunk, *, flags: int = 0) -> None:  # ty
     sock.send(payload, flags, copy=False)
 
 
+# pyzmq's flags are ``enum.IntFlag`` members: ``zmq.SNDMORE | flags`` (what ``send_multipart`` does for
+# each frame) and ``recv_multipart``'s ``RCVMORE`` query run Python-level enum code, about half the CPU of
+# moving a 4-frame message (measured in the engine's router, session 4). The helpers below use plain ints.
+_SNDMORE: Final = int(zmq.SNDMORE)
+_FRAME_TYPES: Final = (bytes, zmq.Frame, memoryview)
+
+
+def send_frames(sock: zmq.Socket, frames: list[object], flags: int = 0, *,  # type: ignore[type-arg]
+                copy: bool = True) -> None:
+    """``sock.send_multipart(frames, flags, copy=copy)``, cheaper (no enum arithmetic per frame).
+
+    Every frame is checked to be sendable before the first one is sent (as ``send_multipart``
+    does), so a bad frame never leaves half a message in the socket. With ``zmq.NOBLOCK`` a socket
+    at its high-water mark refuses the first frame (:class:`zmq.Again`, nothing sent); once the
+    first frame is accepted, libzmq takes the whole message.
+
+    Examples
+    --------
+    >>> import zmq
+    >>> ctx = zmq.Context.instance()
+    >>> with puller(ctx, "inproc://doc-send-frames") as a, pusher(ctx, "inproc://doc-send-frames") as b:
+    ...     send_frames(b, [b"x", b"y"])
+    ...     [f.bytes for f in recv_frames(a)]
+    [b'x', b'y']
+    """
+    for f in frames:
+        if not isinstance(f, _FRAME_TYPES):
+            memoryview(f)  # type: ignore[arg-type]  # raises TypeError before anything is sent
+    flags = int(flags)
+    more = flags | _SNDMORE
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, more if i < last else flags, copy=copy)  # type: ignore[call-overload]
+
+
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:  # type: ignore[type-arg]
-    """Receive all frames of one multipart message without copying them.
+    """Receive all frames of one multipart message without copying them
+    (``sock.recv_multipart(flags, copy=False)``, cheaper: each frame says whether more follow).
 
     Examples
     --------
@@ -151,7 +188,13 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:  # type: i
     ...     [f.bytes for f in recv_frames(a)]
     [b'x', b'y']
     """
-    return sock.recv_multipart(flags, copy=False)
+    flags = int(flags)
+    f = sock.recv(flags, copy=False)
+    parts = [f]
+    while f.more:
+        f = sock.recv(flags, copy=False)
+        parts.append(f)
+    return parts
 
 
 def recv_chunk(sock: zmq.Socket, *, flags: int = 0) -> Chunk:  # type: ignore[type-arg]
