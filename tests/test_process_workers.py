@@ -12,7 +12,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,11 +221,16 @@ class _FakePool:
         self.progress: dict[str, int] = {}
 
 
-def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() -> None:
-    """PoolRouter alone: MOVE to old owners on add, STOP to a removed index, no chunk lost or misrouted."""
+FakeRouter = Callable[[int], tuple[_FakePool, Any, Callable[[int], list[list[bytes]]]]]
+
+
+@pytest.fixture
+def fake_router() -> Iterator[FakeRouter]:
+    """``make(n)``: a PoolRouter over a :class:`_FakePool` of ``n`` indices, its pool, and ``drain(i)``
+    (every message waiting in fake worker ``i``'s inproc inbox); sockets closed after the test."""
     import zmq
 
-    from telediag.engine.procs import MOVE, RESUME, PoolRouter
+    from telediag.engine.procs import PoolRouter
 
     ctx = zmq.Context()
     inboxes = []
@@ -233,6 +238,7 @@ def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() ->
         s = ctx.socket(zmq.PULL)
         s.bind(f"inproc://fake-w{i}")
         inboxes.append(s)
+    routers: list[PoolRouter] = []
 
     def drain(i: int) -> list[list[bytes]]:
         out = []
@@ -240,8 +246,25 @@ def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() ->
             out.append(inboxes[i].recv_multipart())
         return out
 
-    pool = _FakePool(2)
-    r = PoolRouter(pool, ctx)  # type: ignore[arg-type]
+    def make(n: int) -> tuple[_FakePool, PoolRouter, Callable[[int], list[list[bytes]]]]:
+        pool = _FakePool(n)
+        r = PoolRouter(pool, ctx)  # type: ignore[arg-type]
+        routers.append(r)
+        return pool, r, drain
+
+    yield make
+    for r in routers:
+        r.close()
+    for s in inboxes:
+        s.close(0)
+    ctx.term()
+
+
+def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving(fake_router: FakeRouter) -> None:
+    """PoolRouter alone: MOVE to old owners on add, STOP to a removed index, no chunk lost or misrouted."""
+    from telediag.engine.procs import MOVE, RESUME
+
+    pool, r, drain = fake_router(2)
     streams = [f"bed-{k}/ecg".encode() for k in range(40)]
     for s in streams:
         r.send(s, [b"ecg/" + s, b"h", b"0"])
@@ -272,10 +295,6 @@ def test_router_moves_on_add_and_remove_and_retargets_a_stream_still_moving() ->
         assert sorted(m[1] for m in data) == sorted(b"ecg/" + s for s in mine)  # the held chunk, once
         assert all(m[3] == b"1" for m in data)
     assert not r.held
-    r.close()
-    for s in inboxes:
-        s.close(0)
-    ctx.term()
 
 
 def test_a_scaling_signal_does_not_end_a_thread_mode_engine(tmp_path: Any) -> None:
@@ -311,29 +330,14 @@ def test_a_scaling_signal_does_not_end_a_thread_mode_engine(tmp_path: Any) -> No
             proc.wait(5)
 
 
-def test_router_removing_an_index_whose_link_is_down_resends_its_held_chunks_in_order() -> None:
+def test_router_removing_an_index_whose_link_is_down_resends_its_held_chunks_in_order(
+        fake_router: FakeRouter) -> None:
     """Chunks held for an index while its connection was down go to the streams' new owners, in order."""
     from collections import deque
 
-    import zmq
+    from telediag.engine.procs import RESUME
 
-    from telediag.engine.procs import RESUME, PoolRouter
-
-    ctx = zmq.Context()
-    inboxes = []
-    for i in range(4):
-        s = ctx.socket(zmq.PULL)
-        s.bind(f"inproc://fake-w{i}")
-        inboxes.append(s)
-
-    def drain(i: int) -> list[list[bytes]]:
-        out = []
-        while inboxes[i].poll(50):
-            out.append(inboxes[i].recv_multipart())
-        return out
-
-    pool = _FakePool(3)
-    r = PoolRouter(pool, ctx)  # type: ignore[arg-type]
+    pool, r, drain = fake_router(3)
     streams = [f"bed-{k}/ecg".encode() for k in range(30)]
     for s in streams:
         r.send(s, [b"ecg/" + s, b"h", b"0"])
@@ -358,7 +362,3 @@ def test_router_removing_an_index_whose_link_is_down_resends_its_held_chunks_in_
             assert seen == [RESUME, b"a", b"b"], (s, seen)  # resumed, then the held chunk, then the next
         others = [s for s in streams if owner_of(s, 3) == j]
         assert all([m[3] for m in msgs if m[1] == b"ecg/" + s] == [b"a", b"b"] for s in others)
-    r.close()
-    for s in inboxes:
-        s.close(0)
-    ctx.term()
