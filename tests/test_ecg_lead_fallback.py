@@ -186,3 +186,18 @@ def test_lead_fallback_is_validated() -> None:
         EcgAnalysisParams(lead_fallback="yes")  # type: ignore[arg-type]
     sc = next(s for s in load_config().pipelines["ecg"] if s.name == "analysis")
     assert sc.params.lead_fallback is True  # engine/default.toml
+
+
+def test_close_on_another_lead_announces_the_return_and_the_viewer_follows(
+        rec119: tuple[np.ndarray, np.ndarray]) -> None:
+    from telediag.viewer.bridge import alarm_view
+
+    x, _ = rec119
+    y = x.copy()
+    y[int(20 * FS):, 0] = np.nan  # lead 0 off to the end of the stream
+    sw = switches(run(y))
+    assert [(e["to"], e["reason"]) for e in sw] == [("V1", "unusable"), ("MLII", "stream_closed")], sw
+    views = [alarm_view(e, "s/ecg", "event", e["t_ns"]) for e in sw]
+    assert [(v["key"], v["state"], v["technical"], v["priority"]) for v in views if v] == [
+        ("s/ecg:analysis_lead", "on", True, "low"), ("s/ecg:analysis_lead", "off", True, "low")]
+    assert views[0] is not None and views[0]["text"] == "ECG ANALYSIS ON V1"

@@ -22,7 +22,9 @@ that the page does not depend on every producer's exact field names:
 * ``hrv``: ``{"sdnn_ms", "rmssd_ms", "pnn50", "mean_hr_bpm", "n_nn"}``;
 * ``quality``: ``{"sqi"}`` (worst lead of the newest block) and/or ``{"abnormal_prob", "label"}``;
 * ``alarm`` (and ``event`` bodies that are alarms or quality events): ``{"key", "type",
-  "state": "on"|"off", "onset_ns", "priority", "text"}``;
+  "state": "on"|"off", "onset_ns", "priority", "text"}``; an ``analysis_lead`` event is a
+  low-priority technical notice ``ECG ANALYSIS ON <lead>``, on while the ECG is analysed on another
+  lead than the configured one;
 * ``segments``: ``{"segments": [{"start_ns", "end_ns", "state"}]}``;
 * ``polyp``: ``{"prob", "boxes": [[x0, y0, x1, y1, score]], "contours": [[x, y, ...]],
   "mask": {"w", "h", "bits"}}`` with coordinates normalised to 0..1 of the frame.
@@ -241,6 +243,16 @@ def alarm_view(body: Any, stream: str, kind: str, t0_ns: int) -> dict[str, Any] 
             technical = True
         elif etype == "alarm":
             sub = str(_first(body, "alarm", "name", "event") or "alarm")
+        elif etype == "analysis_lead":
+            # the ECG is analysed on another lead than the configured one (OUTPUTS.md 4.5): a low-priority
+            # technical notice while it lasts, so the page says which lead the beats and alarms come from
+            to, pref = body.get("to"), body.get("preferred")
+            return {"key": f"{stream}:analysis_lead", "type": "analysis_lead",
+                    "state": "off" if to == pref else "on",
+                    "onset_ns": _int(_first(body, "t_ns", "onset_ns")) or int(t0_ns), "priority": "low",
+                    "technical": True, "text": f"ECG ANALYSIS ON {to}",
+                    "message": f"{pref} unusable: beats and alarms from {to}" if to != pref else None,
+                    "end_ns": None}
         else:
             return None
     else:

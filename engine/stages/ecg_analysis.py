@@ -966,6 +966,15 @@ class EcgAnalysis(Stage):
             t.active = None
         for a in ends:
             out.records.append(Chunk.record("alarm", self._stream, 0, self._stamp(a.onset)[1], self._alarm_body(a)))
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        if self._alead != p.lead:  # the next pipeline starts on the preferred lead
+            src, t_ns = self._stamp(end)
+            out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
+                "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
+                "from": self._names[self._alead], "from_channel": self._alead, "to": self._lead_name,
+                "to_channel": p.lead, "preferred": self._lead_name, "preferred_channel": p.lead,
+                "reason": "stream_closed"}))
         for ev in st.quality.open_events():
             body = {**self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset))), **why}
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
