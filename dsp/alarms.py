@@ -20,7 +20,9 @@ Alarm types and their rules (all thresholds are parameters of :class:`AlarmParam
     a run: the classifier's running template (median of the last 32 beats) is then made of
     beats the detector found in the isoelectric noise, and the normal beats after a 30 s
     (60 s) asystole on MIT-BIH 119 came out ``V`` for 8 (14) beats, a false high-priority
-    alarm. Those beats do not count for ``ectopy`` either. Only an asystole does this: unusable signal (noise, ventricular flutter) does not,
+    alarm. Those beats do not count for ``ectopy`` either. (The labeller now restarts the
+    classifier's per-patient state at the first usable beat after such a stretch, so those
+    labels are right again; this rule stays as a second guard.) Only an asystole does this: unusable signal (noise, ventricular flutter) does not,
     since a real run may follow or lie inside it (MIT-BIH 207).
 ``pause``
     An RR interval longer than ``pause_s`` (2.5 s) between two beats, over usable signal only

@@ -597,3 +597,26 @@ def test_no_false_brady_from_missed_aberrated_apcs(mitdb: Path) -> None:
     assert s.fn <= 7 and s.fp == 0, s  # 6 of 76 missed (small 'a' beats); the old code missed 14
     al, _, _ = run_stage(x)
     assert "brady" not in on(al), al
+
+
+def test_beat_labels_after_asystole_match_the_record_without_it(rec119: np.ndarray) -> None:
+    """30 s of asystole on 119: the beats the detector found in the isoelectric noise filled the
+    classifier's running amplitude scale and template, and the resumed N N V came out V V V (false
+    PVCs on the display, though the alarms ignore them). The feature state restarts at the first
+    usable beat after such a stretch: the labels then equal those of the record without it."""
+
+    def labels(x: np.ndarray) -> dict[int, str]:
+        st = _analysis()
+        st.open(StreamSpec("s/ecg", "ecg", FS, NAMES, UNITS))
+        n, out = int(FS), {}
+        for i, k in enumerate(range(0, len(x), n)):
+            recs = st.process(Chunk.signal("ecg", "s/ecg", i, round(k / FS * 1e9), x[k:k + n], FS, NAMES, UNITS)).records
+            recs += st.close().records if k + n >= len(x) else []
+            out.update({b["sample"]: b["label"] for r in recs if r.kind == "beats" for b in r.body["beats"] if b["usable"]})
+        return out
+
+    clean, after = labels(rec119), labels(asystole(rec119, 20.0, 50.0))
+    resumed = sorted(s for s in after if s > 50.5 * FS)
+    assert len(resumed) >= 10 and all(s in clean for s in resumed), (resumed, sorted(clean))
+    assert [after[s] for s in resumed] == [clean[s] for s in resumed]
+    assert [after[s] for s in resumed[:3]] == ["N", "N", "V"]  # MIT-BIH 119 at 51.08, 52.02, 52.56 s

@@ -9,6 +9,21 @@ A labelled beat is released (published) when the ``L``-th decided beat after it 
 :mod:`telediag.models.ecg_beats.features`, 1 when the builder does not say), at that beat's
 release sample, so the result does not depend on the chunking. A model failure never
 stops detection: from then on beats go out unlabelled.
+
+The feature builder's per-patient state (amplitude scale: median peak-to-peak of the last 64
+beats; template: median of the last 32 windows; per-patient normalisation over 256 beats) is fed
+every decided beat. Beats the detector finds in an asystole are isoelectric noise: after 30 s
+(60 s) of asystole on MIT-BIH 119 they were most of the amplitude ring, the scale came out ~27x
+too small, the template was noise, and the resumed N N V beats were labelled V V V (false PVCs on
+the physician's display). So when a usable beat follows at least :data:`RESTART_BEATS` unusable
+ones spanning :data:`RESTART_S` or more since the last usable beat, and those beats are
+isoelectric noise (median peak-to-peak of the lead within +-:data:`AMP_HALF_S` of them under
+:data:`RESTART_AMP` x that of the last 8 usable beats: an asystole, not ventricular flutter or
+muscle noise, after which the patient's state is still the right one - a restart there cost MIT-BIH
+207 correct labels), the builder is restarted at that beat (fresh per-patient state, fed
+:data:`RESTART_LEAD_S` of signal before it): the beats before it are finished with the old state
+(their labels unchanged), the beats after it are labelled as at the start of a stream, which on
+119 gives the labels of the record without the asystole.
 """
 
 from __future__ import annotations
@@ -26,6 +41,18 @@ Labelled = tuple[int, int, int, bool, str | None, dict[str, float] | None]
 """``(sample, confirm, release, usable, label, probs)`` (received indices)."""
 
 _CLASSIFIERS: dict[tuple[str, int], Any] = {}
+
+RESTART_BEATS = 8
+"""Unusable beats in a row (since the last usable one) after which the feature state restarts."""
+RESTART_S = 10.0
+"""... when they also span at least this long (s) from the last usable beat (or the stream start)."""
+RESTART_LEAD_S = 2.0
+"""Signal (s) before the restart beat fed to the new feature builder (filter settling, window)."""
+RESTART_AMP = 0.2
+"""... and only when the unusable beats' median amplitude is under this fraction of the usable ones'."""
+AMP_HALF_S = 0.06
+"""Half-width (s) of the window whose peak-to-peak is a beat's amplitude here."""
+_TAIL_S = 12.0  # raw lead signal kept for a restart (decided beats lag the newest sample by a few s)
 _NO_BEATS = np.zeros(0, np.int64)
 _NO_BEATS.flags.writeable = False
 
@@ -80,7 +107,16 @@ class BeatLabeller:
         from telediag.models.ecg_beats import BeatClassifier
 
         self.clf: Any | None = clf
+        self.fs = float(fs)
         self.stream = BeatClassifier.stream(fs)
+        self.offset = 0  # absolute index of the feature builder's sample 0 (moves on a restart)
+        self.n = 0  # samples pushed (absolute)
+        self.tail = np.zeros(0)  # the last _TAIL_S s of the (gap-filled) lead, ending at self.n
+        self.last_usable = 0  # last usable decided beat (the stream start before one)
+        self.unusable_run = 0  # unusable decided beats since then
+        self.amp_usable: list[float] = []  # amplitudes of the last 8 usable beats
+        self.amp_run: list[float] = []  # amplitudes of the unusable beats since the last usable one
+        self.restarts = 0
         try:
             from telediag.models.ecg_beats.features import LOOKAHEAD_BEATS
 
@@ -114,17 +150,69 @@ class BeatLabeller:
                     x[i] = x[i - 1] if i > 0 else self.last
             self.last = float(x[-1])
         new = np.fromiter((a[0] for a in decided), np.int64, len(decided)) if decided else _NO_BEATS
+        self.n += x.size
+        if x.size:
+            keep = int(_TAIL_S * self.fs)
+            self.tail = np.concatenate((self.tail[-keep:], x))[-keep:] if x.size < keep else x[-keep:].copy()
+        restart = -1
+        gap = RESTART_S * self.fs
         for s_, c, r, u in decided:
             self.release[s_] = (c, r, u)
             self.index[s_] = self.order_base + len(self.order)
             self.order.append((s_, r))
+            amp = self._amplitude(s_)
+            if u:
+                if (restart < 0 and self.unusable_run >= RESTART_BEATS and s_ - self.last_usable >= gap
+                        and self.amp_usable
+                        and np.median(self.amp_run) < RESTART_AMP * np.median(self.amp_usable)):
+                    restart = s_
+                self.last_usable = s_
+                self.unusable_run = 0
+                self.amp_run.clear()
+                self.amp_usable = [*self.amp_usable[-7:], amp]
+            else:
+                self.unusable_run += 1
+                if len(self.amp_run) < 4096:
+                    self.amp_run.append(amp)
+        begin = max(self.n - self.tail.size, restart - int(RESTART_LEAD_S * self.fs))
+        if restart >= 0 and restart - begin < int(0.5 * self.fs):
+            restart = -1  # (not reached: decided beats lag by far less than _TAIL_S) no signal to restart from
         try:
-            feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
-            if final:
-                feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
+            if restart < 0:
+                return self._feed(fs_stream, x, new, final)
+            # the beats before the restart beat: finished with the old state
+            old = self._feed(fs_stream, x, new[new < restart], True)
+            from telediag.models.ecg_beats import BeatClassifier
+
+            self.stream = BeatClassifier.stream(self.fs)
+            self.offset = begin
+            self.restarts += 1
+            rest = self._feed(self.stream, self.tail[begin - (self.n - self.tail.size):], new[new >= restart], final)
+            return type(old).concat([old, rest])
         except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
             self.error = f"{type(e).__name__}: {e}"
             return None
+
+    def _amplitude(self, s_: int) -> float:
+        """Peak-to-peak of the lead within +-AMP_HALF_S of sample ``s_`` (0 when not kept)."""
+        lo = self.n - self.tail.size
+        h = int(AMP_HALF_S * self.fs)
+        a, b = max(s_ - h, lo) - lo, min(s_ + h + 1, self.n) - lo
+        if b <= a:
+            return 0.0
+        w = self.tail[a:b]
+        return float(w.max() - w.min())
+
+    def _feed(self, fs_stream: Any, x: NDArray[np.float64], new: NDArray[np.int64], final: bool) -> Any:
+        """Push ``x`` and the beats ``new`` (absolute) to ``fs_stream``; its features, beats absolute."""
+        off = self.offset
+        if off:
+            new = new - off
+        feats = fs_stream.finish() if final and x.size == 0 and not len(new) else fs_stream.push(x, new)
+        if final:
+            feats = type(feats).concat([feats, fs_stream.finish()]) if x.size or len(new) else feats
+        if off and len(feats):
+            feats = type(feats)(feats.beats + off, feats.rr, feats.morph)
         return feats
 
     def finish(self, feats: Any, result: Any, *, n_seen: int, final: bool) -> list[Labelled]:
