@@ -118,6 +118,9 @@ _N_G = 4
 # event machine slots
 _E_ACTIVE, _E_RUNT, _E_RUNF, _E_START, _E_ONSET = 0, 1, 2, 3, 4
 _N_E = 5
+# integer parameters (int vector): block length, clip run, event end and start lengths (4 kinds)
+_I_HOP, _I_CLIPRUN, _I_OFF, _I_ON = 0, 1, 2, 3
+_N_I = 7
 # parameters (float vector)
 (
     _P_NANFRAC,
@@ -150,15 +153,9 @@ def _lead_run(
     c: int,
     pos: int,
     lims: FloatArray,
-    sos_bp: FloatArray,
-    sos_q: FloatArray,
-    sos_h: FloatArray,
-    zi_bp: FloatArray,
-    zi_q: FloatArray,
-    zi_h: FloatArray,
-    z_bp: FloatArray,
-    z_q: FloatArray,
-    z_h: FloatArray,
+    sos: FloatArray,
+    zi: FloatArray,
+    z: FloatArray,
     cf: FloatArray,
     ci: IntArray,
     acc: FloatArray,
@@ -174,17 +171,18 @@ def _lead_run(
     operations in the same order as sample by sample, so the same values (leads are
     independent here). The cascades are those built by :class:`SignalQuality`: 2 sections
     (1-40 Hz), 2 (5-15 Hz) and 1 (> 40 Hz), direct form II transposed (SciPy's ``sosfilt``):
-    ``y = b0 u + z0; z0 = b1 u - a1 y + z1; z1 = b2 u - a2 y``.
+    ``y = b0 u + z0; z0 = b1 u - a1 y + z1; z1 = b2 u - a2 y``; ``sos`` (5, 6), ``zi`` (5, 2) and the
+    state ``z`` (5, 2, n_channels) hold them in that order (rows 0-1, 2-3, 4).
     """
     # b0, b1, b2, a1, a2 of the five sections
-    a0, a1, a2, a4, a5 = sos_bp[0, 0], sos_bp[0, 1], sos_bp[0, 2], sos_bp[0, 4], sos_bp[0, 5]
-    b0, b1, b2, b4, b5 = sos_bp[1, 0], sos_bp[1, 1], sos_bp[1, 2], sos_bp[1, 4], sos_bp[1, 5]
-    c0, c1, c2, c4, c5 = sos_q[0, 0], sos_q[0, 1], sos_q[0, 2], sos_q[0, 4], sos_q[0, 5]
-    d0, d1, d2, d4, d5 = sos_q[1, 0], sos_q[1, 1], sos_q[1, 2], sos_q[1, 4], sos_q[1, 5]
-    e0, e1, e2, e4, e5 = sos_h[0, 0], sos_h[0, 1], sos_h[0, 2], sos_h[0, 4], sos_h[0, 5]
-    za0, za1, zb0, zb1 = z_bp[0, 0, c], z_bp[0, 1, c], z_bp[1, 0, c], z_bp[1, 1, c]
-    zc0, zc1, zd0, zd1 = z_q[0, 0, c], z_q[0, 1, c], z_q[1, 0, c], z_q[1, 1, c]
-    ze0, ze1 = z_h[0, 0, c], z_h[0, 1, c]
+    a0, a1, a2, a4, a5 = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
+    b0, b1, b2, b4, b5 = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
+    c0, c1, c2, c4, c5 = sos[2, 0], sos[2, 1], sos[2, 2], sos[2, 4], sos[2, 5]
+    d0, d1, d2, d4, d5 = sos[3, 0], sos[3, 1], sos[3, 2], sos[3, 4], sos[3, 5]
+    e0, e1, e2, e4, e5 = sos[4, 0], sos[4, 1], sos[4, 2], sos[4, 4], sos[4, 5]
+    za0, za1, zb0, zb1 = z[0, 0, c], z[0, 1, c], z[1, 0, c], z[1, 1, c]
+    zc0, zc1, zd0, zd1 = z[2, 0, c], z[2, 1, c], z[3, 0, c], z[3, 1, c]
+    ze0, ze1 = z[4, 0, c], z[4, 1, c]
     hold, prev_bp, prev_raw, run_step = cf[c, _C_HOLD], cf[c, _C_PREVBP], cf[c, _C_PREVRAW], cf[c, _C_RUNSTEP]
     started, run = ci[c, _C_STARTED], ci[c, _C_RUN]
     n_fin, n_nan, s1, s2, s3, s4 = (acc[c, _A_NFIN], acc[c, _A_NNAN], acc[c, _A_S1], acc[c, _A_S2],
@@ -226,9 +224,9 @@ def _lead_run(
         first = started == 0
         if first:  # steady state for a step of height v
             started = 1
-            za0, za1, zb0, zb1 = zi_bp[0, 0] * v, zi_bp[0, 1] * v, zi_bp[1, 0] * v, zi_bp[1, 1] * v
-            zc0, zc1, zd0, zd1 = zi_q[0, 0] * v, zi_q[0, 1] * v, zi_q[1, 0] * v, zi_q[1, 1] * v
-            ze0, ze1 = zi_h[0, 0] * v, zi_h[0, 1] * v
+            za0, za1, zb0, zb1 = zi[0, 0] * v, zi[0, 1] * v, zi[1, 0] * v, zi[1, 1] * v
+            zc0, zc1, zd0, zd1 = zi[2, 0] * v, zi[2, 1] * v, zi[3, 0] * v, zi[3, 1] * v
+            ze0, ze1 = zi[4, 0] * v, zi[4, 1] * v
         w = a0 * v + za0  # 1-40 Hz
         za0 = a1 * v - a4 * w + za1
         za1 = a2 * v - a5 * w
@@ -275,9 +273,9 @@ def _lead_run(
         if v <= lo_lim or v >= hi_lim:
             rail += 1.0
         k += 1
-    z_bp[0, 0, c], z_bp[0, 1, c], z_bp[1, 0, c], z_bp[1, 1, c] = za0, za1, zb0, zb1
-    z_q[0, 0, c], z_q[0, 1, c], z_q[1, 0, c], z_q[1, 1, c] = zc0, zc1, zd0, zd1
-    z_h[0, 0, c], z_h[0, 1, c] = ze0, ze1
+    z[0, 0, c], z[0, 1, c], z[1, 0, c], z[1, 1, c] = za0, za1, zb0, zb1
+    z[2, 0, c], z[2, 1, c], z[3, 0, c], z[3, 1, c] = zc0, zc1, zd0, zd1
+    z[4, 0, c], z[4, 1, c] = ze0, ze1
     cf[c, _C_HOLD], cf[c, _C_PREVBP], cf[c, _C_PREVRAW], cf[c, _C_RUNSTEP] = hold, prev_bp, prev_raw, run_step
     ci[c, _C_STARTED], ci[c, _C_RUN] = started, run
     acc[c, _A_NFIN], acc[c, _A_NNAN], acc[c, _A_S1], acc[c, _A_S2] = n_fin, n_nan, s1, s2
@@ -335,21 +333,12 @@ def _event_step(ev: IntArray, flag: bool, block: int, on_blocks: int, off_blocks
 @njit(cache=True, nogil=True)
 def _quality_kernel(
     x: FloatArray,
-    hop: int,
-    clip_run: int,
-    on_blocks: IntArray,
-    off_blocks: int,
+    ipar: IntArray,
     par: FloatArray,
     lims: FloatArray,
-    sos_bp: FloatArray,
-    sos_q: FloatArray,
-    sos_h: FloatArray,
-    zi_bp: FloatArray,
-    zi_q: FloatArray,
-    zi_h: FloatArray,
-    z_bp: FloatArray,
-    z_q: FloatArray,
-    z_h: FloatArray,
+    sos: FloatArray,
+    zi: FloatArray,
+    z: FloatArray,
     cf: FloatArray,
     ci: IntArray,
     g: IntArray,
@@ -366,7 +355,14 @@ def _quality_kernel(
     out_flags: IntArray,
     ev_out: IntArray,
 ) -> tuple[int, int]:
-    """Process one chunk; update all state in place; return (#block rows, #event records)."""
+    """Process one chunk; update all state in place; return (#block rows, #event records).
+
+    ``ipar``: ``hop``, ``clip_run``, ``off_blocks``, then ``on_blocks`` of each event kind (see
+    :class:`SignalQuality`); ``sos``/``zi``/``z``: the five filter sections (see :func:`_lead_run`).
+    """
+    hop = ipar[_I_HOP]
+    clip_run = ipar[_I_CLIPRUN]
+    off_blocks = ipar[_I_OFF]
     n_samples = x.shape[0]
     n_ch = x.shape[1]
     n_win = ring.shape[0]
@@ -378,8 +374,7 @@ def _quality_kernel(
         pos = g[_G_POS]
         m = min(n_samples - n, hop - pos)  # samples up to the end of the current block
         for c in range(n_ch):
-            _lead_run(x, n, n + m, c, pos, lims, sos_bp, sos_q, sos_h, zi_bp, zi_q, zi_h, z_bp, z_q, z_h,
-                      cf, ci, acc, blockbuf, runbuf, stepbuf)
+            _lead_run(x, n, n + m, c, pos, lims, sos, zi, z, cf, ci, acc, blockbuf, runbuf, stepbuf)
         n += m
         pos += m
         g[_G_POS] = pos
@@ -460,7 +455,7 @@ def _quality_kernel(
             for kind in range(4):
                 if flags_now[kind]:
                     bits |= 1 << kind
-                res = _event_step(evs[kind, c], flags_now[kind], block, on_blocks[kind], off_blocks)
+                res = _event_step(evs[kind, c], flags_now[kind], block, ipar[_I_ON + kind], off_blocks)
                 if res != 0:
                     ev_out[n_ev, 0] = kind
                     ev_out[n_ev, 1] = c
@@ -689,16 +684,15 @@ def _usable_lookup(
 class QualityState:
     """All streaming state of :class:`SignalQuality` (arrays updated by the kernel).
 
-    Filter states ``z_*`` have SciPy's ``(n_sections, 2, n_channels)`` layout; ``blockbuf``,
+    The filter state ``z`` of the five sections (1-40 Hz: 0-1, 5-15 Hz: 2-3, > 40 Hz: 4) has SciPy's
+    ``(n_sections, 2, n_channels)`` layout; ``blockbuf``,
     ``runbuf`` and ``stepbuf`` hold the current block's raw samples, identical-value run
     lengths and the step that entered each run;
     ``ring`` the per-block sums of the window; ``events`` one hysteresis machine per
     (kind, channel).
     """
 
-    z_bp: FloatArray
-    z_q: FloatArray
-    z_h: FloatArray
+    z: FloatArray
     cf: FloatArray
     ci: IntArray
     g: IntArray
@@ -711,14 +705,12 @@ class QualityState:
 
     @classmethod
     def initial(
-        cls, n_channels: int, hop: int, n_win: int, sections: tuple[int, int, int]
+        cls, n_channels: int, hop: int, n_win: int, n_sections: int
     ) -> QualityState:
         """State before the first sample."""
         c = n_channels
         return cls(
-            z_bp=np.zeros((sections[0], 2, c)),
-            z_q=np.zeros((sections[1], 2, c)),
-            z_h=np.zeros((sections[2], 2, c)),
+            z=np.zeros((n_sections, 2, c)),
             cf=np.zeros((c, _N_CF)),
             ci=np.zeros((c, _N_CI), np.int64),
             g=np.zeros(_N_G, np.int64),
@@ -860,17 +852,16 @@ class SignalQuality:
                 f"noise_off={noise_off}"
             )
         usable_sqi = _frac("usable_sqi", usable_sqi)
-        self._clip_run = max(3, int(round(_pos("clip_run_s", clip_run_s) * self.fs)))
-        self._on_blocks = np.array(
-            [
-                1,
-                max(1, int(np.ceil(flat_min_s / hop_s - 1e-9))),
-                1,
-                max(1, int(np.ceil(noise_min_s / hop_s - 1e-9))),
-            ],
-            np.int64,
-        )
-        self._off_blocks = max(1, int(np.ceil(event_off_s / hop_s - 1e-9)))
+        clip_run = max(3, int(round(_pos("clip_run_s", clip_run_s) * self.fs)))
+        on_blocks = [
+            1,
+            max(1, int(np.ceil(flat_min_s / hop_s - 1e-9))),
+            1,
+            max(1, int(np.ceil(noise_min_s / hop_s - 1e-9))),
+        ]
+        off_blocks = max(1, int(np.ceil(event_off_s / hop_s - 1e-9)))
+        self._ipar = np.array([self.hop, clip_run, off_blocks, *on_blocks], np.int64)
+        assert self._ipar.shape == (_N_I,)
         # per-lead limits in the stream's units: adc_min, adc_max, flat threshold
         self._lims = np.ascontiguousarray(np.stack([lo, hi, flat_mv * upm], axis=1))
         self._par = np.array(
@@ -882,27 +873,23 @@ class SignalQuality:
                 usable_sqi,
             ]
         )
-        self._sos_bp = butter_sos(2, (1.0, 40.0), "bandpass", fs=self.fs)
-        self._sos_q = butter_sos(2, (5.0, 15.0), "bandpass", fs=self.fs)
-        self._sos_h = butter_sos(2, 40.0, "highpass", fs=self.fs)
-        self._zi = tuple(sosfilt_zi(s) for s in (self._sos_bp, self._sos_q, self._sos_h))
+        sos_bp = butter_sos(2, (1.0, 40.0), "bandpass", fs=self.fs)
+        sos_q = butter_sos(2, (5.0, 15.0), "bandpass", fs=self.fs)
+        sos_h = butter_sos(2, 40.0, "highpass", fs=self.fs)
+        # the kernel (_lead_run) is written for these cascades: 2 + 2 + 1 sections, in one array
+        assert (sos_bp.shape, sos_q.shape, sos_h.shape) == ((2, 6), (2, 6), (1, 6))
+        self._sos = np.ascontiguousarray(np.concatenate([sos_bp, sos_q, sos_h]))
+        self._zi = np.ascontiguousarray(np.concatenate([sosfilt_zi(s) for s in (sos_bp, sos_q, sos_h)]))
         # shared results of chunks that complete no block (zero-size: nothing to write) and event scratch
         c = self.n_channels
         self._no_rows = (np.empty(0, np.int64), np.empty((0, c)), np.empty((0, c), np.bool_),
                          np.empty((0, c, _N_F)), np.empty((0, c), np.int64))
         self._no_update = SQIUpdate(*self._no_rows)
         self._ev_out = np.empty((c * 4 + 1, 4), np.int64)
-        # the kernel (_lead_run) is written for these cascades: 2 + 2 + 1 sections
-        assert (self._sos_bp.shape, self._sos_q.shape, self._sos_h.shape) == ((2, 6), (2, 6), (1, 6))
         self.state = self._initial()
 
     def _initial(self) -> QualityState:
-        return QualityState.initial(
-            self.n_channels,
-            self.hop,
-            self.n_win,
-            (self._sos_bp.shape[0], self._sos_q.shape[0], self._sos_h.shape[0]),
-        )
+        return QualityState.initial(self.n_channels, self.hop, self.n_win, self._sos.shape[0])
 
     def reset(self) -> None:
         """Back to the state before the first sample."""
@@ -967,37 +954,9 @@ class SignalQuality:
         if ev_out.shape[0] < max_rows * c * 4 + 1:
             ev_out = np.empty((max_rows * c * 4 + 1, 4), np.int64)
         n_rows, n_ev = _quality_kernel(
-            xf,
-            self.hop,
-            self._clip_run,
-            self._on_blocks,
-            self._off_blocks,
-            self._par,
-            self._lims,
-            self._sos_bp,
-            self._sos_q,
-            self._sos_h,
-            self._zi[0],
-            self._zi[1],
-            self._zi[2],
-            st.z_bp,
-            st.z_q,
-            st.z_h,
-            st.cf,
-            st.ci,
-            st.g,
-            st.acc,
-            st.blockbuf,
-            st.runbuf,
-            st.stepbuf,
-            st.ring,
-            st.events,
-            out_block,
-            out_sqi,
-            out_usable,
-            out_feat,
-            out_flags,
-            ev_out,
+            xf, self._ipar, self._par, self._lims, self._sos, self._zi, st.z, st.cf, st.ci, st.g, st.acc,
+            st.blockbuf, st.runbuf, st.stepbuf, st.ring, st.events,
+            out_block, out_sqi, out_usable, out_feat, out_flags, ev_out,
         )
         if n_rows == 0:
             return self._no_update, []  # no block, hence no event
