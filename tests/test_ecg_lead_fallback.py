@@ -201,3 +201,28 @@ def test_close_on_another_lead_announces_the_return_and_the_viewer_follows(
     assert [(v["key"], v["state"], v["technical"], v["priority"]) for v in views if v] == [
         ("s/ecg:analysis_lead", "on", True, "low"), ("s/ecg:analysis_lead", "off", True, "low")]
     assert views[0] is not None and views[0]["text"] == "ECG ANALYSIS ON V1"
+
+
+def test_a_lead_that_misses_beats_is_no_fallback() -> None:
+    # lead 1 shows only every other complex (a bigeminy whose ectopic beats are isoelectric on that
+    # lead, as on MIT-BIH 207's V1): analysing it after lead 0 comes off would report half the rate
+    # (a false BRADY); the concordance check over the history keeps analysis on lead 0 (technical alarm)
+    rng = np.random.default_rng(2)
+    t = np.arange(int(60 * FS)) / FS
+    x = np.zeros((t.size, 2))
+    for i, b in enumerate(np.arange(0.5, 59.5, 0.75)):  # 80/min
+        q = np.exp(-((t - b) ** 2) / (2 * 0.012**2))
+        x[:, 0] += q
+        x[:, 1] += 0.8 * q if i % 2 == 0 else 0.0
+    x += rng.normal(0.0, 0.01, x.shape)
+    x[int(20 * FS):int(45 * FS), 0] = np.nan
+    recs = run(x)
+    assert not switches(recs)
+    assert "leads_off" in on(recs) and not on(recs) & PHYSIO, alarms(recs)
+    half = x.copy()  # the same lead 1 with every complex: a fallback
+    half[:, 1] = 0.8 * np.nan_to_num(ecg_like(t)) + rng.normal(0.0, 0.01, t.size)
+    assert [e["to"] for e in switches(run(half))][:1] == ["V1"]
+
+
+def ecg_like(t: np.ndarray) -> np.ndarray:
+    return sum(np.exp(-((t - b) ** 2) / (2 * 0.012**2)) for b in np.arange(0.5, 59.5, 0.75))  # type: ignore[return-value]

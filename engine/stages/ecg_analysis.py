@@ -61,7 +61,9 @@ blocks) detection moves, at the end of that block, to the preferred lead if it w
 time, else to the usable lead with the best mean SQI, else - when the analysis lead is off (leads-off,
 flat line, saturation) - to a connected isoelectric lead that was usable in at least half of the last
 ``LEAD_TRUST_BLOCKS`` blocks (asystole must still be recognised: a lead that never showed a usable ECG,
-such as MIT-BIH 101's 0.07 mV V1, is no witness). It returns to the preferred lead once that has been
+such as MIT-BIH 101's 0.07 mV V1, is no witness) - in every case only if a detector on the candidate
+finds ``LEAD_MATCH`` (80 %) of the beats the analysis lead found before its unusable run, over the
+history (:meth:`EcgAnalysis._concordant`; MIT-BIH 207's V1 shows half of an R-V bigeminy). It returns to the preferred lead once that has been
 usable for ``LEAD_RETURN_S`` (10 s): the beat classifier and the AF tuning are for the preferred
 (MLII-like) lead, and the hysteresis keeps an intermittent electrode from making analysis flap. The new
 lead's :class:`~telediag.dsp.qrs.QRSDetector` first runs over that lead's last ``learn_s`` +
@@ -208,6 +210,9 @@ blocks) before analysis returns to it (hysteresis against flapping on an intermi
 LEAD_WARM_S = 1.0
 """A detector started on a new analysis lead first runs over that lead's last ``learn_s`` + this
 many seconds (from the signal history), so its learning period is over when it takes over."""
+LEAD_MATCH = 0.8
+"""A lead is a fallback only if a detector on it finds at least this fraction of the beats the analysis
+lead found before it became unusable (over the signal history; :meth:`EcgAnalysis._concordant`)."""
 LEAD_TRUST_BLOCKS = 60
 """A connected isoelectric lead is a fallback (for asystole) only when it was usable in at least
 half of the last this many quality blocks: a lead that never showed a usable ECG (MIT-BIH 101's
@@ -585,6 +590,7 @@ class EcgAnalysis(Stage):
         self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
         self._last_det = -(1 << 62)  # the latest beat any detector gave
         self._step_lead = p.lead
+        self._checked: dict[tuple[int, int], bool] = {}  # (lead, start of the unusable run) -> concordant
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -826,7 +832,8 @@ class EcgAnalysis(Stage):
             if ok[pref]:
                 return pref, "unusable"
             m = np.where(ok, np.nan_to_num(sqi[last], nan=0.0).mean(axis=0), -1.0)
-            return int(np.argmax(m)), "unusable"
+            k = int(np.argmax(m))
+            return (k, "unusable") if self._concordant(k, int(starts[-1]) + hop, x, start) else (-1, "")
         # no usable lead: a connected isoelectric one (asystole), only when the analysis lead is off
         # (leads-off, flat line or saturation: not just noisy or isoelectric itself - a lead whose narrow QRS
         # fall outside the 5-95 % range would pass for isoelectric without a detector run on it)
@@ -840,7 +847,40 @@ class EcgAnalysis(Stage):
             if all(self._iso_at(k, int(b), hop, int(f), x, start)
                    for b, f in zip(starts[last].tolist(), flags[last, k].tolist(), strict=True)):
                 best, best_trust = k, float(trust[k])
-        return (best, "isoelectric") if best >= 0 else (-1, "")
+        if best >= 0 and self._concordant(best, int(starts[-1]) + hop, x, start):
+            return best, "isoelectric"
+        return -1, ""
+
+    def _concordant(self, lead: int, t: int, x: NDArray[np.float64], start: int) -> bool:
+        """Whether a detector on ``lead`` finds the beats that the analysis lead found before its
+        unusable run (ending at ``t``), over the history held: at least ``LEAD_MATCH`` of them
+        (within 0.15 s) and not 25 % more. A lead on which half the beats are too small to detect (MIT-BIH
+        207's V1 in R-V bigeminy: a false BRADY at half the rate) is no fallback. True (no evidence
+        against) when fewer than 3 usable beats were found there. Checked once per unusable run and lead."""
+        key = (lead, t - self._bad * self.state.gate.hop)  # the candidate and where this unusable run began
+        if key in self._checked:
+            return self._checked[key]
+        fs = self._fs
+        b_end = key[1]
+        w0 = max(start - self.state.history.buf.shape[0], self._seg_start(b_end - 1), 0)
+        ok = True
+        y = self._lead_samples(lead, w0, b_end, x, start)
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        det = QRSDetector(fs, **dict(p.qrs))
+        lo = w0 + round((det.params.learn_s + 0.5) * fs)
+        ref = [d[0] for d in self._found if d[3] and lo <= d[0] < b_end - round(0.3 * fs)]
+        if y is not None and len(ref) >= 3:
+            found, _ = det.process_with_confirm(y)
+            found = found + w0
+            cand = found[(found >= lo) & (found < b_end - round(0.3 * fs))]
+            tol = 0.15 * fs
+            hit = sum(1 for r_ in ref if cand.size and np.min(np.abs(cand - r_)) <= tol)
+            ok = hit >= LEAD_MATCH * len(ref) and cand.size <= 1.25 * len(ref) + 1
+        if len(self._checked) > 64:
+            self._checked.clear()
+        self._checked[key] = ok
+        return ok
 
     def _iso_at(self, lead: int, b0: int, hop: int, flags: int, x: NDArray[np.float64], start: int) -> bool:
         """Whether block ``b0`` of ``lead`` is a connected isoelectric line (see :meth:`_isoelectric`),
