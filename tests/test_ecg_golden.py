@@ -52,6 +52,19 @@ def _run(shared: Path, name: str, classify: str) -> dict[str, list[dict[str, Any
     return collect(run_pipeline([st], chunks))
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal, floats to 1e-9 relative: the golden files hold floats from another numpy/Numba build,
+    and a kurtosis summed in another order differs in the 13th digit; any behaviour change (a beat, a
+    flag, a verdict, a reading) still fails."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
 def _golden(name: str, mode: str) -> dict[str, list[dict[str, Any]]]:
     with gzip.open(GOLDEN / f"{name}_{mode}.json.gz", "rt", encoding="utf-8") as f:
         return json.load(f)  # type: ignore[no-any-return]
@@ -65,7 +78,7 @@ def test_classify_off_matches_golden_except_intended_changes(shared_data: Path, 
     flagged = [b["sample"] for b in new["beats"] if b.get("usable", True) is False]
     assert flagged == [b["sample"] for b in old["suppressed"]]
     for key in ("hr", "hrv", "blocks", "events"):
-        assert new[key] == old[key], key
+        assert _same(new[key], old[key]), key
     if not old["suppressed"]:  # clean record: the physiological alarms are unchanged
         kept = [{k: v for k, v in a.items() if k != "category"} for a in new["alarms"] if a["type"] not in NEW_ALARMS]
         assert kept == old["alarms"]
@@ -76,5 +89,5 @@ def test_classify_on_matches_golden_positions_and_rate(shared_data: Path, name: 
     old, new = _golden(name, "on"), _run(shared_data, name, "on")
     assert [b["sample"] for b in new["beats"] if b.get("usable", True)] == [b["sample"] for b in old["beats"]]
     assert all(b["label"] in ("N", "S", "V", "F", "Q") for b in new["beats"] if b.get("usable", True))
-    assert new["hr"] == old["hr"]
-    assert new["blocks"] == old["blocks"] and new["events"] == old["events"]
+    assert _same(new["hr"], old["hr"])
+    assert _same(new["blocks"], old["blocks"]) and new["events"] == old["events"]
