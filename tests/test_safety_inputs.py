@@ -603,20 +603,28 @@ def test_beat_labels_after_asystole_match_the_record_without_it(rec119: np.ndarr
     """30 s of asystole on 119: the beats the detector found in the isoelectric noise filled the
     classifier's running amplitude scale and template, and the resumed N N V came out V V V (false
     PVCs on the display, though the alarms ignore them). The feature state restarts at the first
-    usable beat after such a stretch: the labels then equal those of the record without it."""
+    usable beat after such a stretch: the labels then equal those of the record without it (and
+    every beat's label and release sample are the same for any chunking)."""
 
-    def labels(x: np.ndarray) -> dict[int, str]:
+    def published(x: np.ndarray, chunk_s: float = 1.0) -> dict[int, tuple[bool, str, int]]:
         st = _analysis()
         st.open(StreamSpec("s/ecg", "ecg", FS, NAMES, UNITS))
-        n, out = int(FS), {}
+        n, out = int(chunk_s * FS), {}
         for i, k in enumerate(range(0, len(x), n)):
             recs = st.process(Chunk.signal("ecg", "s/ecg", i, round(k / FS * 1e9), x[k:k + n], FS, NAMES, UNITS)).records
             recs += st.close().records if k + n >= len(x) else []
-            out.update({b["sample"]: b["label"] for r in recs if r.kind == "beats" for b in r.body["beats"] if b["usable"]})
+            out.update({b["sample"]: (b["usable"], b["label"], b["release_sample"])
+                        for r in recs if r.kind == "beats" for b in r.body["beats"]})
         return out
 
-    clean, after = labels(rec119), labels(asystole(rec119, 20.0, 50.0))
+    def labels(pub: dict[int, tuple[bool, str, int]]) -> dict[int, str]:
+        return {s: lab for s, (u, lab, _) in pub.items() if u}
+
+    y = asystole(rec119, 20.0, 50.0)
+    pub = published(y)
+    clean, after = labels(published(rec119)), labels(pub)
     resumed = sorted(s for s in after if s > 50.5 * FS)
     assert len(resumed) >= 10 and all(s in clean for s in resumed), (resumed, sorted(clean))
     assert [after[s] for s in resumed] == [clean[s] for s in resumed]
     assert [after[s] for s in resumed[:3]] == ["N", "N", "V"]  # MIT-BIH 119 at 51.08, 52.02, 52.56 s
+    assert published(y, chunk_s=7.0) == pub

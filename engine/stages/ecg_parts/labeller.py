@@ -117,6 +117,8 @@ class BeatLabeller:
         self.amp_usable: list[float] = []  # amplitudes of the last 8 usable beats
         self.amp_run: list[float] = []  # amplitudes of the unusable beats since the last usable one
         self.restarts = 0
+        self.early: set[int] = set()  # global indices of the beats a restart finished early
+        self.held: list[tuple[int, int, int, bool, str, dict[str, float], int | None]] = []  # ... labelled, waiting
         try:
             from telediag.models.ecg_beats.features import LOOKAHEAD_BEATS
 
@@ -182,6 +184,7 @@ class BeatLabeller:
                 return self._feed(fs_stream, x, new, final)
             # the beats before the restart beat: finished with the old state
             old = self._feed(fs_stream, x, new[new < restart], True)
+            self.early.update(self.index[b] for b in old.beats.tolist() if b in self.index)
             from telediag.models.ecg_beats import BeatClassifier
 
             self.stream = BeatClassifier.stream(self.fs)
@@ -230,7 +233,10 @@ class BeatLabeller:
             idx, probs = result if result is not None else self.clf.classify(feats)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - a model problem must not stop detection
             self.clf = None  # from now on beats go out unlabelled, as with classify = "off"
-            flushed: list[Labelled] = [(s_, c, r, u, None, None) for s_, (c, r, u) in sorted(self.release.items())]
+            newest = self.order[-1][1] if self.order else 0
+            flushed: list[Labelled] = [(b, c, max(r, newest), u, lab, pr) for b, c, r, u, lab, pr, _ in self.held]
+            self.held.clear()
+            flushed += [(s_, c, r, u, None, None) for s_, (c, r, u) in sorted(self.release.items())]
             self.release.clear()
             self.index.clear()
             self.order.clear()
@@ -239,26 +245,36 @@ class BeatLabeller:
 
         out: list[Labelled] = []
         beats_done = feats.beats.tolist()
-        if not beats_done and not final:
+        if not beats_done and not final and not self.held:
             return out  # nothing labelled: nothing released, the kept beats unchanged
         newest = self.order[-1][1] if self.order else 0
         rows = np.asarray(probs).tolist()
         idx_l = np.asarray(idx).tolist()
         classes = AAMI_CLASSES
+        items, self.held = self.held, []
         for k, b in enumerate(beats_done):
             c, r, u = self.release.pop(b)
-            g = self.index.pop(b, None)
+            items.append((b, c, r, u, classes[idx_l[k]],
+                          {cls: round(p_, 4) for cls, p_ in zip(classes, rows[k], strict=True)},
+                          self.index.pop(b, None)))
+        for b, c, r, u, lab, pr, g in items:
             # released with the L-th decided beat after it (the one that made it classifiable);
-            # at the end of the stream, or if the builder released it earlier, now
+            # at the end of the stream, or if the builder released it earlier, now - except the
+            # beats a restart finished early: they wait for that beat (chunking-independent)
             ahead = None if g is None else g + self.lookahead - self.order_base
-            if ahead is not None and 0 <= ahead < len(self.order):
+            if ahead is not None and 0 <= ahead < len(self.order) and not self.held:
                 rel = self.order[ahead][1]
+            elif not final and (self.held or g in self.early):
+                self.held.append((b, c, r, u, lab, pr, g))
+                continue
             else:
                 rel = n_seen - 1 if final else newest
-            out.append((b, c, max(r, rel), u, classes[idx_l[k]],
-                        {cls: round(p_, 4) for cls, p_ in zip(classes, rows[k], strict=True)}))
-        # keep the decided beats still needed (from the oldest unlabelled beat on)
+            self.early.discard(g)
+            out.append((b, c, max(r, rel), u, lab, pr))
+        # keep the decided beats still needed (from the oldest unlabelled or held beat on)
         oldest = min(self.index.values(), default=self.order_base + len(self.order))
+        if self.held:
+            oldest = min([oldest, *(h[6] for h in self.held if h[6] is not None)])
         drop = max(0, oldest - self.order_base)
         if drop:
             del self.order[:drop]
