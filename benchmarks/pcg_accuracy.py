@@ -6,7 +6,8 @@ CirCor DigiScope recordings (``circor``, another stethoscope; ``--no-circor`` le
 1. leave-one-database-out CV (train on the other databases, test on the held-out one) and
    5 random record folds (seed 0, ``--random``): the emission and duration parameters are
    re-fitted on each training split, S1 and S2 are scored on the held-out records (+-60 ms on
-   the sound's centre; CirCor is held out but, unless ``--train-circor``, never trained on,
+   the sound's centre; the emission CNN is re-trained in each fold, so PyTorch, the
+   ``train`` extra, is needed; CirCor is held out but, unless ``--train-circor``, never trained on,
    as for the shipped parameters); side by side, per database, the same scores of Springer's published
    LR-HSMM segmentations of the same PhysioNet files (``annotations/springer``; none exist
    for CirCor, so its row and the "all" row have no Springer figures and the Springer

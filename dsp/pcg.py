@@ -559,6 +559,11 @@ class PCGSegParams:
     hr_min_bpm: float = 30.0
     hr_max_bpm: float = 120.0
     extra: dict[str, Any] = field(default_factory=dict)
+    _cnn: _EmissionCNN | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        spec = self.extra.get("emission_cnn")
+        object.__setattr__(self, "_cnn", None if spec is None else _EmissionCNN.from_spec(spec))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PCGSegParams:
@@ -579,8 +584,11 @@ class PCGSegParams:
         try:
             offs = [float(v) for v in extra.get("sys_offsets_s", [])]
             margin = float(extra.get("sys_switch_nats_per_s", 0.0))
+            hr_round = float(extra.get("hr_round_bpm", 0.0))
         except (TypeError, ValueError) as e:
             raise DSPError(f"PCG segmentation parameters are malformed: {e}") from e
+        if not (math.isfinite(hr_round) and 0.0 <= hr_round <= 5.0):
+            raise DSPError(f"extra.hr_round_bpm must be within 0 .. 5 bpm, got {hr_round}")
         if not all(math.isfinite(v) and abs(v) <= 0.2 for v in offs) or not (
             math.isfinite(margin) and margin >= 0.0
         ):
@@ -600,6 +608,77 @@ class PCGSegParams:
             out[k] = float(getattr(self, k))
         out["extra"] = dict(self.extra)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _EmissionCNN:
+    """The small dilated 1-D CNN emission model of ``extra["emission_cnn"]`` (issue 16).
+
+    JSON form: ``{"weight": w, "log_prior": [4], "layers": [{"w": [out][in][k], "b": [out],
+    "dilation": d}, ...]}``: each layer a 'same' convolution over frames with edge-replicated
+    padding (PyTorch ``padding_mode="replicate"``), ReLU between layers, 4 logits out.  Its input
+    is the 9 z-scored envelope features of :func:`emission_features` (the first 9 columns);
+    its log posterior / prior is mixed with the logistic regression's as
+    ``(1 - w) * LR + w * CNN`` (:func:`_log_emissions`).
+    """
+
+    weight: float
+    log_prior: FloatArray
+    layers: tuple[tuple[FloatArray, FloatArray, int, int], ...]  # (W flat (k*in, out), b, dil, k)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> _EmissionCNN:
+        try:
+            w = float(spec["weight"])
+            lp = np.asarray(spec["log_prior"], dtype=np.float64)
+            layers = []
+            c_in = len(_BASE_FEATURES)
+            for ly in spec["layers"]:
+                W = np.asarray(ly["w"], dtype=np.float64)
+                b = np.asarray(ly["b"], dtype=np.float64)
+                dil = int(ly["dilation"])
+                if (W.ndim != 3 or W.shape[1] != c_in or b.shape != (W.shape[0],)
+                        or W.shape[2] % 2 != 1 or dil < 1):
+                    raise ValueError(f"layer shapes {W.shape} / {b.shape}, dilation {dil}, "
+                                     f"expected (out, {c_in}, odd k) / (out,), dilation >= 1")
+                k = W.shape[2]
+                wf = np.ascontiguousarray(W.transpose(2, 1, 0).reshape(k * c_in, W.shape[0]))
+                layers.append((wf, np.ascontiguousarray(b), dil, k))
+                c_in = W.shape[0]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DSPError(f"PCG segmentation parameters: malformed extra.emission_cnn: {e}") from e
+        if (not layers or c_in != 4 or lp.shape != (4,) or not 0.0 <= w <= 1.0
+                or not all(np.all(np.isfinite(a)) for ly in layers for a in ly[:2])
+                or not np.all(np.isfinite(lp))):
+            raise DSPError("PCG segmentation parameters: extra.emission_cnn must end in 4 "
+                           "outputs, have a finite 4-value log_prior and a weight in [0, 1]")
+        return cls(w, lp, tuple(layers))
+
+    def log_emissions(self, z: FloatArray) -> FloatArray:
+        """log P(state | window) - log P(state) from the (n, 9) z-scored features, up to an
+        additive constant per frame (see :func:`_log_emissions`)."""
+        x = z
+        n = x.shape[0]
+        last = len(self.layers) - 1
+        for i, (wf, b, dil, k) in enumerate(self.layers):
+            c_in = x.shape[1]
+            if k > 1:
+                pad = dil * (k - 1) // 2
+                xp = np.empty((n + 2 * pad, c_in))
+                xp[pad : pad + n] = x
+                xp[:pad] = x[0]
+                xp[pad + n :] = x[-1]
+                # one matrix product per tap (no im2col copy)
+                y = xp[:n] @ wf[:c_in]
+                for j in range(1, k):
+                    y += xp[j * dil : j * dil + n] @ wf[j * c_in : (j + 1) * c_in]
+                x = y
+            else:
+                x = x @ wf
+            x += b
+            if i < last:
+                np.maximum(x, 0.0, out=x)
+        return x - self.log_prior
 
 
 _SCALAR_FIELDS = (
@@ -736,11 +815,23 @@ def emission_features(frames: ArrayLike) -> FloatArray:
 
 
 def _log_emissions(x: FloatArray, params: PCGSegParams) -> FloatArray:
-    """log P(state | o) - log P(state): the scaled likelihood of a hybrid LR-HMM."""
+    """log P(state | o) - log P(state): the scaled likelihood of a hybrid LR-HMM, up to an
+    additive constant per frame.
+
+    The per-frame log-softmax normaliser is not subtracted (issue 16, speed): every HSMM path
+    emits each frame exactly once, so a per-frame constant adds the same amount to every
+    path's score over the same frames and changes neither the best path nor the difference
+    between two paths' scores (all the decoder compares)."""
     logits = x @ params.weights[:, :-1].T + params.weights[:, -1]
-    logits -= logits.max(axis=1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return np.ascontiguousarray(logp - params.log_prior)
+    logits -= params.log_prior
+    cnn = getattr(params, "_cnn", None)  # (absent on objects unpickled from older code)
+    if cnn is None or cnn.weight <= 0.0 or x.shape[0] == 0:
+        return np.ascontiguousarray(logits)
+    # issue 16: the LR's and the small CNN's scaled likelihoods, mixed (weight chosen by LODO)
+    lc = cnn.log_emissions(x[:, : len(_BASE_FEATURES)])
+    logits *= 1.0 - cnn.weight
+    logits += cnn.weight * lc
+    return logits
 
 
 def _autocorr(e: FloatArray, max_lag: int) -> FloatArray:
@@ -904,6 +995,12 @@ def heart_rate_candidates(
             k = int(round(lag))
             out.append((60.0 * FRAME_RATE / lag, _systolic_interval(ac, lag),
                         max(0.0, float(ac[k]))))
+    q = float(params.extra.get("hr_round_bpm", 0.0))
+    if q > 0.0:
+        # rounded (0.1 bpm, 1 ms in the shipped file), so that consecutive streaming windows
+        # share their memoised duration tables: the sub-frame peak refinement otherwise
+        # gives a new rate, hence new tables, at every update
+        out = [(round(hr_c / q) * q, round(sys_c, 3), per_c) for hr_c, sys_c, per_c in out]
     return out
 
 
@@ -1297,7 +1394,7 @@ class PCGWindowStats:
     quality: float
 
 
-_SYS_MEMO_HOPS = 4
+_SYS_MEMO_HOPS = 8
 """The streaming segmenter re-runs the systolic-interval choice (:func:`_refine_systole`) at
 least every this many updates, and whenever the winning heart-rate candidate changes."""
 

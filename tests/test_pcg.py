@@ -461,3 +461,82 @@ def test_duration_tables_vectorised_and_memoised_are_exact() -> None:
     other = pcg.PCGSegParams.from_dict({**params.to_dict(), "s1_mean_s": 0.2})
     assert not np.array_equal(pcg._duration_tables(other, 70.0, 0.3)[0],
                               pcg._duration_tables(params, 70.0, 0.3)[0])
+
+
+def _cnn_spec(rng: np.random.Generator, weight: float = 0.25) -> dict:
+    layers, c = [], 9
+    for d in (1, 2, 4):
+        layers.append({"w": rng.normal(0, 0.3, (3, c, 5)).tolist(),
+                       "b": rng.normal(0, 0.1, 3).tolist(), "dilation": d})
+        c = 3
+    layers.append({"w": rng.normal(0, 0.3, (4, c, 1)).tolist(), "b": [0.0] * 4, "dilation": 1})
+    return {"weight": weight, "log_prior": np.log([0.2, 0.3, 0.15, 0.35]).tolist(),
+            "layers": layers}
+
+
+def _cnn_oracle(z: np.ndarray, spec: dict) -> np.ndarray:
+    """Direct loops: 'same' dilated convolutions, edge-replicated padding, ReLU between."""
+    x = z
+    n = x.shape[0]
+    for li, ly in enumerate(spec["layers"]):
+        w, b, d = np.asarray(ly["w"]), np.asarray(ly["b"]), ly["dilation"]
+        k = w.shape[2]
+        y = np.zeros((n, w.shape[0]))
+        for t in range(n):
+            for j in range(k):
+                src = min(max(t + (j - k // 2) * d, 0), n - 1)
+                y[t] += w[:, :, j] @ x[src]
+        y += b
+        x = np.maximum(y, 0.0) if li < len(spec["layers"]) - 1 else y
+    logp = x - x.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    return logp - np.asarray(spec["log_prior"])
+
+
+def test_emission_cnn_matches_oracle_and_mixes_with_the_lr() -> None:
+    rng = np.random.default_rng(7)
+    base = pcg._default_params().to_dict()
+    base["extra"] = {k: v for k, v in base["extra"].items() if k != "emission_cnn"}
+    lr_only = pcg.PCGSegParams.from_dict(base)
+    base_w = lr_only.weights
+    spec = _cnn_spec(rng)
+    p = pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"], "emission_cnn": spec}})
+    x = pcg.emission_features(rng.random((60, pcg.N_CHANNELS)))
+    ref = _cnn_oracle(x[:, :9], spec)
+
+    def same_up_to_frame_constant(a: np.ndarray, b: np.ndarray) -> None:
+        # emissions are defined up to an additive constant per frame (the decoder's paths
+        # and score differences do not depend on it)
+        dev = a - b
+        np.testing.assert_allclose(dev - dev[:, :1], 0.0, atol=1e-12)
+
+    same_up_to_frame_constant(p._cnn.log_emissions(x[:, :9]), ref)
+    lr = x @ base_w[:, :-1].T + base_w[:, -1]
+    lr -= np.log(np.exp(lr).sum(axis=1, keepdims=True))
+    same_up_to_frame_constant(pcg._log_emissions(x, lr_only), lr - lr_only.log_prior)
+    same_up_to_frame_constant(pcg._log_emissions(x, p),
+                              0.75 * (lr - lr_only.log_prior) + 0.25 * ref)
+    q = pcg.PCGSegParams.from_dict(p.to_dict())  # JSON round trip keeps the CNN
+    np.testing.assert_array_equal(pcg._log_emissions(x, q), pcg._log_emissions(x, p))
+    assert pcg._log_emissions(x[:0], p).shape == (0, 4)
+    bad = _cnn_spec(rng)
+    bad["layers"][0]["w"] = rng.normal(0, 1, (3, 8, 5)).tolist()  # 8 inputs, not 9
+    with pytest.raises(DSPError, match="emission_cnn"):
+        pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"], "emission_cnn": bad}})
+    with pytest.raises(DSPError, match="emission_cnn"):
+        pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"],
+                                                      "emission_cnn": _cnn_spec(rng, 1.5)}})
+
+
+def test_heart_rate_candidates_rounded_as_the_params_say() -> None:
+    t = np.arange(1000) / 50
+    e = 1 + np.cos(np.pi * 1.23 * t) ** 8
+    base = pcg._default_params().to_dict()
+    for q in (0.0, 0.1):
+        p = pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"], "hr_round_bpm": q}})
+        c = pcg.heart_rate_candidates(e, p)
+        if q:
+            assert all(abs(hr / q - round(hr / q)) < 1e-6 for hr, _, _ in c)
+        assert abs(c[0][0] - 73.8) < 1.0
+    with pytest.raises(DSPError, match="hr_round_bpm"):
+        pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"], "hr_round_bpm": -1}})
