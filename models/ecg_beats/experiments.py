@@ -1,4 +1,4 @@
-"""Screening experiments of issue 15 (session 3) on the 2.1.0 training cache (not shipped).
+"""Screening experiments of issue 15 (sessions 3 and 4) on the 2.1.0 training cache (not shipped).
 
 Each variant changes the 2.1.0 inputs or training (same LightGBM settings otherwise: 150
 rounds x 5 classes, 15 leaves, lr 0.1, 25 % of N rows, second-lead rows) and is scored
@@ -34,10 +34,28 @@ into :mod:`._feature_kernels` with streaming state and oracle tests.  None did (
 * ``wp*``: class weights (1/frequency)^p; ``l31``: 31 leaves x 100 rounds; ``noirr``: the AF
   irregularity columns (and their d_ copies) removed (the engine's AF rule then decides AF).
 
+Session 4:
+
+* ``rp*``: record-balanced weights: within each class, a row of a record with ``n`` rows of
+  that class weighs ``n^-p`` (class totals unchanged), so a few records (DS1 209: 383 of DS1's
+  884 SVEB) do not define a class for everyone.
+* ``two``: two-stage trees: V against the rest on every column, then S against N on the RR,
+  RR-context and irregularity columns, the P-region template columns and the two
+  correlations only (no QRS-shape columns, which carry lead and sampling-rate differences).
+* ``normonly``: the raw columns zeroed, only their per-patient ``d_`` copies left.
+* ``rs128``: DS1 also resampled to 128 Hz (``resample_poly``, detection and features redone,
+  reference samples rescaled) as extra training records (both leads) in DS1 -> svdb.
+* ``rule``: a physiological override after the trees (post-hoc, label-free): a beat called N
+  or V becomes S when it is premature against its local rhythm (``c_pre`` < 0.85), followed by
+  at least its local median RR (``c_post`` > 1), has the template's QRS (``t_corr_qrs`` > 0.95),
+  and the local rhythm is regular apart from it (``c_mad`` < 0.12: not AF).
+
 Usage (about 2-4 minutes per variant on one busy core)::
 
     OMP_NUM_THREADS=1 nice -n 10 python -m telediag.models.ecg_beats.experiments \\
         --cache /tmp/ecg_beats_v21.npz --af base seed1 seed2 wp0.25 wp1 pwave ectopy gated prior
+    # session 4
+    ... --cache /tmp/ecg_beats_v21.npz --af base rp0.5 rp1 rp1+seed1 rp1+seed2 two normonly rs128 rule
 
 Saerens M, Latinne P, Decaestecker C. Adjusting the outputs of a classifier to new a priori
 probabilities: a simple procedure. Neural Computation 14(1):21-41, 2002.
@@ -184,6 +202,98 @@ def prior_adapt(p: NDArray[np.float64], pi_train: NDArray[np.float64], k: int = 
     return out
 
 
+RULE = {"c_pre": 0.85, "c_post": 1.0, "t_corr_qrs": 0.95, "c_mad": 0.12}
+
+
+def rule_override(rr: NDArray[Any], lab: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``lab`` with the N/V beats that meet :data:`RULE` turned into S (``rule``)."""
+    c = {n: RR_FEATURES.index(n) for n in RULE}
+    hit = ((rr[:, c["c_pre"]] < RULE["c_pre"]) & (rr[:, c["c_post"]] > RULE["c_post"])
+           & (rr[:, c["t_corr_qrs"]] > RULE["t_corr_qrs"]) & (rr[:, c["c_mad"]] < RULE["c_mad"])
+           & ((lab == 0) | (lab == 2)))
+    out = lab.copy()
+    out[hit] = 1
+    return out
+
+
+def resampled_records(data: Path, recs: list[str], fs_new: float) -> dict[str, dict[str, Any]]:
+    """``recs`` resampled to ``fs_new`` then detected and featured as :func:`.train.load_record`
+    (``rs128``); keys ``rs<fs>/<record>``, the absolute-rate columns zeroed as in training."""
+    from fractions import Fraction
+
+    import wfdb
+    from scipy.signal import resample_poly
+
+    from telediag.dsp.qrs import detect
+    from telediag.models.ecg_beats import _feature_kernels as _fk
+    from telediag.models.ecg_beats.features import N_RAW, PatientNorm, aami_label, beat_features
+
+    out: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        rec = wfdb.rdrecord(str(data / r))
+        ann = wfdb.rdann(str(data / r), "atr")
+        names = list(rec.sig_name)
+        lead = names.index("MLII") if "MLII" in names else 0
+        lead2 = next(i for i in range(len(names)) if i != lead)
+        fr = Fraction(int(fs_new), int(rec.fs))
+        sig = resample_poly(np.nan_to_num(np.asarray(rec.p_signal, np.float64)), fr.numerator,
+                            fr.denominator, axis=0)
+        det = detect(sig[:, lead], fs_new)
+        feats = beat_features(np.stack([sig[:, lead], sig[:, lead2]], axis=1), fs_new, det)
+        rr2 = feats.rr.copy()
+        _fk.template_rows(np.ascontiguousarray(feats.morph[:, 2:4]), 20.0, rr2[:, T._T0:N_RAW])
+        PatientNorm().fill(rr2)
+        lab = np.array([aami_label(s_) for s_ in ann.symbol], np.int64)
+        keep = lab >= 0
+        ref = np.round(np.asarray(ann.sample, np.float64)[keep] * fs_new / rec.fs).astype(np.int64)
+        m = T.match(det, ref, int(round(T.MATCH_S * fs_new)))
+        y = np.where(m >= 0, lab[keep][np.maximum(m, 0)], -1)
+        key = f"rs{int(fs_new)}/{r.split('/')[1]}"
+        out[key] = {"rr": feats.rr, "rr2": rr2, "y": y, "fs": np.array(fs_new), "det": det}
+    T.exclude_columns(out, ",".join(ABSOLUTE_RATE))
+    return out
+
+
+def fit(x: NDArray[np.float32], y: NDArray[np.int64], g: NDArray[np.int64], a: argparse.Namespace) -> Any:
+    """:func:`.train.fit_gbt`, or with record-balanced weights (``rp``), or two-stage (``two``)."""
+    import lightgbm as lgb
+
+    params = {"num_leaves": a.leaves, "learning_rate": a.lr, "min_data_in_leaf": 100,
+              "feature_fraction": 0.7, "bagging_fraction": 0.7, "bagging_freq": 1, "lambda_l2": 1.0,
+              "num_threads": 1, "max_bin": 63, "verbose": -1, "seed": a.seed, "deterministic": True,
+              "force_row_wise": True}
+    if getattr(a, "two", False):
+        keep_t = {"t_corr", "t_corr_qrs", "t_corr_p", "t_res_p", "t_p_ptp", "t_p_ratio"}
+        cols = [i for i, n in enumerate(RR_FEATURES) if not n.removeprefix("d_").startswith("t_")
+                or n.removeprefix("d_") in keep_t]
+        mv = lgb.train({**params, "objective": "binary"}, lgb.Dataset(x, (y == 2).astype(float)), a.rounds)
+        sn = (y == 0) | (y == 1)
+        ms = lgb.train({**params, "objective": "binary"},
+                       lgb.Dataset(x[sn][:, cols], (y[sn] == 1).astype(float)), a.rounds)
+
+        class TwoStage:
+            def predict(self, xx: NDArray[np.float32]) -> NDArray[np.float64]:
+                pv = np.asarray(mv.predict(xx), np.float64)
+                ps = np.asarray(ms.predict(xx[:, cols]), np.float64)
+                p = np.zeros((xx.shape[0], T.N_CLASSES))
+                p[:, 0], p[:, 1], p[:, 2] = (1 - pv) * (1 - ps), (1 - pv) * ps, pv
+                return p
+
+        return TwoStage()
+    rp = getattr(a, "rec_power", 0.0)
+    if not rp:
+        return T.fit_gbt(x, y, a)
+    w = np.ones(y.size)
+    for cl in range(T.N_CLASSES):
+        m = y == cl
+        if m.any():
+            wc = np.bincount(g[m])[g[m]].astype(np.float64) ** -rp
+            w[m] = wc * m.sum() / wc.sum()
+    w *= T.class_weights(y, a.weight_power)
+    return lgb.train({**params, "objective": "multiclass", "num_class": T.N_CLASSES},
+                     lgb.Dataset(x, y, weight=w), a.rounds)
+
+
 # --------------------------------------------------------------------------------------
 # Variants
 # --------------------------------------------------------------------------------------
@@ -215,6 +325,16 @@ def variant(name: str, d: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str
             opts["seed"] = int(part[4:])
         elif part.startswith("wp"):
             opts["weight_power"] = float(part[2:])
+        elif part.startswith("rp"):
+            opts["rec_power"] = float(part[2:])
+        elif part == "two":
+            opts["two"] = True
+        elif part == "rule":
+            opts["rule"] = True
+        elif part == "rs128":
+            opts["extra_ds1"] = 128.0
+        elif part == "normonly":
+            d = _drop(d, [n for n in RR_FEATURES[:len(RR_FEATURES)] if "d_" + n in RR_FEATURES])
         elif part == "l31":
             opts.update(leaves=31, rounds=100)
         elif part == "pwave":
@@ -230,15 +350,22 @@ def variant(name: str, d: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str
     return d, opts
 
 
-def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior: bool, af: bool) -> None:
+def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior: bool, af: bool,
+          data: Path | None = None) -> None:
     """Both cross-database directions of one variant; one line per direction (and per AF)."""
     recs = T.record_ids()
     ds1 = [r for r in recs if r.startswith("mitdb")]
     sv = [r for r in recs if r.startswith("svdb")]
+    extra: dict[str, dict[str, Any]] = {}
+    if getattr(a, "extra_ds1", 0.0) and data is not None:
+        extra = resampled_records(data, ds1, a.extra_ds1)
     for name, train, test in (("DS1->svdb", ds1, sv), ("svdb->DS1", sv, ds1)):
         t0 = time.time()
-        x, y, _ = T.stack(d, train, a.lead2, a.n_keep, a.seed)
-        model = T.fit_gbt(x, y, a)
+        dd, tr = d, train
+        if extra and name == "DS1->svdb":
+            dd, tr = {**d, **extra}, train + sorted(extra)
+        x, y, g = T.stack(dd, tr, a.lead2, a.n_keep, a.seed)
+        model = fit(x, y, g, a)
         cnt = np.bincount(y, minlength=T.N_CLASSES).astype(np.float64)
         pi_train = np.maximum(T.merge_f((cnt / cnt.sum())[None])[0], 1e-3)
         cm = np.zeros((T.N_CLASSES, T.N_CLASSES), np.int64)
@@ -248,9 +375,12 @@ def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior
             p = T.predict(model, d[r]["rr"])
             if prior:
                 p = prior_adapt(p, pi_train)
-            cm += T.confusion(d[r]["y"][keep], p.argmax(1)[keep])
+            lab = p.argmax(1)
+            if getattr(a, "rule", False):
+                lab = rule_override(d[r]["rr"], lab)
+            cm += T.confusion(d[r]["y"][keep], lab[keep])
             if af:
-                lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), p.argmax(1))
+                lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), lab)
                 cm_af += T.confusion(d[r]["y"][keep], lab[keep])
         print(T.format_row(f"{label} {name}", T.metrics(cm)), f"({time.time() - t0:.0f} s)", flush=True)
         if af:
@@ -260,7 +390,7 @@ def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="+", help="base, seedN, wpP, l31, pwave, ectopy, gated, "
-                    "noirr, prior; combine with '+' (e.g. pwave+wp0.25)")
+                    "noirr, prior, rpP, two, normonly, rs128, rule; combine with '+' (e.g. pwave+wp0.25)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--cache", type=Path, required=True, help="train.py's feature cache")
     ap.add_argument("--af", action="store_true", help="also score the engine's labels (AF rule)")
@@ -274,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in opts.items():
             setattr(ns, k, v)
         print(f"== {name}", file=sys.stderr, flush=True)
-        cross(dv, ns, name, "prior" in name.split("+"), a.af)
+        cross(dv, ns, name, "prior" in name.split("+"), a.af, a.data)
     return 0
 
 
