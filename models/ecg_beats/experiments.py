@@ -380,7 +380,9 @@ def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior
                 lab = rule_override(d[r]["rr"], lab)
             cm += T.confusion(d[r]["y"][keep], lab[keep])
             if af:
-                lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), lab)
+                src = d[r].get("src")  # the P-wave input, as the engine (train.rhythm_labels)
+                lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), lab,
+                                      T.detection_lead(str(src)) if src is not None else None)
                 cm_af += T.confusion(d[r]["y"][keep], lab[keep])
         print(T.format_row(f"{label} {name}", T.metrics(cm)), f"({time.time() - t0:.0f} s)", flush=True)
         if af:
