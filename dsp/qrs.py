@@ -194,7 +194,7 @@ class QRSParams:
     premature_gain: float = 0.8
     premature_memory: float = 8.0
     premature_tol: float = 0.15
-    premature_snr: float = 8.0
+    premature_snr: float = 12.0
 
 
 @dataclass(slots=True)

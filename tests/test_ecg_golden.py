@@ -11,9 +11,7 @@ quality blocks and events, except for the intended changes of issue 15:
 * technical alarms (``leads_off``, ``signal_unusable``) and AF episodes (``afib``) are new, and no asystole, bradycardia
   or pause is raised from unusable signal (compared on the clean records only);
 * with ``classify = "on"`` the labels come from whatever beat model is installed (the golden
-  files hold the 1.3.0 labels), so only sample positions and the heart rate are compared;
-* detector changes listed in :data:`QRS_CHANGES`: exactly those beats differ, and the rest of the
-  comparison runs with the detector parameter that turns the change off.
+  files hold the 1.3.0 labels), so only sample positions and the heart rate are compared.
 """
 
 from __future__ import annotations
@@ -37,21 +35,16 @@ RECORDS = {"119": ("mitdb", 0), "203": ("mitdb", 0), "208": ("mitdb", 0), "118e_
 SECONDS = 240
 BEAT_KEYS = ("sample", "t_ns", "confirm_sample", "release_sample", "confirm_delay_s", "delay_s", "label", "probs")
 NEW_ALARMS = {"leads_off", "signal_unusable", "afib"}  # technical alarms and AF are new
-#: Intended detector changes since the capture: record -> (beats added, beats removed, the QRS
-#: override that restores the captured detector). 9da3b00 (premature coupling memory): 203 gains
-#: the true V beats at 92.41, 97.94 and 156.95 s and a false beat on a '|' artefact at 102.12 s;
-#: the beat at 157.16 s (0.2 s off that V) goes.
-QRS_CHANGES = {"203": ({33269, 35260, 36762, 56502}, {56577}, {"premature_memory": 0.0})}
 
 
-def _run(shared: Path, name: str, classify: str, qrs: dict[str, float] | None = None) -> dict[str, list[dict[str, Any]]]:
+def _run(shared: Path, name: str, classify: str) -> dict[str, list[dict[str, Any]]]:
     db, start_s = RECORDS[name]
     if not (shared / db / f"{name}.hea").exists():
         pytest.skip(f"{db}/{name} not in the shared data")
     full = read_wfdb(shared / db / name)
     a = int(start_s * full.fs)
     rec = dataclasses.replace(full, signal=full.signal[a:a + int(SECONDS * full.fs)])
-    st = EcgAnalysis(EcgAnalysisParams(classify=classify, qrs=qrs or {}))
+    st = EcgAnalysis(EcgAnalysisParams(classify=classify))
     stream = f"{rec.name}/ecg"
     st.open(StreamSpec(stream, "ecg", rec.fs, tuple(rec.channels), tuple(rec.units)))
     chunks = (c for _, c in chunks_of(rec, "ecg", stream, chunk_ms=1000.0, start_ns=0, dtype="float64",
@@ -80,12 +73,6 @@ def _golden(name: str, mode: str) -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_classify_off_matches_golden_except_intended_changes(shared_data: Path, name: str) -> None:
     old, new = _golden(name, "off"), _run(shared_data, name, "off")
-    if name in QRS_CHANGES:
-        added, removed, off = QRS_CHANGES[name]
-        now = {b["sample"] for b in new["beats"]}
-        then = {b["sample"] for b in old["beats"]} | {b["sample"] for b in old["suppressed"]}
-        assert (now - then, then - now) == (added, removed)
-        new = _run(shared_data, name, "off", off)
     usable = [{k: b[k] for k in BEAT_KEYS} for b in new["beats"] if b.get("usable", True)]
     assert usable == old["beats"]
     flagged = [b["sample"] for b in new["beats"] if b.get("usable", True) is False]
