@@ -516,6 +516,17 @@ def test_emission_cnn_matches_oracle_and_mixes_with_the_lr() -> None:
     same_up_to_frame_constant(pcg._log_emissions(x, lr_only), lr - lr_only.log_prior)
     same_up_to_frame_constant(pcg._log_emissions(x, p),
                               0.75 * (lr - lr_only.log_prior) + 0.25 * ref)
+    # identity part (S1 vs S2, systole vs diastole) weighted apart from the sound part
+    spec_id = {**spec, "weight": 0.4, "identity_weight": 0.1}
+    p_id = pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"],
+                                                        "emission_cnn": spec_id}})
+    post = ref + np.asarray(spec["log_prior"])  # log posteriors
+    pri = np.exp(spec["log_prior"])
+    sound = np.logaddexp(post[:, 0], post[:, 2]) - np.log(pri[0] + pri[2])
+    quiet = np.logaddexp(post[:, 1], post[:, 3]) - np.log(pri[1] + pri[3])
+    sq = np.stack([sound, quiet, sound, quiet], axis=1)
+    same_up_to_frame_constant(pcg._log_emissions(x, p_id), 0.6 * (lr - lr_only.log_prior)
+                              + 0.4 * sq + 0.1 * (ref - sq))
     q = pcg.PCGSegParams.from_dict(p.to_dict())  # JSON round trip keeps the CNN
     np.testing.assert_array_equal(pcg._log_emissions(x, q), pcg._log_emissions(x, p))
     assert pcg._log_emissions(x[:0], p).shape == (0, 4)
@@ -526,6 +537,9 @@ def test_emission_cnn_matches_oracle_and_mixes_with_the_lr() -> None:
     with pytest.raises(DSPError, match="emission_cnn"):
         pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"],
                                                       "emission_cnn": _cnn_spec(rng, 1.5)}})
+    with pytest.raises(DSPError, match="emission_cnn"):
+        pcg.PCGSegParams.from_dict({**base, "extra": {**base["extra"], "emission_cnn": {
+            **_cnn_spec(rng, 0.3), "identity_weight": 0.5}}})
 
 
 def test_heart_rate_candidates_rounded_as_the_params_say() -> None:
