@@ -165,6 +165,13 @@ from telediag.dsp.quality import (
     all_plausible,
 )
 from telediag.engine.stage import Deferred, Outputs, Stage, StageParams, StreamSpec, register
+from telediag.engine.stages.ecg_parts.asystole import (
+    BASELINE_STEP_MV,
+    ISOELECTRIC_MV,
+    NOISE_BITS,
+    AsystoleEvidence,
+    iso_range,
+)
 from telediag.engine.stages.ecg_parts.clock import SignalHistory, Timeline
 from telediag.engine.stages.ecg_parts.gate import Decided, QualityGate
 from telediag.engine.stages.ecg_parts.labeller import (
@@ -192,18 +199,6 @@ IntArray = NDArray[np.int64]
 
 _HOLDS = ("verdict", "none")
 JITTER_TOLERANCE_S = 0.1
-ISOELECTRIC_MV = 0.2
-"""An unusable quality block whose only fault is a low SQI / heavy noise and whose detrended 5-95 %
-range on the detection lead is under this (mV) is a connected isoelectric line (asystole, fine
-noise), counted as usable for asystole and pause (:meth:`EcgAnalysis._isoelectric`)."""
-BASELINE_STEP_MV = 1.0
-"""A quality block whose mean (detection lead) moved by more than this (mV) from the previous block's
-is not usable for asystole and pause (:meth:`EcgAnalysis._baseline_step`)."""
-REGULAR_RR = 8
-REGULAR_MAD = 0.05
-"""Beats found in a regular run (:meth:`EcgAnalysis._regular_beats`) keep a low-amplitude block from
-counting as isoelectric for asystole."""
-_NOISE_BITS = (1 << 3) | (1 << 7)  # quality flags: heavy_noise in the block, heavy_noise event active
 LEAD_RETURN_S = 10.0
 """Analysis-lead fallback: the preferred lead must have been usable this long (s, in whole quality
 blocks) before analysis returns to it (hysteresis against flapping on an intermittent electrode)."""
@@ -222,17 +217,6 @@ timestamp jitter (no samples were lost in transport; a lost stretch this short c
 QRS complex): the sample count goes on (no new :class:`Timeline` anchor, so published indices do
 not skip), and the alarms and the AF detector go on measuring intervals across it."""
 _UNITS_PER_MV = {"mv": 1.0, "uv": 1000.0, "µv": 1000.0, "μv": 1000.0, "v": 0.001}
-
-
-def _iso_range(y: NDArray[np.float64], lim: float) -> bool:
-    """Whether the finite samples ``y`` (one quality block of one lead), detrended, have a 5-95 %
-    range under ``lim`` (an isoelectric line)."""
-    if not np.isfinite(y).all():
-        return False
-    t = np.arange(y.size, dtype=np.float64)
-    r = y - np.polyval(np.polyfit(t, y, 1), t)
-    lo, hi = np.percentile(r, (5.0, 95.0))
-    return bool(hi - lo < lim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,19 +549,10 @@ class EcgAnalysis(Stage):
         # (integer ADC units without gain, "adu" or "", are analysed as they are: no bound)
         known = [p.units_per_mv > 0 or (i < len(spec.units) and spec.units[i].strip().lower() in _UNITS_PER_MV)
                  for i in range(n_ch)]
-        lead_known = p.units_per_mv > 0 or (p.lead < len(spec.units)
-                                            and spec.units[p.lead].strip().lower() in _UNITS_PER_MV)
-        lead_upm = upm[p.lead] if isinstance(upm, list) else float(upm)
-        self._iso_lim = ISOELECTRIC_MV * lead_upm if lead_known else None
-        self._iso = False
-        self._found: deque[Decided] = deque(maxlen=64)  # the detector's latest beats, usable or not
-        self._n_found = 0
-        self._step_lim = BASELINE_STEP_MV * lead_upm if lead_known else None
-        self._last_mean: float | None = None
         # analysis-lead fallback (per lead: the isoelectric and baseline-step limits)
         upms = upm if isinstance(upm, list) else [float(upm)] * n_ch
         self._iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
-        self._step_lims = [BASELINE_STEP_MV * upms[k] if known[k] else None for k in range(n_ch)]
+        step_lims = [BASELINE_STEP_MV * upms[k] if known[k] else None for k in range(n_ch)]
         self._fallback = p.lead_fallback and n_ch > 1
         self._alead = p.lead  # the analysis (detection) lead now
         self._bad = 0  # consecutive unusable blocks of the analysis lead
@@ -589,7 +564,6 @@ class EcgAnalysis(Stage):
         self._cut = 0  # the current detector's beats before this sample are not used
         self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
         self._last_det = -(1 << 62)  # the latest beat any detector gave
-        self._step_lead = p.lead
         self._checked: dict[tuple[int, int], bool] = {}  # (lead, start of the unusable run) -> concordant
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
@@ -644,6 +618,7 @@ class EcgAnalysis(Stage):
             rhythm=rhythm, alarms=alarms, technical=technical, labeller=labeller,
             timeline=timeline, history=SignalHistory(np.zeros((cap, n_ch))),
         )
+        self._asy = AsystoleEvidence(fs, self.state.history, self._iso_lims, step_lims, p.lead, self._seg_start)
         rhythm.attach(self.state.history, p.lead)  # AF needs absent P waves too (dsp.atrial)
         self.spec = spec
         self._stream = spec.stream
@@ -837,7 +812,7 @@ class EcgAnalysis(Stage):
         # no usable lead: a connected isoelectric one (asystole), only when the analysis lead is off
         # (leads-off, flat line or saturation: not just noisy or isoelectric itself - a lead whose narrow QRS
         # fall outside the 5-95 % range would pass for isoelectric without a detector run on it)
-        if not int(flags[-1, al]) & ~_NOISE_BITS:
+        if not int(flags[-1, al]) & ~NOISE_BITS:
             return -1, ""
         trust = usable[-LEAD_TRUST_BLOCKS:].mean(axis=0)
         best, best_trust = -1, 0.5
@@ -869,7 +844,7 @@ class EcgAnalysis(Stage):
         assert isinstance(p, EcgAnalysisParams)
         det = QRSDetector(fs, **dict(p.qrs))
         lo = w0 + round((det.params.learn_s + 0.5) * fs)
-        ref = [d[0] for d in self._found if d[3] and lo <= d[0] < b_end - round(0.3 * fs)]
+        ref = [d[0] for d in self._asy.found if d[3] and lo <= d[0] < b_end - round(0.3 * fs)]
         if y is not None and len(ref) >= 3:
             found, _ = det.process_with_confirm(y)
             found = found + w0
@@ -883,13 +858,13 @@ class EcgAnalysis(Stage):
         return ok
 
     def _iso_at(self, lead: int, b0: int, hop: int, flags: int, x: NDArray[np.float64], start: int) -> bool:
-        """Whether block ``b0`` of ``lead`` is a connected isoelectric line (see :meth:`_isoelectric`),
+        """Whether block ``b0`` of ``lead`` is a connected isoelectric line (see :meth:`AsystoleEvidence.isoelectric`),
         read before the chunk ``x`` is pushed to the history."""
         lim = self._iso_lims[lead]
-        if flags & ~_NOISE_BITS or lim is None:
+        if flags & ~NOISE_BITS or lim is None:
             return False
         y = self._lead_samples(lead, b0, b0 + hop, x, start)
-        return y is not None and _iso_range(y, lim)
+        return y is not None and iso_range(y, lim)
 
     def _switch(self, t: int, lead: int, verdicts: dict[int, bool]) -> None:
         """Make ``lead`` the analysis lead from received sample ``t`` on."""
@@ -1019,73 +994,6 @@ class EcgAnalysis(Stage):
             body = {**self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset))), **why}
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
 
-    def _isoelectric(self, b0: int, hop: int, flags: int, lead: int) -> bool:
-        """Whether quality block ``b0`` of the detection lead, unusable, is a connected isoelectric
-        line: no leads-off, flat-line or saturation flag (only low SQI / heavy noise: a trace without
-        QRS complexes scores as noise) and, detrended, a 5-95 % range under ``ISOELECTRIC_MV``.
-        Such a block counts as usable for asystole and pause (IEC 60601-2-27: a connected lead
-        without QRS is asystole, not a technical condition); brady/tachy and AF still skip it."""
-        lim = self._iso_lims[lead]
-        if flags & ~_NOISE_BITS or lim is None:
-            return False
-        w = self.state.history.window(b0, b0 + hop)
-        if w is None:
-            return False
-        return _iso_range(w[:, lead], lim)
-
-    def _regular_beat_in(self, b0: int, b1: int) -> bool:
-        """Whether a beat the detector found (usable or not) in samples ``[b0, b1)`` keeps that
-        low-amplitude block from counting as isoelectric: a beat that ends a regular run - the median
-        of the last ``REGULAR_RR`` intervals between found beats lies in 0.3-2 s and their median
-        absolute deviation is under ``REGULAR_MAD`` of it - or any beat while fewer than
-        ``REGULAR_RR + 1`` have been found (no evidence yet either way). The detector also finds
-        "beats" in the fine noise of an isoelectric lead, but at a fast, irregular rate: 0.4 % of them
-        end such a run on 30 uV noise at 360 Hz and 2 kHz, against 90 % on the 0.2 mV QRS of PhysioNet
-        2016 a0001's ECG, which the quality scores as noise (it raised a false ASYSTOLE)."""
-        found = self._found
-        n = len(found)
-        seg = self._seg_start(b0)  # only beats found on the lead analysed in this block count
-        for i in range(n - 1, -1, -1):
-            s, _, r, _ = found[i]
-            if s < b0:
-                break
-            if s >= b1 or r >= b1:  # only the beats known when the block's last sample came (chunking)
-                continue
-            if not seg:
-                if self._n_found - (n - 1 - i) < REGULAR_RR + 1:  # beats found up to this one
-                    return True
-            else:  # on a lead analysed since a switch, only a regular run of beats found on it counts: the
-                # switch to a lead without a usable ECG needs that lead usable most of the last minute, so
-                # it is no chronically low-voltage one, and its first beats must not delay asystole
-                k = sum(1 for j in range(i + 1) if found[j][0] >= seg)
-                if k < REGULAR_RR + 1 and not (n == found.maxlen and found[0][0] >= seg):
-                    continue
-            if i < REGULAR_RR:
-                continue
-            rr = np.diff(np.asarray([found[j][0] for j in range(i - REGULAR_RR, i + 1)], dtype=np.float64)) / self._fs
-            m = float(np.median(rr))
-            if 0.3 <= m <= 2.0 and float(np.median(np.abs(rr - m))) < REGULAR_MAD * m:
-                return True
-        return False
-
-    def _baseline_step(self, b0: int, hop: int, lead: int) -> bool:
-        """Whether the detection lead's mean moved by more than ``BASELINE_STEP_MV`` from the
-        previous quality block to this one (an electrode pop or amplifier recovery: the QRS can
-        shrink to nothing on this lead for seconds while the heart beats); such a block is not
-        usable for asystole and pause. Remembers this block's mean."""
-        if lead != self._step_lead:  # another analysis lead: its own baseline
-            self._step_lead, self._last_mean = lead, None
-        lim = self._step_lims[lead]
-        if lim is None:
-            return False
-        w = self.state.history.window(b0, b0 + hop)
-        if w is None:
-            self._last_mean = None
-            return False
-        m = float(np.mean(w[:, lead]))
-        prev, self._last_mean = self._last_mean, (m if math.isfinite(m) else None)
-        return prev is not None and math.isfinite(m) and abs(m - prev) > lim
-
     def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
         stamp = self._stamp
         # technical: the preferred lead (its electrode); physiological: the analysis lead at onset
@@ -1134,8 +1042,7 @@ class EcgAnalysis(Stage):
         hop = st.gate.hop
         if decided:  # the detector's beats, usable or not, for the isoelectric test (in every chunk: a beat
             # decided in a chunk that completes no block was left out, and the test depended on the chunking)
-            self._found.extend(decided)
-            self._n_found += len(decided)
+            self._asy.found_beats(decided)
         if rows.block_start.size:
             starts = rows.block_start.tolist()
             if not self._sw_at:
@@ -1153,10 +1060,7 @@ class EcgAnalysis(Stage):
                     # unless the detector keeps finding beats in a regular rhythm there (a low-voltage
                     # ECG that the quality scores as noise is not asystole)
                     bl = p.lead if leads is None else leads[k]
-                    self._iso = (not ok and self._isoelectric(b0, hop, fl, bl)
-                                 and not self._regular_beat_in(b0, b0 + hop))
-                    step = self._baseline_step(b0, hop, bl)
-                    st.alarms.signal(b0, b0 + hop, (ok or self._iso) and not step)
+                    st.alarms.signal(b0, b0 + hop, self._asy.block(b0, hop, ok, fl, bl))
                 st.rhythm.signal(b0, b0 + hop, ok)
             if st.technical is not None:  # on the preferred lead, whichever lead is analysed
                 pref_ok = usable if leads is None else (rows.usable[:, p.lead].tolist() if p.suppress_unusable
@@ -1234,7 +1138,7 @@ class EcgAnalysis(Stage):
                 hr_readings.append(reading)
                 if alarms is not None:
                     ok = bool(reading["signal_ok"])
-                    alarm_events += alarms.tick(tick, reading["hr_bpm"], ok, asystole_ok=ok or self._iso)
+                    alarm_events += alarms.tick(tick, reading["hr_bpm"], ok, asystole_ok=ok or self._asy.iso)
             if rate.next_hrv_tick == tick:
                 hrv_ticks.append(rate.hrv_reading(tick))
         feed(1 << 62)  # releases after the last tick of this chunk
