@@ -6,10 +6,14 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pytest
 
 import telediag.engine.stages.ecg_parts.asystole as asystole_mod
+import telediag.engine.stages.ecg_parts.leads as leads_mod
+from telediag.dsp.quality import SQIUpdate
 from telediag.engine.stages.ecg_parts.asystole import AsystoleEvidence
 from telediag.engine.stages.ecg_parts.clock import SignalHistory
+from telediag.engine.stages.ecg_parts.leads import LeadFallback, lead_samples
 
 FS = 360.0
 HOP = 360
@@ -24,8 +28,9 @@ def _evidence(x: np.ndarray, seg_start=None) -> AsystoleEvidence:  # type: ignor
     return AsystoleEvidence(FS, h, [0.2] * x.shape[1], [1.0] * x.shape[1], 0, **kw)
 
 
-def test_doctests() -> None:
-    res = doctest.testmod(asystole_mod, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("mod", [asystole_mod, leads_mod])
+def test_doctests(mod: object) -> None:
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert res.attempted > 0 and res.failed == 0
 
 
@@ -73,3 +78,61 @@ def test_baseline_step_and_block_verdict() -> None:
     assert ev.block(3 * HOP, HOP, False, NOISY, 0) and ev.iso  # unusable, isoelectric, no step
     assert not ev.baseline_step(0, HOP, 1)  # another lead: its own baseline (none yet)
     assert not ev.baseline_step(HOP, HOP, 1)
+
+
+# -- analysis-lead fallback ---------------------------------------------------------------
+def _rows(b0: int, usable: list[list[bool]], flags: int = 0) -> SQIUpdate:
+    n, c = len(usable), len(usable[0])
+    u = np.array(usable, dtype=bool)
+    return SQIUpdate(np.arange(b0, b0 + n * HOP, HOP, dtype=np.int64), np.where(u, 0.9, 0.1),
+                     u, np.zeros((n, c, 5)), np.full((n, c), flags, np.int64))
+
+
+def _spikes(n: int, every: float, start: float = 0.5) -> np.ndarray:
+    y = np.zeros(n)
+    for t in np.arange(start, n / FS, every):
+        i = int(t * FS)
+        y[max(0, i - 20):i + 20] += np.exp(-0.5 * ((np.arange(max(0, i - 20), min(n, i + 20)) - i) / 3.6) ** 2)
+    return y
+
+
+def test_lead_fallback_switches_on_the_technical_delay_and_returns_with_hysteresis() -> None:
+    h = SignalHistory(np.zeros((40 * HOP, 2)))
+    lf = LeadFallback(FS, 0, h, hop=HOP, n_tech=3, n_return=4, iso_lims=[0.2, 0.2], qrs={}, enabled=True)
+    seen: list[tuple[int, int]] = []
+    on_switch = lambda t, lead, verdicts: seen.append((t, lead))  # noqa: E731
+    x = np.zeros((2 * HOP, 2))
+    assert lf.follow(_rows(0, [[True, True]] * 2), x, 0, True, [], on_switch) is None  # all usable: nothing
+    assert lf.follow(_rows(2 * HOP, [[False, True]] * 2), x, 2 * HOP, False, [], on_switch) == []  # 2 < n_tech
+    sw = lf.follow(_rows(4 * HOP, [[False, True]] * 2), x, 4 * HOP, False, [], on_switch)
+    assert sw == [(5 * HOP, 0, 1, "unusable")] and seen == [(5 * HOP, 1)]  # 3rd unusable block, at its end
+    assert lf.active == 1 and lf.lead_at(5 * HOP - 1) == 0 and lf.lead_at(5 * HOP) == 1
+    assert lf.seg_start(6 * HOP) == 5 * HOP and lf.seg_start(HOP) == 0
+    # the preferred lead back: 4 usable blocks (hysteresis) before analysis returns to it
+    sw = lf.follow(_rows(6 * HOP, [[True, True]] * 3), np.zeros((3 * HOP, 2)), 6 * HOP, True, [], on_switch)
+    assert sw == [] and lf.active == 1
+    sw = lf.follow(_rows(9 * HOP, [[True, True]]), np.zeros((HOP, 2)), 9 * HOP, True, [], on_switch)
+    assert sw == [(10 * HOP, 1, 0, "preferred_usable")] and lf.lead_at(10 * HOP) == 0
+    off = LeadFallback(FS, 0, h, hop=HOP, n_tech=1, n_return=1, iso_lims=[0.2, 0.2], qrs={}, enabled=False)
+    assert off.follow(_rows(0, [[False, True]] * 5), np.zeros((5 * HOP, 2)), 0, False, [], on_switch) is None
+
+
+def test_lead_fallback_needs_a_concordant_lead() -> None:
+    n = 20 * HOP
+    beats = [(int(t * FS), int(t * FS) + 50, int(t * FS) + 60, True) for t in np.arange(0.5, 20, 1.0)]
+    for every, expected in ((1.0, True), (2.0, False)):  # lead 1 shows every complex / every other one
+        h = SignalHistory(np.zeros((40 * HOP, 2)))
+        h.push(np.stack([_spikes(n, 1.0), _spikes(n, every)], axis=1))
+        lf = LeadFallback(FS, 0, h, hop=HOP, n_tech=3, n_return=4, iso_lims=[0.2, 0.2], qrs={}, enabled=True)
+        assert lf.concordant(1, n, np.zeros((0, 2)), n, beats) is expected
+    assert lf.concordant(1, n, np.zeros((0, 2)), n, beats[:2]) is False  # checked once per run and lead (cached)
+    lf2 = LeadFallback(FS, 0, h, hop=HOP, n_tech=3, n_return=4, iso_lims=[0.2, 0.2], qrs={}, enabled=True)
+    assert lf2.concordant(1, n, np.zeros((0, 2)), n, beats[:2])  # < 3 reference beats: no evidence against
+
+
+def test_lead_samples_joins_history_and_chunk() -> None:
+    h = SignalHistory(np.zeros((10, 1)))
+    h.push(np.arange(6, dtype=np.float64)[:, None])
+    x = np.arange(6, 9, dtype=np.float64)[:, None]
+    np.testing.assert_array_equal(lead_samples(h, 0, 4, 8, x, 6), [4, 5, 6, 7])
+    assert lead_samples(h, 0, -5, 2, x, 6) is None

@@ -63,7 +63,7 @@ flat line, saturation) - to a connected isoelectric lead that was usable in at l
 ``LEAD_TRUST_BLOCKS`` blocks (asystole must still be recognised: a lead that never showed a usable ECG,
 such as MIT-BIH 101's 0.07 mV V1, is no witness) - in every case only if a detector on the candidate
 finds ``LEAD_MATCH`` (80 %) of the beats the analysis lead found before its unusable run, over the
-history (:meth:`EcgAnalysis._concordant`; MIT-BIH 207's V1 shows half of an R-V bigeminy). It returns to the preferred lead once that has been
+history (:meth:`~.ecg_parts.leads.LeadFallback.concordant`; MIT-BIH 207's V1 shows half of an R-V bigeminy). It returns to the preferred lead once that has been
 usable for ``LEAD_RETURN_S`` (10 s): the beat classifier and the AF tuning are for the preferred
 (MLII-like) lead, and the hysteresis keeps an intermittent electrode from making analysis flap. The new
 lead's :class:`~telediag.dsp.qrs.QRSDetector` first runs over that lead's last ``learn_s`` +
@@ -141,9 +141,7 @@ Examples
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -168,9 +166,7 @@ from telediag.engine.stage import Deferred, Outputs, Stage, StageParams, StreamS
 from telediag.engine.stages.ecg_parts.asystole import (
     BASELINE_STEP_MV,
     ISOELECTRIC_MV,
-    NOISE_BITS,
     AsystoleEvidence,
-    iso_range,
 )
 from telediag.engine.stages.ecg_parts.clock import SignalHistory, Timeline
 from telediag.engine.stages.ecg_parts.gate import Decided, QualityGate
@@ -179,6 +175,13 @@ from telediag.engine.stages.ecg_parts.labeller import (
     Labelled,
     classifier,
     classify_batch,
+)
+from telediag.engine.stages.ecg_parts.leads import (
+    LEAD_RETURN_S,
+    LEAD_WARM_S,
+    LeadFallback,
+    Switch,
+    lead_samples,
 )
 from telediag.engine.stages.ecg_parts.rate import RateMonitor
 from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
@@ -199,19 +202,6 @@ IntArray = NDArray[np.int64]
 
 _HOLDS = ("verdict", "none")
 JITTER_TOLERANCE_S = 0.1
-LEAD_RETURN_S = 10.0
-"""Analysis-lead fallback: the preferred lead must have been usable this long (s, in whole quality
-blocks) before analysis returns to it (hysteresis against flapping on an intermittent electrode)."""
-LEAD_WARM_S = 1.0
-"""A detector started on a new analysis lead first runs over that lead's last ``learn_s`` + this
-many seconds (from the signal history), so its learning period is over when it takes over."""
-LEAD_MATCH = 0.8
-"""A lead is a fallback only if a detector on it finds at least this fraction of the beats the analysis
-lead found before it became unusable (over the signal history; :meth:`EcgAnalysis._concordant`)."""
-LEAD_TRUST_BLOCKS = 60
-"""A connected isoelectric lead is a fallback (for asystole) only when it was usable in at least
-half of the last this many quality blocks: a lead that never showed a usable ECG (MIT-BIH 101's
-0.07 mV V1) is no witness of asystole."""
 """A ``t0_ns`` off by less than this (s), on a chunk whose ``seq`` follows the previous one, is
 timestamp jitter (no samples were lost in transport; a lost stretch this short cannot hold a whole
 QRS complex): the sample count goes on (no new :class:`Timeline` anchor, so published indices do
@@ -551,20 +541,12 @@ class EcgAnalysis(Stage):
                  for i in range(n_ch)]
         # analysis-lead fallback (per lead: the isoelectric and baseline-step limits)
         upms = upm if isinstance(upm, list) else [float(upm)] * n_ch
-        self._iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
+        iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
         step_lims = [BASELINE_STEP_MV * upms[k] if known[k] else None for k in range(n_ch)]
-        self._fallback = p.lead_fallback and n_ch > 1
-        self._alead = p.lead  # the analysis (detection) lead now
-        self._bad = 0  # consecutive unusable blocks of the analysis lead
-        self._pref_ok = 0  # consecutive usable blocks of the preferred lead (while on another)
-        self._recent: deque[tuple[Any, Any, Any, Any]] = deque(maxlen=LEAD_TRUST_BLOCKS)
-        self._sw_at: list[int] = []  # sample where each analysis-lead change took effect ...
-        self._sw_lead: list[int] = []  # ... and the lead from there on
         self._det_off = 0  # received index of the current detector's first sample
         self._cut = 0  # the current detector's beats before this sample are not used
         self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
         self._last_det = -(1 << 62)  # the latest beat any detector gave
-        self._checked: dict[tuple[int, int], bool] = {}  # (lead, start of the unusable run) -> concordant
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -618,14 +600,15 @@ class EcgAnalysis(Stage):
             rhythm=rhythm, alarms=alarms, technical=technical, labeller=labeller,
             timeline=timeline, history=SignalHistory(np.zeros((cap, n_ch))),
         )
-        self._asy = AsystoleEvidence(fs, self.state.history, self._iso_lims, step_lims, p.lead, self._seg_start)
+        self._lf = lf = LeadFallback(fs, p.lead, self.state.history, hop=hop, n_tech=n_tech,
+                                     n_return=max(1, math.ceil(LEAD_RETURN_S * fs / hop - 1e-9)),
+                                     iso_lims=iso_lims, qrs=p.qrs, enabled=p.lead_fallback and n_ch > 1)
+        self._asy = AsystoleEvidence(fs, self.state.history, iso_lims, step_lims, p.lead, lf.seg_start)
         rhythm.attach(self.state.history, p.lead)  # AF needs absent P waves too (dsp.atrial)
         self.spec = spec
         self._stream = spec.stream
         self._lead_name = spec.channels[p.lead] if spec.channels else str(p.lead)
         self._names = [spec.channels[k] if k < len(spec.channels) else str(k) for k in range(n_ch)]
-        self._n_tech = n_tech
-        self._n_return = max(1, math.ceil(LEAD_RETURN_S * fs / hop - 1e-9))
         return spec
 
     @property
@@ -682,15 +665,14 @@ class EcgAnalysis(Stage):
             st.rhythm.gap(start)
         rows, events = st.gate.assess(x)
         switched = None
-        if self._fallback and rows.block_start.size:
-            self._recent.append((rows.block_start, rows.usable, rows.sqi, rows.flags))
-            if self._bad or not st.gate.all_ok or self._alead != self.params.lead:  # type: ignore[attr-defined]
-                switched = self._leads(rows, x, start)  # else the preferred lead usable throughout: nothing
+        lf = self._lf
+        if rows.block_start.size:
+            switched = lf.follow(rows, x, start, st.gate.all_ok, self._asy.found, self._switch)
         if switched:
             beats, confirm = self._detect_switching(x, start, switched)
         else:
-            beats, confirm = st.detector.process_with_confirm(x[:, self._alead])
-            if self._sw_at:
+            beats, confirm = st.detector.process_with_confirm(x[:, lf.active])
+            if lf.sw_at:
                 beats, confirm = self._shift(beats, confirm)
             elif beats.size:
                 self._last_det = int(beats[-1])
@@ -724,159 +706,10 @@ class EcgAnalysis(Stage):
         return out
 
     # -- analysis-lead fallback -------------------------------------------------------------
-    def _lead_at(self, sample: int) -> int:
-        """The analysis lead in force at received sample ``sample``."""
-        at = self._sw_at
-        if not at or sample < at[0]:
-            return self.params.lead  # type: ignore[attr-defined,no-any-return]
-        return self._sw_lead[bisect.bisect_right(at, sample) - 1]
-
-    def _seg_start(self, sample: int) -> int:
-        """Received sample where the analysis lead in force at ``sample`` took over (0: the start)."""
-        at = self._sw_at
-        if not at or sample < at[0]:
-            return 0
-        return at[bisect.bisect_right(at, sample) - 1]
-
-    def _lead_samples(self, lead: int, a: int, b: int, x: NDArray[np.float64], start: int
-                      ) -> NDArray[np.float64] | None:
-        """Samples ``[a, b)`` of ``lead``: from the history (before ``start``) and the chunk ``x``
-        (from ``start``), before the chunk is pushed to the history; ``None`` if not all held."""
-        parts = []
-        if a < start:
-            w = self.state.history.window(a, min(b, start))
-            if w is None:
-                return None
-            parts.append(w[:, lead])
-        if b > start:
-            parts.append(x[max(a, start) - start:b - start, lead])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _leads(self, rows: SQIUpdate, x: NDArray[np.float64], start: int) -> list[tuple[int, int, int, str]] | None:
-        """Follow the analysis lead over this chunk's quality blocks; the switches decided, as
-        ``(sample, from, to, reason)`` (they take effect at the end of the block that decided them).
-
-        The analysis lead moves when it has been unusable for ``alarm_technical_s`` (the technical
-        alarm's delay) to the preferred lead if that is usable over that time, else to the usable lead
-        with the best mean SQI over it, else - when the analysis lead is off (leads-off, flat line or
-        saturation, not mere noise) - to a lead that is a connected isoelectric line over it and was
-        usable in at least half of the last ``LEAD_TRUST_BLOCKS`` blocks (so that asystole is still
-        recognised). It returns to
-        the preferred lead once that has been usable for ``LEAD_RETURN_S``."""
-        u = rows.usable
-        al, pref = self._alead, self.params.lead  # type: ignore[attr-defined]
-        hop = self.state.gate.hop
-        starts = rows.block_start.tolist()
-        ok_l = u.tolist()
-        out: list[tuple[int, int, int, str]] = []
-        for i, b0 in enumerate(starts):
-            self._bad = 0 if ok_l[i][al] else self._bad + 1
-            if al != pref:
-                self._pref_ok = self._pref_ok + 1 if ok_l[i][pref] else 0
-            new, why = -1, ""
-            if self._bad >= self._n_tech:
-                new, why = self._candidate(al, len(starts) - 1 - i, x, start, hop)
-            elif al != pref and self._pref_ok >= self._n_return:
-                new, why = pref, "preferred_usable"
-            if new < 0 or new == al:
-                continue
-            t = b0 + hop
-            out.append((t, al, new, why))
-            self._switch(t, new, {b // hop: bool(ok_l[j][new]) for j, b in enumerate(starts) if j > i})
-            al = new
-        return out
-
-    def _candidate(self, al: int, later: int, x: NDArray[np.float64], start: int, hop: int) -> tuple[int, str]:
-        """The lead to analyse instead of ``al`` (unusable for the last ``n_tech`` blocks of the recent
-        rows, minus the ``later`` blocks of this chunk not reached yet), or ``(-1, "")``."""
-        n_tech = self._n_tech
-        rec = list(self._recent)
-        starts = np.concatenate([r[0] for r in rec])
-        usable = np.concatenate([r[1] for r in rec])
-        sqi = np.concatenate([r[2] for r in rec])
-        flags = np.concatenate([r[3] for r in rec])
-        if later:
-            starts, usable, sqi, flags = starts[:-later], usable[:-later], sqi[:-later], flags[:-later]
-        if starts.size < n_tech:
-            return -1, ""
-        last = slice(starts.size - n_tech, starts.size)
-        pref = self.params.lead  # type: ignore[attr-defined]
-        ok: NDArray[np.bool_] = np.asarray(usable[last].all(axis=0))
-        ok[al] = False
-        if ok.any():
-            if ok[pref]:
-                return pref, "unusable"
-            m = np.where(ok, np.nan_to_num(sqi[last], nan=0.0).mean(axis=0), -1.0)
-            k = int(np.argmax(m))
-            return (k, "unusable") if self._concordant(k, int(starts[-1]) + hop, x, start) else (-1, "")
-        # no usable lead: a connected isoelectric one (asystole), only when the analysis lead is off
-        # (leads-off, flat line or saturation: not just noisy or isoelectric itself - a lead whose narrow QRS
-        # fall outside the 5-95 % range would pass for isoelectric without a detector run on it)
-        if not int(flags[-1, al]) & ~NOISE_BITS:
-            return -1, ""
-        trust = usable[-LEAD_TRUST_BLOCKS:].mean(axis=0)
-        best, best_trust = -1, 0.5
-        for k in range(usable.shape[1]):
-            if k == al or trust[k] < best_trust:
-                continue
-            if all(self._iso_at(k, int(b), hop, int(f), x, start)
-                   for b, f in zip(starts[last].tolist(), flags[last, k].tolist(), strict=True)):
-                best, best_trust = k, float(trust[k])
-        if best >= 0 and self._concordant(best, int(starts[-1]) + hop, x, start):
-            return best, "isoelectric"
-        return -1, ""
-
-    def _concordant(self, lead: int, t: int, x: NDArray[np.float64], start: int) -> bool:
-        """Whether a detector on ``lead`` finds the beats that the analysis lead found before its
-        unusable run (ending at ``t``), over the history held: at least ``LEAD_MATCH`` of them
-        (within 0.15 s) and not 25 % more. A lead on which half the beats are too small to detect (MIT-BIH
-        207's V1 in R-V bigeminy: a false BRADY at half the rate) is no fallback. True (no evidence
-        against) when fewer than 3 usable beats were found there. Checked once per unusable run and lead."""
-        key = (lead, t - self._bad * self.state.gate.hop)  # the candidate and where this unusable run began
-        if key in self._checked:
-            return self._checked[key]
-        fs = self._fs
-        b_end = key[1]
-        w0 = max(start - self.state.history.buf.shape[0], self._seg_start(b_end - 1), 0)
-        ok = True
-        y = self._lead_samples(lead, w0, b_end, x, start)
-        p = self.params
-        assert isinstance(p, EcgAnalysisParams)
-        det = QRSDetector(fs, **dict(p.qrs))
-        lo = w0 + round((det.params.learn_s + 0.5) * fs)
-        ref = [d[0] for d in self._asy.found if d[3] and lo <= d[0] < b_end - round(0.3 * fs)]
-        if y is not None and len(ref) >= 3:
-            found, _ = det.process_with_confirm(y)
-            found = found + w0
-            cand = found[(found >= lo) & (found < b_end - round(0.3 * fs))]
-            tol = 0.15 * fs
-            hit = sum(1 for r_ in ref if cand.size and np.min(np.abs(cand - r_)) <= tol)
-            ok = hit >= LEAD_MATCH * len(ref) and cand.size <= 1.25 * len(ref) + 1
-        if len(self._checked) > 64:
-            self._checked.clear()
-        self._checked[key] = ok
-        return ok
-
-    def _iso_at(self, lead: int, b0: int, hop: int, flags: int, x: NDArray[np.float64], start: int) -> bool:
-        """Whether block ``b0`` of ``lead`` is a connected isoelectric line (see :meth:`AsystoleEvidence.isoelectric`),
-        read before the chunk ``x`` is pushed to the history."""
-        lim = self._iso_lims[lead]
-        if flags & ~NOISE_BITS or lim is None:
-            return False
-        y = self._lead_samples(lead, b0, b0 + hop, x, start)
-        return y is not None and iso_range(y, lim)
-
     def _switch(self, t: int, lead: int, verdicts: dict[int, bool]) -> None:
-        """Make ``lead`` the analysis lead from received sample ``t`` on."""
+        """The stage's side of an analysis-lead change to ``lead`` from received sample ``t`` on (gate, AF, alarms)."""
         st = self.state
         pref = self.params.lead  # type: ignore[attr-defined]
-        self._sw_at.append(t)
-        self._sw_lead.append(lead)
-        if len(self._sw_at) > 4096:  # the recent switches are enough (alarm onsets, pending beats)
-            del self._sw_at[:2048], self._sw_lead[:2048]
-        self._alead = lead
-        self._bad = 0
-        self._pref_ok = 0
         st.gate.switch(lead, verdicts)
         st.rhythm.set_lead(lead, t)
         if lead == pref and st.alarms is not None:
@@ -897,7 +730,7 @@ class EcgAnalysis(Stage):
             self._last_det = int(b[-1])
         return b, c
 
-    def _detect_switching(self, x: NDArray[np.float64], start: int, switched: list[tuple[int, int, int, str]]
+    def _detect_switching(self, x: NDArray[np.float64], start: int, switched: list[Switch]
                           ) -> tuple[IntArray, IntArray]:
         """Detection over a chunk in which the analysis lead changes: the old detector runs up to the
         switch, a new one on the new lead after a warm-up over that lead's recent history (its learning
@@ -920,7 +753,7 @@ class EcgAnalysis(Stage):
             det = QRSDetector(fs, **dict(p.qrs))
             warm = round((det.params.learn_s + LEAD_WARM_S) * fs)
             w0 = max(t - warm, start - st.history.buf.shape[0], 0)
-            y = self._lead_samples(new, w0, t, x, start)
+            y = lead_samples(st.history, new, w0, t, x, start)
             if y is None:  # not held (cannot happen: the history holds at least the warm-up)
                 w0, y = t, np.empty(0)
             st.detector = det
@@ -944,7 +777,7 @@ class EcgAnalysis(Stage):
             return out
         st.closed = True
         beats, confirm = st.detector.flush_with_confirm()
-        if self._sw_at:
+        if self._lf.sw_at:
             beats, confirm = self._shift(beats, confirm)
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=True)
         lab = st.labeller
@@ -983,11 +816,11 @@ class EcgAnalysis(Stage):
             out.records.append(Chunk.record("alarm", self._stream, 0, self._stamp(a.onset)[1], self._alarm_body(a)))
         p = self.params
         assert isinstance(p, EcgAnalysisParams)
-        if self._alead != p.lead:  # the next pipeline starts on the preferred lead
+        if self._lf.active != p.lead:  # the next pipeline starts on the preferred lead
             src, t_ns = self._stamp(end)
             out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
                 "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
-                "from": self._names[self._alead], "from_channel": self._alead, "to": self._lead_name,
+                "from": self._names[self._lf.active], "from_channel": self._lf.active, "to": self._lead_name,
                 "to_channel": p.lead, "preferred": self._lead_name, "preferred_channel": p.lead,
                 "reason": "stream_closed"}))
         for ev in st.quality.open_events():
@@ -997,7 +830,7 @@ class EcgAnalysis(Stage):
     def _alarm_body(self, a: AlarmEvent) -> dict[str, Any]:
         stamp = self._stamp
         # technical: the preferred lead (its electrode); physiological: the analysis lead at onset
-        lead = self._lead_name if not self._sw_at or a.type in TECHNICAL else self._names[self._lead_at(a.onset)]
+        lead = self._lead_name if not self._lf.sw_at or a.type in TECHNICAL else self._names[self._lf.lead_at(a.onset)]
         on_src, on_t = stamp(a.onset)
         return {"type": a.type, "state": a.state, "onset_sample": on_src, "onset_ns": on_t,
                 "end_sample": None if a.end is None else stamp(a.end)[0],
@@ -1008,7 +841,7 @@ class EcgAnalysis(Stage):
     # -- outputs --------------------------------------------------------------------------
     def _emit(self, out: Outputs, decided: list[Decided], labelled: list[Labelled], rows: SQIUpdate,
               events: list[QualityEvent], *, end: int, final: bool, late: bool = False,
-              switched: list[tuple[int, int, int, str]] | None = None) -> None:
+              switched: list[Switch] | None = None) -> None:
         """Publish this chunk's beats, heart rate, HRV, quality, rhythm and alarms.
 
         ``decided`` are the beats as the quality gate released them: the usable ones feed the
@@ -1045,12 +878,12 @@ class EcgAnalysis(Stage):
             self._asy.found_beats(decided)
         if rows.block_start.size:
             starts = rows.block_start.tolist()
-            if not self._sw_at:
+            if not self._lf.sw_at:
                 leads = None
                 usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * len(starts)
                 block_flags = rows.flags[:, p.lead].tolist()
             else:  # each block on the lead analysed there
-                leads = [self._lead_at(b0) for b0 in starts]
+                leads = [self._lf.lead_at(b0) for b0 in starts]
                 rng = range(len(starts))
                 usable = rows.usable[rng, leads].tolist() if p.suppress_unusable else [True] * len(starts)
                 block_flags = rows.flags[rng, leads].tolist()
@@ -1067,9 +900,9 @@ class EcgAnalysis(Stage):
                                                         else [True] * len(starts))
                 alarm_events += st.technical.blocks(starts, pref_ok, rows.flags[:, p.lead].tolist())
         hr_beats = [d for d in decided if d[3]]
-        if self._sw_at and labelled and (self._alead != p.lead or labelled[0][0] < self._sw_at[-1]):
+        if self._lf.sw_at and labelled and (self._lf.active != p.lead or labelled[0][0] < self._lf.sw_at[-1]):
             # the classifier reads the preferred lead: a beat found on another lead has no label
-            labelled = [b if self._lead_at(b[0]) == p.lead else (*b[:4], None, None) for b in labelled]
+            labelled = [b if self._lf.lead_at(b[0]) == p.lead else (*b[:4], None, None) for b in labelled]
         good = [b for b in labelled if b[3]]
         labels = [b[4] for b in good]
         if good:  # rhythm: AF episodes; an S beat inside AF is an AF beat (label N)
@@ -1083,7 +916,7 @@ class EcgAnalysis(Stage):
             all_probs = [b[5] for b in labelled]
             if self.beat_hooks:
                 batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
-                                  all_probs, fs, self.spec.channels if self.spec else (), self._alead,
+                                  all_probs, fs, self.spec.channels if self.spec else (), self._lf.active,
                                   st.history, [b[3] for b in labelled])
                 for hook in self.beat_hooks:
                     hook(batch)
@@ -1144,12 +977,12 @@ class EcgAnalysis(Stage):
         feed(1 << 62)  # releases after the last tick of this chunk
         counters = {"beats": st.n_beats, "unusable": st.n_unusable, "suppressed": st.n_unusable}
         if beat_dicts:
-            if not self._sw_at:
+            if not self._lf.sw_at:
                 groups = [(p.lead, beat_dicts)]
             else:  # one record per run of beats found on the same lead
                 groups = []
                 for (s, *_), bd in zip(labelled, beat_dicts, strict=True):
-                    k = self._lead_at(s)
+                    k = self._lf.lead_at(s)
                     if groups and groups[-1][0] == k:
                         groups[-1][1].append(bd)
                     else:

@@ -10,6 +10,10 @@
   series (:mod:`telediag.dsp.af`);
 * :mod:`.rate` - :class:`~.rate.RateMonitor`: displayed heart rate and HRV with their
   periodic readings;
+* :mod:`.asystole` - :class:`~.asystole.AsystoleEvidence`: which quality blocks count as usable
+  for asystole and pause (connected isoelectric line, regular-run veto, baseline step);
+* :mod:`.leads` - :class:`~.leads.LeadFallback`: the analysis lead over time and the decision to
+  fall back to another lead and return;
 * alarms: :class:`telediag.dsp.alarms.RhythmAlarms` and
   :class:`telediag.dsp.alarms.TechnicalAlarms`.
 
