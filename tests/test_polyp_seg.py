@@ -326,8 +326,9 @@ def test_variant_card_figures_reproduce(name: str, kvasir_val: Path) -> None:
     seg = PolypSegmenter(variant=name, tta="none").load()
     r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val)
     v = CARD["variants"][name]
-    # int8 kernels differ by CPU (AVX2 u8s8 may saturate 16-bit sums, VNNI does not): a little slack
-    tol = 4e-3 if name.endswith("int8") else 2e-3
+    # int8 kernels differ by CPU (AVX2 u8s8 may saturate 16-bit sums, VNNI does not): 0.8505 on the card's
+    # machine, 0.8557 on an AMD EPYC with AVX512-VNNI and onnxruntime 1.32.0 (models/polyp_seg/README.md)
+    tol = 8e-3 if name.endswith("int8") else 2e-3
     assert r["dice"] == pytest.approx(v["validation_dice"], abs=tol)
     assert r["iou"] == pytest.approx(v["validation_iou"], abs=tol)
 
@@ -347,7 +348,7 @@ def test_card_figures_reproduce_on_validation(seg: PolypSegmenter, kvasir_val: P
     """The card's validation Dice/IoU are what the runtime scores now (all 100 images)."""
     card = json.loads(CARD_PATH.read_text())
     r = evaluate_folder(lambda x: seg.predict(x).mask, kvasir_val)
-    tol = 4e-3 if seg.variant.endswith("int8") else 2e-3  # see test_variant_card_figures_reproduce
+    tol = 8e-3 if seg.variant.endswith("int8") else 2e-3  # see test_variant_card_figures_reproduce
     assert r["dice"] == pytest.approx(card["metrics"]["dice"], abs=tol)
     assert r["iou"] == pytest.approx(card["metrics"]["iou"], abs=tol)
 
