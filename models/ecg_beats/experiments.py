@@ -45,6 +45,9 @@ Session 4:
 * ``normonly``: the raw columns zeroed, only their per-patient ``d_`` copies left.
 * ``rs128``: DS1 also resampled to 128 Hz (``resample_poly``, detection and features redone,
   reference samples rescaled) as extra training records (both leads) in DS1 -> svdb.
+* ``afout``: the N and S beats inside reference AF/flutter of DS1 201 and 203 left out of
+  *training* (2.2.0's data; scored on every beat). Withdrawn in session 3 because the AF
+  detector then did not start (S-label gate); that gate went with ff7eef7.
 * ``rule``: a physiological override after the trees (post-hoc, label-free): a beat called N
   or V becomes S when it is premature against its local rhythm (``c_pre`` < 0.85), followed by
   at least its local median RR (``c_post`` > 1), has the template's QRS (``t_corr_qrs`` > 0.95),
@@ -254,6 +257,34 @@ def resampled_records(data: Path, recs: list[str], fs_new: float) -> dict[str, d
     return out
 
 
+def af_train_labels(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``afout``: records whose training labels (``y``; scoring keeps ``y_all``) have the N and
+    S beats inside the reference AF/flutter episodes of their ``.atr`` removed (-1)."""
+    import wfdb
+
+    out = {}
+    for r, v in d.items():
+        y = v["y"]
+        if "src" in v and r.startswith("mitdb"):
+            ann = wfdb.rdann(str(v["src"]), "atr")
+            spans, cur = [], None
+            for s_, aux in zip(ann.sample, ann.aux_note, strict=True):
+                if aux.startswith("("):
+                    if cur is not None:
+                        spans.append((cur, int(s_)))
+                        cur = None
+                    if aux.startswith(("(AFIB", "(AFL")):
+                        cur = int(s_)
+            if cur is not None:
+                spans.append((cur, np.iinfo(np.int64).max))
+            inside = np.zeros(v["det"].size, bool)
+            for a_, b_ in spans:
+                inside |= (v["det"] >= a_) & (v["det"] < b_)
+            y = np.where(inside & ((y == 0) | (y == 1)), -1, y)
+        out[r] = {**v, "y": y, "y_all": v["y"]}
+    return out
+
+
 def fit(x: NDArray[np.float32], y: NDArray[np.int64], g: NDArray[np.int64], a: argparse.Namespace) -> Any:
     """:func:`.train.fit_gbt`, or with record-balanced weights (``rp``), or two-stage (``two``)."""
     import lightgbm as lgb
@@ -331,6 +362,8 @@ def variant(name: str, d: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str
             opts["two"] = True
         elif part == "rule":
             opts["rule"] = True
+        elif part == "afout":
+            d = af_train_labels(d)
         elif part == "rs128":
             opts["extra_ds1"] = 128.0
         elif part == "normonly":
@@ -371,19 +404,20 @@ def cross(d: dict[str, dict[str, Any]], a: argparse.Namespace, label: str, prior
         cm = np.zeros((T.N_CLASSES, T.N_CLASSES), np.int64)
         cm_af = cm.copy()
         for r in test:
-            keep = d[r]["y"] >= 0
+            y_true = d[r].get("y_all", d[r]["y"])  # afout: scored on every beat
+            keep = y_true >= 0
             p = T.predict(model, d[r]["rr"])
             if prior:
                 p = prior_adapt(p, pi_train)
             lab = p.argmax(1)
             if getattr(a, "rule", False):
                 lab = rule_override(d[r]["rr"], lab)
-            cm += T.confusion(d[r]["y"][keep], lab[keep])
+            cm += T.confusion(y_true[keep], lab[keep])
             if af:
                 src = d[r].get("src")  # the P-wave input, as the engine (train.rhythm_labels)
                 lab = T.rhythm_labels(d[r]["det"], float(d[r]["fs"]), lab,
                                       T.detection_lead(str(src)) if src is not None else None)
-                cm_af += T.confusion(d[r]["y"][keep], lab[keep])
+                cm_af += T.confusion(y_true[keep], lab[keep])
         print(T.format_row(f"{label} {name}", T.metrics(cm)), f"({time.time() - t0:.0f} s)", flush=True)
         if af:
             print(T.format_row(f"{label}+AF {name}", T.metrics(cm_af)), flush=True)
