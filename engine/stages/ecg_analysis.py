@@ -850,94 +850,148 @@ class EcgAnalysis(Stage):
         classifier runs, ``late``): the usable ones feed the rhythm monitor, HRV and the label
         alarms (run, ectopy); asystole and pause are always judged on ``decided``.
         """
+        self._notices(out, end, switched)
+        if not (decided or labelled or events or final or rows.block_start.size) \
+                and self.state.rate.next_tick > end - 1:
+            return  # nothing released, assessed or due in this chunk (most short chunks): nothing to publish
+        if decided:  # the detector's beats, usable or not, for the isoelectric test (in every chunk: a beat
+            # decided in a chunk that completes no block was left out, and the test depended on the chunking)
+            self._asy.found_beats(decided)
+        alarm_events = self._assess_blocks(rows) if rows.block_start.size else []
+        labelled, good, labels = self._rhythm(labelled, alarm_events)
+        beat_dicts, unusable, labels = self._beat_dicts(labelled, good, labels)
+        hr_readings, hrv_ticks = self._rate_and_alarms([d for d in decided if d[3]], good, labels, end, late,
+                                                       alarm_events)
         st = self.state
-        p = self.params
-        assert isinstance(p, EcgAnalysisParams)
-        fs = self._fs
-        stamp = self._stamp
+        counters = {"beats": st.n_beats, "unusable": st.n_unusable, "suppressed": st.n_unusable}
+        if beat_dicts:
+            self._beat_records(out, labelled, beat_dicts, counters)
+        self._rate_records(out, hr_readings, hrv_ticks)
+        for a in alarm_events:
+            body = self._alarm_body(a)
+            out.records.append(Chunk.record("alarm", self._stream, 0, body["onset_ns"], body))
+        ev_bodies = [self._event_body(e) for e in events]
+        if rows.block_start.size or ev_bodies or unusable or final:
+            self._quality_record(out, rows, ev_bodies, unusable, counters, end, final)
+        for ev in ev_bodies:
+            out.records.append(Chunk.record("event", self._stream, 0, ev["onset_ns"], ev))
+
+    def _notices(self, out: Outputs, end: int, switched: list[Switch] | None) -> None:
+        """The ``classifier_unavailable`` event (once per stream: beats go out unlabelled from here) and
+        the ``analysis_lead`` events of this chunk (before what follows from them)."""
         problem = self.classifier_error
-        if problem and not self._clf_reported:  # once per stream: beats go out unlabelled from here
+        stamp = self._stamp
+        if problem and not self._clf_reported:
             self._clf_reported = True
             src, t = stamp(max(end - 1, 0))
             out.records.append(Chunk.record("event", self._stream, 0, t, {
                 "type": "classifier_unavailable", "stream": self._stream, "sample": src, "t_ns": t,
                 "detail": problem[:500]}))
-        if switched:  # the analysis lead changed (analysis_lead events, before what follows from it)
+        if switched:
+            p = self.params
+            assert isinstance(p, EcgAnalysisParams)
             for t, old, new, why in switched:
                 src, t_ns = stamp(t)
                 out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
                     "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
                     "from": self._names[old], "from_channel": old, "to": self._names[new], "to_channel": new,
                     "preferred": self._lead_name, "preferred_channel": p.lead, "reason": why}))
-        if not (decided or labelled or events or final or rows.block_start.size) and st.rate.next_tick > end - 1:
-            return  # nothing released, assessed or due in this chunk (most short chunks): nothing to publish
-        alarm_events: list[AlarmEvent] = []
+
+    def _assess_blocks(self, rows: SQIUpdate) -> list[AlarmEvent]:
+        """Feed this chunk's quality blocks (each on the lead analysed there) to the alarms (usable for
+        asystole and pause: :class:`AsystoleEvidence`) and the AF monitor, and the preferred lead's to
+        the technical alarms, whose events are returned."""
+        st = self.state
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
         hop = st.gate.hop
-        if decided:  # the detector's beats, usable or not, for the isoelectric test (in every chunk: a beat
-            # decided in a chunk that completes no block was left out, and the test depended on the chunking)
-            self._asy.found_beats(decided)
-        if rows.block_start.size:
-            starts = rows.block_start.tolist()
-            if not self._lf.sw_at:
-                leads = None
-                usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * len(starts)
-                block_flags = rows.flags[:, p.lead].tolist()
-            else:  # each block on the lead analysed there
-                leads = [self._lf.lead_at(b0) for b0 in starts]
-                rng = range(len(starts))
-                usable = rows.usable[rng, leads].tolist() if p.suppress_unusable else [True] * len(starts)
-                block_flags = rows.flags[rng, leads].tolist()
-            for k, (b0, ok, fl) in enumerate(zip(starts, usable, block_flags, strict=True)):
-                if st.alarms is not None:
-                    # a connected, isoelectric lead is what asystole looks like: usable for asystole,
-                    # unless the detector keeps finding beats in a regular rhythm there (a low-voltage
-                    # ECG that the quality scores as noise is not asystole)
-                    bl = p.lead if leads is None else leads[k]
-                    st.alarms.signal(b0, b0 + hop, self._asy.block(b0, hop, ok, fl, bl))
-                st.rhythm.signal(b0, b0 + hop, ok)
-            if st.technical is not None:  # on the preferred lead, whichever lead is analysed
-                pref_ok = usable if leads is None else (rows.usable[:, p.lead].tolist() if p.suppress_unusable
-                                                        else [True] * len(starts))
-                alarm_events += st.technical.blocks(starts, pref_ok, rows.flags[:, p.lead].tolist())
-        hr_beats = [d for d in decided if d[3]]
-        if self._lf.sw_at and labelled and (self._lf.active != p.lead or labelled[0][0] < self._lf.sw_at[-1]):
-            # the classifier reads the preferred lead: a beat found on another lead has no label
-            labelled = [b if self._lf.lead_at(b[0]) == p.lead else (*b[:4], None, None) for b in labelled]
+        starts = rows.block_start.tolist()
+        pref_usable = rows.usable[:, p.lead].tolist() if p.suppress_unusable else [True] * len(starts)
+        if not self._lf.sw_at:
+            leads = None
+            usable = pref_usable
+            block_flags = rows.flags[:, p.lead].tolist()
+        else:  # each block on the lead analysed there
+            leads = [self._lf.lead_at(b0) for b0 in starts]
+            rng = range(len(starts))
+            usable = rows.usable[rng, leads].tolist() if p.suppress_unusable else [True] * len(starts)
+            block_flags = rows.flags[rng, leads].tolist()
+        alarms, asy, rhythm = st.alarms, self._asy, st.rhythm
+        for k, (b0, ok, fl) in enumerate(zip(starts, usable, block_flags, strict=True)):
+            if alarms is not None:
+                # a connected, isoelectric lead is what asystole looks like: usable for asystole, unless the
+                # detector keeps finding beats in a regular rhythm there (a low-voltage ECG that the
+                # quality scores as noise is not asystole)
+                alarms.signal(b0, b0 + hop, asy.block(b0, hop, ok, fl, p.lead if leads is None else leads[k]))
+            rhythm.signal(b0, b0 + hop, ok)
+        if st.technical is None:
+            return []
+        # on the preferred lead, whichever lead is analysed
+        return list(st.technical.blocks(starts, pref_usable, rows.flags[:, p.lead].tolist()))
+
+    def _rhythm(self, labelled: list[Labelled], alarm_events: list[AlarmEvent]
+                ) -> tuple[list[Labelled], list[Labelled], list[str | None]]:
+        """The released beats through the AF monitor: ``(labelled, good, labels)`` - the beats (those found
+        on another lead than the preferred one unlabelled: the classifier reads the preferred lead), the
+        usable ones and their labels (an S beat inside AF is an AF beat: N); AF events to ``alarm_events``."""
+        lf = self._lf
+        pref = self.params.lead  # type: ignore[attr-defined]
+        if lf.sw_at and labelled and (lf.active != pref or labelled[0][0] < lf.sw_at[-1]):
+            labelled = [b if lf.lead_at(b[0]) == pref else (*b[:4], None, None) for b in labelled]
         good = [b for b in labelled if b[3]]
         labels = [b[4] for b in good]
-        if good:  # rhythm: AF episodes; an S beat inside AF is an AF beat (label N)
-            labels, rhythm_events = st.rhythm.beats([b[0] for b in good], labels)
+        if good:
+            labels, rhythm_events = self.state.rhythm.beats([b[0] for b in good], labels)
             alarm_events += rhythm_events
+        return labelled, good, labels
+
+    def _beat_dicts(self, labelled: list[Labelled], good: list[Labelled], labels: list[str | None]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str | None]]:
+        """The published beats (after the beat hooks), the unusable ones (the quality record's
+        ``suppressed``) and the usable beats' labels as the hooks left them; counts them."""
+        if not labelled:
+            return [], [], labels
+        st = self.state
+        fs = self._fs
+        it = iter(labels)
+        all_labels = [next(it) if b[3] else b[4] for b in labelled]
+        all_probs = [b[5] for b in labelled]
+        if self.beat_hooks:
+            batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
+                              all_probs, fs, self.spec.channels if self.spec else (), self._lf.active,
+                              st.history, [b[3] for b in labelled])
+            for hook in self.beat_hooks:
+                hook(batch)
+            all_labels, all_probs = batch.labels, batch.probs
+            labels = [lab for lab, b in zip(all_labels, labelled, strict=True) if b[3]]
+        stamp, source = self._stamp, self._source
         beat_dicts: list[dict[str, Any]] = []
         unusable: list[dict[str, Any]] = []
-        if labelled:
-            it = iter(labels)
-            all_labels = [next(it) if b[3] else b[4] for b in labelled]
-            all_probs = [b[5] for b in labelled]
-            if self.beat_hooks:
-                batch = BeatBatch(np.fromiter((b[0] for b in labelled), np.int64, len(labelled)), all_labels,
-                                  all_probs, fs, self.spec.channels if self.spec else (), self._lf.active,
-                                  st.history, [b[3] for b in labelled])
-                for hook in self.beat_hooks:
-                    hook(batch)
-                all_labels, all_probs = batch.labels, batch.probs
-                labels = [lab for lab, b in zip(all_labels, labelled, strict=True) if b[3]]
-            source = self._source
-            for (s, c, r, u, _, _), lab, pr in zip(labelled, all_labels, all_probs, strict=True):
-                src, t = stamp(s)
-                c_src, r_src = source(c), source(r)
-                beat_dicts.append({
-                    "sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src,
-                    "confirm_delay_s": (c - s) / fs, "delay_s": (r - s) / fs,
-                    "label": lab, "probs": pr, "usable": u,
-                })
-                if not u:
-                    unusable.append({"sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src})
-            st.n_beats += len(good)
-            st.n_unusable += len(unusable)
+        for (s, c, r, u, _, _), lab, pr in zip(labelled, all_labels, all_probs, strict=True):
+            src, t = stamp(s)
+            c_src, r_src = source(c), source(r)
+            beat_dicts.append({
+                "sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src,
+                "confirm_delay_s": (c - s) / fs, "delay_s": (r - s) / fs,
+                "label": lab, "probs": pr, "usable": u,
+            })
+            if not u:
+                unusable.append({"sample": src, "t_ns": t, "confirm_sample": c_src, "release_sample": r_src})
+        st.n_beats += len(good)
+        st.n_unusable += len(unusable)
+        return beat_dicts, unusable, labels
+
+    def _rate_and_alarms(self, hr_beats: list[Decided], good: list[Labelled], labels: list[str | None], end: int,
+                         late: bool, alarm_events: list[AlarmEvent]
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Feed the beats to the rate meters and the alarms, interleaved with the periodic HR / HRV ticks
+        in sample order (a beat released at a tick's sample is fed before the tick): ``hr_beats`` (usable,
+        as the gate released them) to HR, ``good`` (usable, labelled) to HRV and the label alarms; asystole
+        and pause never wait for labels. Returns the HR readings and HRV ticks; alarms to ``alarm_events``."""
+        st = self.state
+        rate, alarms = st.rate, st.alarms
         hr_readings: list[dict[str, Any]] = []
         hrv_ticks: list[dict[str, Any]] = []
-        rate, alarms = st.rate, st.alarms
         h = i = 0  # hr_beats[:h] and good[:i] fed
 
         def feed(upto: int) -> None:
@@ -961,8 +1015,6 @@ class EcgAnalysis(Stage):
                 rate.beats_hrv(samples, labels[i:j])
                 i = j
 
-        # interleave beat releases and periodic ticks in sample order (a beat released at
-        # a tick's sample is fed before the tick)
         while rate.next_tick <= end - 1:
             tick = rate.next_tick
             feed(tick)
@@ -975,63 +1027,73 @@ class EcgAnalysis(Stage):
             if rate.next_hrv_tick == tick:
                 hrv_ticks.append(rate.hrv_reading(tick))
         feed(1 << 62)  # releases after the last tick of this chunk
-        counters = {"beats": st.n_beats, "unusable": st.n_unusable, "suppressed": st.n_unusable}
-        if beat_dicts:
-            if not self._lf.sw_at:
-                groups = [(p.lead, beat_dicts)]
-            else:  # one record per run of beats found on the same lead
-                groups = []
-                for (s, *_), bd in zip(labelled, beat_dicts, strict=True):
-                    k = self._lf.lead_at(s)
-                    if groups and groups[-1][0] == k:
-                        groups[-1][1].append(bd)
-                    else:
-                        groups.append((k, [bd]))
-            for k, bds in groups:
-                out.records.append(Chunk.record("beats", self._stream, 0, bds[0]["t_ns"], {
-                    "beats": bds, "lead": self._names[k], "channel": k, "fs": fs,
-                    "quality_hold": p.quality_hold, "counters": counters,
-                }))
+        return hr_readings, hrv_ticks
+
+    def _beat_records(self, out: Outputs, labelled: list[Labelled], beat_dicts: list[dict[str, Any]],
+                      counters: dict[str, int]) -> None:
+        """One ``beats`` record per run of beats found on the same lead."""
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        lf = self._lf
+        if not lf.sw_at:
+            groups = [(p.lead, beat_dicts)]
+        else:
+            groups = []
+            for (s, *_), bd in zip(labelled, beat_dicts, strict=True):
+                k = lf.lead_at(s)
+                if groups and groups[-1][0] == k:
+                    groups[-1][1].append(bd)
+                else:
+                    groups.append((k, [bd]))
+        for k, bds in groups:
+            out.records.append(Chunk.record("beats", self._stream, 0, bds[0]["t_ns"], {
+                "beats": bds, "lead": self._names[k], "channel": k, "fs": self._fs,
+                "quality_hold": p.quality_hold, "counters": counters,
+            }))
+
+    def _rate_records(self, out: Outputs, hr_readings: list[dict[str, Any]], hrv_ticks: list[dict[str, Any]]
+                      ) -> None:
+        """The ``hr`` record (this chunk's readings) and one ``hrv`` record per tick."""
         if hr_readings:
+            p = self.params
+            assert isinstance(p, EcgAnalysisParams)
             out.records.append(Chunk.record("hr", self._stream, 0, hr_readings[0]["t_ns"], {
                 "readings": hr_readings, "rule": p.hr_rule, "n_intervals": p.hr_intervals,
                 "min_rr_s": p.hr_min_rr_s, "asystole_s": p.hr_asystole_s, "every_s": p.hr_every_s,
             }))
         for tick_body in hrv_ticks:
             out.records.append(Chunk.record("hrv", self._stream, 0, tick_body["t_ns"], tick_body))
-        for a in alarm_events:
-            body = self._alarm_body(a)
-            out.records.append(Chunk.record("alarm", self._stream, 0, body["onset_ns"], body))
-        ev_bodies = [self._event_body(e) for e in events]
-        if rows.block_start.size or ev_bodies or unusable or final:
-            blocks = []
-            if rows.block_start.size:
-                sqi_l, usable_l, flags_l = rows.sqi.tolist(), rows.usable.tolist(), rows.flags.tolist()
-                feat_l = rows.features.transpose(0, 2, 1).tolist()  # [block][feature][channel]
-            for k, b0 in enumerate(rows.block_start.tolist()):
-                src, t = stamp(b0)
-                blocks.append({
-                    "sample": src, "t_ns": t,
-                    # num() inline (Python floats from tolist(): v - v is 0.0 exactly when v is finite)
-                    "sqi": [v if v - v == 0.0 else None for v in sqi_l[k]],
-                    "usable": usable_l[k],
-                    "flags": flags_l[k],
-                    "features": {name: [v if v - v == 0.0 else None for v in vals]
-                                 for name, vals in zip(FEATURE_NAMES, feat_l[k], strict=True)},
-                })
-            body = {
-                "hop_s": hop / fs,
-                "channels": list(self.spec.channels) if self.spec else [],
-                "blocks": blocks,
-                "events": ev_bodies,
-                "suppressed": unusable,
-                "counters": counters,
-                "final": final,
-            }
-            t0 = blocks[0]["t_ns"] if blocks else stamp(max(end - 1, 0))[1]
-            out.records.append(Chunk.record("quality", self._stream, 0, t0, body))
-        for ev in ev_bodies:
-            out.records.append(Chunk.record("event", self._stream, 0, ev["onset_ns"], ev))
+
+    def _quality_record(self, out: Outputs, rows: SQIUpdate, ev_bodies: list[dict[str, Any]],
+                        unusable: list[dict[str, Any]], counters: dict[str, int], end: int, final: bool) -> None:
+        """The ``quality`` record: this chunk's blocks (all leads), quality events, suppressed beats."""
+        stamp = self._stamp
+        blocks = []
+        if rows.block_start.size:
+            sqi_l, usable_l, flags_l = rows.sqi.tolist(), rows.usable.tolist(), rows.flags.tolist()
+            feat_l = rows.features.transpose(0, 2, 1).tolist()  # [block][feature][channel]
+        for k, b0 in enumerate(rows.block_start.tolist()):
+            src, t = stamp(b0)
+            blocks.append({
+                "sample": src, "t_ns": t,
+                # num() inline (Python floats from tolist(): v - v is 0.0 exactly when v is finite)
+                "sqi": [v if v - v == 0.0 else None for v in sqi_l[k]],
+                "usable": usable_l[k],
+                "flags": flags_l[k],
+                "features": {name: [v if v - v == 0.0 else None for v in vals]
+                             for name, vals in zip(FEATURE_NAMES, feat_l[k], strict=True)},
+            })
+        body = {
+            "hop_s": self.state.gate.hop / self._fs,
+            "channels": list(self.spec.channels) if self.spec else [],
+            "blocks": blocks,
+            "events": ev_bodies,
+            "suppressed": unusable,
+            "counters": counters,
+            "final": final,
+        }
+        t0 = blocks[0]["t_ns"] if blocks else stamp(max(end - 1, 0))[1]
+        out.records.append(Chunk.record("quality", self._stream, 0, t0, body))
 
     def _event_body(self, ev: QualityEvent) -> dict[str, Any]:
         stamp = self._stamp
