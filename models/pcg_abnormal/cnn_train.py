@@ -674,6 +674,16 @@ third session's.
   runtime): 187 of 1973 (a 14 of 409, b 11, c 6, d 3, f 2, CirCor 151 of 874), the same as
   the card's count from the older segmenter; all 187 by the quality index below 0.2, none by
   fewer than 3 cycles.
+* **on the 9ad10ae segmentation** (committed by the segmentation stream this session,
+  params sha256 cad4ce1a...; the shipped networks were trained on e822e1b cycles and
+  `segmentation_params_sha256` in `card_cnn.json` still names those): the shipped CNN fed
+  the new cycles changes its decision on 26 of 1973 recordings (median |logit change| 0.045;
+  in-sample); "uncertain" 187 of 1973 again (same per database); the recipe re-run, seed 0:
+  0.632 (Se 0.557, Sp 0.708, AUC 0.647; a 0.598, b 0.663, c 0.979, d 0.695, f 0.460, CirCor
+  0.757), f never trained on, seed 0: 0.654 (Se 0.548, Sp 0.760, AUC 0.654; a 0.621, b
+  0.694, c 0.979, d 0.711, f 0.460, CirCor 0.770) - +0.022 for the same seed here, +0.006 on
+  e822e1b, one seed each: re-measure with three seeds before shipping it; the linear proxy
+  without f 0.665 (AUC 0.694), nested 0.662 (Se 0.558, Sp 0.765, AUC 0.688).
 Not tried (time: seven engineers on two cores, load 8-13, one leave-one-database-out run of
 the CNN took 22-26 min): domain-adversarial training, nested thresholds with retraining, more
 epochs.  The 0.80 target (Se, Sp >= 0.70) is not met and no lever tried here moves the
