@@ -629,56 +629,14 @@ class EcgAnalysis(Stage):
         st = self.state
         if st.closed:
             raise ConfigError(f"[{self.name}] was closed; open it again for a new stream")
-        x = np.asarray(chunk.data, dtype=np.float64)
-        if x.ndim == 1:
-            x = x[:, None]
-        n_ch = self.spec.n_channels if self.spec else x.shape[1]
-        if x.ndim != 2 or x.shape[1] != n_ch:
-            raise ConfigError(
-                f"stream {chunk.stream!r} opened with {n_ch} channel(s), chunk has shape {x.shape}"
-            )
-        lim = self._implausible
-        # one pass for the common chunk (all finite and plausible); else the exact mask
-        if lim is not None and x.size and not (x.flags.c_contiguous and all_plausible(x, lim)):
-            wild = np.abs(x) > lim  # NaN compares false: stays NaN
-            if wild.any():
-                x = np.where(wild, np.nan, x)
-        n = x.shape[0]
+        x = self._samples(chunk)
         start = st.n_seen
-        contiguous = st.last_seq is not None and chunk.seq == st.last_seq + 1
-        st.last_seq = chunk.seq
-        tl = st.timeline
-        if not n:
-            lost = 0
-        elif contiguous and tl.starts and abs(chunk.t0_ns - tl.t_ns(start)) < self._jitter_ns:
-            # a small t0 departure on a contiguous seq is timestamp jitter, not loss: the sample
-            # count goes on (no new time anchor, as in the PCG stage). As a gap it would restart
-            # the asystole interval at every jittery chunk (silencing asystole), and each late
-            # stamp would skip source indices that no early stamp gives back (OUTPUTS.md 3)
-            lost = 0
-        else:
-            lost = tl.observe(start, chunk.t0_ns)
-        if lost:
-            # no interval across a gap is measured (pause, asystole, AF)
-            if st.alarms is not None:
-                st.alarms.gap(start)
-            st.rhythm.gap(start)
+        self._clock(chunk, start, x.shape[0])
         rows, events = st.gate.assess(x)
-        switched = None
-        lf = self._lf
-        if rows.block_start.size:
-            switched = lf.follow(rows, x, start, st.gate.all_ok, self._asy.found, self._switch)
-        if switched:
-            beats, confirm = self._detect_switching(x, start, switched)
-        else:
-            beats, confirm = st.detector.process_with_confirm(x[:, lf.active])
-            if lf.sw_at:
-                beats, confirm = self._shift(beats, confirm)
-            elif beats.size:
-                self._last_det = int(beats[-1])
+        beats, confirm, switched = self._detect(x, start, rows)
         st.history.push(x)
         lead = self.params.lead  # type: ignore[attr-defined]
-        st.n_seen = start + n
+        st.n_seen = start + x.shape[0]
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=False)
         lab = st.labeller
         if lab is None or not lab.active:
@@ -704,6 +662,66 @@ class EcgAnalysis(Stage):
         self._emit(out, decided, lab.finish(feats, None, n_seen=end, final=False), rows, events, end=end,
                    final=False, late=True, switched=switched)
         return out
+
+    def _samples(self, chunk: Chunk) -> NDArray[np.float64]:
+        """The chunk's samples as float64 ``(n, n_channels)``, physically implausible values as NaN."""
+        x = np.asarray(chunk.data, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        n_ch = self.spec.n_channels if self.spec else x.shape[1]
+        if x.ndim != 2 or x.shape[1] != n_ch:
+            raise ConfigError(
+                f"stream {chunk.stream!r} opened with {n_ch} channel(s), chunk has shape {x.shape}"
+            )
+        lim = self._implausible
+        # one pass for the common chunk (all finite and plausible); else the exact mask
+        if lim is not None and x.size and not (x.flags.c_contiguous and all_plausible(x, lim)):
+            wild = np.abs(x) > lim  # NaN compares false: stays NaN
+            if wild.any():
+                x = np.where(wild, np.nan, x)
+        return x
+
+    def _clock(self, chunk: Chunk, start: int, n: int) -> None:
+        """Place the chunk's ``n`` samples from received sample ``start`` on the timeline; a gap (lost
+        samples) stops the alarms and the AF monitor from measuring an interval across it."""
+        st = self.state
+        contiguous = st.last_seq is not None and chunk.seq == st.last_seq + 1
+        st.last_seq = chunk.seq
+        tl = st.timeline
+        if not n:
+            lost = 0
+        elif contiguous and tl.starts and abs(chunk.t0_ns - tl.t_ns(start)) < self._jitter_ns:
+            # a small t0 departure on a contiguous seq is timestamp jitter, not loss: the sample
+            # count goes on (no new time anchor, as in the PCG stage). As a gap it would restart
+            # the asystole interval at every jittery chunk (silencing asystole), and each late
+            # stamp would skip source indices that no early stamp gives back (OUTPUTS.md 3)
+            lost = 0
+        else:
+            lost = tl.observe(start, chunk.t0_ns)
+        if lost:
+            # no interval across a gap is measured (pause, asystole, AF)
+            if st.alarms is not None:
+                st.alarms.gap(start)
+            st.rhythm.gap(start)
+
+    def _detect(self, x: NDArray[np.float64], start: int, rows: SQIUpdate
+                ) -> tuple[IntArray, IntArray, list[Switch] | None]:
+        """The analysis lead followed over the chunk's quality blocks, then the QRS detector on it:
+        ``(beats, confirm, switched)`` in received indices (before the chunk enters the history)."""
+        st = self.state
+        switched = None
+        lf = self._lf
+        if rows.block_start.size:
+            switched = lf.follow(rows, x, start, st.gate.all_ok, self._asy.found, self._switch)
+        if switched:
+            beats, confirm = self._detect_switching(x, start, switched)
+        else:
+            beats, confirm = st.detector.process_with_confirm(x[:, lf.active])
+            if lf.sw_at:
+                beats, confirm = self._shift(beats, confirm)
+            elif beats.size:
+                self._last_det = int(beats[-1])
+        return beats, confirm, switched
 
     # -- analysis-lead fallback -------------------------------------------------------------
     def _switch(self, t: int, lead: int, verdicts: dict[int, bool]) -> None:
