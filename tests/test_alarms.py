@@ -81,6 +81,24 @@ def test_ventricular_run_needs_three_consecutive_v() -> None:
     assert vr == [("vrun", "on", s[8], None), ("vrun", "off", s[8], s[11])]
 
 
+def test_ventricular_run_not_from_beats_in_or_just_after_unusable_signal() -> None:
+    """V beats within ``vrun_guard_s`` after an unusable block start no run; an unusable span
+    between two V beats ends the run (its beats in between were never seen)."""
+    a = RhythmAlarms(360.0)
+    a.signal(0, 360, False)  # block [0, 1 s) unusable
+    assert a.beats([400, 500], ["V", "V"]) == []  # within 0.5 s of it: no part of a run
+    assert a.beats([600, 700], ["V", "V"]) == []  # the run starts at 600
+    assert [(e.type, e.onset) for e in a.beats([800], ["V"])] == [("vrun", 600)]
+    b = RhythmAlarms(360.0)
+    b.beats([1000, 1300], ["V", "V"])
+    b.signal(1400, 1500, False)
+    assert b.beats([1700, 2000, 2300], ["V", "V", "V"]) == []  # the span ends the run; 1700 is guarded
+    assert [(e.type, e.onset) for e in b.beats([2600], ["V"])] == [("vrun", 2000)]
+    c = RhythmAlarms(360.0, AlarmParams(vrun_guard_s=0.0))  # off: the old rule
+    c.signal(0, 360, False)
+    assert [e.type for e in c.beats([400, 500, 600], ["V", "V", "V"])] == ["vrun"]
+
+
 def test_pause_reports_the_long_interval() -> None:
     beats = [0.5, 1.3, 2.1, 5.0, 5.8]
     ev = run(beats, seconds=8)
@@ -106,6 +124,8 @@ def test_grouping_of_beats_does_not_change_events() -> None:
 
 
 def test_bad_params() -> None:
+    with pytest.raises(DSPError):
+        AlarmParams(vrun_guard_s=-1.0)
     with pytest.raises(DSPError, match="brady_bpm < tachy_bpm"):
         AlarmParams(brady_bpm=200)
     with pytest.raises(DSPError, match="vrun_beats must be >= 2"):

@@ -628,3 +628,21 @@ def test_beat_labels_after_asystole_match_the_record_without_it(rec119: np.ndarr
     assert [after[s] for s in resumed] == [clean[s] for s in resumed]
     assert [after[s] for s in resumed[:3]] == ["N", "N", "V"]  # MIT-BIH 119 at 51.08, 52.02, 52.56 s
     assert published(y, chunk_s=7.0) == pub
+
+
+def test_no_false_vrun_in_noise_but_true_vt_still_alarms(shared_data: Path, mitdb: Path) -> None:
+    """nstdb 118e00 (record 118 has no ventricular beats) at 1240-1280 s: muscle noise beside
+    blocks judged unusable was detected as beats and labelled V: the old rule raised VRUN at 1260.3
+    and 1262.3 s. A V beat within ``vrun_guard_s`` (0.5 s) after unusable signal, or with
+    unusable signal between it and the run's last beat, no longer counts toward a run. The true
+    8-beat VT of MIT-BIH 203 at 1605.6 s (clean, usable signal) must still raise it."""
+    nst = shared_data / "nstdb" / "118e00"
+    if not nst.with_suffix(".hea").exists():
+        pytest.skip(f"{nst} absent")
+    x = wfdb.rdrecord(str(nst), sampfrom=int(1240 * FS), sampto=int(1280 * FS)).p_signal.copy()
+    al, _, _ = run_stage(x)
+    assert "vrun" not in on(al), al
+    x = wfdb.rdrecord(str(mitdb / "203"), sampfrom=int(1590 * FS), sampto=int(1620 * FS)).p_signal.copy()
+    al, _, _ = run_stage(x)
+    runs = [a["onset_sample"] / FS + 1590 for a in al if a["type"] == "vrun" and a["state"] == "on"]
+    assert runs and abs(runs[0] - 1605.6) < 0.5, al
