@@ -13,7 +13,7 @@ import telediag.engine.stages.ecg_parts.leads as leads_mod
 from telediag.dsp.quality import SQIUpdate
 from telediag.engine.stages.ecg_parts.asystole import AsystoleEvidence
 from telediag.engine.stages.ecg_parts.clock import SignalHistory
-from telediag.engine.stages.ecg_parts.leads import LeadFallback, lead_samples
+from telediag.engine.stages.ecg_parts.leads import DetectorHandover, LeadFallback, lead_samples
 
 FS = 360.0
 HOP = 360
@@ -136,3 +136,22 @@ def test_lead_samples_joins_history_and_chunk() -> None:
     x = np.arange(6, 9, dtype=np.float64)[:, None]
     np.testing.assert_array_equal(lead_samples(h, 0, 4, 8, x, 6), [4, 5, 6, 7])
     assert lead_samples(h, 0, -5, 2, x, 6) is None
+
+
+def test_detector_handover_keeps_the_beat_series_across_a_switch() -> None:
+    from telediag.dsp.qrs import QRSDetector
+
+    n = 16 * HOP
+    sig = np.stack([_spikes(n, 1.0), 0.5 * _spikes(n, 1.0)], axis=1)
+    h = SignalHistory(np.zeros((40 * HOP, 2)))
+    ho = DetectorHandover(FS, {}, h)
+    det = QRSDetector(FS)
+    pre = 12 * HOP
+    b0, _ = ho.shift(*det.process_with_confirm(sig[:pre, 0]))
+    h.push(sig[:pre])
+    t = pre + HOP // 2  # the switch to lead 1 takes effect mid-chunk
+    det2, b1, c1 = ho.run(det, sig[pre:], pre, [(t, 0, 1, "unusable")])
+    assert det2 is not det
+    beats = np.concatenate([b0, b1])
+    assert np.all(np.diff(beats) > 0.9 * FS) and np.all(np.diff(beats[beats > 4 * HOP]) < 1.1 * FS)  # none twice, none lost
+    assert beats[-1] > n - 2 * HOP and np.all(c1 >= b1)

@@ -178,10 +178,9 @@ from telediag.engine.stages.ecg_parts.labeller import (
 )
 from telediag.engine.stages.ecg_parts.leads import (
     LEAD_RETURN_S,
-    LEAD_WARM_S,
+    DetectorHandover,
     LeadFallback,
     Switch,
-    lead_samples,
 )
 from telediag.engine.stages.ecg_parts.rate import RateMonitor
 from telediag.engine.stages.ecg_parts.rhythm import RhythmMonitor
@@ -543,10 +542,6 @@ class EcgAnalysis(Stage):
         upms = upm if isinstance(upm, list) else [float(upm)] * n_ch
         iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
         step_lims = [BASELINE_STEP_MV * upms[k] if known[k] else None for k in range(n_ch)]
-        self._det_off = 0  # received index of the current detector's first sample
-        self._cut = 0  # the current detector's beats before this sample are not used
-        self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
-        self._last_det = -(1 << 62)  # the latest beat any detector gave
         self._implausible = (np.where(known, np.broadcast_to(np.asarray(upm, dtype=np.float64), (n_ch,))
                                       * p.implausible_mv, np.inf)
                              if p.implausible_mv > 0 and any(known) else None)
@@ -603,6 +598,7 @@ class EcgAnalysis(Stage):
         self._lf = lf = LeadFallback(fs, p.lead, self.state.history, hop=hop, n_tech=n_tech,
                                      n_return=max(1, math.ceil(LEAD_RETURN_S * fs / hop - 1e-9)),
                                      iso_lims=iso_lims, qrs=p.qrs, enabled=p.lead_fallback and n_ch > 1)
+        self._handover = DetectorHandover(fs, p.qrs, self.state.history)
         self._asy = AsystoleEvidence(fs, self.state.history, iso_lims, step_lims, p.lead, lf.seg_start)
         rhythm.attach(self.state.history, p.lead)  # AF needs absent P waves too (dsp.atrial)
         self.spec = spec
@@ -714,13 +710,13 @@ class EcgAnalysis(Stage):
         if rows.block_start.size:
             switched = lf.follow(rows, x, start, st.gate.all_ok, self._asy.found, self._switch)
         if switched:
-            beats, confirm = self._detect_switching(x, start, switched)
+            st.detector, beats, confirm = self._handover.run(st.detector, x, start, switched)
         else:
             beats, confirm = st.detector.process_with_confirm(x[:, lf.active])
             if lf.sw_at:
-                beats, confirm = self._shift(beats, confirm)
+                beats, confirm = self._handover.shift(beats, confirm)
             elif beats.size:
-                self._last_det = int(beats[-1])
+                self._handover.last = int(beats[-1])
         return beats, confirm, switched
 
     # -- analysis-lead fallback -------------------------------------------------------------
@@ -735,59 +731,6 @@ class EcgAnalysis(Stage):
             # on this one): no ventricular run or ectopy from the first beats after the return
             st.alarms.state.settle_from = t
 
-    def _shift(self, beats: IntArray, confirm: IntArray) -> tuple[IntArray, IntArray]:
-        """The current detector's beats in received indices: its offset added, those before the
-        takeover cut, no confirmation before its takeover."""
-        b, c = beats + self._det_off, confirm + self._det_off
-        if b.size and b[0] < self._cut:
-            keep = b >= self._cut
-            b, c = b[keep], c[keep]
-        if c.size and c[0] < self._clamp:
-            c = np.maximum(c, self._clamp)
-        if b.size:
-            self._last_det = int(b[-1])
-        return b, c
-
-    def _detect_switching(self, x: NDArray[np.float64], start: int, switched: list[Switch]
-                          ) -> tuple[IntArray, IntArray]:
-        """Detection over a chunk in which the analysis lead changes: the old detector runs up to the
-        switch, a new one on the new lead after a warm-up over that lead's recent history (its learning
-        period), taking the beats from the switch on (and those the old detector could no longer
-        confirm: R peaks less than its confirmation bound before the switch, not within a refractory
-        period of its last beat)."""
-        st = self.state
-        p = self.params
-        assert isinstance(p, EcgAnalysisParams)
-        fs = self._fs
-        bs: list[IntArray] = []
-        cs: list[IntArray] = []
-        pos = start
-        for t, old, new, _ in switched:
-            b, c = st.detector.process_with_confirm(x[pos - start:t - start, old])
-            b, c = self._shift(b, c)
-            bs.append(b)
-            cs.append(c)
-            bound = round(st.detector.detection_delay_s * fs)
-            det = QRSDetector(fs, **dict(p.qrs))
-            warm = round((det.params.learn_s + LEAD_WARM_S) * fs)
-            w0 = max(t - warm, start - st.history.buf.shape[0], 0)
-            y = lead_samples(st.history, new, w0, t, x, start)
-            if y is None:  # not held (cannot happen: the history holds at least the warm-up)
-                w0, y = t, np.empty(0)
-            st.detector = det
-            self._det_off = w0
-            self._cut = max(t - bound, self._last_det + round(det.params.refractory_s * fs))
-            self._clamp = t - 1  # beats found in the warm-up are known when the switch is decided
-            b, c = det.process_with_confirm(y)
-            b, c = self._shift(b, c)
-            bs.append(b)
-            cs.append(c)
-            pos = t
-        b, c = self._shift(*st.detector.process_with_confirm(x[pos - start:, switched[-1][2]]))
-        bs.append(b)
-        cs.append(c)
-        return np.concatenate(bs), np.concatenate(cs)
-
     def close(self) -> Outputs:
         st = self.state
         out = Outputs()
@@ -796,7 +739,7 @@ class EcgAnalysis(Stage):
         st.closed = True
         beats, confirm = st.detector.flush_with_confirm()
         if self._lf.sw_at:
-            beats, confirm = self._shift(beats, confirm)
+            beats, confirm = self._handover.shift(beats, confirm)
         decided = st.gate.decide(beats, confirm, n_seen=st.n_seen, final=True)
         lab = st.labeller
         late = lab is not None and lab.active

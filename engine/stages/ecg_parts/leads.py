@@ -245,3 +245,72 @@ class LeadFallback:
             return False
         y = lead_samples(self._history, lead, b0, b0 + self._hop, x, start)
         return y is not None and iso_range(y, lim)
+
+
+class DetectorHandover:
+    """The QRS detector's beats in received indices across analysis-lead changes.
+
+    At a switch the old detector runs up to the switch sample; a new one on the new lead first runs
+    over that lead's last ``learn_s`` + ``LEAD_WARM_S`` seconds of ``history`` (its learning period is
+    over at the switch) and takes the beats from the switch on, and those the old detector could no
+    longer confirm (R peaks less than its confirmation bound before the switch, not within a
+    refractory period of its last beat). The stage owns the detector (``state.detector``); this
+    object owns the current detector's offset, cut and confirmation clamp.
+    """
+
+    __slots__ = ("_clamp", "_cut", "_fs", "_history", "_off", "_qrs", "last")
+
+    def __init__(self, fs: float, qrs: Mapping[str, Any], history: SignalHistory) -> None:
+        self._fs = fs
+        self._qrs = dict(qrs)
+        self._history = history
+        self._off = 0  # received index of the current detector's first sample
+        self._cut = 0  # the current detector's beats before this sample are not used
+        self._clamp = 0  # ... and none is confirmed before this one (its warm-up)
+        self.last = -(1 << 62)  # the latest beat any detector gave
+
+    def shift(self, beats: NDArray[np.int64], confirm: NDArray[np.int64]
+              ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The current detector's beats in received indices: its offset added, those before the
+        takeover cut, no confirmation before its takeover."""
+        b, c = beats + self._off, confirm + self._off
+        if b.size and b[0] < self._cut:
+            keep = b >= self._cut
+            b, c = b[keep], c[keep]
+        if c.size and c[0] < self._clamp:
+            c = np.maximum(c, self._clamp)
+        if b.size:
+            self.last = int(b[-1])
+        return b, c
+
+    def run(self, detector: QRSDetector, x: NDArray[np.float64], start: int, switched: list[Switch]
+            ) -> tuple[QRSDetector, NDArray[np.int64], NDArray[np.int64]]:
+        """Detection over the chunk ``x`` (from received sample ``start``, not yet in the history) in
+        which the analysis lead changes (``switched``): ``(detector now, beats, confirm)``."""
+        fs = self._fs
+        bs: list[NDArray[np.int64]] = []
+        cs: list[NDArray[np.int64]] = []
+        pos = start
+        for t, old, new, _ in switched:
+            b, c = self.shift(*detector.process_with_confirm(x[pos - start:t - start, old]))
+            bs.append(b)
+            cs.append(c)
+            bound = round(detector.detection_delay_s * fs)
+            det = QRSDetector(fs, **self._qrs)
+            warm = round((det.params.learn_s + LEAD_WARM_S) * fs)
+            w0 = max(t - warm, start - self._history.buf.shape[0], 0)
+            y = lead_samples(self._history, new, w0, t, x, start)
+            if y is None:  # not held (cannot happen: the history holds at least the warm-up)
+                w0, y = t, np.empty(0)
+            detector = det
+            self._off = w0
+            self._cut = max(t - bound, self.last + round(det.params.refractory_s * fs))
+            self._clamp = t - 1  # beats found in the warm-up are known when the switch is decided
+            b, c = self.shift(*det.process_with_confirm(y))
+            bs.append(b)
+            cs.append(c)
+            pos = t
+        b, c = self.shift(*detector.process_with_confirm(x[pos - start:, switched[-1][2]]))
+        bs.append(b)
+        cs.append(c)
+        return detector, np.concatenate(bs), np.concatenate(cs)
