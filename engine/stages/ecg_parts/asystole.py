@@ -167,6 +167,6 @@ class AsystoleEvidence:
         if w is None:
             self._last_mean = None
             return False
-        m = float(np.mean(w[:, lead]))
+        m = float(w[:, lead].sum()) / w.shape[0]  # np.mean's own arithmetic (sum, then divide) without its overhead
         prev, self._last_mean = self._last_mean, (m if math.isfinite(m) else None)
         return prev is not None and math.isfinite(m) and abs(m - prev) > lim
