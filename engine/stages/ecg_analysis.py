@@ -514,30 +514,9 @@ class EcgAnalysis(Stage):
     def open(self, spec: StreamSpec) -> StreamSpec:
         p = self.params
         assert isinstance(p, EcgAnalysisParams)
-        fs = float(spec.rate_hz)
-        if not (math.isfinite(fs) and 125.0 <= fs <= 2000.0):
-            raise ConfigError(
-                f"[{self.name}] needs a sample rate in [125, 2000] Hz (the QRS band-pass up to "
-                f"20 Hz and the quality's > 40 Hz band must lie well below Nyquist), stream "
-                f"{spec.stream!r} has {fs} Hz"
-            )
-        n_ch = spec.n_channels
-        if not 0 <= p.lead < n_ch:
-            raise ConfigError(
-                f"[{self.name}].lead must be in [0, {n_ch}) for stream {spec.stream!r} with "
-                f"channels {list(spec.channels)}, got {p.lead}"
-            )
-        upm: float | list[float]
-        if p.units_per_mv > 0:
-            upm = p.units_per_mv
-        else:
-            units = spec.units if len(spec.units) == n_ch else ("mV",) * n_ch
-            upm = [_UNITS_PER_MV.get(u.strip().lower(), 1.0) for u in units]
+        fs, n_ch = self._check_spec(spec)
+        upm, known = self._scales(spec, n_ch)
         keep = round(max(60.0, 2 * p.history_s) * fs)
-        # the bound applies where the scale is known: units_per_mv given, or a channel in mV, uV or V
-        # (integer ADC units without gain, "adu" or "", are analysed as they are: no bound)
-        known = [p.units_per_mv > 0 or (i < len(spec.units) and spec.units[i].strip().lower() in _UNITS_PER_MV)
-                 for i in range(n_ch)]
         # analysis-lead fallback (per lead: the isoelectric and baseline-step limits)
         upms = upm if isinstance(upm, list) else [float(upm)] * n_ch
         iso_lims = [ISOELECTRIC_MV * upms[k] if known[k] else None for k in range(n_ch)]
@@ -606,6 +585,41 @@ class EcgAnalysis(Stage):
         self._lead_name = spec.channels[p.lead] if spec.channels else str(p.lead)
         self._names = [spec.channels[k] if k < len(spec.channels) else str(k) for k in range(n_ch)]
         return spec
+
+    def _check_spec(self, spec: StreamSpec) -> tuple[float, int]:
+        """The stream's sample rate and channel count, refused (ConfigError) outside the stage's range."""
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        fs = float(spec.rate_hz)
+        if not (math.isfinite(fs) and 125.0 <= fs <= 2000.0):
+            raise ConfigError(
+                f"[{self.name}] needs a sample rate in [125, 2000] Hz (the QRS band-pass up to "
+                f"20 Hz and the quality's > 40 Hz band must lie well below Nyquist), stream "
+                f"{spec.stream!r} has {fs} Hz"
+            )
+        n_ch = spec.n_channels
+        if not 0 <= p.lead < n_ch:
+            raise ConfigError(
+                f"[{self.name}].lead must be in [0, {n_ch}) for stream {spec.stream!r} with "
+                f"channels {list(spec.channels)}, got {p.lead}"
+            )
+        return fs, n_ch
+
+    def _scales(self, spec: StreamSpec, n_ch: int) -> tuple[float | list[float], list[bool]]:
+        """Units per mV (one for all leads, or per lead) and, per lead, whether the scale is known."""
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        upm: float | list[float]
+        if p.units_per_mv > 0:
+            upm = p.units_per_mv
+        else:
+            units = spec.units if len(spec.units) == n_ch else ("mV",) * n_ch
+            upm = [_UNITS_PER_MV.get(u.strip().lower(), 1.0) for u in units]
+        # the bound applies where the scale is known: units_per_mv given, or a channel in mV, uV or V
+        # (integer ADC units without gain, "adu" or "", are analysed as they are: no bound)
+        known = [p.units_per_mv > 0 or (i < len(spec.units) and spec.units[i].strip().lower() in _UNITS_PER_MV)
+                 for i in range(n_ch)]
+        return upm, known
 
     @property
     def detection_delay_s(self) -> float:
