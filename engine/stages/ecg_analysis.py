@@ -789,15 +789,9 @@ class EcgAnalysis(Stage):
             t.active = None
         for a in ends:
             out.records.append(Chunk.record("alarm", self._stream, 0, self._stamp(a.onset)[1], self._alarm_body(a)))
-        p = self.params
-        assert isinstance(p, EcgAnalysisParams)
-        if self._lf.active != p.lead:  # the next pipeline starts on the preferred lead
-            src, t_ns = self._stamp(end)
-            out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
-                "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
-                "from": self._names[self._lf.active], "from_channel": self._lf.active, "to": self._lead_name,
-                "to_channel": p.lead, "preferred": self._lead_name, "preferred_channel": p.lead,
-                "reason": "stream_closed"}))
+        pref = self.params.lead  # type: ignore[attr-defined]
+        if self._lf.active != pref:  # the next pipeline starts on the preferred lead
+            out.records.append(self._lead_event(end, self._lf.active, pref, "stream_closed"))
         for ev in st.quality.open_events():
             body = {**self._event_body(QualityEvent(ev.kind, ev.channel, ev.onset, max(end, ev.onset))), **why}
             out.records.append(Chunk.record("event", self._stream, 0, body["onset_ns"], body))
@@ -862,15 +856,18 @@ class EcgAnalysis(Stage):
             out.records.append(Chunk.record("event", self._stream, 0, t, {
                 "type": "classifier_unavailable", "stream": self._stream, "sample": src, "t_ns": t,
                 "detail": problem[:500]}))
-        if switched:
-            p = self.params
-            assert isinstance(p, EcgAnalysisParams)
-            for t, old, new, why in switched:
-                src, t_ns = stamp(t)
-                out.records.append(Chunk.record("event", self._stream, 0, t_ns, {
-                    "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
-                    "from": self._names[old], "from_channel": old, "to": self._names[new], "to_channel": new,
-                    "preferred": self._lead_name, "preferred_channel": p.lead, "reason": why}))
+        for t, old, new, why in switched or ():
+            out.records.append(self._lead_event(t, old, new, why))
+
+    def _lead_event(self, t: int, old: int, new: int, why: str) -> Chunk:
+        """The ``analysis_lead`` event of a change from lead ``old`` to ``new`` at received sample ``t``."""
+        p = self.params
+        assert isinstance(p, EcgAnalysisParams)
+        src, t_ns = self._stamp(t)
+        return Chunk.record("event", self._stream, 0, t_ns, {
+            "type": "analysis_lead", "stream": self._stream, "sample": src, "t_ns": t_ns,
+            "from": self._names[old], "from_channel": old, "to": self._names[new], "to_channel": new,
+            "preferred": self._lead_name, "preferred_channel": p.lead, "reason": why})
 
     def _assess_blocks(self, rows: SQIUpdate) -> list[AlarmEvent]:
         """Feed this chunk's quality blocks (each on the lead analysed there) to the alarms (usable for
